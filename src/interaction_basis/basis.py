@@ -1,0 +1,171 @@
+"""Per-layer bases: LIB (``jacobian`` formula), centred PCA and neuron (lib_spec A.3, A.4).
+
+Every basis maps activations to features, ``f̂ = f C``, and back, ``f ≈ f̂ C⁺``. Feature 0 is the
+constant direction when centring, followed by the LayerNorm-variance node where isolated.
+"""
+
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interaction_basis.linalg import compute_centering_matrices, compute_sorted_eigh
+
+CONST_TOLERANCE = 1e-6  # lib_spec A.3: |U[last, k]| and |D_k| above this mark the constant
+
+
+class Basis(NamedTuple):
+    """A fitted basis for one node layer.
+
+    Attributes:
+        C: (orig, feature) map from activations to features.
+        C_pinv: (feature, orig) the reconstruction map (not ``pinv(C)``).
+        importance: (feature,) Λ for LIB, the Gram eigenvalues D for PCA, ones for neuron.
+        n_masked: leading features excluded from the rotation (constant, LN variance).
+    """
+
+    C: Float[Tensor, "orig feature"]
+    C_pinv: Float[Tensor, "feature orig"]
+    importance: Float[Tensor, " feature"]
+    n_masked: int
+
+
+class Truncation(NamedTuple):
+    """Drop directions whose eigenvalue is ≤ ``threshold`` (times the largest if ``relative``)."""
+
+    threshold: float = 1e-10
+    relative: bool = True
+
+    def keep(self, values: Float[Tensor, " n"], scale: Float[Tensor, ""] | None = None) -> Tensor:
+        if scale is None:
+            scale = values.max()
+        cut = self.threshold * scale if self.relative else self.threshold
+        return values > cut
+
+
+def compute_pca_directions(
+    gram: Float[Tensor, "d d"],
+    *,
+    truncation: Truncation,
+    center: bool = True,
+    isolate_var: bool = False,
+) -> tuple[Float[Tensor, " k"], Float[Tensor, "d k"], int]:
+    """Eigenvalues ``D`` and directions ``U`` of the Gram, ordered [const, (var), rest by D].
+
+    Returns:
+        (D, U, n_masked) after truncation; ``n_masked`` counts the constant and variance nodes.
+    """
+    d = gram.shape[0]
+    if gram.shape != (d, d) or not torch.isfinite(gram).all():
+        raise ValueError(f"Gram must be a finite square matrix, got shape {tuple(gram.shape)}.")
+    gram = gram.to(torch.float64)
+    if isolate_var:
+        vals, vecs = compute_sorted_eigh(gram[1:, 1:])
+        vecs = torch.cat([torch.zeros(1, d - 1, dtype=vecs.dtype), vecs], dim=0)
+        e0 = torch.zeros(d, 1, dtype=vecs.dtype)
+        e0[0, 0] = 1.0
+        vals = torch.cat([gram[0, 0].abs().reshape(1), vals])
+        vecs = torch.cat([e0, vecs], dim=1)
+    else:
+        vals, vecs = compute_sorted_eigh(gram)
+    n_masked = int(isolate_var)
+    if center:
+        candidates = torch.nonzero(
+            (vecs[-1].abs() > CONST_TOLERANCE) & (vals > CONST_TOLERANCE)
+        ).flatten()
+        if len(candidates) != 1:
+            raise ValueError(
+                f"Expected exactly one constant direction in the centred Gram, found "
+                f"{len(candidates)}. The last activation coordinate must be the folded constant 1 "
+                "and the Gram must be centred in float64 (or set center: false)."
+            )
+        k = int(candidates[0])
+        order = [k] + [i for i in range(d) if i != k]
+        vals, vecs = vals[order], vecs[:, order]
+        n_masked += 1
+    keep = truncation.keep(vals)
+    keep[:n_masked] = True
+    return vals[keep], vecs[:, keep], n_masked
+
+
+def compute_pca_basis(
+    gram: Float[Tensor, "d d"],
+    mean: Float[Tensor, " d"],
+    *,
+    truncation: Truncation = Truncation(),
+    center: bool = True,
+    isolate_var: bool = False,
+) -> Basis:
+    """The centred PCA baseline ``C = Y U``, ``C⁺ = U^T Y⁻¹`` (lib_spec A.3, ``svd``)."""
+    vals, u, n_masked = compute_pca_directions(
+        gram, truncation=truncation, center=center, isolate_var=isolate_var
+    )
+    y, y_inv = compute_centering_matrices(mean.to(torch.float64), center)
+    return Basis(y @ u, u.T @ y_inv, vals, n_masked)
+
+
+def compute_whitening(
+    gram: Float[Tensor, "d d"],
+    mean: Float[Tensor, " d"],
+    *,
+    truncation: Truncation = Truncation(),
+    center: bool = True,
+    isolate_var: bool = False,
+) -> Basis:
+    """The whitened PCA map ``R = Y U D^{-1/2}``, ``R⁺ = D^{1/2} U^T Y⁻¹`` as a Basis."""
+    vals, u, n_masked = compute_pca_directions(
+        gram, truncation=truncation, center=center, isolate_var=isolate_var
+    )
+    y, y_inv = compute_centering_matrices(mean.to(torch.float64), center)
+    sqrt_d = vals.sqrt()
+    return Basis(y @ u / sqrt_d, sqrt_d[:, None] * (u.T @ y_inv), vals, n_masked)
+
+
+def compute_lib_basis(
+    gram: Float[Tensor, "d d"],
+    mean: Float[Tensor, " d"],
+    m_dash: Float[Tensor, "d d"],
+    *,
+    truncation: Truncation = Truncation(),
+    center: bool = True,
+    isolate_var: bool = False,
+) -> Basis:
+    """The LIB basis ``C = Y U D^{-1/2} V Λ^{1/2}`` (lib_spec A.3 steps 1-7).
+
+    Args:
+        gram: centred Gram of the layer.
+        mean: mean activation (last entry 1).
+        m_dash: ``M′``, the Jacobian second moment in the original coordinates.
+        truncation: applied to the Gram eigenvalues and to Λ.
+        center: centre and keep the constant direction as node 0.
+        isolate_var: keep the LayerNorm-variance coordinate 0 as its own node.
+    """
+    if m_dash.shape != gram.shape or not torch.isfinite(m_dash).all():
+        raise ValueError(
+            f"M′ must be a finite {tuple(gram.shape)} matrix, got {tuple(m_dash.shape)}."
+        )
+    r = compute_whitening(
+        gram, mean, truncation=truncation, center=center, isolate_var=isolate_var
+    )
+    m = r.C_pinv @ m_dash.to(torch.float64) @ r.C_pinv.T
+    n_m = r.n_masked
+    lam_s, v_s = compute_sorted_eigh(m[n_m:, n_m:])
+    k = m.shape[0]
+    v = torch.eye(k, dtype=torch.float64)
+    v[n_m:, n_m:] = v_s
+    lam = torch.cat([m.diagonal()[:n_m].abs(), lam_s])
+    # Masked nodes are always kept (fixes lib_spec F.7, which dropped the wrong index).
+    keep = truncation.keep(lam)
+    keep[:n_m] = True
+    lam, v = lam[keep], v[:, keep]
+    sqrt_lam = lam.sqrt()
+    c = r.C @ v * sqrt_lam
+    c_pinv = (v.T @ r.C_pinv) / sqrt_lam[:, None]
+    return Basis(c, c_pinv, lam, n_m)
+
+
+def compute_neuron_basis(d: int) -> Basis:
+    """The identity basis (also the unrotated final layer, lib_spec A.4)."""
+    eye = torch.eye(d, dtype=torch.float64)
+    return Basis(eye, eye.clone(), torch.ones(d, dtype=torch.float64), 0)

@@ -1,0 +1,117 @@
+"""Models as chains of sections between named node layers (lib_spec A.1).
+
+A model is described by an ``embed`` function (raw inputs to the activations of the first
+possible node layer) and an ordered list of :class:`Step`s. Each step is named after the node
+layer at its *input*; the name of the final activations is ``output_name``. Choosing node layers
+composes the steps between consecutive chosen layers into one section. Every activation is a
+``(batch, pos, d)`` tensor whose last coordinate is the folded constant 1 (except logits).
+Any architecture (mod-add transformer, MLP, HF causal LM) only has to provide steps.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Activations = Float[Tensor, "batch pos d"]
+SectionFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One atomic piece of a model; ``name`` is the node layer at its input."""
+
+    name: str
+    fn: SectionFn
+
+
+def _compose(fns: Sequence[SectionFn]) -> SectionFn:
+    def composed(x: Tensor) -> Tensor:
+        for fn in fns:
+            x = fn(x)
+        return x
+
+    return composed
+
+
+@dataclass(frozen=True)
+class SectionedModel:
+    """A model cut into sections at ``node_layers``.
+
+    Attributes:
+        node_layers: the chosen node layers, in forward order.
+        embed: raw inputs -> activations at ``node_layers[0]`` (never differentiated).
+        sections: ``sections[l]`` maps activations at ``node_layers[l]`` to those at
+            ``node_layers[l + 1]``.
+    """
+
+    node_layers: tuple[str, ...]
+    embed: Callable[[Tensor], Tensor]
+    sections: tuple[SectionFn, ...]
+
+    def activations(self, inputs: Tensor) -> dict[str, Activations]:
+        """Activations at every node layer for one batch of raw inputs."""
+        x = self.embed(inputs)
+        acts = {self.node_layers[0]: x}
+        for name, section in zip(self.node_layers[1:], self.sections, strict=True):
+            x = section(x)
+            acts[name] = x
+        return acts
+
+    def forward_from(self, layer: str, x: Activations) -> Tensor:
+        """Run the model from node layer ``layer`` to the end."""
+        start = self.node_layers.index(layer)
+        for section in self.sections[start:]:
+            x = section(x)
+        return x
+
+
+def build_sectioned_model(
+    embed: Callable[[Tensor], Tensor],
+    steps: Sequence[Step],
+    output_name: str,
+    node_layers: Sequence[str],
+) -> SectionedModel:
+    """Cut a model given as steps at the chosen node layers.
+
+    Raises:
+        ValueError: if a node layer is unknown, repeated, or out of forward order.
+    """
+    available = [s.name for s in steps] + [output_name]
+    unknown = [n for n in node_layers if n not in available]
+    if unknown:
+        raise ValueError(
+            f"Unknown node layer(s) {unknown}; this model has: {', '.join(available)}."
+        )
+    if len(node_layers) < 2:
+        raise ValueError(f"Need at least two node layers, got {list(node_layers)}.")
+    positions = [available.index(n) for n in node_layers]
+    if positions != sorted(set(positions)):
+        raise ValueError(
+            f"Node layers {list(node_layers)} must be distinct and in forward order: "
+            f"{', '.join(available)}."
+        )
+    fns = [s.fn for s in steps]
+    sections = tuple(_compose(fns[a:b]) for a, b in zip(positions, positions[1:]))
+    pre = fns[: positions[0]]
+
+    def full_embed(inputs: Tensor) -> Tensor:
+        return _compose(pre)(embed(inputs))
+
+    return SectionedModel(tuple(node_layers), full_embed, sections)
+
+
+def check_activations(x: Tensor, layer: str) -> None:
+    """Reject activations that would silently poison Grams and Jacobians."""
+    if x.ndim != 3:
+        raise ValueError(
+            f"Activations at {layer!r} must be (batch, pos, d), got shape {tuple(x.shape)}."
+        )
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(
+            f"Activations at {layer!r} contain {bad} NaN/inf values; check the model weights "
+            "and inputs (float32 overflow? a diverged training run?)."
+        )
