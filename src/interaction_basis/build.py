@@ -4,7 +4,7 @@
 node layer; it may read from memory or from a Zarr store. Nothing here opens files.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -50,7 +50,7 @@ def has_constant(layer: str) -> bool:
     return layer != "output"
 
 
-def _progress(it: Iterator[Tensor], desc: str, enable: bool) -> Iterator[Tensor]:
+def _progress(it: Iterable[Tensor], desc: str, enable: bool):
     return tqdm(it, desc=desc, unit="batch", disable=not enable, leave=False)
 
 
