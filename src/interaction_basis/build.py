@@ -151,7 +151,8 @@ def fit_bases(
             bases[layer] = compute_lib_basis(s.gram, s.mean, m_dash, **kw)
         else:
             raise ValueError(f"Unknown basis method {method!r}; use lib, pca or neuron.")
-    return bases, m_dashes
+    ordered = {layer: bases[layer] for layer in layers}
+    return ordered, {layer: m_dashes[layer] for layer in layers if layer in m_dashes}
 
 
 def compute_edges(

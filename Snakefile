@@ -1,0 +1,38 @@
+# interaction-basis: LIB and PCA bases, interaction graphs and modules for each configured
+# experiment. Run `snakemake --cores N`; see README.md.
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/model.smk"
+include: "rules/extract.smk"
+include: "rules/basis.smk"
+include: "rules/interactions.smk"
+include: "rules/cluster.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{experiment}/summary.json", experiment=EXPERIMENTS),
+
+
+rule all_models:
+    input:
+        expand("results/{experiment}/model/weights.npz", experiment=EXPERIMENTS),
+
+
+rule all_basis:
+    input:
+        basis_targets(),
+
+
+rule all_clusters:
+    input:
+        cluster_targets(),

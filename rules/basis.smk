@@ -1,0 +1,26 @@
+# Stage 3: per-layer bases for each method, backwards from the output.
+
+
+rule fit_basis:
+    input:
+        weights="results/{experiment}/model/weights.npz",
+        acts="results/{experiment}/activations.zarr",
+        code=code_files("model", "basis"),
+    output:
+        basis=directory("results/{experiment}/{method}/basis.zarr"),
+    log:
+        "results/logs/fit_basis/{experiment}/{method}.log",
+    benchmark:
+        "results/benchmarks/fit_basis/{experiment}/{method}.tsv"
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=120,
+    params:
+        model=model_params,
+        extract=extract_params,
+        basis=basis_params,
+    script:
+        "../scripts/fit_basis.py"

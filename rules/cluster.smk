@@ -1,0 +1,28 @@
+# Stage 5: Leiden modules of the interaction graph.
+
+
+rule cluster_graph:
+    input:
+        weights="results/{experiment}/model/weights.npz",
+        basis="results/{experiment}/{method}/basis.zarr",
+        edges="results/{experiment}/{method}/edges.zarr",
+        code=code_files("model", "cluster"),
+    output:
+        modules="results/{experiment}/{method}/modules.json",
+        graph="results/{experiment}/{method}/graph.graphml",
+    log:
+        "results/logs/cluster_graph/{experiment}/{method}.log",
+    benchmark:
+        "results/benchmarks/cluster_graph/{experiment}/{method}.tsv"
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=30,
+    params:
+        model=model_params,
+        extract=extract_params,
+        cluster=cluster_params,
+    script:
+        "../scripts/cluster_graph.py"

@@ -1,0 +1,112 @@
+# Config loading and validation, wildcard constraints, and every function the rules use.
+import re
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from interaction_basis.config import WorkflowConfig
+
+validate(config, schema="../config/schema.yaml")
+CONFIG = WorkflowConfig.model_validate(config)
+EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
+PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
+
+# Package modules each stage computes with: editing one reruns that stage and what follows.
+# Wiring (stages.py, io.py, config.py) is left out so that cosmetic edits rerun nothing.
+CODE = {
+    "model": ["data.py", "models/__init__.py", "models/sectioned.py", "models/modadd.py"],
+    "train": ["train.py"],
+    "extract": ["linalg.py", "build.py"],
+    "basis": ["linalg.py", "basis.py", "jacobians.py", "build.py"],
+    "edges": ["jacobians.py", "build.py"],
+    "cluster": ["clustering.py", "fourier.py", "summary.py"],
+    "report": ["summary.py", "plotting.py", "ablation.py"],
+}
+
+
+def _alternation(names):
+    """A regex matching exactly these names (or nothing)."""
+    names = sorted(names)
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+wildcard_constraints:
+    experiment=_alternation(EXPERIMENTS),
+    method="lib|pca|neuron",
+
+
+TRAINED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.weights is None)
+IMPORTED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.weights is not None)
+
+
+def code_files(*stages):
+    """Package modules used by the given stages, as input files (checksummed by Snakemake)."""
+    files = {str(PACKAGE / f) for stage in stages for f in CODE[stage]}
+    return sorted(files)
+
+
+def experiment(wildcards):
+    return EXPERIMENTS[wildcards.experiment]
+
+
+def imported_weights(wildcards):
+    path = experiment(wildcards).model.weights
+    return path.replace("{reference_dir}", CONFIG.reference_dir)
+
+
+def model_params(wildcards):
+    return experiment(wildcards).model.model_dump(mode="json")
+
+
+def extract_params(wildcards):
+    return experiment(wildcards).extract.model_dump(mode="json")
+
+
+def basis_params(wildcards):
+    return experiment(wildcards).basis.model_dump(mode="json")
+
+
+def edges_params(wildcards):
+    return experiment(wildcards).edges.model_dump(mode="json")
+
+
+def cluster_params(wildcards):
+    return experiment(wildcards).cluster.model_dump(mode="json")
+
+
+def methods(wildcards):
+    return experiment(wildcards).basis.methods
+
+
+def per_method(pattern):
+    """Input function: ``pattern`` expanded over the experiment's basis methods."""
+
+    def inputs(wildcards):
+        return expand(pattern, experiment=wildcards.experiment, method=methods(wildcards))
+
+    return inputs
+
+
+def basis_targets():
+    return [
+        f"results/{name}/{method}/basis.zarr"
+        for name, e in EXPERIMENTS.items()
+        for method in e.basis.methods
+    ]
+
+
+def cluster_targets():
+    return [
+        f"results/{name}/{method}/modules.json"
+        for name, e in EXPERIMENTS.items()
+        for method in e.basis.methods
+    ]
+
+
+def mem_mb(base):
+    """Memory request that doubles with each retry."""
+
+    def mem(wildcards, attempt):
+        return base * 2 ** (attempt - 1)
+
+    return mem

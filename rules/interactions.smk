@@ -1,0 +1,27 @@
+# Stage 4: interaction edges between adjacent node layers.
+
+
+rule compute_edges:
+    input:
+        weights="results/{experiment}/model/weights.npz",
+        acts="results/{experiment}/activations.zarr",
+        basis="results/{experiment}/{method}/basis.zarr",
+        code=code_files("model", "edges"),
+    output:
+        edges=directory("results/{experiment}/{method}/edges.zarr"),
+    log:
+        "results/logs/compute_edges/{experiment}/{method}.log",
+    benchmark:
+        "results/benchmarks/compute_edges/{experiment}/{method}.tsv"
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=120,
+    params:
+        model=model_params,
+        extract=extract_params,
+        edges=edges_params,
+    script:
+        "../scripts/compute_edges.py"

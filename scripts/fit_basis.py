@@ -1,0 +1,20 @@
+"""Adapter for rule fit_basis."""
+import logging
+from typing import TYPE_CHECKING
+
+from interaction_basis import config, stages
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+stages.set_threads(snakemake.threads)
+stages.fit_basis(
+    config.ModelConfig.model_validate(snakemake.params.model),
+    config.ExtractConfig.model_validate(snakemake.params.extract),
+    config.BasisConfig.model_validate(snakemake.params.basis),
+    snakemake.wildcards.method,
+    snakemake.input.weights,
+    snakemake.input.acts,
+    snakemake.output.basis,
+)

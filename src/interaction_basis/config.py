@@ -1,0 +1,187 @@
+"""Experiment configuration: pydantic models, one per workflow stage.
+
+``config/schema.yaml`` is generated from :class:`WorkflowConfig` (``python -m
+interaction_basis.config``) and a test keeps the two in sync. Building a config never does IO.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from interaction_basis.train import ModAddTrainConfig
+
+Method = Literal["lib", "pca", "neuron"]
+DType = Literal["float64", "float32"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Frozen):
+    """Where the model comes from."""
+
+    kind: Literal["modadd"] = Field(
+        "modadd", description="Architecture: 'modadd' (the paper's 1-layer transformer)."
+    )
+    weights: str | None = Field(
+        None,
+        description="Path to an existing weights.npz in TransformerLens naming to analyse "
+        "instead of training; '{reference_dir}' expands to the top-level reference_dir. "
+        "null: train with `train`.",
+    )
+    train: ModAddTrainConfig = Field(
+        default_factory=ModAddTrainConfig,
+        description="Training recipe and data split (the split is also used for imported "
+        "weights: LIB is fitted on the train split, evaluations use the test split).",
+    )
+
+
+class ExtractConfig(_Frozen):
+    """Activation extraction at the node layers (lib_spec A.1, A.2)."""
+
+    node_layers: list[str] = Field(
+        ["ln1.0", "ln2.0", "unembed", "output"],
+        min_length=2,
+        description="Node layers in forward order; the last one is not rotated unless "
+        "basis.rotate_final. Mod-add: ln1.0, ln2.0, unembed, output.",
+    )
+    dtype: DType = Field("float64", description="Precision of the model and activations.")
+    batch_size: int = Field(
+        1024, ge=1, description="Samples per batch for extraction and all later passes."
+    )
+    center: bool = Field(
+        True, description="Mean-centre (keep the constant as feature 0; lib_spec A.2)."
+    )
+
+
+class IntegrationConfig(_Frozen):
+    """Integration rule over the path α·f (lib_spec A.7)."""
+
+    method: Literal["gradient", "trapezoidal", "gauss-legendre"] = Field(
+        "gradient", description="gradient (α = 1, every paper config), trapezoidal, gauss-legendre."
+    )
+    n_intervals: int = Field(0, ge=0, description="Intervals; 0 for 'gradient'.")
+
+    @model_validator(mode="after")
+    def _gradient_has_no_intervals(self) -> "IntegrationConfig":
+        if self.method == "gradient" and self.n_intervals != 0:
+            raise ValueError("integration.method 'gradient' requires n_intervals: 0")
+        return self
+
+
+class SourcesConfig(_Frozen):
+    """Stochastic ±1 sources (lib_spec A.3, A.6); null means exact."""
+
+    n_pos: int | None = Field(None, ge=1, description="Sources over output positions.")
+    n_hidden: int | None = Field(
+        None, ge=1, description="Sources over output dimensions (basis only)."
+    )
+
+
+class BasisConfig(_Frozen):
+    """Per-layer bases (lib_spec A.3, A.4, A.8)."""
+
+    methods: list[Method] = Field(
+        ["lib", "pca"], min_length=1, description="Bases to build: lib, pca, neuron."
+    )
+    truncation: float = Field(
+        1e-10,
+        gt=0,
+        description="Drop Gram eigenvalues D and Λ at or below this. Relative (to the largest "
+        "eigenvalue) by default: float64 rounding is ~1e-16 of the largest, so 1e-10 removes "
+        "only noise and null directions with six orders of margin (lib_spec A.8). The paper "
+        "used an absolute 1e-15.",
+    )
+    relative: bool = Field(True, description="Whether `truncation` is relative to the maximum.")
+    rotate_final: bool = Field(
+        False, description="Give the last node layer a PCA basis instead of the neuron basis."
+    )
+    integration: IntegrationConfig = Field(default_factory=IntegrationConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    seed: int = Field(0, ge=0, description="Seed of the stochastic sources.")
+
+
+class EdgesConfig(_Frozen):
+    """Interaction edges between adjacent node layers (lib_spec A.6)."""
+
+    integration: IntegrationConfig = Field(default_factory=IntegrationConfig)
+    n_sources_pos: int | None = Field(
+        None, ge=1, description="Stochastic sources over output positions; null: exact."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the stochastic sources.")
+
+
+class ClusterConfig(_Frozen):
+    """The interaction graph and its Leiden modules (lib_spec D)."""
+
+    layers: list[str] | None = Field(
+        None, description="Node layers in the graph; null: all but the last ('output')."
+    )
+    edge_norm: Literal["log", "sqrt", "abs", "max", "node_log"] = Field(
+        "log", description="Edge weight: log = max(0, log10(E/ε_l)) (the paper's), sqrt, ..."
+    )
+    epsilon: float | dict[str, float] | None = Field(
+        None,
+        description="ε of the log norm: one value or one per input layer. null: derive ε_l "
+        "from `epsilon_mass`.",
+    )
+    epsilon_mass: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="If epsilon is null: ε_l is the smallest of the strongest non-constant "
+        "edges that together hold this fraction of layer l's non-constant edge weight.",
+    )
+    resolution: float = Field(1.0, gt=0, description="Leiden resolution γ (paper: 0.5 and 1).")
+    seed: int = Field(0, ge=0, description="Leiden seed.")
+    n_iterations: int = Field(10, description="Leiden iterations (paper: 10; -1: to convergence).")
+
+
+class ExperimentConfig(_Frozen):
+    """One model analysed end to end."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Folder name under results/ (letters, digits, '-', '_').",
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    basis: BasisConfig = Field(default_factory=BasisConfig)
+    edges: EdgesConfig = Field(default_factory=EdgesConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+
+class WorkflowConfig(_Frozen):
+    """The whole config file."""
+
+    reference_dir: str = Field(
+        "../shared/reference",
+        description="Folder holding reference checkpoints; '{reference_dir}' in model.weights "
+        "expands to it. Relative paths are relative to the working directory.",
+    )
+    experiments: list[ExperimentConfig] = Field(
+        min_length=1, description="Experiments to run (a list, so --configfile replaces it)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "WorkflowConfig":
+        names = [e.name for e in self.experiments]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"experiment names must be unique; repeated: {dupes}")
+        return self
+
+
+def workflow_schema() -> dict:
+    """The JSON Schema written to config/schema.yaml."""
+    schema = WorkflowConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+if __name__ == "__main__":
+    import yaml
+
+    print("# Generated by `python -m interaction_basis.config`; do not edit by hand.")
+    print(yaml.safe_dump(workflow_schema(), sort_keys=False, allow_unicode=True), end="")

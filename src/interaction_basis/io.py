@@ -1,0 +1,249 @@
+"""All storage: weights, Zarr stores (through xarray), JSON. Every write is atomic.
+
+Outputs are written to a sibling temporary path and renamed into place, so a job killed
+halfway leaves nothing that a later stage (or a rerun) would mistake for a finished result.
+"""
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from interaction_basis.basis import Basis
+from interaction_basis.build import BatchSource, LayerStats
+
+warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        _remove(final)
+        os.replace(tmp, final)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Arrays of a ``weights.npz`` (no pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights file {path} does not exist. Check model.weights in the config "
+            "(and reference_dir if it uses '{reference_dir}')."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as err:  # zipfile/pickle/format errors all mean the same to a user
+        raise ValueError(
+            f"Cannot read {path} as a .npz of arrays ({err}). Expected a file written by "
+            "numpy.savez with one array per state-dict tensor."
+        ) from err
+
+
+def write_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **weights)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray | Tensor):
+        return np.asarray(obj).tolist()
+    raise TypeError(f"Not JSON serialisable: {type(obj)}")
+
+
+def _write_tree(path: str | os.PathLike, groups: Mapping[str, xr.Dataset], attrs: dict) -> None:
+    tree = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), **groups})
+    with atomic_path(path) as tmp:
+        tree.to_zarr(tmp, mode="w", consolidated=False)
+
+
+def _open_tree(path: str | os.PathLike) -> xr.DataTree:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Zarr store {path} does not exist; run the stage that makes it.")
+    return xr.open_datatree(path, engine="zarr", consolidated=False)
+
+
+def write_activations(
+    path: str | os.PathLike,
+    acts: Mapping[str, Tensor],
+    stats: Mapping[str, LayerStats],
+    attrs: dict,
+    chunk_samples: int = 1024,
+) -> None:
+    """One group per node layer: ``activations`` (sample, position, feature), ``mean``,
+    ``gram`` (feature, feature_t) and the (sample, position) ``count``."""
+    groups = {}
+    for layer, x in acts.items():
+        s = stats[layer]
+        ds = xr.Dataset(
+            {
+                "activations": (("sample", "position", "feature"), x.numpy()),
+                "mean": (("feature",), s.mean.numpy()),
+                "gram": (("feature", "feature_t"), s.gram.numpy()),
+            },
+            attrs={"count": s.count, "layer": layer},
+        )
+        ds["activations"].encoding["chunks"] = (min(chunk_samples, x.shape[0]), *x.shape[1:])
+        groups[layer] = ds
+    _write_tree(path, groups, {**attrs, "node_layers": list(acts)})
+
+
+def read_node_layers(path: str | os.PathLike) -> list[str]:
+    return list(_open_tree(path).attrs["node_layers"])
+
+
+def read_stats(path: str | os.PathLike) -> dict[str, LayerStats]:
+    tree = _open_tree(path)
+    out = {}
+    for layer in tree.attrs["node_layers"]:
+        g = tree[layer]
+        out[layer] = LayerStats(
+            torch.from_numpy(g["mean"].values), torch.from_numpy(g["gram"].values),
+            int(g.attrs["count"]),
+        )
+    return out
+
+
+def open_activation_batches(path: str | os.PathLike, batch_size: int) -> BatchSource:
+    """A BatchSource that reads one batch of samples at a time from the store."""
+    tree = _open_tree(path)
+
+    def batches(layer: str) -> Iterator[Tensor]:
+        var = tree[layer]["activations"]
+        n = var.sizes["sample"]
+        for start in range(0, n, batch_size):
+            yield torch.from_numpy(var.isel(sample=slice(start, start + batch_size)).values)
+
+    return batches
+
+
+def read_activations(path: str | os.PathLike, layer: str) -> Tensor:
+    return torch.from_numpy(_open_tree(path)[layer]["activations"].values)
+
+
+def write_bases(
+    path: str | os.PathLike,
+    bases: Mapping[str, Basis],
+    m_dash: Mapping[str, Tensor],
+    method: str,
+    attrs: dict,
+) -> None:
+    """One group per node layer: ``C`` (orig, feature), ``C_pinv`` (feature, orig), the
+    importance (``Lambda`` for LIB, ``eigenvalues`` for PCA) and, for LIB, ``M_dash``."""
+    groups = {}
+    importance_name = {"lib": "Lambda", "pca": "eigenvalues"}.get(method, "importance")
+    for layer, b in bases.items():
+        data = {
+            "C": (("orig", "feature"), b.C.numpy()),
+            "C_pinv": (("feature", "orig"), b.C_pinv.numpy()),
+            importance_name: (("feature",), b.importance.numpy()),
+        }
+        if layer in m_dash:
+            data["M_dash"] = (("orig", "orig_t"), m_dash[layer].numpy())
+        groups[layer] = xr.Dataset(data, attrs={"n_masked": b.n_masked, "layer": layer})
+    _write_tree(path, groups, {**attrs, "method": method, "node_layers": list(bases)})
+
+
+def read_bases(path: str | os.PathLike) -> dict[str, Basis]:
+    tree = _open_tree(path)
+    out = {}
+    for layer in tree.attrs["node_layers"]:
+        g = tree[layer]
+        name = next(n for n in ("Lambda", "eigenvalues", "importance") if n in g)
+        out[layer] = Basis(
+            torch.from_numpy(g["C"].values), torch.from_numpy(g["C_pinv"].values),
+            torch.from_numpy(g[name].values), int(g.attrs["n_masked"]),
+        )
+    return out
+
+
+def read_m_dash(path: str | os.PathLike) -> dict[str, Tensor]:
+    tree = _open_tree(path)
+    return {
+        layer: torch.from_numpy(tree[layer]["M_dash"].values)
+        for layer in tree.attrs["node_layers"] if "M_dash" in tree[layer]
+    }
+
+
+def edge_group_name(in_layer: str, out_layer: str) -> str:
+    return f"{in_layer}__{out_layer}"
+
+
+def write_edges(
+    path: str | os.PathLike, edges: Mapping[tuple[str, str], Tensor], attrs: dict
+) -> None:
+    """One group per adjacent pair ``{in}__{out}`` holding ``E`` (out_feature, in_feature)."""
+    groups = {
+        edge_group_name(a, b): xr.Dataset(
+            {"E": (("out_feature", "in_feature"), e.numpy())},
+            attrs={"in_layer": a, "out_layer": b},
+        )
+        for (a, b), e in edges.items()
+    }
+    pairs = [list(p) for p in edges]
+    _write_tree(path, groups, {**attrs, "pairs": pairs})
+
+
+def read_edges(path: str | os.PathLike) -> dict[tuple[str, str], Tensor]:
+    tree = _open_tree(path)
+    return {
+        (a, b): torch.from_numpy(tree[edge_group_name(a, b)]["E"].values)
+        for a, b in tree.attrs["pairs"]
+    }
+
+
+def write_graphml(path: str | os.PathLike, graph: Any) -> None:
+    with atomic_path(path) as tmp:
+        graph.write_graphml(str(tmp))
+
+
+@contextmanager
+def atomic_figure_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Like :func:`atomic_path`, keeping the suffix so that matplotlib picks the format."""
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        real = tmp.with_name(tmp.name + final.suffix)
+        yield real
+        os.replace(real, tmp)

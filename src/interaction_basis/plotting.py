@@ -1,0 +1,102 @@
+"""Figures (imported only by the summary and report stages)."""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from interaction_basis.basis import Basis  # noqa: E402
+
+COLORS = plt.get_cmap("tab10").colors
+
+
+def plot_training_curve(history: Sequence[Mapping], path: Path) -> None:
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    if history:
+        epochs = [h["epoch"] for h in history]
+        for key, style in (("train", "-"), ("test", "--")):
+            ax[0].semilogy(epochs, [h[f"{key}_loss"] for h in history], style, label=key)
+            ax[1].plot(epochs, [h[f"{key}_acc"] for h in history], style, label=key)
+        ax[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+        ax[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+        ax[0].legend()
+    else:
+        for a in ax:
+            a.text(0.5, 0.5, "imported weights: no training curve", ha="center", va="center")
+            a.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_spectra(bases: Mapping[str, Mapping[str, Basis]], path: Path) -> None:
+    """Importance spectra (LIB Λ, PCA eigenvalues) per layer, normalised to the largest."""
+    methods = list(bases)
+    layers = list(bases[methods[0]])[:-1]
+    fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.4), squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for i, m in enumerate(methods):
+            b = bases[m][layer]
+            vals = b.importance[b.n_masked :].numpy()
+            if vals.size:
+                ax.semilogy(np.arange(1, vals.size + 1), vals / vals.max(), ".-", ms=3,
+                            color=COLORS[i], label=f"{m} ({vals.size})")
+        ax.set(title=layer, xlabel="feature (constant excluded)", ylabel="importance / max")
+        ax.legend(fontsize=8)
+    fig.suptitle("Spectra: LIB Λ vs PCA variance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_interaction_graphs(
+    edges: Mapping[str, Mapping[tuple[str, str], Tensor]],
+    modules: Mapping[str, Mapping],
+    path: Path,
+    max_nodes: int = 40,
+) -> None:
+    """Layers left to right, top features by importance (index) top-down, edge width by
+    log weight, nodes coloured by module (grey: singletons)."""
+    methods = list(edges)
+    fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 6), squeeze=False)
+    for ax, m in zip(axes[0], methods, strict=True):
+        mod = modules[m]
+        layers = mod["layers"]
+        cluster = {(n["layer"], n["index"]): n["cluster"] for n in mod["nodes"]}
+        sizes = {}
+        for c in cluster.values():
+            sizes[c] = sizes.get(c, 0) + 1
+        big = sorted((c for c, s in sizes.items() if s > 1), key=lambda c: -sizes[c])
+        color = {c: COLORS[i % len(COLORS)] for i, c in enumerate(big)}
+        pairs = [(a, b) for (a, b) in edges[m] if a in layers and b in layers]
+        all_e = [edges[m][p][1:max_nodes, 1:max_nodes].flatten() for p in pairs]
+        top = max(float(e.max()) for e in all_e) if all_e else 1.0
+        for a, b in pairs:
+            e = edges[m][(a, b)].numpy()
+            xa, xb = layers.index(a), layers.index(b)
+            n_out, n_in = min(e.shape[0], max_nodes), min(e.shape[1], max_nodes)
+            for i in range(1, n_out):
+                for j in range(1, n_in):
+                    w = np.log10(max(e[i, j] / top, 1e-12)) + 4  # four decades visible
+                    if w > 0:
+                        ax.plot([xa, xb], [-j, -i], color="k", alpha=0.15 + 0.2 * w / 4,
+                                lw=0.3 + 1.2 * w / 4, zorder=1)
+        for x, layer in enumerate(layers):
+            n = min(max_nodes, 1 + max(i for (lay, i) in cluster if lay == layer))
+            ys = np.arange(1, n)
+            cs = [color.get(cluster.get((layer, int(i))), (0.8, 0.8, 0.8)) for i in ys]
+            ax.scatter(np.full(len(ys), x), -ys, c=cs, s=28, zorder=2, edgecolors="k",
+                       linewidths=0.3)
+        ax.set_xticks(range(len(layers)), layers)
+        ax.set_yticks([])
+        ax.set_title(f"{m}: Q = {mod['modularity']:.3f}, γ = {mod['resolution']:g}, "
+                     f"{len(big)} modules")
+        ax.set_ylabel(f"feature (top {max_nodes - 1} by importance, constant hidden)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,254 @@
+"""Workflow stage entry points: each wires ``io`` reads, package computations and ``io``
+writes for one Snakemake rule. No math and no file handling of their own."""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from importlib.metadata import version
+
+import numpy as np
+import torch
+
+from interaction_basis import io
+from interaction_basis.basis import Truncation
+from interaction_basis.build import (
+    batches_from_tensors,
+    compute_layer_statistics,
+    fit_bases,
+)
+from interaction_basis.build import compute_edges as build_edges
+from interaction_basis.clustering import build_interaction_graph, compute_modules
+from interaction_basis.config import (
+    BasisConfig,
+    ClusterConfig,
+    EdgesConfig,
+    ExtractConfig,
+    ModelConfig,
+)
+from interaction_basis.data import build_modadd_dataset, compute_modadd_split
+from interaction_basis.jacobians import Integration, Sources
+from interaction_basis.models import DTYPES, load_sectioned_model
+from interaction_basis.models.modadd import validate_modadd_weights
+from interaction_basis.summary import (
+    compute_epsilon_from_mass,
+    compute_summary,
+    label_modadd_clusters,
+    render_markdown,
+)
+from interaction_basis.train import train_modadd
+
+log = logging.getLogger(__name__)
+
+
+def provenance(**slices: object) -> dict:
+    """Store attrs: package version and a hash of the config slices that made the output."""
+    blob = json.dumps(slices, sort_keys=True, default=str)
+    return {
+        "package_version": version("interaction-basis"),
+        "config_sha256": hashlib.sha256(blob.encode()).hexdigest(),
+        "config": blob,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _modadd_split(model_cfg: ModelConfig):
+    t = model_cfg.train
+    tokens, labels = build_modadd_dataset(t.modulus)
+    train_idx, test_idx = compute_modadd_split(len(labels), t.frac_train, t.data_seed)
+    return tokens, labels, train_idx, test_idx
+
+
+def _accuracy(model_cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> dict:
+    tokens, labels, train_idx, test_idx = _modadd_split(model_cfg)
+    model = load_sectioned_model(model_cfg.kind, weights, ["unembed", "output"], "float32")
+    out = {}
+    with torch.no_grad():
+        for name, idx in (("train", train_idx), ("test", test_idx)):
+            logits = model.forward_from("unembed", model.embed(tokens[idx]))[:, -1]
+            out[f"{name}_accuracy"] = float((logits.argmax(-1) == labels[idx]).double().mean())
+    return out
+
+
+def train_model(model_cfg: ModelConfig, weights_out: str, metrics_out: str, curve_out: str) -> None:
+    """Train the mod-add transformer; save weights, accuracies and the loss curve."""
+    from interaction_basis.plotting import plot_training_curve
+
+    result = train_modadd(model_cfg.train)
+    log.info("trained: train acc %.6f, test acc %.6f", result.train_accuracy,
+             result.test_accuracy)
+    io.write_weights(weights_out, result.weights)
+    metrics = {"source": "trained", **_accuracy(model_cfg, result.weights),
+               "history": result.history}
+    io.write_json(metrics_out, metrics)
+    with io.atomic_figure_path(curve_out) as path:
+        plot_training_curve(result.history, path)
+
+
+def import_model(model_cfg: ModelConfig, weights_in: str, weights_out: str, metrics_out: str,
+                 curve_out: str) -> None:
+    """Validate existing weights, copy them into results and record their accuracy."""
+    from interaction_basis.plotting import plot_training_curve
+
+    weights = io.read_weights(weights_in)
+    validate_modadd_weights(weights, source=weights_in)
+    weights = {k: v for k, v in weights.items() if not k.endswith(("attn.mask", "attn.IGNORE"))}
+    io.write_weights(weights_out, weights)
+    metrics = {"source": os.path.abspath(weights_in), **_accuracy(model_cfg, weights),
+               "history": []}
+    log.info("imported %s: %s", weights_in, metrics)
+    io.write_json(metrics_out, metrics)
+    with io.atomic_figure_path(curve_out) as path:
+        plot_training_curve([], path)
+
+
+def extract_activations(
+    model_cfg: ModelConfig, extract_cfg: ExtractConfig, weights_path: str, out_path: str
+) -> None:
+    """Activations on the fitting split at every node layer, with means and Grams."""
+    weights = io.read_weights(weights_path)
+    model = load_sectioned_model(model_cfg.kind, weights, extract_cfg.node_layers,
+                                 extract_cfg.dtype)
+    tokens, _, train_idx, _ = _modadd_split(model_cfg)
+    inputs = tokens[train_idx]
+    chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in model.node_layers}
+    with torch.no_grad():
+        for start in range(0, len(inputs), extract_cfg.batch_size):
+            for layer, x in model.activations(inputs[start : start + extract_cfg.batch_size]).items():
+                chunks[layer].append(x)
+    acts = {layer: torch.cat(xs) for layer, xs in chunks.items()}
+    source = batches_from_tensors(acts, extract_cfg.batch_size)
+    stats = {
+        layer: compute_layer_statistics(source, layer, center=extract_cfg.center, progress=True)
+        for layer in model.node_layers
+    }
+    attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
+    attrs.update(model_kind=model_cfg.kind, dataset="modadd train split",
+                 dtype=extract_cfg.dtype, n_samples=len(inputs))
+    io.write_activations(out_path, acts, stats, attrs, chunk_samples=extract_cfg.batch_size)
+
+
+def _integration(cfg) -> Integration:
+    return Integration(cfg.method, cfg.n_intervals)
+
+
+def fit_basis(
+    model_cfg: ModelConfig, extract_cfg: ExtractConfig, basis_cfg: BasisConfig, method: str,
+    weights_path: str, acts_path: str, out_path: str,
+) -> None:
+    """Bases of every node layer for one method, backwards from the output."""
+    model = load_sectioned_model(model_cfg.kind, io.read_weights(weights_path),
+                                 io.read_node_layers(acts_path), extract_cfg.dtype)
+    bases, m_dash = fit_bases(
+        model,
+        io.open_activation_batches(acts_path, extract_cfg.batch_size),
+        io.read_stats(acts_path),
+        method,
+        truncation=Truncation(basis_cfg.truncation, basis_cfg.relative),
+        center=extract_cfg.center,
+        rotate_final=basis_cfg.rotate_final,
+        integration=_integration(basis_cfg.integration),
+        sources=Sources(basis_cfg.sources.n_pos, basis_cfg.sources.n_hidden),
+        seed=basis_cfg.seed,
+        progress=True,
+    )
+    for layer, b in bases.items():
+        log.info("%s %s: %d of %d directions kept", method, layer, b.C.shape[1], b.C.shape[0])
+    attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump(),
+                       basis=basis_cfg.model_dump())
+    io.write_bases(out_path, bases, m_dash, method, attrs)
+
+
+def compute_edges(
+    model_cfg: ModelConfig, extract_cfg: ExtractConfig, edges_cfg: EdgesConfig,
+    weights_path: str, acts_path: str, basis_path: str, out_path: str,
+) -> None:
+    """Edges between every pair of adjacent node layers."""
+    model = load_sectioned_model(model_cfg.kind, io.read_weights(weights_path),
+                                 io.read_node_layers(acts_path), extract_cfg.dtype)
+    bases = io.read_bases(basis_path)
+    edges = build_edges(
+        model,
+        io.open_activation_batches(acts_path, extract_cfg.batch_size),
+        bases,
+        integration=_integration(edges_cfg.integration),
+        sources=Sources(edges_cfg.n_sources_pos),
+        seed=edges_cfg.seed,
+        progress=True,
+    )
+    attrs = provenance(edges=edges_cfg.model_dump())
+    io.write_edges(out_path, edges, attrs)
+
+
+def cluster_graph(
+    model_cfg: ModelConfig, extract_cfg: ExtractConfig, cluster_cfg: ClusterConfig,
+    weights_path: str, basis_path: str, edges_path: str, modules_out: str, graph_out: str,
+) -> None:
+    """Leiden modules of the interaction graph, labelled by Fourier frequency for mod-add."""
+    edges = io.read_edges(edges_path)
+    node_layers = [a for a, _ in edges] + [list(edges)[-1][1]]
+    layers = cluster_cfg.layers or node_layers[:-1]
+    unknown = [layer for layer in layers if layer not in node_layers]
+    if unknown:
+        raise ValueError(f"cluster.layers {unknown} are not node layers: {node_layers}.")
+    epsilon = cluster_cfg.epsilon
+    if epsilon is None and cluster_cfg.edge_norm in ("log", "node_log"):
+        epsilon = {a: compute_epsilon_from_mass(e, cluster_cfg.epsilon_mass)
+                   for (a, _), e in edges.items()}
+    graph = build_interaction_graph(edges, layers, edge_norm=cluster_cfg.edge_norm,
+                                    epsilon=epsilon)
+    modules = compute_modules(graph, resolution=cluster_cfg.resolution, seed=cluster_cfg.seed,
+                              n_iterations=cluster_cfg.n_iterations)
+    graph.vs["cluster"] = modules.membership
+    result = {
+        "resolution": modules.resolution,
+        "seed": modules.seed,
+        "n_iterations": modules.n_iterations,
+        "edge_norm": cluster_cfg.edge_norm,
+        "epsilon": epsilon,
+        "modularity": modules.modularity,
+        "n_clusters": modules.n_clusters,
+        "n_non_singleton": modules.n_non_singleton,
+        "n_graph_edges": graph.ecount(),
+        "layers": layers,
+        "nodes": [{"layer": v["layer"], "index": v["index"], "cluster": c}
+                  for v, c in zip(graph.vs, modules.membership, strict=True)],
+        "clusters": [{"id": i, "features": f, "layer_spans": s}
+                     for i, (f, s) in enumerate(zip(modules.cluster_features,
+                                                    modules.layer_spans, strict=True))],
+    }
+    if model_cfg.kind == "modadd":
+        model = load_sectioned_model(model_cfg.kind, io.read_weights(weights_path), node_layers,
+                                     extract_cfg.dtype)
+        labels = label_modadd_clusters(model, io.read_bases(basis_path), modules,
+                                       model_cfg.train.modulus)
+        for cluster, label in zip(result["clusters"], labels, strict=True):
+            cluster["frequency"] = label
+    io.write_json(modules_out, result)
+    io.write_graphml(graph_out, graph)
+
+
+def summarize(experiment: str, methods: list[str], model_metrics: str, basis_paths: list[str],
+              edges_paths: list[str], modules_paths: list[str], out_md: str, out_json: str,
+              spectra_png: str, graph_png: str) -> None:
+    """The LIB-vs-PCA comparison: summary.md, summary.json and figures."""
+    from interaction_basis.plotting import plot_interaction_graphs, plot_spectra
+
+    bases = {m: io.read_bases(p) for m, p in zip(methods, basis_paths, strict=True)}
+    edges = {m: io.read_edges(p) for m, p in zip(methods, edges_paths, strict=True)}
+    modules = {m: io.read_json(p) for m, p in zip(methods, modules_paths, strict=True)}
+    summary = compute_summary(experiment, methods, io.read_json(model_metrics), bases, edges,
+                              modules)
+    io.write_json(out_json, summary)
+    io.write_text(out_md, render_markdown(summary))
+    with io.atomic_figure_path(spectra_png) as path:
+        plot_spectra(bases, path)
+    with io.atomic_figure_path(graph_png) as path:
+        plot_interaction_graphs(edges, modules, path)
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(max(1, int(threads)))
+    log.info("torch threads: %d (dtypes available: %s)", torch.get_num_threads(), list(DTYPES))
