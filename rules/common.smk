@@ -14,8 +14,16 @@ PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
 # Package modules each stage computes with: editing one reruns that stage and what follows.
 # Wiring (stages.py, io.py, config.py) is left out so that cosmetic edits rerun nothing.
 CODE = {
-    "model": ["data.py", "models/__init__.py", "models/sectioned.py", "models/modadd.py"],
-    "train": ["train.py"],
+    "model": [
+        "data.py",
+        "images.py",
+        "tasks.py",
+        "models/__init__.py",
+        "models/sectioned.py",
+        "models/modadd.py",
+        "models/mlp.py",
+    ],
+    "train": ["train.py", "train_mlp.py"],
     "extract": ["linalg.py", "build.py"],
     "basis": ["linalg.py", "basis.py", "jacobians.py", "build.py"],
     "edges": ["jacobians.py", "build.py"],

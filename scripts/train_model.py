@@ -14,4 +14,5 @@ stages.train_model(
     snakemake.output.weights,
     snakemake.output.metrics,
     snakemake.output.curve,
+    snakemake.threads,
 )

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from interaction_basis.train import ModAddTrainConfig
+from interaction_basis.train_mlp import MLPTrainConfig
 
 Method = Literal["lib", "pca", "neuron"]
 DType = Literal["float64", "float32"]
@@ -18,33 +19,66 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ImageDataConfig(_Frozen):
+    """Image dataset of an MLP experiment (kind: mlp)."""
+
+    source: Literal["digits", "cifar10", "mnist", "hub"] = Field(
+        "digits",
+        description="digits: scikit-learn's 8x8 digits (no download); cifar10: the python-format "
+        "archive in `path`; mnist: the idx .gz files in `path`; hub: `datasets` id `name`.",
+    )
+    path: str | None = Field(None, description="Local folder or file for cifar10/mnist.")
+    name: str | None = Field(None, description="Hub dataset id for source 'hub'.")
+    revision: str | None = Field(None, description="Hub dataset revision (commit SHA) to pin.")
+    verify_checksum: bool = Field(True, description="Check the archive's published md5.")
+    normalize: Literal["none", "standardize"] = Field(
+        "none", description="none: pixels in [0, 1] (the paper); standardize: train mean/std."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Test share where the source has no split (digits)."
+    )
+    split_seed: int = Field(0, ge=0, description="Seed of that split.")
+    max_fit_samples: int | None = Field(
+        None, ge=1, description="Fit LIB on at most this many training samples (null: all)."
+    )
+
+
 class ModelConfig(_Frozen):
     """Where the model comes from."""
 
-    kind: Literal["modadd"] = Field(
-        "modadd", description="Architecture: 'modadd' (the paper's 1-layer transformer)."
+    kind: Literal["modadd", "mlp"] = Field(
+        "modadd",
+        description="Architecture: 'modadd' (the paper's 1-layer transformer) or 'mlp' (an "
+        "image-classifier MLP).",
     )
     weights: str | None = Field(
         None,
-        description="Path to an existing weights.npz in TransformerLens naming to analyse "
-        "instead of training; '{reference_dir}' expands to the top-level reference_dir. "
-        "null: train with `train`.",
+        description="Path to an existing weights.npz to analyse instead of training "
+        "(TransformerLens naming for modadd; layers.{i}.W/b for mlp); '{reference_dir}' expands "
+        "to the top-level reference_dir. null: train.",
     )
     train: ModAddTrainConfig = Field(
         default_factory=ModAddTrainConfig,
-        description="Training recipe and data split (the split is also used for imported "
-        "weights: LIB is fitted on the train split, evaluations use the test split).",
+        description="kind modadd: training recipe and data split (the split is also used for "
+        "imported weights: LIB is fitted on the train split, evaluations use the test split).",
+    )
+    mlp: MLPTrainConfig = Field(
+        default_factory=MLPTrainConfig, description="kind mlp: architecture and training."
+    )
+    data: ImageDataConfig = Field(
+        default_factory=ImageDataConfig, description="kind mlp: the image dataset."
     )
 
 
 class ExtractConfig(_Frozen):
     """Activation extraction at the node layers (lib_spec A.1, A.2)."""
 
-    node_layers: list[str] = Field(
-        ["ln1.0", "ln2.0", "unembed", "output"],
+    node_layers: list[str] | None = Field(
+        None,
         min_length=2,
         description="Node layers in forward order; the last one is not rotated unless "
-        "basis.rotate_final. Mod-add: ln1.0, ln2.0, unembed, output.",
+        "basis.rotate_final. null: the model's default (mod-add: ln1.0, ln2.0, unembed, output; "
+        "MLP: layers.0 ... output).",
     )
     dtype: DType = Field("float64", description="Precision of the model and activations.")
     batch_size: int = Field(

@@ -20,8 +20,10 @@ def plot_training_curve(history: Sequence[Mapping], path: Path) -> None:
     if history:
         epochs = [h["epoch"] for h in history]
         for key, style in (("train", "-"), ("test", "--")):
-            ax[0].semilogy(epochs, [h[f"{key}_loss"] for h in history], style, label=key)
-            ax[1].plot(epochs, [h[f"{key}_acc"] for h in history], style, label=key)
+            if f"{key}_loss" in history[0]:
+                ax[0].semilogy(epochs, [h[f"{key}_loss"] for h in history], style, label=key)
+            if f"{key}_acc" in history[0]:
+                ax[1].plot(epochs, [h[f"{key}_acc"] for h in history], style, label=key)
         ax[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
         ax[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
         ax[0].legend()

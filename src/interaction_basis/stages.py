@@ -9,10 +9,9 @@ import time
 from collections.abc import Mapping
 from importlib.metadata import version
 
-import numpy as np
 import torch
 
-from interaction_basis import io
+from interaction_basis import io, tasks
 from interaction_basis.basis import Truncation
 from interaction_basis.build import (
     batches_from_tensors,
@@ -28,17 +27,13 @@ from interaction_basis.config import (
     ExtractConfig,
     ModelConfig,
 )
-from interaction_basis.data import build_modadd_dataset, compute_modadd_split
 from interaction_basis.jacobians import Integration, Sources
-from interaction_basis.models import DTYPES, load_sectioned_model
-from interaction_basis.models.modadd import validate_modadd_weights
 from interaction_basis.summary import (
     compute_epsilon_from_mass,
     compute_summary,
     label_modadd_clusters,
     render_markdown,
 )
-from interaction_basis.train import train_modadd
 
 log = logging.getLogger(__name__)
 
@@ -54,54 +49,41 @@ def provenance(**slices: object) -> dict:
     }
 
 
-def _modadd_split(model_cfg: ModelConfig):
-    t = model_cfg.train
-    tokens, labels = build_modadd_dataset(t.modulus)
-    train_idx, test_idx = compute_modadd_split(len(labels), t.frac_train, t.data_seed)
-    return tokens, labels, train_idx, test_idx
-
-
-def _accuracy(model_cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> dict:
-    tokens, labels, train_idx, test_idx = _modadd_split(model_cfg)
-    model = load_sectioned_model(model_cfg.kind, weights, ["unembed", "output"], "float32")
-    out = {}
-    with torch.no_grad():
-        for name, idx in (("train", train_idx), ("test", test_idx)):
-            logits = model.forward_from("unembed", model.embed(tokens[idx]))[:, -1]
-            out[f"{name}_accuracy"] = float((logits.argmax(-1) == labels[idx]).double().mean())
-    return out
-
-
-def train_model(model_cfg: ModelConfig, weights_out: str, metrics_out: str, curve_out: str) -> None:
-    """Train the mod-add transformer; save weights, accuracies and the loss curve."""
+def _curve(history: list, path: str) -> None:
     from interaction_basis.plotting import plot_training_curve
 
-    result = train_modadd(model_cfg.train)
+    with io.atomic_figure_path(path) as tmp:
+        plot_training_curve(history, tmp)
+
+
+def train_model(model_cfg: ModelConfig, weights_out: str, metrics_out: str, curve_out: str,
+                threads: int = 1) -> None:
+    """Train the configured model; save weights, accuracies and the loss curve."""
+    data = tasks.load_task_data(model_cfg)
+    result = tasks.train(model_cfg, data, threads)
     log.info("trained: train acc %.6f, test acc %.6f", result.train_accuracy,
              result.test_accuracy)
     io.write_weights(weights_out, result.weights)
-    metrics = {"source": "trained", **_accuracy(model_cfg, result.weights),
+    metrics = {"source": "trained", **tasks.compute_accuracies(model_cfg, result.weights, data),
                "history": result.history}
     io.write_json(metrics_out, metrics)
-    with io.atomic_figure_path(curve_out) as path:
-        plot_training_curve(result.history, path)
+    _curve(result.history, curve_out)
 
 
 def import_model(model_cfg: ModelConfig, weights_in: str, weights_out: str, metrics_out: str,
                  curve_out: str) -> None:
     """Validate existing weights, copy them into results and record their accuracy."""
-    from interaction_basis.plotting import plot_training_curve
-
     weights = io.read_weights(weights_in)
-    validate_modadd_weights(weights, source=weights_in)
+    tasks.validate_weights(model_cfg, weights, weights_in)
+    # TransformerLens buffers (causal mask, fill value) are not parameters.
     weights = {k: v for k, v in weights.items() if not k.endswith(("attn.mask", "attn.IGNORE"))}
     io.write_weights(weights_out, weights)
-    metrics = {"source": os.path.abspath(weights_in), **_accuracy(model_cfg, weights),
-               "history": []}
+    data = tasks.load_task_data(model_cfg)
+    metrics = {"source": os.path.abspath(weights_in),
+               **tasks.compute_accuracies(model_cfg, weights, data), "history": []}
     log.info("imported %s: %s", weights_in, metrics)
     io.write_json(metrics_out, metrics)
-    with io.atomic_figure_path(curve_out) as path:
-        plot_training_curve([], path)
+    _curve([], curve_out)
 
 
 def extract_activations(
@@ -109,14 +91,14 @@ def extract_activations(
 ) -> None:
     """Activations on the fitting split at every node layer, with means and Grams."""
     weights = io.read_weights(weights_path)
-    model = load_sectioned_model(model_cfg.kind, weights, extract_cfg.node_layers,
-                                 extract_cfg.dtype)
-    tokens, _, train_idx, _ = _modadd_split(model_cfg)
-    inputs = tokens[train_idx]
+    model = tasks.build_model(model_cfg, weights, extract_cfg.node_layers, extract_cfg.dtype)
+    data = tasks.load_task_data(model_cfg)
+    inputs = data.fit_inputs
     chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in model.node_layers}
     with torch.no_grad():
         for start in range(0, len(inputs), extract_cfg.batch_size):
-            for layer, x in model.activations(inputs[start : start + extract_cfg.batch_size]).items():
+            batch = inputs[start : start + extract_cfg.batch_size]
+            for layer, x in model.activations(batch).items():
                 chunks[layer].append(x)
     acts = {layer: torch.cat(xs) for layer, xs in chunks.items()}
     source = batches_from_tensors(acts, extract_cfg.batch_size)
@@ -125,8 +107,8 @@ def extract_activations(
         for layer in model.node_layers
     }
     attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
-    attrs.update(model_kind=model_cfg.kind, dataset="modadd train split",
-                 dtype=extract_cfg.dtype, n_samples=len(inputs))
+    attrs.update(model_kind=model_cfg.kind, dataset=data.description, dtype=extract_cfg.dtype,
+                 n_samples=len(inputs))
     io.write_activations(out_path, acts, stats, attrs, chunk_samples=extract_cfg.batch_size)
 
 
@@ -139,8 +121,8 @@ def fit_basis(
     weights_path: str, acts_path: str, out_path: str,
 ) -> None:
     """Bases of every node layer for one method, backwards from the output."""
-    model = load_sectioned_model(model_cfg.kind, io.read_weights(weights_path),
-                                 io.read_node_layers(acts_path), extract_cfg.dtype)
+    model = tasks.build_model(model_cfg, io.read_weights(weights_path),
+                              io.read_node_layers(acts_path), extract_cfg.dtype)
     bases, m_dash = fit_bases(
         model,
         io.open_activation_batches(acts_path, extract_cfg.batch_size),
@@ -166,8 +148,8 @@ def compute_edges(
     weights_path: str, acts_path: str, basis_path: str, out_path: str,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    model = load_sectioned_model(model_cfg.kind, io.read_weights(weights_path),
-                                 io.read_node_layers(acts_path), extract_cfg.dtype)
+    model = tasks.build_model(model_cfg, io.read_weights(weights_path),
+                              io.read_node_layers(acts_path), extract_cfg.dtype)
     bases = io.read_bases(basis_path)
     edges = build_edges(
         model,
@@ -220,8 +202,8 @@ def cluster_graph(
                                                     modules.layer_spans, strict=True))],
     }
     if model_cfg.kind == "modadd":
-        model = load_sectioned_model(model_cfg.kind, io.read_weights(weights_path), node_layers,
-                                     extract_cfg.dtype)
+        model = tasks.build_model(model_cfg, io.read_weights(weights_path), node_layers,
+                                  extract_cfg.dtype)
         labels = label_modadd_clusters(model, io.read_bases(basis_path), modules,
                                        model_cfg.train.modulus)
         for cluster, label in zip(result["clusters"], labels, strict=True):
@@ -251,4 +233,4 @@ def summarize(experiment: str, methods: list[str], model_metrics: str, basis_pat
 
 def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
-    log.info("torch threads: %d (dtypes available: %s)", torch.get_num_threads(), list(DTYPES))
+    log.info("torch threads: %d", torch.get_num_threads())

@@ -122,14 +122,16 @@ def render_markdown(summary: Mapping) -> str:
         cells = [" / ".join(str(v) for v in summary["methods"][m]["edges_for_mass"][pair].values())
                  for m in methods]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    labelled = any("frequency" in c for m in methods for c in summary["methods"][m]["clusters"])
     lines += ["", "## Modules (Leiden)", "", "| method | γ | Q (γ=1) | modules (size > 1) | "
-              "sizes | Fourier frequencies |", "|---|---|---|---|---|---|"]
+              "sizes |" + (" Fourier frequencies |" if labelled else ""),
+              "|---|---|---|---|---|" + ("---|" if labelled else "")]
     for m in methods:
         s = summary["methods"][m]
         sizes = ", ".join(str(c["size"]) for c in s["clusters"])
         freqs = ", ".join(str(c.get("frequency", "-")) for c in s["clusters"])
         lines.append(f"| {m} | {s['resolution']:g} | {s['modularity']:.4f} | "
-                     f"{s['n_non_singleton']} | {sizes} | {freqs} |")
+                     f"{s['n_non_singleton']} | {sizes} |" + (f" {freqs} |" if labelled else ""))
     lines += ["", "Figures: `spectra.png` (importance spectra per layer), `graph.png` "
               "(interaction graphs, modules coloured).", ""]
     return "\n".join(lines)

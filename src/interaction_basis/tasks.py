@@ -1,0 +1,118 @@
+"""What each model kind needs besides its weights: data splits, training and evaluation.
+
+A task is chosen by ``ModelConfig.kind``; stages only talk to these functions, so a new kind
+(an HF language model, say) plugs in here and in ``models/`` without touching the stages.
+"""
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from interaction_basis.config import ImageDataConfig, ModelConfig
+from interaction_basis.data import build_modadd_dataset, compute_modadd_split
+from interaction_basis.models import load_sectioned_model
+from interaction_basis.models.mlp import validate_mlp_weights
+from interaction_basis.models.modadd import MODADD_NODE_LAYERS, validate_modadd_weights
+
+
+class TaskData(NamedTuple):
+    """Raw model inputs: LIB is fitted on ``fit_inputs``; evaluations use the test split."""
+
+    fit_inputs: Tensor
+    train_inputs: Tensor
+    train_labels: Tensor
+    test_inputs: Tensor
+    test_labels: Tensor
+    description: str
+
+
+class TrainedModel(NamedTuple):
+    weights: dict[str, np.ndarray]
+    history: list[dict]
+    train_accuracy: float
+    test_accuracy: float
+
+
+def load_image_dataset(cfg: ImageDataConfig):
+    """The configured image dataset (local or hub); the only place that picks a loader."""
+    from interaction_basis import images
+
+    if cfg.source == "digits":
+        return images.load_digits_dataset(
+            test_fraction=cfg.test_fraction, seed=cfg.split_seed, normalize=cfg.normalize
+        )
+    if cfg.source in ("cifar10", "mnist") and cfg.path is None:
+        raise ValueError(f"data.source {cfg.source!r} needs data.path (a local folder or file).")
+    if cfg.source == "cifar10":
+        md5 = images.CIFAR10_MD5 if cfg.verify_checksum else None
+        return images.load_cifar10_archive(cfg.path, md5=md5, normalize=cfg.normalize)
+    if cfg.source == "mnist":
+        md5 = images.MNIST_FILES if cfg.verify_checksum else None
+        return images.load_mnist_idx(cfg.path, md5=md5, normalize=cfg.normalize)
+    if cfg.name is None:
+        raise ValueError("data.source 'hub' needs data.name (a datasets id, e.g. uoft-cs/cifar10).")
+    return images.load_hub_image_dataset(cfg.name, revision=cfg.revision, normalize=cfg.normalize)
+
+
+def load_task_data(cfg: ModelConfig) -> TaskData:
+    if cfg.kind == "modadd":
+        t = cfg.train
+        tokens, labels = build_modadd_dataset(t.modulus)
+        train, test = compute_modadd_split(len(labels), t.frac_train, t.data_seed)
+        return TaskData(tokens[train], tokens[train], labels[train], tokens[test], labels[test],
+                        f"modular addition mod {t.modulus}, train split")
+    ds = load_image_dataset(cfg.data)
+    fit = ds.x_train[: cfg.data.max_fit_samples] if cfg.data.max_fit_samples else ds.x_train
+    return TaskData(fit, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
+                    f"{ds.source}, train split ({len(fit)} samples)")
+
+
+def default_node_layers(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> list[str]:
+    if cfg.kind == "modadd":
+        return list(MODADD_NODE_LAYERS)
+    n_linear = len(validate_mlp_weights(weights)[1]) + 1
+    return [f"layers.{i}" for i in range(n_linear)] + ["output"]
+
+
+def validate_weights(cfg: ModelConfig, weights: Mapping[str, np.ndarray], source: str) -> None:
+    if cfg.kind == "modadd":
+        validate_modadd_weights(weights, source=source)
+    else:
+        validate_mlp_weights(weights, source=source)
+
+
+def build_model(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
+                node_layers: list[str] | None, dtype: str):
+    layers = node_layers or default_node_layers(cfg, weights)
+    return load_sectioned_model(cfg.kind, weights, layers, dtype, activation=cfg.mlp.activation)
+
+
+def compute_accuracies(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
+                       data: TaskData) -> dict[str, float]:
+    """Train and test accuracy of the bias-folded model in float32 (as the paper evaluates)."""
+    model = build_model(cfg, weights, None, "float32")
+    out = {}
+    with torch.no_grad():
+        for name, x, y in (("train", data.train_inputs, data.train_labels),
+                           ("test", data.test_inputs, data.test_labels)):
+            logits = model.forward_from(model.node_layers[0], model.embed(x))[:, -1]
+            out[f"{name}_accuracy"] = float((logits.argmax(-1) == y).double().mean())
+    return out
+
+
+def train(cfg: ModelConfig, data: TaskData, threads: int) -> TrainedModel:
+    if cfg.kind == "modadd":
+        from interaction_basis.train import train_modadd
+
+        r = train_modadd(cfg.train)
+        return TrainedModel(r.weights, r.history, r.train_accuracy, r.test_accuracy)
+    from interaction_basis.train_mlp import train_mlp
+
+    r = train_mlp(cfg.mlp, data.train_inputs, data.train_labels, data.test_inputs,
+                  data.test_labels, num_threads=threads)
+    history = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "test_loss": h["test_loss"],
+                "test_acc": h["test_accuracy"]} for h in r.history]
+    return TrainedModel(dict(r.state), history, r.train_accuracy, r.test_accuracy)
