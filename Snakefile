@@ -8,19 +8,23 @@ min_version("9.19")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/model.smk"
 include: "rules/extract.smk"
 include: "rules/basis.smk"
 include: "rules/interactions.smk"
 include: "rules/cluster.smk"
+include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand("results/{experiment}/summary.json", experiment=EXPERIMENTS),
+        final_targets(),
 
 
 rule all_models:

@@ -29,6 +29,7 @@ CODE = {
     "edges": ["jacobians.py", "build.py"],
     "cluster": ["clustering.py", "fourier.py", "summary.py"],
     "report": ["summary.py", "plotting.py", "ablation.py"],
+    "evaluate": ["ablation.py"],
 }
 
 
@@ -82,6 +83,10 @@ def cluster_params(wildcards):
     return experiment(wildcards).cluster.model_dump(mode="json")
 
 
+def evaluate_params(wildcards):
+    return experiment(wildcards).evaluate.model_dump(mode="json")
+
+
 def methods(wildcards):
     return experiment(wildcards).basis.methods
 
@@ -93,6 +98,15 @@ def per_method(pattern):
         return expand(pattern, experiment=wildcards.experiment, method=methods(wildcards))
 
     return inputs
+
+
+def final_targets():
+    """summary.json per experiment, plus evaluation.json where evaluation is enabled."""
+    targets = [f"results/{name}/summary.json" for name in EXPERIMENTS]
+    targets += [
+        f"results/{name}/evaluation.json" for name, e in EXPERIMENTS.items() if e.evaluate.enabled
+    ]
+    return targets
 
 
 def basis_targets():

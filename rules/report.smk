@@ -11,8 +11,18 @@ rule summarize_experiment:
     output:
         md="results/{experiment}/summary.md",
         json="results/{experiment}/summary.json",
-        spectra="results/{experiment}/spectra.png",
-        graph="results/{experiment}/graph.png",
+        spectra=report(
+            "results/{experiment}/spectra.png",
+            caption="../report/spectra.rst",
+            category="{experiment}",
+            subcategory="spectra",
+        ),
+        graph=report(
+            "results/{experiment}/graph.png",
+            caption="../report/graph.rst",
+            category="{experiment}",
+            subcategory="interaction graph",
+        ),
     log:
         "results/logs/summarize_experiment/{experiment}.log",
     conda:
@@ -25,3 +35,50 @@ rule summarize_experiment:
         methods=methods,
     script:
         "../scripts/summarize_experiment.py"
+
+
+rule make_report_figures:
+    input:
+        nodes=per_method("results/{experiment}/{method}/node_ablation.json"),
+        edge_ablation=per_method("results/{experiment}/{method}/edge_ablation.json"),
+        modules=per_method("results/{experiment}/{method}/modules_by_resolution.json"),
+        edges=per_method("results/{experiment}/{method}/edges.zarr"),
+        code=code_files("report"),
+    output:
+        json="results/{experiment}/evaluation.json",
+        nodes=report(
+            "results/{experiment}/node_ablation.png",
+            caption="../report/node_ablation.rst",
+            category="{experiment}",
+            subcategory="node ablation",
+        ),
+        edges=report(
+            "results/{experiment}/edge_ablation.png",
+            caption="../report/edge_ablation.rst",
+            category="{experiment}",
+            subcategory="edge ablation",
+        ),
+        distribution=report(
+            "results/{experiment}/edge_distribution.png",
+            caption="../report/edge_distribution.rst",
+            category="{experiment}",
+            subcategory="edge weights",
+        ),
+        modules=report(
+            "results/{experiment}/modules.png",
+            caption="../report/modules.rst",
+            category="{experiment}",
+            subcategory="interaction graph",
+        ),
+    log:
+        "results/logs/make_report_figures/{experiment}.log",
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=30,
+    params:
+        methods=methods,
+    script:
+        "../scripts/make_report_figures.py"

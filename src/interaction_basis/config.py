@@ -172,6 +172,42 @@ class ClusterConfig(_Frozen):
     n_iterations: int = Field(10, description="Leiden iterations (paper: 10; -1: to convergence).")
 
 
+class EvaluateConfig(_Frozen):
+    """Ablations on held-out data and modules from the ablation threshold (lib_spec D, E)."""
+
+    enabled: bool = Field(True, description="Run the evaluation stages and the report.")
+    metric: Literal["accuracy", "ce_loss"] = Field(
+        "accuracy", description="accuracy (classifiers) or ce_loss (language models)."
+    )
+    dtype: DType = Field("float32", description="Evaluation precision (paper: float32).")
+    batch_size: int = Field(4096, ge=1, description="Evaluation batch size.")
+    max_samples: int | None = Field(
+        None, ge=1, description="Evaluate on at most this many held-out samples (null: all)."
+    )
+    node_schedule: Literal["exponential", "linear"] = Field(
+        "exponential", description="Kept-feature counts to score (lib_spec E)."
+    )
+    ablate_every_vec_cutoff: int = Field(
+        10, ge=0, description="exponential: score every kept count up to this, ..."
+    )
+    exp_base: float = Field(1.05, gt=1, description="... then step down by base**x.")
+    n_points: int = Field(20, ge=2, description="linear: number of kept counts.")
+    edge_delta: float = Field(
+        0.001,
+        gt=0,
+        description="Edge ablation: keep the score within this of the unablated one "
+        "(accuracy drop, or CE increase).",
+    )
+    edge_scaling: Literal["linear", "logarithmic"] = Field(
+        "linear", description="Bisection midpoint (paper: linear for mod-add, log for LMs)."
+    )
+    resolutions: list[float] = Field(
+        [0.5, 1.0],
+        min_length=1,
+        description="Leiden resolutions γ for the modules with ε from the edge ablation.",
+    )
+
+
 class ExperimentConfig(_Frozen):
     """One model analysed end to end."""
 
@@ -184,6 +220,7 @@ class ExperimentConfig(_Frozen):
     basis: BasisConfig = Field(default_factory=BasisConfig)
     edges: EdgesConfig = Field(default_factory=EdgesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
 
 class WorkflowConfig(_Frozen):

@@ -15,6 +15,10 @@ from interaction_basis.basis import Basis  # noqa: E402
 COLORS = plt.get_cmap("tab10").colors
 
 
+def _freq(label: object) -> object:
+    return label["frequency"] if isinstance(label, Mapping) else label
+
+
 def plot_training_curve(history: Sequence[Mapping], path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     if history:
@@ -63,7 +67,8 @@ def plot_interaction_graphs(
     max_nodes: int = 40,
 ) -> None:
     """Layers left to right, top features by importance (index) top-down, edge width by
-    log weight, nodes coloured by module (grey: singletons)."""
+    log weight, nodes coloured by module (grey: singletons), modules with a Fourier frequency
+    labelled in the legend."""
     methods = list(edges)
     fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 6), squeeze=False)
     for ax, m in zip(axes[0], methods, strict=True):
@@ -94,11 +99,81 @@ def plot_interaction_graphs(
             cs = [color.get(cluster.get((layer, int(i))), (0.8, 0.8, 0.8)) for i in ys]
             ax.scatter(np.full(len(ys), x), -ys, c=cs, s=28, zorder=2, edgecolors="k",
                        linewidths=0.3)
+        freq = {c["id"]: c["frequency"] for c in mod.get("clusters", []) if "frequency" in c}
+        for c in big:
+            label = f"module {c}" + (f": freq {_freq(freq[c])}" if c in freq else "")
+            ax.scatter([], [], color=color[c], label=f"{label} ({sizes[c]} nodes)")
+        if big:
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xticks(range(len(layers)), layers)
         ax.set_yticks([])
         ax.set_title(f"{m}: Q = {mod['modularity']:.3f}, γ = {mod['resolution']:g}, "
                      f"{len(big)} modules")
         ax.set_ylabel(f"feature (top {max_nodes - 1} by importance, constant hidden)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_node_ablation(results: Mapping[str, Mapping], path: Path, x_max: int = 30) -> None:
+    """Score vs number of kept features, LIB vs PCA, one panel per layer (lib_spec C.1.2)."""
+    methods = list(results)
+    layers = list(results[methods[0]]["layers"])
+    fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.4), squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for i, m in enumerate(methods):
+            r = results[m]["layers"][layer]
+            ax.plot(r["kept"], r["score"], ".-", color=COLORS[i], label=m)
+        base = results[methods[0]]["base_score"]
+        ax.axhline(base, color="k", lw=0.6, ls=":", label="unablated")
+        ax.set(title=layer, xlabel="features kept (constant included)",
+               ylabel=results[methods[0]]["metric"], xlim=(0, x_max))
+        ax.legend(fontsize=8)
+    fig.suptitle("Node ablation: score vs number of remaining features")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_edge_ablation(results: Mapping[str, Mapping], path: Path) -> None:
+    """Edges needed per layer pair (bisection) and edges holding 99% of the weight."""
+    methods = list(results)
+    pairs = list(results[methods[0]]["pairs"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / len(methods)
+    x = np.arange(len(pairs))
+    for i, m in enumerate(methods):
+        r = results[m]["pairs"]
+        axes[0].bar(x + i * width, [r[p]["n_edges_required"] for p in pairs], width,
+                    color=COLORS[i], label=m)
+        axes[1].bar(x + i * width, [r[p]["edges_for_mass"]["0.99"] for p in pairs], width,
+                    color=COLORS[i], label=m)
+    labels = [p.replace("__", "→") for p in pairs]
+    delta = results[methods[0]]["delta"]
+    axes[0].set(title=f"edges needed (score within {delta:g})", ylabel="non-constant edges")
+    axes[1].set(title="edges holding 99% of the weight", ylabel="non-constant edges")
+    for ax in axes:
+        ax.set_xticks(x + width * (len(methods) - 1) / 2, labels, fontsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_edge_distributions(edges: Mapping[str, Mapping[tuple[str, str], Tensor]],
+                            path: Path) -> None:
+    """Complementary CDF of the non-constant edge values per layer pair."""
+    methods = list(edges)
+    pairs = list(edges[methods[0]])
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs, strict=True):
+        for i, m in enumerate(methods):
+            vals = np.sort(edges[m][pair][:, 1:].flatten().numpy())[::-1]
+            vals = vals[vals > 0]
+            ax.loglog(np.arange(1, len(vals) + 1), vals / vals[0], color=COLORS[i], label=m)
+        ax.set(title=f"{pair[0]} → {pair[1]}", xlabel="edge rank", ylabel="E / max E")
+        ax.legend(fontsize=8)
+    fig.suptitle("Edge-weight distributions (non-constant inputs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

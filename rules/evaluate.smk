@@ -1,0 +1,76 @@
+# Stage 7: ablations on held-out data, modules with ε from the edge ablation, report figures.
+
+
+rule ablate_nodes:
+    input:
+        weights="results/{experiment}/model/weights.npz",
+        basis="results/{experiment}/{method}/basis.zarr",
+        code=code_files("model", "evaluate"),
+    output:
+        "results/{experiment}/{method}/node_ablation.json",
+    log:
+        "results/logs/ablate_nodes/{experiment}/{method}.log",
+    benchmark:
+        "results/benchmarks/ablate_nodes/{experiment}/{method}.tsv"
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        model=model_params,
+        evaluate=evaluate_params,
+    script:
+        "../scripts/ablate_nodes.py"
+
+
+rule ablate_edges:
+    input:
+        weights="results/{experiment}/model/weights.npz",
+        basis="results/{experiment}/{method}/basis.zarr",
+        edges="results/{experiment}/{method}/edges.zarr",
+        code=code_files("model", "evaluate"),
+    output:
+        "results/{experiment}/{method}/edge_ablation.json",
+    log:
+        "results/logs/ablate_edges/{experiment}/{method}.log",
+    benchmark:
+        "results/benchmarks/ablate_edges/{experiment}/{method}.tsv"
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=120,
+    params:
+        model=model_params,
+        evaluate=evaluate_params,
+    script:
+        "../scripts/ablate_edges.py"
+
+
+rule cluster_resolutions:
+    input:
+        weights="results/{experiment}/model/weights.npz",
+        basis="results/{experiment}/{method}/basis.zarr",
+        edges="results/{experiment}/{method}/edges.zarr",
+        ablation="results/{experiment}/{method}/edge_ablation.json",
+        code=code_files("model", "cluster"),
+    output:
+        "results/{experiment}/{method}/modules_by_resolution.json",
+    log:
+        "results/logs/cluster_resolutions/{experiment}/{method}.log",
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=30,
+    params:
+        model=model_params,
+        extract=extract_params,
+        cluster=cluster_params,
+        evaluate=evaluate_params,
+    script:
+        "../scripts/cluster_resolutions.py"

@@ -1,0 +1,121 @@
+"""Bad input fails early and clearly, and leaves nothing behind that looks like a result.
+
+Invalid configs are refused by the schema before any job (``snakemake -n`` fails and no
+results/ appears); what only the model can judge (node layer names, weight files) fails in the
+first job that reads it, with a message naming the problem.
+"""
+
+from typing import get_args
+
+import numpy as np
+import pytest
+from factories import random_modadd_weights
+
+from interaction_basis.config import BasisConfig, Method
+from smk_helpers import REPO, snakemake, tiny_config, write_yaml
+
+pytestmark = pytest.mark.slow
+
+
+def checkout_snakemake(*args, configfile, workdir, timeout=300):
+    """Snakemake with the checkout's workflow on one config, in a fresh --directory."""
+    return snakemake(*args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                     "--configfile", str(configfile), cwd=REPO, timeout=timeout, check=False)
+
+
+def checkout_dry_run(configfile, workdir):
+    return checkout_snakemake("-n", configfile=configfile, workdir=workdir)
+
+
+def assert_nothing_ran(result, workdir):
+    assert result.returncode != 0, result.describe()
+    assert "Job stats" not in result.output, result.describe()
+    assert not (workdir / "results").exists()
+
+
+INVALID = {
+    "unknown_key": (
+        {"basis": {"truncaton": 1.0e-3}},
+        ["'truncaton' was unexpected", *BasisConfig.model_fields],
+    ),
+    "bad_enum": (
+        {"basis": {"methods": ["foo"]}},
+        ["'foo' is not one of", str(list(get_args(Method))), "['basis']['methods']"],
+    ),
+    "negative_truncation": (
+        {"basis": {"truncation": -1.0}},
+        ["-1.0 is less than or equal to the minimum of 0", "['basis']['truncation']"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_invalid_config_fails_before_any_job(case, tmp_path):
+    sections, expected = INVALID[case]
+    cfg = write_yaml(tmp_path / "bad.yaml", tiny_config(**sections))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    result = checkout_dry_run(cfg, workdir)
+    assert_nothing_ran(result, workdir)
+    assert "Error validating config file" in result.output, result.describe()
+    for text in expected:
+        assert text in result.output, f"{text!r} not in the error\n{result.describe()}"
+
+
+def test_missing_weights_file_is_a_missing_input(tmp_path):
+    weights = tmp_path / "nowhere" / "weights.npz"
+    cfg = write_yaml(tmp_path / "imported.yaml",
+                     {"experiments": [{"name": "imported", "model": {"weights": str(weights)}}]})
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    result = checkout_dry_run(cfg, workdir)
+    assert_nothing_ran(result, workdir)
+    assert "MissingInputException" in result.output, result.describe()
+    assert "import_model" in result.output and str(weights) in result.output, result.describe()
+
+
+def test_malformed_weights_fail_the_import_job(tmp_path):
+    """A text file, and an npz missing a tensor: each import job fails naming the problem."""
+    text = tmp_path / "text" / "weights.npz"
+    text.parent.mkdir()
+    text.write_text("these are not weights\n")
+    incomplete = tmp_path / "incomplete" / "weights.npz"
+    incomplete.parent.mkdir()
+    weights = random_modadd_weights(seed=0)  # d_vocab 7: modulus 6
+    del weights["unembed.b_U"]
+    np.savez(incomplete, **weights)
+    train = {"modulus": 6, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16}
+    cfg = write_yaml(tmp_path / "imports.yaml", {"experiments": [
+        {"name": "bad_text", "model": {"weights": str(text), "train": train}},
+        {"name": "bad_incomplete", "model": {"weights": str(incomplete), "train": train}},
+    ]})
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    result = checkout_snakemake("--cores", "2", "--keep-going", "all_models", configfile=cfg,
+                                workdir=workdir, timeout=600)
+    assert result.returncode != 0, result.describe()
+    out = result.output
+    assert f"Cannot read {text} as a .npz of arrays" in out, result.describe()
+    assert "missing tensor 'unembed.b_U'" in out, result.describe()
+    assert f"Invalid mod-add weights in {incomplete}" in out, result.describe()
+    for name in ("bad_text", "bad_incomplete"):
+        assert not (workdir / "results" / name / "model" / "weights.npz").exists()
+
+
+def test_unknown_node_layer_fails_extraction_listing_the_valid_ones(tiny_run, tmp_path):
+    """Layer names are checked against the model, in the extraction job (the first that
+    builds it); train_model is not rerun, and no activations are left behind."""
+    workdir = tiny_run.copy_run(tmp_path / "run")
+    cfg = write_yaml(tmp_path / "tiny.yaml",
+                     tiny_config(extract={"node_layers": ["ln1.0", "bogus", "unembed", "output"]}))
+    result = tiny_run.smk("--cores", "2", "results/tiny/activations.zarr", configfile=cfg,
+                          workdir=workdir, check=False, timeout=600)
+    assert result.returncode != 0, result.describe()
+    assert "rule train_model" not in result.output, "changing node_layers retrained the model"
+    error = next((line for line in result.output.splitlines()
+                  if "Unknown node layer" in line), None)
+    assert error is not None, result.describe()
+    assert "bogus" in error
+    for valid in ("ln1.0", "ln2.0", "unembed", "output"):
+        assert valid in error.split("this model has")[-1], error
+    assert not (tiny_run.results(workdir) / "activations.zarr").exists()

@@ -1,0 +1,164 @@
+"""A job killed halfway leaves no output that a later stage would trust.
+
+Two levels: ``interaction_basis.io`` writes through a hidden ``.<name>.partial-<pid>`` sibling
+that is renamed into place only when complete (checked with processes that SIGKILL themselves
+mid-write), and the workflow plans exactly the missing work after an output is lost, whether it
+was deleted or its job was killed (SIGKILL of the whole Snakemake process group).
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from smk_helpers import job_counts, partial_files
+
+MISSING_LIB_BASIS = {
+    "fit_basis": 1,
+    "compute_edges": 1,
+    "cluster_graph": 1,
+    "summarize_experiment": 1,
+    "all": 1,
+}
+
+KILL_ATOMIC_PATH = """
+import os, signal, sys
+from interaction_basis.io import atomic_path
+
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.mkdir()
+    (tmp / "zarr.json").write_text("{}")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+# The real writer: the whole store is written to the partial path, then the process dies
+# before the rename.
+KILL_WRITE_EDGES = """
+import os, signal, sys
+import torch
+import xarray as xr
+from interaction_basis import io
+
+to_zarr = xr.DataTree.to_zarr
+
+def to_zarr_then_die(self, *args, **kwargs):
+    to_zarr(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+xr.DataTree.to_zarr = to_zarr_then_die
+io.write_edges(sys.argv[1], {("a", "b"): torch.ones(2, 3, dtype=torch.float64)}, {})
+"""
+
+
+def run_killed(script: str, target: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(target)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("script", [KILL_ATOMIC_PATH, KILL_WRITE_EDGES],
+                         ids=["atomic_path", "write_edges"])
+def test_killed_write_leaves_no_final_path(script, tmp_path):
+    target = tmp_path / "results" / "edges.zarr"
+    run_killed(script, target)
+    assert not target.exists()
+    leftovers = partial_files(tmp_path)
+    assert [p.name.split("-")[0] for p in leftovers] == [".edges.zarr.partial"], leftovers
+
+
+def test_failed_write_cleans_up(tmp_path):
+    from interaction_basis.io import atomic_path
+
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert not target.exists()
+    assert partial_files(tmp_path) == []
+
+
+def lose_lib_basis(out: Path) -> None:
+    """The state of a run that died in fit_basis (lib): its output and all that follows are
+    missing. (Deleting basis.zarr alone reruns nothing: Snakemake does not rebuild a missing
+    intermediate whose dependents are present and up to date.)"""
+    for rel in ("lib/basis.zarr", "lib/edges.zarr", "lib/modules.json", "lib/graph.graphml",
+                "summary.json", "summary.md", "spectra.png", "graph.png"):
+        path = out / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@pytest.mark.slow
+def test_lost_outputs_rerun_only_what_is_missing(tiny_run, tmp_path):
+    workdir = tiny_run.copy_run(tmp_path / "run")
+    lose_lib_basis(tiny_run.results(workdir))
+    result = tiny_run.dry_run(workdir=workdir)
+    assert job_counts(result.output) == MISSING_LIB_BASIS, result.describe()
+
+
+@pytest.mark.slow
+def test_killed_job_leaves_no_trusted_output(tiny_run, tmp_path):
+    """SIGKILL the whole run while fit_basis (lib) is running: no basis.zarr appears, and the
+    next dry run plans fit_basis and what follows, not training or extraction."""
+    workdir = tiny_run.copy_run(tmp_path / "run")
+    out = tiny_run.results(workdir)
+    lose_lib_basis(out)
+    log = workdir / "results" / "logs" / "fit_basis" / "tiny" / "lib.log"
+    log.unlink()
+    args = [*_smk_args(tiny_run, workdir), "--cores", "1"]
+    proc = subprocess.Popen(args, cwd=tiny_run.workflow, env={**os.environ, **tiny_run.env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, f"snakemake ended before fit_basis ran:\n{proc.stdout.read()}"
+        assert log.exists(), "fit_basis did not start within 10 minutes"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        _kill_strays(workdir)
+
+    # A half-finished basis is at most a hidden partial sibling, never basis.zarr itself ...
+    stray = [p.name for p in (out / "lib").iterdir()
+             if not p.name.startswith(".basis.zarr.partial-")]
+    assert stray == [], stray
+    result = tiny_run.dry_run(workdir=workdir)
+    # ... and even if the kill had come after the rename, the incomplete marker would rerun it.
+    assert not (out / "lib" / "basis.zarr").exists() or "incomplete" in result.output.lower()
+    assert job_counts(result.output) == MISSING_LIB_BASIS, result.describe()
+    assert (out / "pca" / "basis.zarr").is_dir() and (out / "activations.zarr").is_dir()
+
+
+def _smk_args(tiny_run, workdir: Path) -> list[str]:
+    from smk_helpers import SNAKEMAKE
+
+    return [*SNAKEMAKE, "--snakefile", str(tiny_run.snakefile), "--directory", str(workdir),
+            "--configfile", str(tiny_run.configfile)]
+
+
+def _kill_strays(workdir: Path) -> None:
+    """Kill any job process of this run that left the process group (by pid; ours only)."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(workdir) in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

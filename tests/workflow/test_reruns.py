@@ -1,0 +1,83 @@
+"""Rerun only what changed (conventions §5): dry runs against the finished tiny run.
+
+Each test plans with ``snakemake -n`` and reads the ``Job stats`` table; a dry run records
+nothing, so the tests do not disturb one another. Package edits are made to the run's own
+workflow snapshot (its code inputs are anchored at ``workflow.basedir``) and undone afterwards,
+content and mtime.
+"""
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from smk_helpers import job_counts, reasons, tiny_config, write_yaml
+
+pytestmark = pytest.mark.slow
+
+DOWNSTREAM_OF_BASIS = {
+    "fit_basis": 2,
+    "compute_edges": 2,
+    "cluster_graph": 2,
+    "summarize_experiment": 1,
+    "all": 1,
+}
+
+
+@contextmanager
+def restored(path: Path):
+    """Put ``path`` back exactly (bytes and timestamps) after the block."""
+    data, st = path.read_bytes(), path.stat()
+    try:
+        yield path
+    finally:
+        path.write_bytes(data)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_second_dry_run_has_nothing_to_do(tiny_run):
+    result = tiny_run.dry_run()
+    assert "Nothing to be done" in result.output, result.describe()
+    assert job_counts(result.output) == {}
+
+
+def test_cluster_setting_reruns_only_clustering_and_report(tiny_run, tmp_path):
+    cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(cluster={"resolution": 0.5}))
+    result = tiny_run.dry_run(configfile=cfg)
+    assert job_counts(result.output) == {
+        "cluster_graph": 2,
+        "summarize_experiment": 1,
+        "all": 1,
+    }, result.describe()
+    assert all("Params have changed" in r for r in reasons(result.output, "cluster_graph"))
+
+
+def test_basis_setting_reruns_basis_and_downstream_only(tiny_run, tmp_path):
+    cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(basis={"truncation": 1.0e-8}))
+    result = tiny_run.dry_run(configfile=cfg)
+    assert job_counts(result.output) == DOWNSTREAM_OF_BASIS, result.describe()
+    assert all("Params have changed" in r for r in reasons(result.output, "fit_basis"))
+
+
+def test_editing_a_package_module_reruns_its_stage_and_downstream(tiny_run):
+    basis_py = tiny_run.workflow / "src" / "interaction_basis" / "basis.py"
+    with restored(basis_py):
+        with basis_py.open("a") as f:
+            f.write("\n# an edit that the code inputs must notice\n")
+        result = tiny_run.dry_run()
+    counts = job_counts(result.output)
+    assert counts == DOWNSTREAM_OF_BASIS, result.describe()
+    assert "extract_activations" not in counts and "train_model" not in counts
+    fit_reasons = reasons(result.output, "fit_basis")
+    assert fit_reasons and all("basis.py" in r for r in fit_reasons), fit_reasons
+
+
+def test_touching_a_package_module_reruns_nothing(tiny_run):
+    basis_py = tiny_run.workflow / "src" / "interaction_basis" / "basis.py"
+    with restored(basis_py):
+        now = time.time() + 5  # safely newer than every output
+        os.utime(basis_py, (now, now))
+        result = tiny_run.dry_run()
+    assert job_counts(result.output) == {}, result.describe()
