@@ -1,4 +1,5 @@
 """Adapter for rule ablate_nodes."""
+
 import logging
 from typing import TYPE_CHECKING
 

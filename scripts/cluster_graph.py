@@ -1,4 +1,5 @@
 """Adapter for rule cluster_graph."""
+
 import logging
 from typing import TYPE_CHECKING
 

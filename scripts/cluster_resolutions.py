@@ -1,4 +1,5 @@
 """Adapter for rule cluster_resolutions."""
+
 import logging
 from typing import TYPE_CHECKING
 

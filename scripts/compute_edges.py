@@ -1,4 +1,5 @@
 """Adapter for rule compute_edges."""
+
 import logging
 from typing import TYPE_CHECKING
 

@@ -1,4 +1,5 @@
 """Adapter for rule extract_activations."""
+
 import logging
 from typing import TYPE_CHECKING
 

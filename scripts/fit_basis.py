@@ -1,4 +1,5 @@
 """Adapter for rule fit_basis."""
+
 import logging
 from typing import TYPE_CHECKING
 

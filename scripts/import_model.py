@@ -1,4 +1,5 @@
 """Adapter for rule import_model."""
+
 import logging
 from typing import TYPE_CHECKING
 

@@ -1,8 +1,9 @@
 """Adapter for rule make_report_figures."""
+
 import logging
 from typing import TYPE_CHECKING
 
-from interaction_basis import config, evaluation
+from interaction_basis import evaluation
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake

@@ -1,8 +1,9 @@
 """Adapter for rule summarize_experiment."""
+
 import logging
 from typing import TYPE_CHECKING
 
-from interaction_basis import config, stages
+from interaction_basis import stages
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake

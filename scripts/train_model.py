@@ -1,4 +1,5 @@
 """Adapter for rule train_model."""
+
 import logging
 from typing import TYPE_CHECKING
 

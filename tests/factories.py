@@ -22,7 +22,9 @@ def random_modadd_weights(seed: int = 0, **dims: int) -> dict[str, np.ndarray]:
     """Random TransformerLens-named weights, biases included (nonzero, to exercise folding)."""
     rng = np.random.default_rng(seed)
     shapes = modadd_shapes(**{**TINY_MODADD, **dims})
-    return {k: rng.normal(0, 1 / math.sqrt(s[-2] if len(s) > 1 else 4), s) for k, s in shapes.items()}
+    return {
+        k: rng.normal(0, 1 / math.sqrt(s[-2] if len(s) > 1 else 4), s) for k, s in shapes.items()
+    }
 
 
 def tiny_modadd(seed: int = 0) -> tuple[SectionedModel, torch.Tensor]:
@@ -33,7 +35,9 @@ def tiny_modadd(seed: int = 0) -> tuple[SectionedModel, torch.Tensor]:
     return model, tokens
 
 
-def tiny_mlp(seed: int = 0, sizes: tuple[int, ...] = (6, 9, 7, 4)) -> tuple[SectionedModel, torch.Tensor]:
+def tiny_mlp(
+    seed: int = 0, sizes: tuple[int, ...] = (6, 9, 7, 4)
+) -> tuple[SectionedModel, torch.Tensor]:
     """A tiny bias-folded ReLU MLP (lib_spec A.1) and random inputs."""
     gen = torch.Generator().manual_seed(seed)
     steps = []
@@ -66,6 +70,10 @@ def full_build(model: SectionedModel, inputs: torch.Tensor, method: str = "lib",
     source = batches_from_tensors(acts, kwargs.pop("batch_size", 16))
     stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
     bases, m_dash = fit_bases(model, source, stats, method, truncation=truncation, **kwargs)
-    edges = compute_edges(model, source, bases, **{k: v for k, v in kwargs.items()
-                                                     if k in ("integration", "sources", "seed")})
+    edges = compute_edges(
+        model,
+        source,
+        bases,
+        **{k: v for k, v in kwargs.items() if k in ("integration", "sources", "seed")},
+    )
     return acts, stats, bases, m_dash, edges

@@ -145,9 +145,7 @@ def compute_lib_basis(
         raise ValueError(
             f"M′ must be a finite {tuple(gram.shape)} matrix, got {tuple(m_dash.shape)}."
         )
-    r = compute_whitening(
-        gram, mean, truncation=truncation, center=center, isolate_var=isolate_var
-    )
+    r = compute_whitening(gram, mean, truncation=truncation, center=center, isolate_var=isolate_var)
     m = r.C_pinv @ m_dash.to(torch.float64) @ r.C_pinv.T
     n_m = r.n_masked
     lam_s, v_s = compute_sorted_eigh(m[n_m:, n_m:])

@@ -144,8 +144,14 @@ def fit_bases(
             nxt = layers[layers.index(layer) + 1]
             c_next = None if (nxt == final and not rotate_final) else bases[nxt].C
             m_dash = compute_m_dash(
-                model, batches, layer, c_next, integration=integration, sources=sources,
-                seed=seed, progress=progress,
+                model,
+                batches,
+                layer,
+                c_next,
+                integration=integration,
+                sources=sources,
+                seed=seed,
+                progress=progress,
             )
             m_dashes[layer] = m_dash
             bases[layer] = compute_lib_basis(s.gram, s.mean, m_dash, **kw)
@@ -179,9 +185,14 @@ def compute_edges(
         total, count = None, 0
         for x in _progress(batches(layer), f"edges {layer}", progress):
             part = compute_edges_sum(
-                model.sections[idx], x, b_in.C.to(x.dtype), b_in.C_pinv.to(x.dtype),
+                model.sections[idx],
+                x,
+                b_in.C.to(x.dtype),
+                b_in.C_pinv.to(x.dtype),
                 None if c_out is None else c_out.to(x.dtype),
-                integration=integration, sources=sources, generator=generator,
+                integration=integration,
+                sources=sources,
+                generator=generator,
             )
             total = part if total is None else total + part
             count += x.shape[0] * x.shape[1]
@@ -193,9 +204,7 @@ def _is_identity(c: Tensor) -> bool:
     return c.shape[0] == c.shape[1] and bool(torch.equal(c, torch.eye(len(c), dtype=c.dtype)))
 
 
-def batches_from_tensors(
-    acts: Mapping[str, Tensor], batch_size: int
-) -> BatchSource:
+def batches_from_tensors(acts: Mapping[str, Tensor], batch_size: int) -> BatchSource:
     """A BatchSource over in-memory activations."""
 
     def batches(layer: str) -> Iterator[Tensor]:

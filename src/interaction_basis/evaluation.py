@@ -25,61 +25,111 @@ def _model(model_cfg: ModelConfig, weights_path: str, basis_path: str, dtype: st
     return model, bases
 
 
-def ablate_nodes(model_cfg: ModelConfig, cfg: EvaluateConfig, weights_path: str,
-                 basis_path: str, out_json: str) -> None:
+def ablate_nodes(
+    model_cfg: ModelConfig, cfg: EvaluateConfig, weights_path: str, basis_path: str, out_json: str
+) -> None:
     """Score with the k most important features kept, per node layer (lib_spec E)."""
     model, bases = _model(model_cfg, weights_path, basis_path, cfg.dtype)
     inputs, labels = _eval_set(model_cfg, cfg)
-    base = ablation.compute_unablated_score(model, inputs, labels, metric=cfg.metric,
-                                            batch_size=cfg.batch_size)
+    base = ablation.compute_unablated_score(
+        model, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
+    )
     layers = {}
     for layer in model.node_layers[:-1]:
         n = bases[layer].C.shape[0]
         if cfg.node_schedule == "exponential":
             counts = ablation.compute_exponential_schedule(
-                n, ablate_every_vec_cutoff=min(cfg.ablate_every_vec_cutoff, n - 1),
-                exp_base=cfg.exp_base)
+                n,
+                ablate_every_vec_cutoff=min(cfg.ablate_every_vec_cutoff, n - 1),
+                exp_base=cfg.exp_base,
+            )
         else:
             counts = ablation.compute_linear_schedule(n, n_points=min(cfg.n_points, n + 1))
         scores = ablation.compute_node_ablation_scores(
-            model, layer, bases[layer], inputs, labels, counts, metric=cfg.metric,
-            batch_size=cfg.batch_size)
-        layers[layer] = {"kept": list(scores), "score": list(scores.values()),
-                         "n_features": int(bases[layer].C.shape[1]), "orig": n}
+            model,
+            layer,
+            bases[layer],
+            inputs,
+            labels,
+            counts,
+            metric=cfg.metric,
+            batch_size=cfg.batch_size,
+        )
+        layers[layer] = {
+            "kept": list(scores),
+            "score": list(scores.values()),
+            "n_features": int(bases[layer].C.shape[1]),
+            "orig": n,
+        }
         log.info("node ablation %s: %s", layer, scores)
-    io.write_json(out_json, {"metric": cfg.metric, "base_score": base,
-                             "n_samples": len(labels), "layers": layers})
+    io.write_json(
+        out_json,
+        {"metric": cfg.metric, "base_score": base, "n_samples": len(labels), "layers": layers},
+    )
 
 
-def ablate_edges(model_cfg: ModelConfig, cfg: EvaluateConfig, weights_path: str,
-                 basis_path: str, edges_path: str, out_json: str) -> None:
+def ablate_edges(
+    model_cfg: ModelConfig,
+    cfg: EvaluateConfig,
+    weights_path: str,
+    basis_path: str,
+    edges_path: str,
+    out_json: str,
+) -> None:
     """Fewest edges per layer pair that keep the score within ``edge_delta`` (lib_spec E)."""
     model, bases = _model(model_cfg, weights_path, basis_path, cfg.dtype)
     edges = io.read_edges(edges_path)
     inputs, labels = _eval_set(model_cfg, cfg)
     results = ablation.compute_all_edges_required(
-        model, bases, edges, inputs, labels, metric=cfg.metric, delta=cfg.edge_delta,
-        scaling=cfg.edge_scaling, batch_size=cfg.batch_size)
+        model,
+        bases,
+        edges,
+        inputs,
+        labels,
+        metric=cfg.metric,
+        delta=cfg.edge_delta,
+        scaling=cfg.edge_scaling,
+        batch_size=cfg.batch_size,
+    )
     pairs = {}
     for (a, b), r in results.items():
         mass = ablation.compute_edge_mass_counts(edges[(a, b)], (*MASS_FRACTIONS, 0.999))
         pairs[f"{a}__{b}"] = {
-            "in_layer": a, "out_layer": b,
-            "n_edges_required": r.n_edges_required, "score": r.score,
-            "base_score": r.base_score, "epsilon": r.epsilon, "epsilon_last": r.epsilon_last,
-            "search_space": r.total, "n_non_constant_edges": int(edges[(a, b)][:, 1:].numel()),
+            "in_layer": a,
+            "out_layer": b,
+            "n_edges_required": r.n_edges_required,
+            "score": r.score,
+            "base_score": r.base_score,
+            "epsilon": r.epsilon,
+            "epsilon_last": r.epsilon_last,
+            "search_space": r.total,
+            "n_non_constant_edges": int(edges[(a, b)][:, 1:].numel()),
             "edges_for_mass": {f"{f:g}": n for f, n in mass.items()},
             "bisect": {str(k): v for k, v in dict(r.scores).items()},
         }
-        log.info("edge ablation %s->%s: %d edges (eps %.4g)", a, b, r.n_edges_required,
-                 r.epsilon)
-    io.write_json(out_json, {"metric": cfg.metric, "delta": cfg.edge_delta,
-                             "scaling": cfg.edge_scaling, "pairs": pairs})
+        log.info("edge ablation %s->%s: %d edges (eps %.4g)", a, b, r.n_edges_required, r.epsilon)
+    io.write_json(
+        out_json,
+        {
+            "metric": cfg.metric,
+            "delta": cfg.edge_delta,
+            "scaling": cfg.edge_scaling,
+            "pairs": pairs,
+        },
+    )
 
 
-def cluster_resolutions(model_cfg: ModelConfig, extract_dtype: str, cluster_cfg: ClusterConfig,
-                        cfg: EvaluateConfig, weights_path: str, basis_path: str,
-                        edges_path: str, edge_ablation_json: str, out_json: str) -> None:
+def cluster_resolutions(
+    model_cfg: ModelConfig,
+    extract_dtype: str,
+    cluster_cfg: ClusterConfig,
+    cfg: EvaluateConfig,
+    weights_path: str,
+    basis_path: str,
+    edges_path: str,
+    edge_ablation_json: str,
+    out_json: str,
+) -> None:
     """Modules with the paper's ByLayerLogEdgeNorm: ε_l from the edge ablation, per γ."""
     edges = io.read_edges(edges_path)
     abl = io.read_json(edge_ablation_json)["pairs"]
@@ -89,25 +139,32 @@ def cluster_resolutions(model_cfg: ModelConfig, extract_dtype: str, cluster_cfg:
     graph = build_interaction_graph(edges, layers, edge_norm="log", epsilon=epsilon)
     model = None
     if model_cfg.kind == "modadd":
-        model = tasks.build_model(model_cfg, io.read_weights(weights_path), node_layers,
-                                  extract_dtype)
+        model = tasks.build_model(
+            model_cfg, io.read_weights(weights_path), node_layers, extract_dtype
+        )
         bases = io.read_bases(basis_path)
-    out = {"epsilon": epsilon, "n_graph_edges": graph.ecount(), "layers": layers,
-           "resolutions": {}}
+    out = {"epsilon": epsilon, "n_graph_edges": graph.ecount(), "layers": layers, "resolutions": {}}
     for gamma in cfg.resolutions:
-        modules = compute_modules(graph, resolution=gamma, seed=cluster_cfg.seed,
-                                  n_iterations=cluster_cfg.n_iterations)
-        labels = (label_modadd_clusters(model, bases, modules, model_cfg.train.modulus)
-                  if model is not None else [{}] * modules.n_clusters)
+        modules = compute_modules(
+            graph, resolution=gamma, seed=cluster_cfg.seed, n_iterations=cluster_cfg.n_iterations
+        )
+        labels = (
+            label_modadd_clusters(model, bases, modules, model_cfg.train.modulus)
+            if model is not None
+            else [{}] * modules.n_clusters
+        )
         out["resolutions"][f"{gamma:g}"] = {
             "modularity": modules.modularity,
             "n_non_singleton": modules.n_non_singleton,
-            "nodes": [{"layer": v["layer"], "index": v["index"], "cluster": c}
-                      for v, c in zip(graph.vs, modules.membership, strict=True)],
+            "nodes": [
+                {"layer": v["layer"], "index": v["index"], "cluster": c}
+                for v, c in zip(graph.vs, modules.membership, strict=True)
+            ],
             "clusters": [
                 {"id": i, "features": f, "layer_spans": s, **lab}
-                for i, (f, s, lab) in enumerate(zip(modules.cluster_features,
-                                                    modules.layer_spans, labels, strict=True))
+                for i, (f, s, lab) in enumerate(
+                    zip(modules.cluster_features, modules.layer_spans, labels, strict=True)
+                )
                 if sum(len(v) for v in f.values()) > 1
             ],
         }
@@ -118,10 +175,19 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
-def make_report_figures(experiment: str, methods: list[str], node_paths: list[str],
-                        edge_abl_paths: list[str], modules_paths: list[str],
-                        edges_paths: list[str], out_json: str, node_png: str, edge_png: str,
-                        dist_png: str, modules_png: str) -> None:
+def make_report_figures(
+    experiment: str,
+    methods: list[str],
+    node_paths: list[str],
+    edge_abl_paths: list[str],
+    modules_paths: list[str],
+    edges_paths: list[str],
+    out_json: str,
+    node_png: str,
+    edge_png: str,
+    dist_png: str,
+    modules_png: str,
+) -> None:
     """evaluation.json (every number in the report's plots) and the evaluation figures."""
     from interaction_basis.plotting import (
         plot_edge_ablation,
@@ -135,10 +201,23 @@ def make_report_figures(experiment: str, methods: list[str], node_paths: list[st
     modules = {m: io.read_json(p) for m, p in zip(methods, modules_paths, strict=True)}
     edges = {m: io.read_edges(p) for m, p in zip(methods, edges_paths, strict=True)}
     gamma = max(modules[methods[0]]["resolutions"], key=float)
-    graph_modules = {m: {**modules[m]["resolutions"][gamma], "layers": modules[m]["layers"],
-                         "resolution": float(gamma)} for m in methods}
-    io.write_json(out_json, {"experiment": experiment, "node_ablation": nodes,
-                             "edge_ablation": edge_abl, "modules": modules})
+    graph_modules = {
+        m: {
+            **modules[m]["resolutions"][gamma],
+            "layers": modules[m]["layers"],
+            "resolution": float(gamma),
+        }
+        for m in methods
+    }
+    io.write_json(
+        out_json,
+        {
+            "experiment": experiment,
+            "node_ablation": nodes,
+            "edge_ablation": edge_abl,
+            "modules": modules,
+        },
+    )
     for path, plot, args in (
         (node_png, plot_node_ablation, (nodes,)),
         (edge_png, plot_edge_ablation, (edge_abl,)),

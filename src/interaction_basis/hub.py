@@ -16,6 +16,9 @@ How a source is resolved:
   with ``HF_HUB_OFFLINE=1`` (``snapshot_download(local_dir=...)`` ignores the cache offline).
   With ``HF_HUB_OFFLINE=1`` nothing is requested from the network at all.
 
+Files are hard-linked where possible (no second copy of the weights on disk), so edit nothing
+in ``out_dir`` in place: the hub cache (or the local source) shares those files.
+
 Tokens: ``huggingface_hub`` reads ``HF_TOKEN`` (or the token saved by ``hf auth login``) from the
 environment itself. This module never accepts, logs or stores a token.
 
@@ -106,9 +109,10 @@ def download_model(
 
     Returns:
         Provenance: ``kind``, ``source`` (``"hub"``/``"local"``), ``repo_id``, ``revision``
-        (as requested), ``commit`` (resolved SHA; for local folders only where the folder is
-        itself a hub-cache snapshot, else ``None``), ``pinned``, ``local_source``, ``path``
-        and ``files``. Also written to ``out_dir/.provenance.json``.
+        (as requested, ``"main"`` for ``None``; ``None`` for local sources), ``commit`` (the
+        resolved SHA; for local sources only where the folder is itself a hub-cache snapshot,
+        else ``None``), ``pinned``, ``local_source``, ``path`` and ``files``. Also written to
+        ``out_dir/.provenance.json``.
 
     Raises:
         FileNotFoundError: a local path that does not exist.

@@ -129,23 +129,28 @@ class ActivationWriter:
                 ds.to_zarr(self.path, group=layer, mode="w", consolidated=False)
                 self.layers.append(layer)
             else:
-                ds.to_zarr(self.path, group=layer, mode="a", append_dim="sample",
-                           consolidated=False)
+                ds.to_zarr(
+                    self.path, group=layer, mode="a", append_dim="sample", consolidated=False
+                )
 
     def batches(self, batch_size: int) -> BatchSource:
-        return _batches_from_tree(xr.open_datatree(self.path, engine="zarr",
-                                                   consolidated=False), batch_size)
+        return _batches_from_tree(
+            xr.open_datatree(self.path, engine="zarr", consolidated=False), batch_size
+        )
 
     def write_stats(self, stats: Mapping[str, LayerStats]) -> None:
         for layer, s in stats.items():
             xr.Dataset(
-                {"mean": (("feature",), s.mean.numpy()),
-                 "gram": (("feature", "feature_t"), s.gram.numpy())},
+                {
+                    "mean": (("feature",), s.mean.numpy()),
+                    "gram": (("feature", "feature_t"), s.gram.numpy()),
+                },
                 attrs={"count": s.count, "layer": layer},
             ).to_zarr(self.path, group=layer, mode="a", consolidated=False)
         root = xr.open_zarr(self.path, consolidated=False).attrs
         xr.Dataset(attrs={**root, "node_layers": self.layers}).to_zarr(
-            self.path, mode="a", consolidated=False)
+            self.path, mode="a", consolidated=False
+        )
 
 
 @contextmanager
@@ -167,7 +172,8 @@ def read_stats(path: str | os.PathLike) -> dict[str, LayerStats]:
     for layer in tree.attrs["node_layers"]:
         g = tree[layer]
         out[layer] = LayerStats(
-            torch.from_numpy(g["mean"].values), torch.from_numpy(g["gram"].values),
+            torch.from_numpy(g["mean"].values),
+            torch.from_numpy(g["gram"].values),
             int(g.attrs["count"]),
         )
     return out
@@ -222,8 +228,10 @@ def read_bases(path: str | os.PathLike) -> dict[str, Basis]:
         g = tree[layer]
         name = next(n for n in ("Lambda", "eigenvalues", "importance") if n in g)
         out[layer] = Basis(
-            torch.from_numpy(g["C"].values), torch.from_numpy(g["C_pinv"].values),
-            torch.from_numpy(g[name].values), int(g.attrs["n_masked"]),
+            torch.from_numpy(g["C"].values),
+            torch.from_numpy(g["C_pinv"].values),
+            torch.from_numpy(g[name].values),
+            int(g.attrs["n_masked"]),
         )
     return out
 
@@ -232,7 +240,8 @@ def read_m_dash(path: str | os.PathLike) -> dict[str, Tensor]:
     tree = _open_tree(path)
     return {
         layer: torch.from_numpy(tree[layer]["M_dash"].values)
-        for layer in tree.attrs["node_layers"] if "M_dash" in tree[layer]
+        for layer in tree.attrs["node_layers"]
+        if "M_dash" in tree[layer]
     }
 
 

@@ -50,8 +50,14 @@ def plot_spectra(bases: Mapping[str, Mapping[str, Basis]], path: Path) -> None:
             b = bases[m][layer]
             vals = b.importance[b.n_masked :].numpy()
             if vals.size:
-                ax.semilogy(np.arange(1, vals.size + 1), vals / vals.max(), ".-", ms=3,
-                            color=COLORS[i], label=f"{m} ({vals.size})")
+                ax.semilogy(
+                    np.arange(1, vals.size + 1),
+                    vals / vals.max(),
+                    ".-",
+                    ms=3,
+                    color=COLORS[i],
+                    label=f"{m} ({vals.size})",
+                )
         ax.set(title=layer, xlabel="feature (constant excluded)", ylabel="importance / max")
         ax.legend(fontsize=8)
     fig.suptitle("Spectra: LIB Λ vs PCA variance")
@@ -91,14 +97,21 @@ def plot_interaction_graphs(
                 for j in range(1, n_in):
                     w = np.log10(max(e[i, j] / top, 1e-12)) + 4  # four decades visible
                     if w > 0:
-                        ax.plot([xa, xb], [-j, -i], color="k", alpha=0.15 + 0.2 * w / 4,
-                                lw=0.3 + 1.2 * w / 4, zorder=1)
+                        ax.plot(
+                            [xa, xb],
+                            [-j, -i],
+                            color="k",
+                            alpha=0.15 + 0.2 * w / 4,
+                            lw=0.3 + 1.2 * w / 4,
+                            zorder=1,
+                        )
         for x, layer in enumerate(layers):
             n = min(max_nodes, 1 + max(i for (lay, i) in cluster if lay == layer))
             ys = np.arange(1, n)
             cs = [color.get(cluster.get((layer, int(i))), (0.8, 0.8, 0.8)) for i in ys]
-            ax.scatter(np.full(len(ys), x), -ys, c=cs, s=28, zorder=2, edgecolors="k",
-                       linewidths=0.3)
+            ax.scatter(
+                np.full(len(ys), x), -ys, c=cs, s=28, zorder=2, edgecolors="k", linewidths=0.3
+            )
         freq = {c["id"]: c["frequency"] for c in mod.get("clusters", []) if "frequency" in c}
         for c in big:
             label = f"module {c}" + (f": freq {_freq(freq[c])}" if c in freq else "")
@@ -107,8 +120,9 @@ def plot_interaction_graphs(
             ax.legend(fontsize=7, loc="lower right")
         ax.set_xticks(range(len(layers)), layers)
         ax.set_yticks([])
-        ax.set_title(f"{m}: Q = {mod['modularity']:.3f}, γ = {mod['resolution']:g}, "
-                     f"{len(big)} modules")
+        ax.set_title(
+            f"{m}: Q = {mod['modularity']:.3f}, γ = {mod['resolution']:g}, {len(big)} modules"
+        )
         ax.set_ylabel(f"feature (top {max_nodes - 1} by importance, constant hidden)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -126,8 +140,12 @@ def plot_node_ablation(results: Mapping[str, Mapping], path: Path, x_max: int = 
             ax.plot(r["kept"], r["score"], ".-", color=COLORS[i], label=m)
         base = results[methods[0]]["base_score"]
         ax.axhline(base, color="k", lw=0.6, ls=":", label="unablated")
-        ax.set(title=layer, xlabel="features kept (constant included)",
-               ylabel=results[methods[0]]["metric"], xlim=(0, x_max))
+        ax.set(
+            title=layer,
+            xlabel="features kept (constant included)",
+            ylabel=results[methods[0]]["metric"],
+            xlim=(0, x_max),
+        )
         ax.legend(fontsize=8)
     fig.suptitle("Node ablation: score vs number of remaining features")
     fig.tight_layout()
@@ -144,10 +162,20 @@ def plot_edge_ablation(results: Mapping[str, Mapping], path: Path) -> None:
     x = np.arange(len(pairs))
     for i, m in enumerate(methods):
         r = results[m]["pairs"]
-        axes[0].bar(x + i * width, [r[p]["n_edges_required"] for p in pairs], width,
-                    color=COLORS[i], label=m)
-        axes[1].bar(x + i * width, [r[p]["edges_for_mass"]["0.99"] for p in pairs], width,
-                    color=COLORS[i], label=m)
+        axes[0].bar(
+            x + i * width,
+            [r[p]["n_edges_required"] for p in pairs],
+            width,
+            color=COLORS[i],
+            label=m,
+        )
+        axes[1].bar(
+            x + i * width,
+            [r[p]["edges_for_mass"]["0.99"] for p in pairs],
+            width,
+            color=COLORS[i],
+            label=m,
+        )
     labels = [p.replace("__", "→") for p in pairs]
     delta = results[methods[0]]["delta"]
     axes[0].set(title=f"edges needed (score within {delta:g})", ylabel="non-constant edges")
@@ -160,8 +188,9 @@ def plot_edge_ablation(results: Mapping[str, Mapping], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_edge_distributions(edges: Mapping[str, Mapping[tuple[str, str], Tensor]],
-                            path: Path) -> None:
+def plot_edge_distributions(
+    edges: Mapping[str, Mapping[tuple[str, str], Tensor]], path: Path
+) -> None:
     """Complementary CDF of the non-constant edge values per layer pair."""
     methods = list(edges)
     pairs = list(edges[methods[0]])

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
 from importlib.metadata import version
 
 import torch
@@ -14,8 +13,8 @@ from tqdm.auto import tqdm
 
 from interaction_basis import io, tasks
 from interaction_basis.basis import Truncation
-from interaction_basis.build import compute_layer_statistics, fit_bases
 from interaction_basis.build import compute_edges as build_edges
+from interaction_basis.build import compute_layer_statistics, fit_bases
 from interaction_basis.clustering import build_interaction_graph, compute_modules
 from interaction_basis.config import (
     BasisConfig,
@@ -53,22 +52,26 @@ def _curve(history: list, path: str) -> None:
         plot_training_curve(history, tmp)
 
 
-def train_model(model_cfg: ModelConfig, weights_out: str, metrics_out: str, curve_out: str,
-                threads: int = 1) -> None:
+def train_model(
+    model_cfg: ModelConfig, weights_out: str, metrics_out: str, curve_out: str, threads: int = 1
+) -> None:
     """Train the configured model; save weights, accuracies and the loss curve."""
     data = tasks.load_task_data(model_cfg)
     result = tasks.train(model_cfg, data, threads)
-    log.info("trained: train acc %.6f, test acc %.6f", result.train_accuracy,
-             result.test_accuracy)
+    log.info("trained: train acc %.6f, test acc %.6f", result.train_accuracy, result.test_accuracy)
     io.write_weights(weights_out, result.weights)
-    metrics = {"source": "trained", **tasks.compute_accuracies(model_cfg, result.weights, data),
-               "history": result.history}
+    metrics = {
+        "source": "trained",
+        **tasks.compute_accuracies(model_cfg, result.weights, data),
+        "history": result.history,
+    }
     io.write_json(metrics_out, metrics)
     _curve(result.history, curve_out)
 
 
-def import_model(model_cfg: ModelConfig, weights_in: str, weights_out: str, metrics_out: str,
-                 curve_out: str) -> None:
+def import_model(
+    model_cfg: ModelConfig, weights_in: str, weights_out: str, metrics_out: str, curve_out: str
+) -> None:
     """Validate existing weights, copy them into results and record their accuracy."""
     weights = io.read_weights(weights_in)
     tasks.validate_weights(model_cfg, weights, weights_in)
@@ -76,8 +79,11 @@ def import_model(model_cfg: ModelConfig, weights_in: str, weights_out: str, metr
     weights = {k: v for k, v in weights.items() if not k.endswith(("attn.mask", "attn.IGNORE"))}
     io.write_weights(weights_out, weights)
     data = tasks.load_task_data(model_cfg)
-    metrics = {"source": os.path.abspath(weights_in),
-               **tasks.compute_accuracies(model_cfg, weights, data), "history": []}
+    metrics = {
+        "source": os.path.abspath(weights_in),
+        **tasks.compute_accuracies(model_cfg, weights, data),
+        "history": [],
+    }
     log.info("imported %s: %s", weights_in, metrics)
     io.write_json(metrics_out, metrics)
     _curve([], curve_out)
@@ -92,19 +98,26 @@ def extract_activations(
     data = tasks.load_task_data(model_cfg)
     inputs = data.fit_inputs
     attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
-    attrs.update(model_kind=model_cfg.kind, dataset=data.description, dtype=extract_cfg.dtype,
-                 n_samples=len(inputs))
+    attrs.update(
+        model_kind=model_cfg.kind,
+        dataset=data.description,
+        dtype=extract_cfg.dtype,
+        n_samples=len(inputs),
+    )
     size = extract_cfg.batch_size
     with io.activation_writer(out_path, attrs, chunk_samples=size) as store:
         with torch.no_grad():
             for start in tqdm(range(0, len(inputs), size), desc="extract", unit="batch"):
                 store.append(model.activations(inputs[start : start + size]))
         source = store.batches(size)
-        store.write_stats({
-            layer: compute_layer_statistics(source, layer, center=extract_cfg.center,
-                                            progress=True)
-            for layer in model.node_layers
-        })
+        store.write_stats(
+            {
+                layer: compute_layer_statistics(
+                    source, layer, center=extract_cfg.center, progress=True
+                )
+                for layer in model.node_layers
+            }
+        )
 
 
 def _integration(cfg) -> Integration:
@@ -112,12 +125,18 @@ def _integration(cfg) -> Integration:
 
 
 def fit_basis(
-    model_cfg: ModelConfig, extract_cfg: ExtractConfig, basis_cfg: BasisConfig, method: str,
-    weights_path: str, acts_path: str, out_path: str,
+    model_cfg: ModelConfig,
+    extract_cfg: ExtractConfig,
+    basis_cfg: BasisConfig,
+    method: str,
+    weights_path: str,
+    acts_path: str,
+    out_path: str,
 ) -> None:
     """Bases of every node layer for one method, backwards from the output."""
-    model = tasks.build_model(model_cfg, io.read_weights(weights_path),
-                              io.read_node_layers(acts_path), extract_cfg.dtype)
+    model = tasks.build_model(
+        model_cfg, io.read_weights(weights_path), io.read_node_layers(acts_path), extract_cfg.dtype
+    )
     bases, m_dash = fit_bases(
         model,
         io.open_activation_batches(acts_path, extract_cfg.batch_size),
@@ -133,18 +152,25 @@ def fit_basis(
     )
     for layer, b in bases.items():
         log.info("%s %s: %d of %d directions kept", method, layer, b.C.shape[1], b.C.shape[0])
-    attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump(),
-                       basis=basis_cfg.model_dump())
+    attrs = provenance(
+        model=model_cfg.model_dump(), extract=extract_cfg.model_dump(), basis=basis_cfg.model_dump()
+    )
     io.write_bases(out_path, bases, m_dash, method, attrs)
 
 
 def compute_edges(
-    model_cfg: ModelConfig, extract_cfg: ExtractConfig, edges_cfg: EdgesConfig,
-    weights_path: str, acts_path: str, basis_path: str, out_path: str,
+    model_cfg: ModelConfig,
+    extract_cfg: ExtractConfig,
+    edges_cfg: EdgesConfig,
+    weights_path: str,
+    acts_path: str,
+    basis_path: str,
+    out_path: str,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    model = tasks.build_model(model_cfg, io.read_weights(weights_path),
-                              io.read_node_layers(acts_path), extract_cfg.dtype)
+    model = tasks.build_model(
+        model_cfg, io.read_weights(weights_path), io.read_node_layers(acts_path), extract_cfg.dtype
+    )
     bases = io.read_bases(basis_path)
     edges = build_edges(
         model,
@@ -160,8 +186,14 @@ def compute_edges(
 
 
 def cluster_graph(
-    model_cfg: ModelConfig, extract_cfg: ExtractConfig, cluster_cfg: ClusterConfig,
-    weights_path: str, basis_path: str, edges_path: str, modules_out: str, graph_out: str,
+    model_cfg: ModelConfig,
+    extract_cfg: ExtractConfig,
+    cluster_cfg: ClusterConfig,
+    weights_path: str,
+    basis_path: str,
+    edges_path: str,
+    modules_out: str,
+    graph_out: str,
 ) -> None:
     """Leiden modules of the interaction graph, labelled by Fourier frequency for mod-add."""
     edges = io.read_edges(edges_path)
@@ -172,12 +204,16 @@ def cluster_graph(
         raise ValueError(f"cluster.layers {unknown} are not node layers: {node_layers}.")
     epsilon = cluster_cfg.epsilon
     if epsilon is None and cluster_cfg.edge_norm in ("log", "node_log"):
-        epsilon = {a: compute_epsilon_from_mass(e, cluster_cfg.epsilon_mass)
-                   for (a, _), e in edges.items()}
-    graph = build_interaction_graph(edges, layers, edge_norm=cluster_cfg.edge_norm,
-                                    epsilon=epsilon)
-    modules = compute_modules(graph, resolution=cluster_cfg.resolution, seed=cluster_cfg.seed,
-                              n_iterations=cluster_cfg.n_iterations)
+        epsilon = {
+            a: compute_epsilon_from_mass(e, cluster_cfg.epsilon_mass) for (a, _), e in edges.items()
+        }
+    graph = build_interaction_graph(edges, layers, edge_norm=cluster_cfg.edge_norm, epsilon=epsilon)
+    modules = compute_modules(
+        graph,
+        resolution=cluster_cfg.resolution,
+        seed=cluster_cfg.seed,
+        n_iterations=cluster_cfg.n_iterations,
+    )
     graph.vs["cluster"] = modules.membership
     result = {
         "resolution": modules.resolution,
@@ -190,34 +226,51 @@ def cluster_graph(
         "n_non_singleton": modules.n_non_singleton,
         "n_graph_edges": graph.ecount(),
         "layers": layers,
-        "nodes": [{"layer": v["layer"], "index": v["index"], "cluster": c}
-                  for v, c in zip(graph.vs, modules.membership, strict=True)],
-        "clusters": [{"id": i, "features": f, "layer_spans": s}
-                     for i, (f, s) in enumerate(zip(modules.cluster_features,
-                                                    modules.layer_spans, strict=True))],
+        "nodes": [
+            {"layer": v["layer"], "index": v["index"], "cluster": c}
+            for v, c in zip(graph.vs, modules.membership, strict=True)
+        ],
+        "clusters": [
+            {"id": i, "features": f, "layer_spans": s}
+            for i, (f, s) in enumerate(
+                zip(modules.cluster_features, modules.layer_spans, strict=True)
+            )
+        ],
     }
     if model_cfg.kind == "modadd":
-        model = tasks.build_model(model_cfg, io.read_weights(weights_path), node_layers,
-                                  extract_cfg.dtype)
-        labels = label_modadd_clusters(model, io.read_bases(basis_path), modules,
-                                       model_cfg.train.modulus)
+        model = tasks.build_model(
+            model_cfg, io.read_weights(weights_path), node_layers, extract_cfg.dtype
+        )
+        labels = label_modadd_clusters(
+            model, io.read_bases(basis_path), modules, model_cfg.train.modulus
+        )
         for cluster, label in zip(result["clusters"], labels, strict=True):
             cluster["frequency"] = label
     io.write_json(modules_out, result)
     io.write_graphml(graph_out, graph)
 
 
-def summarize(experiment: str, methods: list[str], model_metrics: str, basis_paths: list[str],
-              edges_paths: list[str], modules_paths: list[str], out_md: str, out_json: str,
-              spectra_png: str, graph_png: str) -> None:
+def summarize(
+    experiment: str,
+    methods: list[str],
+    model_metrics: str,
+    basis_paths: list[str],
+    edges_paths: list[str],
+    modules_paths: list[str],
+    out_md: str,
+    out_json: str,
+    spectra_png: str,
+    graph_png: str,
+) -> None:
     """The LIB-vs-PCA comparison: summary.md, summary.json and figures."""
     from interaction_basis.plotting import plot_interaction_graphs, plot_spectra
 
     bases = {m: io.read_bases(p) for m, p in zip(methods, basis_paths, strict=True)}
     edges = {m: io.read_edges(p) for m, p in zip(methods, edges_paths, strict=True)}
     modules = {m: io.read_json(p) for m, p in zip(methods, modules_paths, strict=True)}
-    summary = compute_summary(experiment, methods, io.read_json(model_metrics), bases, edges,
-                              modules)
+    summary = compute_summary(
+        experiment, methods, io.read_json(model_metrics), bases, edges, modules
+    )
     io.write_json(out_json, summary)
     io.write_text(out_md, render_markdown(summary))
     with io.atomic_figure_path(spectra_png) as path:

@@ -46,8 +46,14 @@ def label_modadd_clusters(
         feats = (acts[layer] @ bases[layer].C.to(acts[layer].dtype)).sum(dim=1)  # sum positions
         powers[layer] = compute_frequency_power(feats.to(torch.float64).numpy(), modulus=modulus)
     labels = compute_cluster_labels(modules.cluster_features, powers)
-    return [{"frequency": int(lab.frequency), "share": float(lab.share),
-             "n_labelled": int(lab.n_features)} for lab in labels]
+    return [
+        {
+            "frequency": int(lab.frequency),
+            "share": float(lab.share),
+            "n_labelled": int(lab.n_features),
+        }
+        for lab in labels
+    ]
 
 
 def compute_summary(
@@ -77,8 +83,9 @@ def compute_summary(
                 for t in COUNT_THRESHOLDS
             },
             "edges_for_mass": {
-                f"{a}->{b}": {f"{f:g}": n for f, n in
-                              compute_edge_mass_counts(e, MASS_FRACTIONS).items()}
+                f"{a}->{b}": {
+                    f"{f:g}": n for f, n in compute_edge_mass_counts(e, MASS_FRACTIONS).items()
+                }
                 for (a, b), e in m_edges.items()
             },
             "edge_total": {f"{a}->{b}": float(e.sum()) for (a, b), e in m_edges.items()},
@@ -87,9 +94,11 @@ def compute_summary(
             "n_clusters": m_mod["n_clusters"],
             "n_non_singleton": m_mod["n_non_singleton"],
             "clusters": [
-                {"size": int(sum(len(v) for v in c["features"].values())),
-                 "layer_spans": c["layer_spans"],
-                 **({"frequency": c["frequency"]["frequency"]} if "frequency" in c else {})}
+                {
+                    "size": int(sum(len(v) for v in c["features"].values())),
+                    "layer_spans": c["layer_spans"],
+                    **({"frequency": c["frequency"]["frequency"]} if "frequency" in c else {}),
+                }
                 for c in m_mod["clusters"]
                 if sum(len(v) for v in c["features"].values()) > 1
             ],
@@ -103,37 +112,69 @@ def render_markdown(summary: Mapping) -> str:
     lines = [f"# {summary['experiment']}: LIB vs PCA", ""]
     acc = summary.get("test_accuracy")
     if acc is not None:
-        lines += [f"Model: test accuracy {acc:.4%} (train {summary['train_accuracy']:.4%}), "
-                  f"source: {summary['model_source']}.", ""]
+        lines += [
+            f"Model: test accuracy {acc:.4%} (train {summary['train_accuracy']:.4%}), "
+            f"source: {summary['model_source']}.",
+            "",
+        ]
     first = summary["methods"][methods[0]]
     layers = list(first["features_kept"])
-    lines += ["## Features kept per layer (of the original dimension)", "",
-              "| layer | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    lines += [
+        "## Features kept per layer (of the original dimension)",
+        "",
+        "| layer | " + " | ".join(methods) + " |",
+        "|---" * (len(methods) + 1) + "|",
+    ]
     for layer in layers:
-        cells = [f"{summary['methods'][m]['features_kept'][layer]} / "
-                 f"{summary['methods'][m]['original_dims'][layer]}" for m in methods]
+        cells = [
+            f"{summary['methods'][m]['features_kept'][layer]} / "
+            f"{summary['methods'][m]['original_dims'][layer]}"
+            for m in methods
+        ]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
-    lines += ["", "Features with importance above 1e-4 of the largest (non-constant): "
-              + "; ".join(f"{m}: {summary['methods'][m]['important_features']['0.0001']}"
-                          for m in methods), ""]
-    lines += ["## Edges holding 90% / 99% of the non-constant edge weight", "",
-              "| layer pair | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    lines += [
+        "",
+        "Features with importance above 1e-4 of the largest (non-constant): "
+        + "; ".join(
+            f"{m}: {summary['methods'][m]['important_features']['0.0001']}" for m in methods
+        ),
+        "",
+    ]
+    lines += [
+        "## Edges holding 90% / 99% of the non-constant edge weight",
+        "",
+        "| layer pair | " + " | ".join(methods) + " |",
+        "|---" * (len(methods) + 1) + "|",
+    ]
     for pair in first["edges_for_mass"]:
-        cells = [" / ".join(str(v) for v in summary["methods"][m]["edges_for_mass"][pair].values())
-                 for m in methods]
+        cells = [
+            " / ".join(str(v) for v in summary["methods"][m]["edges_for_mass"][pair].values())
+            for m in methods
+        ]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     labelled = any("frequency" in c for m in methods for c in summary["methods"][m]["clusters"])
-    lines += ["", "## Modules (Leiden)", "", "| method | γ | Q (γ=1) | modules (size > 1) | "
-              "sizes |" + (" Fourier frequencies |" if labelled else ""),
-              "|---|---|---|---|---|" + ("---|" if labelled else "")]
+    lines += [
+        "",
+        "## Modules (Leiden)",
+        "",
+        "| method | γ | Q (γ=1) | modules (size > 1) | "
+        "sizes |" + (" Fourier frequencies |" if labelled else ""),
+        "|---|---|---|---|---|" + ("---|" if labelled else ""),
+    ]
     for m in methods:
         s = summary["methods"][m]
         sizes = ", ".join(str(c["size"]) for c in s["clusters"])
         freqs = ", ".join(str(c.get("frequency", "-")) for c in s["clusters"])
-        lines.append(f"| {m} | {s['resolution']:g} | {s['modularity']:.4f} | "
-                     f"{s['n_non_singleton']} | {sizes} |" + (f" {freqs} |" if labelled else ""))
-    lines += ["", "Figures: `spectra.png` (importance spectra per layer), `graph.png` "
-              "(interaction graphs, modules coloured).", ""]
+        lines.append(
+            f"| {m} | {s['resolution']:g} | {s['modularity']:.4f} | "
+            f"{s['n_non_singleton']} | {sizes} |" + (f" {freqs} |" if labelled else "")
+        )
+    lines += [
+        "",
+        "Figures: `spectra.png` (importance spectra per layer), `graph.png` "
+        "(interaction graphs, modules coloured).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -62,12 +62,24 @@ def load_task_data(cfg: ModelConfig) -> TaskData:
         t = cfg.train
         tokens, labels = build_modadd_dataset(t.modulus)
         train, test = compute_modadd_split(len(labels), t.frac_train, t.data_seed)
-        return TaskData(tokens[train], tokens[train], labels[train], tokens[test], labels[test],
-                        f"modular addition mod {t.modulus}, train split")
+        return TaskData(
+            tokens[train],
+            tokens[train],
+            labels[train],
+            tokens[test],
+            labels[test],
+            f"modular addition mod {t.modulus}, train split",
+        )
     ds = load_image_dataset(cfg.data)
     fit = ds.x_train[: cfg.data.max_fit_samples] if cfg.data.max_fit_samples else ds.x_train
-    return TaskData(fit, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                    f"{ds.source}, train split ({len(fit)} samples)")
+    return TaskData(
+        fit,
+        ds.x_train,
+        ds.y_train,
+        ds.x_test,
+        ds.y_test,
+        f"{ds.source}, train split ({len(fit)} samples)",
+    )
 
 
 def default_node_layers(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> list[str]:
@@ -84,20 +96,24 @@ def validate_weights(cfg: ModelConfig, weights: Mapping[str, np.ndarray], source
         validate_mlp_weights(weights, source=source)
 
 
-def build_model(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
-                node_layers: list[str] | None, dtype: str):
+def build_model(
+    cfg: ModelConfig, weights: Mapping[str, np.ndarray], node_layers: list[str] | None, dtype: str
+):
     layers = node_layers or default_node_layers(cfg, weights)
     return load_sectioned_model(cfg.kind, weights, layers, dtype, activation=cfg.mlp.activation)
 
 
-def compute_accuracies(cfg: ModelConfig, weights: Mapping[str, np.ndarray],
-                       data: TaskData) -> dict[str, float]:
+def compute_accuracies(
+    cfg: ModelConfig, weights: Mapping[str, np.ndarray], data: TaskData
+) -> dict[str, float]:
     """Train and test accuracy of the bias-folded model in float32 (as the paper evaluates)."""
     model = build_model(cfg, weights, None, "float32")
     out = {}
     with torch.no_grad():
-        for name, x, y in (("train", data.train_inputs, data.train_labels),
-                           ("test", data.test_inputs, data.test_labels)):
+        for name, x, y in (
+            ("train", data.train_inputs, data.train_labels),
+            ("test", data.test_inputs, data.test_labels),
+        ):
             logits = model.forward_from(model.node_layers[0], model.embed(x))[:, -1]
             out[f"{name}_accuracy"] = float((logits.argmax(-1) == y).double().mean())
     return out
@@ -111,8 +127,21 @@ def train(cfg: ModelConfig, data: TaskData, threads: int) -> TrainedModel:
         return TrainedModel(r.weights, r.history, r.train_accuracy, r.test_accuracy)
     from interaction_basis.train_mlp import train_mlp
 
-    r = train_mlp(cfg.mlp, data.train_inputs, data.train_labels, data.test_inputs,
-                  data.test_labels, num_threads=threads)
-    history = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "test_loss": h["test_loss"],
-                "test_acc": h["test_accuracy"]} for h in r.history]
+    r = train_mlp(
+        cfg.mlp,
+        data.train_inputs,
+        data.train_labels,
+        data.test_inputs,
+        data.test_labels,
+        num_threads=threads,
+    )
+    history = [
+        {
+            "epoch": h["epoch"],
+            "train_loss": h["train_loss"],
+            "test_loss": h["test_loss"],
+            "test_acc": h["test_accuracy"],
+        }
+        for h in r.history
+    ]
     return TrainedModel(dict(r.state), history, r.train_accuracy, r.test_accuracy)

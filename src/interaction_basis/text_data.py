@@ -473,8 +473,10 @@ def pack_token_chunks(
     else:
         perm = torch.randperm(n_available, generator=torch.Generator().manual_seed(seed))
         index = perm[:n_chunks].numpy()
-    offsets = index[:, None] * n_ctx + np.arange(n_ctx + 1)
-    return np.asarray(stream)[offsets].astype(np.int64)
+    # Row r of this strided view is stream[r·n_ctx : r·n_ctx + n_ctx + 1]; no copy until the
+    # fancy index, so memory is the output only.
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(stream), n_ctx + 1)[::n_ctx]
+    return windows[index].astype(np.int64)
 
 
 def tokenize_to_chunks(

@@ -129,7 +129,6 @@ def test_is_commit_sha():
     assert not is_commit_sha(None)
 
 
-@pytest.mark.slow
 def test_download_model_from_local_folder(model_dir, tmp_path):
     out = tmp_path / "resources" / "models" / "tiny"
     with warnings.catch_warnings():
@@ -156,8 +155,9 @@ def test_download_model_local_folder_is_validated(model_dir, tmp_path):
     with pytest.raises(ValueError, match="no tokenizer files"):
         download_model(str(no_tok), None, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    prov = download_model(str(no_tok), None, tmp_path / "out", require_tokenizer=False)
-    assert "model.safetensors" in prov["files"]
+    with pytest.warns(UserWarning, match="revision 'main' is ignored for the local source"):
+        prov = download_model(str(no_tok), "main", tmp_path / "out", require_tokenizer=False)
+    assert "model.safetensors" in prov["files"] and prov["revision"] is None
 
     (no_tok / "model.safetensors").unlink()
     (no_tok / "config.json").unlink()
@@ -193,7 +193,6 @@ def test_download_model_unpinned_revision_can_be_an_error(tmp_path):
         download_model("some/hub-id", None, tmp_path / "out", require_pinned=True)
 
 
-@pytest.mark.slow
 def test_download_model_from_filled_cache_offline(model_dir, tmp_path):
     cache = tmp_path / "cache"
     _fill_cache(cache, "model", "org/tiny-gpt2", model_dir)

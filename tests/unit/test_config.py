@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
 SCHEMA = CONFIG / "schema.yaml"
 DEFAULT = CONFIG / "config.yaml"
-EXPERIMENT_FILES = sorted(p for p in CONFIG.glob("*.yaml") if p.name not in ("schema.yaml",
-                                                                              "config.yaml"))
+EXPERIMENT_FILES = sorted(
+    p for p in CONFIG.glob("*.yaml") if p.name not in ("schema.yaml", "config.yaml")
+)
 ALL_CONFIGS = [DEFAULT, *EXPERIMENT_FILES, REPO / "tests" / "workflow" / "tiny.yaml"]
 
 
@@ -94,7 +95,9 @@ def test_merge_replaces_lists():
     assert merged == {"experiments": [{"name": "c"}], "reference_dir": "x"}
 
 
-KEY = re.compile(r"^(?P<indent>\s*)(?:-\s+)?(?P<key>[A-Za-z_][\w.-]*):(?P<value>[^#]*)(?P<comment>#.*)?$")
+KEY = re.compile(
+    r"^(?P<indent>\s*)(?:-\s+)?(?P<key>[A-Za-z_][\w.-]*):(?P<value>[^#]*)(?P<comment>#.*)?$"
+)
 
 
 def test_every_key_of_the_default_config_is_commented():

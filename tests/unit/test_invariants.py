@@ -38,9 +38,7 @@ def test_gradient_second_moment_is_identity(built):
 def test_final_linear_section_edges(built):
     model, (acts, _, bases, _, edges) = built
     last_in = model.node_layers[-2]
-    assert_final_linear_edges(
-        edges[(last_in, "output")], bases[last_in], acts["output"]
-    )
+    assert_final_linear_edges(edges[(last_in, "output")], bases[last_in], acts["output"])
 
 
 @pytest.mark.parametrize("factory", [tiny_mlp, tiny_modadd], ids=["mlp", "transformer"])

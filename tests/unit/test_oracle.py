@@ -83,7 +83,10 @@ def test_batched_build_matches_autograd_loop(factory, integration):
 
         s = stats[layer]
         oracle_basis = compute_lib_basis(
-            s.gram, s.mean, oracle_m, truncation=Truncation(1e-10, relative=True),
+            s.gram,
+            s.mean,
+            oracle_m,
+            truncation=Truncation(1e-10, relative=True),
             center=has_constant(layer),
         )
         lam = bases[layer].importance
@@ -93,7 +96,11 @@ def test_batched_build_matches_autograd_loop(factory, integration):
 
         c_out = None if nxt == layers[-1] else bases[nxt].C
         oracle_e = _loop_edges(
-            model.sections[idx], acts[layer], bases[layer].C, bases[layer].C_pinv, c_out,
+            model.sections[idx],
+            acts[layer],
+            bases[layer].C,
+            bases[layer].C_pinv,
+            c_out,
             integration,
         )
         e = edges[(layer, nxt)]

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from smk_helpers import TINY, Result, copy_workflow, pythonpath_env, snakemake
 
 E2E_TIMEOUT = 1800  # seconds; the run takes 1-3 minutes on 2 busy cores
@@ -35,15 +34,27 @@ class TinyRun:
     def results(self, workdir: Path | None = None) -> Path:
         return (workdir or self.workdir) / "results" / "tiny"
 
-    def smk(self, *args: str, configfile: Path | None = None, workdir: Path | None = None,
-            check: bool = True, timeout: float = 600) -> Result:
+    def smk(
+        self,
+        *args: str,
+        configfile: Path | None = None,
+        workdir: Path | None = None,
+        check: bool = True,
+        timeout: float = 600,
+    ) -> Result:
         """Snakemake on the snapshot; targets and flags in ``args`` (before --configfile)."""
         return snakemake(
             *args,
-            "--snakefile", str(self.snakefile),
-            "--directory", str(workdir or self.workdir),
-            "--configfile", str(configfile or self.configfile),
-            cwd=self.workflow, env=self.env, check=check, timeout=timeout,
+            "--snakefile",
+            str(self.snakefile),
+            "--directory",
+            str(workdir or self.workdir),
+            "--configfile",
+            str(configfile or self.configfile),
+            cwd=self.workflow,
+            env=self.env,
+            check=check,
+            timeout=timeout,
         )
 
     def dry_run(self, configfile: Path | None = None, workdir: Path | None = None) -> Result:
@@ -58,6 +69,7 @@ class TinyRun:
 @pytest.fixture(scope="session")
 def workflow_copy(tmp_path_factory) -> Path:
     import os  # DEVHACK
+
     if os.environ.get("IB_DEV_CACHE"):  # DEVHACK
         root = Path(os.environ["IB_DEV_CACHE"]) / "workflow"  # DEVHACK
         if root.exists():  # DEVHACK
@@ -73,6 +85,7 @@ def workflow_copy(tmp_path_factory) -> Path:
 def tiny_run(workflow_copy, tmp_path_factory) -> TinyRun:
     """The tiny experiment run end to end once: ``snakemake --cores 2`` in a tmp --directory."""
     import os  # DEVHACK
+
     if os.environ.get("IB_DEV_CACHE"):  # DEVHACK
         workdir = Path(os.environ["IB_DEV_CACHE"]) / "run"  # DEVHACK
         if (workdir / "results/tiny/summary.json").exists():  # DEVHACK

@@ -24,11 +24,11 @@ TINY = REPO / "tests" / "workflow" / "tiny.yaml"
 WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "profiles", "envs", "src")
 
 _VENV_SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-SNAKEMAKE = [str(_VENV_SNAKEMAKE)] if _VENV_SNAKEMAKE.exists() else [sys.executable, "-m",
-                                                                     "snakemake"]
+SNAKEMAKE = (
+    [str(_VENV_SNAKEMAKE)] if _VENV_SNAKEMAKE.exists() else [sys.executable, "-m", "snakemake"]
+)
 _VENV_SNAKEFMT = Path(sys.executable).with_name("snakefmt")
-SNAKEFMT = [str(_VENV_SNAKEFMT)] if _VENV_SNAKEFMT.exists() else [sys.executable, "-m",
-                                                                  "snakefmt"]
+SNAKEFMT = [str(_VENV_SNAKEFMT)] if _VENV_SNAKEFMT.exists() else [sys.executable, "-m", "snakefmt"]
 
 
 @dataclass
@@ -47,17 +47,26 @@ class Result:
         return "\n".join(lines[-n:])
 
     def describe(self, n: int = 80) -> str:
-        return (f"command: {' '.join(self.args)}\nexit status: {self.returncode}\n"
-                f"--- last {n} lines of stdout+stderr ---\n{self.tail(n)}")
+        return (
+            f"command: {' '.join(self.args)}\nexit status: {self.returncode}\n"
+            f"--- last {n} lines of stdout+stderr ---\n{self.tail(n)}"
+        )
 
 
-def run(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
-        timeout: float = 600, check: bool = True) -> Result:
+def run(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> Result:
     """Run a command, capturing its output; fail the test with the output tail if ``check``."""
     full_env = {**os.environ, **(env or {})}
     try:
-        proc = subprocess.run(list(args), cwd=cwd, env=full_env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            list(args), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else err.stdout or ""
         pytest.fail(f"timed out after {timeout} s: {' '.join(args)}\n{out[-6000:]}")
@@ -67,8 +76,13 @@ def run(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
     return result
 
 
-def snakemake(*args: str, cwd: Path, env: Mapping[str, str] | None = None,
-              timeout: float = 600, check: bool = True) -> Result:
+def snakemake(
+    *args: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> Result:
     return run([*SNAKEMAKE, *args], cwd=cwd, env=env, timeout=timeout, check=check)
 
 
@@ -160,3 +174,16 @@ def missing_weights(cfg, cwd: Path) -> list[str]:
             if not (cwd / path).exists():
                 missing.append(path)
     return missing
+
+
+def planned_jobs(output: str) -> list[tuple[str, list[str]]]:
+    """(rule, outputs) of every job that a dry run lists."""
+    jobs = []
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n?)*)", output, re.M):
+        outputs = []
+        for line in m.group(2).splitlines():
+            line = line.strip()
+            if line.startswith("output:"):
+                outputs = [p.strip() for p in line[len("output:") :].split(",") if p.strip()]
+        jobs.append((m.group(1), outputs))
+    return jobs

@@ -9,18 +9,28 @@ from typing import get_args
 
 import numpy as np
 import pytest
-from factories import random_modadd_weights
-
-from interaction_basis.config import BasisConfig, Method
 from smk_helpers import REPO, snakemake, tiny_config, write_yaml
+
+from factories import random_modadd_weights
+from interaction_basis.config import BasisConfig, Method
 
 pytestmark = pytest.mark.slow
 
 
 def checkout_snakemake(*args, configfile, workdir, timeout=300):
     """Snakemake with the checkout's workflow on one config, in a fresh --directory."""
-    return snakemake(*args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-                     "--configfile", str(configfile), cwd=REPO, timeout=timeout, check=False)
+    return snakemake(
+        *args,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def checkout_dry_run(configfile, workdir):
@@ -64,8 +74,10 @@ def test_invalid_config_fails_before_any_job(case, tmp_path):
 
 def test_missing_weights_file_is_a_missing_input(tmp_path):
     weights = tmp_path / "nowhere" / "weights.npz"
-    cfg = write_yaml(tmp_path / "imported.yaml",
-                     {"experiments": [{"name": "imported", "model": {"weights": str(weights)}}]})
+    cfg = write_yaml(
+        tmp_path / "imported.yaml",
+        {"experiments": [{"name": "imported", "model": {"weights": str(weights)}}]},
+    )
     workdir = tmp_path / "run"
     workdir.mkdir()
     result = checkout_dry_run(cfg, workdir)
@@ -85,14 +97,20 @@ def test_malformed_weights_fail_the_import_job(tmp_path):
     del weights["unembed.b_U"]
     np.savez(incomplete, **weights)
     train = {"modulus": 6, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16}
-    cfg = write_yaml(tmp_path / "imports.yaml", {"experiments": [
-        {"name": "bad_text", "model": {"weights": str(text), "train": train}},
-        {"name": "bad_incomplete", "model": {"weights": str(incomplete), "train": train}},
-    ]})
+    cfg = write_yaml(
+        tmp_path / "imports.yaml",
+        {
+            "experiments": [
+                {"name": "bad_text", "model": {"weights": str(text), "train": train}},
+                {"name": "bad_incomplete", "model": {"weights": str(incomplete), "train": train}},
+            ]
+        },
+    )
     workdir = tmp_path / "run"
     workdir.mkdir()
-    result = checkout_snakemake("--cores", "2", "--keep-going", "all_models", configfile=cfg,
-                                workdir=workdir, timeout=600)
+    result = checkout_snakemake(
+        "--cores", "2", "--keep-going", "all_models", configfile=cfg, workdir=workdir, timeout=600
+    )
     assert result.returncode != 0, result.describe()
     out = result.output
     assert f"Cannot read {text} as a .npz of arrays" in out, result.describe()
@@ -106,14 +124,24 @@ def test_unknown_node_layer_fails_extraction_listing_the_valid_ones(tiny_run, tm
     """Layer names are checked against the model, in the extraction job (the first that
     builds it); train_model is not rerun, and no activations are left behind."""
     workdir = tiny_run.copy_run(tmp_path / "run")
-    cfg = write_yaml(tmp_path / "tiny.yaml",
-                     tiny_config(extract={"node_layers": ["ln1.0", "bogus", "unembed", "output"]}))
-    result = tiny_run.smk("--cores", "2", "results/tiny/activations.zarr", configfile=cfg,
-                          workdir=workdir, check=False, timeout=600)
+    cfg = write_yaml(
+        tmp_path / "tiny.yaml",
+        tiny_config(extract={"node_layers": ["ln1.0", "bogus", "unembed", "output"]}),
+    )
+    result = tiny_run.smk(
+        "--cores",
+        "2",
+        "results/tiny/activations.zarr",
+        configfile=cfg,
+        workdir=workdir,
+        check=False,
+        timeout=600,
+    )
     assert result.returncode != 0, result.describe()
     assert "rule train_model" not in result.output, "changing node_layers retrained the model"
-    error = next((line for line in result.output.splitlines()
-                  if "Unknown node layer" in line), None)
+    error = next(
+        (line for line in result.output.splitlines() if "Unknown node layer" in line), None
+    )
     assert error is not None, result.describe()
     assert "bogus" in error
     for valid in ("ln1.0", "ln2.0", "unembed", "output"):

@@ -16,16 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from smk_helpers import SNAKEMAKE, job_counts, partial_files, planned_jobs
 
-from smk_helpers import job_counts, partial_files
+UPSTREAM = {"train_model", "import_model", "extract_activations"}
 
-MISSING_LIB_BASIS = {
-    "fit_basis": 1,
-    "compute_edges": 1,
-    "cluster_graph": 1,
-    "summarize_experiment": 1,
-    "all": 1,
-}
+LIB_BASIS = "results/tiny/lib/basis.zarr"
 
 KILL_ATOMIC_PATH = """
 import os, signal, sys
@@ -57,14 +52,19 @@ io.write_edges(sys.argv[1], {("a", "b"): torch.ones(2, 3, dtype=torch.float64)},
 
 
 def run_killed(script: str, target: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(target)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     return proc
 
 
-@pytest.mark.parametrize("script", [KILL_ATOMIC_PATH, KILL_WRITE_EDGES],
-                         ids=["atomic_path", "write_edges"])
+@pytest.mark.parametrize(
+    "script", [KILL_ATOMIC_PATH, KILL_WRITE_EDGES], ids=["atomic_path", "write_edges"]
+)
 def test_killed_write_leaves_no_final_path(script, tmp_path):
     target = tmp_path / "results" / "edges.zarr"
     run_killed(script, target)
@@ -84,43 +84,63 @@ def test_failed_write_cleans_up(tmp_path):
     assert partial_files(tmp_path) == []
 
 
-def lose_lib_basis(out: Path) -> None:
-    """The state of a run that died in fit_basis (lib): its output and all that follows are
-    missing. (Deleting basis.zarr alone reruns nothing: Snakemake does not rebuild a missing
-    intermediate whose dependents are present and up to date.)"""
-    for rel in ("lib/basis.zarr", "lib/edges.zarr", "lib/modules.json", "lib/graph.graphml",
-                "summary.json", "summary.md", "spectra.png", "graph.png"):
-        path = out / rel
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+@pytest.fixture
+def died_in_fit_basis(tiny_run, tmp_path):
+    """A copy of the tiny run in the state of one that died in fit_basis (lib): that job's
+    output and everything built from it are missing (what ``--forcerun`` of it would redo).
 
-
-@pytest.mark.slow
-def test_lost_outputs_rerun_only_what_is_missing(tiny_run, tmp_path):
+    Returns (workdir, jobs per rule that must be planned). Deleting basis.zarr alone would
+    rerun nothing: Snakemake does not rebuild a missing intermediate whose dependents are
+    present and up to date.
+    """
     workdir = tiny_run.copy_run(tmp_path / "run")
-    lose_lib_basis(tiny_run.results(workdir))
-    result = tiny_run.dry_run(workdir=workdir)
-    assert job_counts(result.output) == MISSING_LIB_BASIS, result.describe()
+    plan = tiny_run.smk("-n", "--forcerun", LIB_BASIS, workdir=workdir)
+    for _, outputs in planned_jobs(plan.output):
+        for rel in outputs:
+            path = workdir / rel
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    expected = job_counts(plan.output)
+    assert expected["fit_basis"] == 1 and not set(expected) & UPSTREAM, expected
+    return workdir, expected
 
 
 @pytest.mark.slow
-def test_killed_job_leaves_no_trusted_output(tiny_run, tmp_path):
+def test_killed_job_leaves_no_trusted_output(tiny_run, died_in_fit_basis):
     """SIGKILL the whole run while fit_basis (lib) is running: no basis.zarr appears, and the
     next dry run plans fit_basis and what follows, not training or extraction."""
-    workdir = tiny_run.copy_run(tmp_path / "run")
+    workdir, expected = died_in_fit_basis
     out = tiny_run.results(workdir)
-    lose_lib_basis(out)
     log = workdir / "results" / "logs" / "fit_basis" / "tiny" / "lib.log"
     log.unlink()
-    args = [*_smk_args(tiny_run, workdir), "--cores", "1"]
-    proc = subprocess.Popen(args, cwd=tiny_run.workflow, env={**os.environ, **tiny_run.env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    args = [
+        *SNAKEMAKE,
+        "--cores",
+        "1",
+        "--snakefile",
+        str(tiny_run.snakefile),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(tiny_run.configfile),
+    ]
+    console = workdir.parent / "snakemake.out"
+    with console.open("w") as sink:
+        # Its own session, so that one killpg takes Snakemake and every job it started.
+        proc = subprocess.Popen(
+            args,
+            cwd=tiny_run.workflow,
+            env={**os.environ, **tiny_run.env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 600
         while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert proc.poll() is None, f"snakemake ended before fit_basis ran:\n{proc.stdout.read()}"
-        assert log.exists(), "fit_basis did not start within 10 minutes"
+        tail = "\n".join(console.read_text().splitlines()[-60:])
+        assert proc.poll() is None, f"snakemake ended before fit_basis (lib) ran:\n{tail}"
+        assert log.exists(), f"fit_basis (lib) did not start within 10 minutes:\n{tail}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -130,21 +150,15 @@ def test_killed_job_leaves_no_trusted_output(tiny_run, tmp_path):
         _kill_strays(workdir)
 
     # A half-finished basis is at most a hidden partial sibling, never basis.zarr itself ...
-    stray = [p.name for p in (out / "lib").iterdir()
-             if not p.name.startswith(".basis.zarr.partial-")]
+    stray = [
+        p.name for p in (out / "lib").iterdir() if not p.name.startswith(".basis.zarr.partial-")
+    ]
     assert stray == [], stray
     result = tiny_run.dry_run(workdir=workdir)
     # ... and even if the kill had come after the rename, the incomplete marker would rerun it.
     assert not (out / "lib" / "basis.zarr").exists() or "incomplete" in result.output.lower()
-    assert job_counts(result.output) == MISSING_LIB_BASIS, result.describe()
+    assert job_counts(result.output) == expected, result.describe()
     assert (out / "pca" / "basis.zarr").is_dir() and (out / "activations.zarr").is_dir()
-
-
-def _smk_args(tiny_run, workdir: Path) -> list[str]:
-    from smk_helpers import SNAKEMAKE
-
-    return [*SNAKEMAKE, "--snakefile", str(tiny_run.snakefile), "--directory", str(workdir),
-            "--configfile", str(tiny_run.configfile)]
 
 
 def _kill_strays(workdir: Path) -> None:

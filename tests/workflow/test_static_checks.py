@@ -6,9 +6,6 @@ whatever results/ already holds, so the job counts can be checked.
 """
 
 import pytest
-from snakemake.utils import update_config
-
-from interaction_basis.config import WorkflowConfig
 from smk_helpers import (
     REFERENCE_OVERRIDE,
     REPO,
@@ -19,6 +16,9 @@ from smk_helpers import (
     run,
     snakemake,
 )
+from snakemake.utils import update_config
+
+from interaction_basis.config import WorkflowConfig
 
 EXPERIMENT_FILES = sorted(
     p.name for p in (REPO / "config").glob("*.yaml") if p.name not in ("config.yaml", "schema.yaml")
@@ -70,4 +70,3 @@ def test_lint():
 def test_snakefmt_check():
     result = run([*SNAKEFMT, "--check", "."], cwd=REPO, timeout=120, check=False)
     assert result.returncode == 0, result.describe()
-

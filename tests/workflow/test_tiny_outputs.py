@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from PIL import Image
+from smk_helpers import load_yaml, partial_files
+
+from interaction_basis.config import WorkflowConfig
 from invariants import (
     assert_constant_node,
     assert_final_linear_edges,
     assert_uncorrelated,
     assert_whitened_gradients,
 )
-from PIL import Image
-
-from interaction_basis.config import WorkflowConfig
-from smk_helpers import load_yaml, partial_files
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +69,11 @@ def acts(out):
 @pytest.fixture(scope="module")
 def stats(acts, node_layers):
     return {
-        layer: SimpleNamespace(mean=t(acts[layer]["mean"]), gram=t(acts[layer]["gram"]),
-                               count=int(acts[layer].attrs["count"]))
+        layer: SimpleNamespace(
+            mean=t(acts[layer]["mean"]),
+            gram=t(acts[layer]["gram"]),
+            count=int(acts[layer].attrs["count"]),
+        )
         for layer in node_layers
     }
 
@@ -89,7 +92,8 @@ def basis_tree(out, method):
 def bases(basis_tree, method, node_layers):
     return {
         layer: SimpleNamespace(
-            C=t(basis_tree[layer]["C"]), C_pinv=t(basis_tree[layer]["C_pinv"]),
+            C=t(basis_tree[layer]["C"]),
+            C_pinv=t(basis_tree[layer]["C_pinv"]),
             importance=t(basis_tree[layer][IMPORTANCE[method]]),
             n_masked=int(basis_tree[layer].attrs["n_masked"]),
         )
@@ -111,9 +115,14 @@ def test_run_left_no_partial_outputs(tiny_run):
 
 def test_every_rule_wrote_its_log(tiny_run, method):
     logs = tiny_run.workdir / "results" / "logs"
-    for rel in ("train_model/tiny.log", "extract_activations/tiny.log",
-                f"fit_basis/tiny/{method}.log", f"compute_edges/tiny/{method}.log",
-                f"cluster_graph/tiny/{method}.log", "summarize_experiment/tiny.log"):
+    for rel in (
+        "train_model/tiny.log",
+        "extract_activations/tiny.log",
+        f"fit_basis/tiny/{method}.log",
+        f"compute_edges/tiny/{method}.log",
+        f"cluster_graph/tiny/{method}.log",
+        "summarize_experiment/tiny.log",
+    ):
         assert (logs / rel).is_file(), rel
 
 
@@ -163,8 +172,9 @@ def test_basis_groups_and_provenance(basis_tree, method, node_layers, bases):
         assert b.C.shape == b.C_pinv.T.shape
         assert b.importance.shape == (b.C.shape[1],)
         # C⁺ is a left inverse of C.
-        torch.testing.assert_close(b.C_pinv @ b.C, torch.eye(b.C.shape[1], dtype=b.C.dtype),
-                                   rtol=0, atol=1e-8)
+        torch.testing.assert_close(
+            b.C_pinv @ b.C, torch.eye(b.C.shape[1], dtype=b.C.dtype), rtol=0, atol=1e-8
+        )
     has_m_dash = sorted(layer for layer in node_layers if "M_dash" in basis_tree[layer])
     assert has_m_dash == (sorted(node_layers[:-1]) if method == "lib" else [])
 
@@ -186,8 +196,9 @@ def test_lib_gradients_are_whitened(out, stats, node_layers):
     tree = open_tree(out / "lib" / "basis.zarr")
     for layer in node_layers[:-1]:
         g = tree[layer]
-        basis = SimpleNamespace(C_pinv=t(g["C_pinv"]), importance=t(g["Lambda"]),
-                                n_masked=int(g.attrs["n_masked"]))
+        basis = SimpleNamespace(
+            C_pinv=t(g["C_pinv"]), importance=t(g["Lambda"]), n_masked=int(g.attrs["n_masked"])
+        )
         assert_whitened_gradients(basis, t(g["M_dash"]))
 
 
@@ -200,7 +211,7 @@ def test_final_layer_keeps_the_neuron_basis(bases, node_layers):
 
 
 def test_edge_groups_dims_and_shapes(edges_tree, bases, node_layers):
-    pairs = list(zip(node_layers, node_layers[1:]))
+    pairs = list(zip(node_layers[:-1], node_layers[1:], strict=True))
     assert sorted(edges_tree.children) == sorted(f"{a}__{b}" for a, b in pairs)
     assert [tuple(p) for p in edges_tree.attrs["pairs"]] == pairs
     _check_provenance(edges_tree.attrs)
@@ -251,8 +262,7 @@ def test_modules(out, method, bases, experiment, node_layers):
         listed = {(layer, i) for layer, idx in cluster["features"].items() for i in idx}
         assert members == listed, cluster["id"]
         assert "frequency" in cluster  # mod-add clusters carry a Fourier label
-    n_singletons = sum(1 for c in modules["clusters"]
-                       if sum(map(len, c["features"].values())) == 1)
+    n_singletons = sum(1 for c in modules["clusters"] if sum(map(len, c["features"].values())) == 1)
     assert modules["n_non_singleton"] == modules["n_clusters"] - n_singletons
     graph = out / method / "graph.graphml"
     assert graph.is_file() and "<graphml" in graph.read_text()[:2000]
@@ -271,15 +281,16 @@ def test_summary(out, bases, method):
     assert (out / "summary.md").read_text().strip()
 
 
-@pytest.mark.parametrize("name", ["spectra.png", "graph.png", "model/training.png"])
-def test_figures_are_valid_pngs(out, name):
-    path = out / name
-    assert path.is_file(), name
-    with Image.open(path) as img:
-        img.verify()
-    with Image.open(path) as img:
-        assert img.format == "PNG"
-        assert min(img.size) >= 50
+def test_figures_are_valid_pngs(out):
+    figures = sorted(out.rglob("*.png"))
+    names = {str(p.relative_to(out)) for p in figures}
+    assert {"spectra.png", "graph.png", "model/training.png"} <= names, names
+    for path in figures:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            assert img.format == "PNG", path
+            assert min(img.size) >= 50, path
 
 
 def test_model_outputs(out):

@@ -19,7 +19,11 @@ MODADD_NODE_LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
 
 
 def modadd_shapes(
-    d_vocab: int = 114, n_ctx: int = 3, d_model: int = 128, n_heads: int = 4, d_head: int = 32,
+    d_vocab: int = 114,
+    n_ctx: int = 3,
+    d_model: int = 128,
+    n_heads: int = 4,
+    d_head: int = 32,
     d_mlp: int = 512,
 ) -> dict[str, tuple[int, ...]]:
     """Expected tensor shapes in TransformerLens naming."""
@@ -52,8 +56,14 @@ def validate_modadd_weights(weights: Mapping[str, np.ndarray], source: str = "we
     if w_e is None or w_q is None or w_in is None or w_pos is None:
         dims = {}
     else:
-        dims = dict(d_vocab=w_e.shape[0], d_model=w_e.shape[-1], n_heads=w_q.shape[0],
-                    d_head=w_q.shape[-1], d_mlp=w_in.shape[-1], n_ctx=w_pos.shape[0])
+        dims = dict(
+            d_vocab=w_e.shape[0],
+            d_model=w_e.shape[-1],
+            n_heads=w_q.shape[0],
+            d_head=w_q.shape[-1],
+            d_mlp=w_in.shape[-1],
+            n_ctx=w_pos.shape[0],
+        )
     expected = modadd_shapes(**dims)
     problems = []
     for name, shape in expected.items():
@@ -65,7 +75,8 @@ def validate_modadd_weights(weights: Mapping[str, np.ndarray], source: str = "we
             problems.append(f"{name!r} contains NaN/inf")
     if problems:
         raise ValueError(
-            f"Invalid mod-add weights in {source}: " + "; ".join(problems)
+            f"Invalid mod-add weights in {source}: "
+            + "; ".join(problems)
             + ". Expected a TransformerLens state dict of a 1-layer attention+MLP model "
             "without LayerNorm (see shared/reference/README.md)."
         )
@@ -74,8 +85,16 @@ def validate_modadd_weights(weights: Mapping[str, np.ndarray], source: str = "we
 class ModAddTransformer(nn.Module):
     """Trainable mod-add transformer; parameter names follow TransformerLens."""
 
-    def __init__(self, d_vocab: int = 114, n_ctx: int = 3, d_model: int = 128, n_heads: int = 4,
-                 d_head: int = 32, d_mlp: int = 512, seed: int = 0):
+    def __init__(
+        self,
+        d_vocab: int = 114,
+        n_ctx: int = 3,
+        d_model: int = 128,
+        n_heads: int = 4,
+        d_head: int = 32,
+        d_mlp: int = 512,
+        seed: int = 0,
+    ):
         super().__init__()
         self.d_head = d_head
         gen = torch.Generator().manual_seed(seed)
@@ -98,9 +117,18 @@ class ModAddTransformer(nn.Module):
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
         p = self.p
         x = p("embed.W_E")[tokens] + p("pos_embed.W_pos")[: tokens.shape[1]]
-        q = torch.einsum("bpm,hmd->bhpd", x, p("blocks.0.attn.W_Q")) + p("blocks.0.attn.b_Q")[:, None]
-        k = torch.einsum("bpm,hmd->bhpd", x, p("blocks.0.attn.W_K")) + p("blocks.0.attn.b_K")[:, None]
-        v = torch.einsum("bpm,hmd->bhpd", x, p("blocks.0.attn.W_V")) + p("blocks.0.attn.b_V")[:, None]
+        q = (
+            torch.einsum("bpm,hmd->bhpd", x, p("blocks.0.attn.W_Q"))
+            + p("blocks.0.attn.b_Q")[:, None]
+        )
+        k = (
+            torch.einsum("bpm,hmd->bhpd", x, p("blocks.0.attn.W_K"))
+            + p("blocks.0.attn.b_K")[:, None]
+        )
+        v = (
+            torch.einsum("bpm,hmd->bhpd", x, p("blocks.0.attn.W_V"))
+            + p("blocks.0.attn.b_V")[:, None]
+        )
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
         n = tokens.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
@@ -141,14 +169,19 @@ def build_modadd_sections(
     t = {k: torch.as_tensor(np.asarray(v), dtype=dtype) for k, v in weights.items()}
     n_heads, d_model, d_head = t["blocks.0.attn.W_Q"].shape
     w_e = _zero_column(t["embed.W_E"])
-    w_pos = torch.cat([t["pos_embed.W_pos"], torch.ones(t["pos_embed.W_pos"].shape[0], 1, dtype=dtype)], -1)
+    w_pos = torch.cat(
+        [t["pos_embed.W_pos"], torch.ones(t["pos_embed.W_pos"].shape[0], 1, dtype=dtype)], -1
+    )
     # Q, K: bias as an extra input row. V: plus an output column carrying the constant.
     w_q = _append_row(t["blocks.0.attn.W_Q"], t["blocks.0.attn.b_Q"])
     w_k = _append_row(t["blocks.0.attn.W_K"], t["blocks.0.attn.b_K"])
     w_v = _one_hot_last_column(_append_row(t["blocks.0.attn.W_V"], t["blocks.0.attn.b_V"]), 1.0)
     # O: b_O / n_heads as the constant row; patterns sum to 1 so the heads add up to b_O.
-    w_o = _zero_column(_append_row(
-        t["blocks.0.attn.W_O"], t["blocks.0.attn.b_O"].expand(n_heads, d_model) / n_heads))
+    w_o = _zero_column(
+        _append_row(
+            t["blocks.0.attn.W_O"], t["blocks.0.attn.b_O"].expand(n_heads, d_model) / n_heads
+        )
+    )
     w_in = _one_hot_last_column(_append_row(t["blocks.0.mlp.W_in"], t["blocks.0.mlp.b_in"]), 1.0)
     w_out = _zero_column(_append_row(t["blocks.0.mlp.W_out"], t["blocks.0.mlp.b_out"]))
     w_u = _append_row(t["unembed.W_U"], t["unembed.b_U"])
