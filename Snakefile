@@ -5,10 +5,10 @@ from snakemake.utils import min_version
 min_version("9.19")
 
 
-configfile: "config/config.yaml"
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
-report: "report/workflow.rst"
+report: f"{workflow.basedir}/report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -29,7 +29,7 @@ rule all:
 
 rule all_models:
     input:
-        expand("results/{experiment}/model/weights.npz", experiment=EXPERIMENTS),
+        model_targets(),
 
 
 rule all_basis:

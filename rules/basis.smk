@@ -3,7 +3,7 @@
 
 rule fit_basis:
     input:
-        weights="results/{experiment}/model/weights.npz",
+        weights=model_input,
         acts="results/{experiment}/activations.zarr",
         code=code_files("model", "basis"),
     output:

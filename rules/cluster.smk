@@ -3,7 +3,7 @@
 
 rule cluster_graph:
     input:
-        weights="results/{experiment}/model/weights.npz",
+        weights=model_input,
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
         code=code_files("model", "cluster"),

@@ -44,8 +44,13 @@ wildcard_constraints:
     method="lib|pca|neuron",
 
 
-TRAINED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.weights is None)
-IMPORTED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.weights is not None)
+HUB = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "hf")
+TRAINED = _alternation(
+    n for n, e in EXPERIMENTS.items() if e.model.kind != "hf" and e.model.weights is None
+)
+IMPORTED = _alternation(
+    n for n, e in EXPERIMENTS.items() if e.model.kind != "hf" and e.model.weights is not None
+)
 
 
 def code_files(*stages):
@@ -56,6 +61,32 @@ def code_files(*stages):
 
 def experiment(wildcards):
     return EXPERIMENTS[wildcards.experiment]
+
+
+def is_hub(wildcards):
+    return experiment(wildcards).model.kind == "hf"
+
+
+def model_input(wildcards):
+    """The trained/imported weights.npz, or a hub model's downloaded folder."""
+    if is_hub(wildcards):
+        return f"resources/models/{wildcards.experiment}"
+    return f"results/{wildcards.experiment}/model/weights.npz"
+
+
+def tokens_input(wildcards):
+    return f"results/{wildcards.experiment}/tokens.zarr" if is_hub(wildcards) else []
+
+
+def metrics_input(wildcards):
+    return [] if is_hub(wildcards) else f"results/{wildcards.experiment}/model/metrics.json"
+
+
+def model_targets():
+    return [
+        f"resources/models/{name}" if e.model.kind == "hf" else f"results/{name}/model/weights.npz"
+        for name, e in EXPERIMENTS.items()
+    ]
 
 
 def imported_weights(wildcards):
@@ -83,8 +114,29 @@ def cluster_params(wildcards):
     return experiment(wildcards).cluster.model_dump(mode="json")
 
 
-def evaluate_params(wildcards):
-    return experiment(wildcards).evaluate.model_dump(mode="json")
+_EVALUATE_SHARED = {"enabled", "metric", "dtype", "batch_size", "max_samples"}
+_EVALUATE_SLICES = {
+    "nodes": _EVALUATE_SHARED
+    | {"node_schedule", "ablate_every_vec_cutoff", "exp_base", "n_points"},
+    "edges": _EVALUATE_SHARED | {"edge_delta", "edge_scaling"},
+    "modules": {"resolutions"},
+}
+
+
+def evaluate_params(part):
+    """The evaluate settings one rule uses, so that other changes do not rerun it."""
+
+    def params(wildcards):
+        return experiment(wildcards).evaluate.model_dump(
+            mode="json", include=_EVALUATE_SLICES[part]
+        )
+
+    return params
+
+
+def cluster_sweep_params(wildcards):
+    """cluster_resolutions takes its γ from evaluate.resolutions, not cluster.resolution."""
+    return experiment(wildcards).cluster.model_dump(mode="json", exclude={"resolution"})
 
 
 def methods(wildcards):

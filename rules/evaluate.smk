@@ -3,7 +3,8 @@
 
 rule ablate_nodes:
     input:
-        weights="results/{experiment}/model/weights.npz",
+        weights=model_input,
+        tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
         code=code_files("model", "evaluate"),
     output:
@@ -20,14 +21,15 @@ rule ablate_nodes:
         runtime=60,
     params:
         model=model_params,
-        evaluate=evaluate_params,
+        evaluate=evaluate_params("nodes"),
     script:
         "../scripts/ablate_nodes.py"
 
 
 rule ablate_edges:
     input:
-        weights="results/{experiment}/model/weights.npz",
+        weights=model_input,
+        tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
         code=code_files("model", "evaluate"),
@@ -45,14 +47,15 @@ rule ablate_edges:
         runtime=120,
     params:
         model=model_params,
-        evaluate=evaluate_params,
+        evaluate=evaluate_params("edges"),
     script:
         "../scripts/ablate_edges.py"
 
 
 rule cluster_resolutions:
     input:
-        weights="results/{experiment}/model/weights.npz",
+        weights=model_input,
+        tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
         ablation="results/{experiment}/{method}/edge_ablation.json",
@@ -70,7 +73,7 @@ rule cluster_resolutions:
     params:
         model=model_params,
         extract=extract_params,
-        cluster=cluster_params,
-        evaluate=evaluate_params,
+        cluster=cluster_sweep_params,
+        evaluate=evaluate_params("modules"),
     script:
         "../scripts/cluster_resolutions.py"

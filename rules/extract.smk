@@ -3,7 +3,8 @@
 
 rule extract_activations:
     input:
-        weights="results/{experiment}/model/weights.npz",
+        weights=model_input,
+        tokens=tokens_input,
         code=code_files("model", "extract"),
     output:
         acts=directory("results/{experiment}/activations.zarr"),
@@ -22,3 +23,26 @@ rule extract_activations:
         extract=extract_params,
     script:
         "../scripts/extract_activations.py"
+
+
+rule tokenize_dataset:
+    input:
+        model="resources/models/{experiment}",
+        dataset="resources/datasets/{experiment}",
+        code=code_files("model"),
+    output:
+        directory("results/{experiment}/tokens.zarr"),
+    log:
+        "results/logs/tokenize_dataset/{experiment}.log",
+    wildcard_constraints:
+        experiment=HUB,
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        model=model_params,
+    script:
+        "../scripts/tokenize_dataset.py"

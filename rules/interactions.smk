@@ -3,7 +3,7 @@
 
 rule compute_edges:
     input:
-        weights="results/{experiment}/model/weights.npz",
+        weights=model_input,
         acts="results/{experiment}/activations.zarr",
         basis="results/{experiment}/{method}/basis.zarr",
         code=code_files("model", "edges"),

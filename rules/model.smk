@@ -48,3 +48,45 @@ rule import_model:
         model=model_params,
     script:
         "../scripts/import_model.py"
+
+
+rule download_model:
+    output:
+        directory("resources/models/{experiment}"),
+    log:
+        "results/logs/download_model/{experiment}.log",
+    wildcard_constraints:
+        experiment=HUB,
+    retries: 3
+    localrule: True
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=60,
+    params:
+        model=model_params,
+    script:
+        "../scripts/download_model.py"
+
+
+rule download_dataset:
+    output:
+        directory("resources/datasets/{experiment}"),
+    log:
+        "results/logs/download_dataset/{experiment}.log",
+    wildcard_constraints:
+        experiment=HUB,
+    retries: 3
+    localrule: True
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=120,
+    params:
+        model=model_params,
+    script:
+        "../scripts/download_dataset.py"

@@ -3,7 +3,7 @@
 
 rule summarize_experiment:
     input:
-        metrics="results/{experiment}/model/metrics.json",
+        metrics=metrics_input,
         basis=per_method("results/{experiment}/{method}/basis.zarr"),
         edges=per_method("results/{experiment}/{method}/edges.zarr"),
         modules=per_method("results/{experiment}/{method}/modules.json"),

@@ -17,4 +17,5 @@ evaluation.ablate_edges(
     snakemake.input.basis,
     snakemake.input.edges,
     snakemake.output[0],
+    snakemake.input.tokens or None,
 )

@@ -16,4 +16,5 @@ evaluation.ablate_nodes(
     snakemake.input.weights,
     snakemake.input.basis,
     snakemake.output[0],
+    snakemake.input.tokens or None,
 )

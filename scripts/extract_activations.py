@@ -15,4 +15,5 @@ stages.extract_activations(
     config.ExtractConfig.model_validate(snakemake.params.extract),
     snakemake.input.weights,
     snakemake.output.acts,
+    snakemake.input.tokens or None,
 )

@@ -13,7 +13,7 @@ stages.set_threads(snakemake.threads)
 stages.summarize(
     snakemake.wildcards.experiment,
     list(snakemake.params.methods),
-    snakemake.input.metrics,
+    snakemake.input.metrics or None,
     list(snakemake.input.basis),
     list(snakemake.input.edges),
     list(snakemake.input.modules),

@@ -43,13 +43,50 @@ class ImageDataConfig(_Frozen):
     )
 
 
+class HubModelConfig(_Frozen):
+    """A causal language model from the HuggingFace hub or a local folder (kind: hf)."""
+
+    source: str = Field(
+        "roneneldan/TinyStories-1M",
+        description="Hub model id, or a local folder holding config.json, weights and tokenizer.",
+    )
+    revision: str | None = Field(
+        None, description="Hub commit SHA to pin (a branch name works but warns)."
+    )
+
+
+class TextDataConfig(_Frozen):
+    """Text dataset of a language-model experiment (kind: hf)."""
+
+    source: str = Field(
+        "roneneldan/TinyStories",
+        description="Hub dataset id, or a local .txt/.parquet/.jsonl file or folder.",
+    )
+    revision: str | None = Field(None, description="Hub dataset commit SHA to pin.")
+    split: str = Field("train", description="Dataset split.")
+    text_column: str = Field("text", description="Column holding the documents.")
+    max_documents: int | None = Field(
+        None, ge=1, description="Read at most this many documents for fitting (null: all)."
+    )
+    n_ctx: int = Field(200, ge=2, description="Tokens per chunk (paper: 200 for TinyStories).")
+    n_samples: int = Field(64, ge=1, description="Chunks to fit LIB on (paper: 50000).")
+    n_eval_documents: int = Field(
+        20, ge=1, description="Held-out documents (the last ones) for evaluation."
+    )
+    n_eval_samples: int = Field(8, ge=1, description="Held-out chunks for evaluation.")
+    txt_separator: str | None = Field(
+        "", description="For .txt sources: document separator line ('' = blank line)."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the chunk sampling.")
+
+
 class ModelConfig(_Frozen):
     """Where the model comes from."""
 
-    kind: Literal["modadd", "mlp"] = Field(
+    kind: Literal["modadd", "mlp", "hf"] = Field(
         "modadd",
-        description="Architecture: 'modadd' (the paper's 1-layer transformer) or 'mlp' (an "
-        "image-classifier MLP).",
+        description="Architecture: 'modadd' (the paper's 1-layer transformer), 'mlp' (an "
+        "image-classifier MLP) or 'hf' (a GPT-2/GPT-Neo/GPT-NeoX causal LM from the hub).",
     )
     weights: str | None = Field(
         None,
@@ -67,6 +104,12 @@ class ModelConfig(_Frozen):
     )
     data: ImageDataConfig = Field(
         default_factory=ImageDataConfig, description="kind mlp: the image dataset."
+    )
+    hub: HubModelConfig = Field(
+        default_factory=HubModelConfig, description="kind hf: the model to download."
+    )
+    text: TextDataConfig = Field(
+        default_factory=TextDataConfig, description="kind hf: the text dataset."
     )
 
 

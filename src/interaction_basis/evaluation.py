@@ -6,6 +6,7 @@ import logging
 import torch
 
 from interaction_basis import ablation, io, tasks
+from interaction_basis.stages import set_threads  # noqa: F401 (the scripts' first call)
 from interaction_basis.clustering import build_interaction_graph, compute_modules
 from interaction_basis.config import ClusterConfig, EvaluateConfig, ModelConfig
 from interaction_basis.summary import MASS_FRACTIONS, label_modadd_clusters
@@ -13,24 +14,31 @@ from interaction_basis.summary import MASS_FRACTIONS, label_modadd_clusters
 log = logging.getLogger(__name__)
 
 
-def _eval_set(model_cfg: ModelConfig, cfg: EvaluateConfig):
-    data = tasks.load_task_data(model_cfg)
+def _eval_set(model_cfg: ModelConfig, cfg: EvaluateConfig, tokens_path: str | None):
+    data = tasks.load_task_data(model_cfg, tokens_path)
     n = cfg.max_samples or len(data.test_labels)
     return data.test_inputs[:n], data.test_labels[:n]
 
 
 def _model(model_cfg: ModelConfig, weights_path: str, basis_path: str, dtype: str):
     bases = io.read_bases(basis_path)
-    model = tasks.build_model(model_cfg, io.read_weights(weights_path), list(bases), dtype)
+    # Scores need the logits: continue past a rotated final node layer (LMs end at unembed).
+    layers = list(bases) if "output" in bases else [*bases, "output"]
+    model = tasks.build_model(model_cfg, tasks.load_weights(model_cfg, weights_path), layers, dtype)
     return model, bases
 
 
 def ablate_nodes(
-    model_cfg: ModelConfig, cfg: EvaluateConfig, weights_path: str, basis_path: str, out_json: str
+    model_cfg: ModelConfig,
+    cfg: EvaluateConfig,
+    weights_path: str,
+    basis_path: str,
+    out_json: str,
+    tokens_path: str | None = None,
 ) -> None:
     """Score with the k most important features kept, per node layer (lib_spec E)."""
     model, bases = _model(model_cfg, weights_path, basis_path, cfg.dtype)
-    inputs, labels = _eval_set(model_cfg, cfg)
+    inputs, labels = _eval_set(model_cfg, cfg, tokens_path)
     base = ablation.compute_unablated_score(
         model, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
     )
@@ -75,11 +83,12 @@ def ablate_edges(
     basis_path: str,
     edges_path: str,
     out_json: str,
+    tokens_path: str | None = None,
 ) -> None:
     """Fewest edges per layer pair that keep the score within ``edge_delta`` (lib_spec E)."""
     model, bases = _model(model_cfg, weights_path, basis_path, cfg.dtype)
     edges = io.read_edges(edges_path)
-    inputs, labels = _eval_set(model_cfg, cfg)
+    inputs, labels = _eval_set(model_cfg, cfg, tokens_path)
     results = ablation.compute_all_edges_required(
         model,
         bases,
@@ -169,10 +178,6 @@ def cluster_resolutions(
             ],
         }
     io.write_json(out_json, out)
-
-
-def set_threads(threads: int) -> None:
-    torch.set_num_threads(max(1, int(threads)))
 
 
 def make_report_figures(

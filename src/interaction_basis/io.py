@@ -285,3 +285,19 @@ def atomic_figure_path(path: str | os.PathLike) -> Iterator[Path]:
         real = tmp.with_name(tmp.name + final.suffix)
         yield real
         os.replace(real, tmp)
+
+
+def write_token_chunks(
+    path: str | os.PathLike, fit: np.ndarray, held_out: np.ndarray, attrs: dict
+) -> None:
+    """Token chunks (chunk, token) for fitting and for evaluation, as groups ``fit``/``eval``."""
+    groups = {
+        name: xr.Dataset({"tokens": (("chunk", "token"), tokens)})
+        for name, tokens in (("fit", fit), ("eval", held_out))
+    }
+    _write_tree(path, groups, attrs)
+
+
+def read_token_chunks(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    tree = _open_tree(path)
+    return tree["fit"]["tokens"].values, tree["eval"]["tokens"].values

@@ -1,22 +1,29 @@
 """Batched Jacobian contractions: M′ (lib_spec A.3 step 3) and squared edges (A.6).
 
 Both are sums over (sample, output coordinate) of Jacobian products. There is no Python loop
-over output coordinates: the Jacobian of a chunk of samples is taken in one ``torch.func`` call
-``vmap``-ed over a chunk of directions, in whichever mode needs fewer of them (lib_spec F.4):
+over output coordinates or samples: one ``torch.func`` call takes the Jacobian of a sub-batch of
+samples along a chunk of directions (lib_spec F.4), ``vmap``-ed twice:
 
-- reverse mode: ``vjp`` with a batch of cotangents (one per output coordinate or stochastic
-  source). Because samples are independent, a cotangent that covers every sample of the chunk
-  returns every sample's gradient row at once.
-- forward mode: ``jvp`` with a batch of input tangents (one-hot input coordinates for M′; one
-  tangent per input feature for the edges, which then need no contraction with ``C⁺``).
+- the outer ``vmap`` runs over samples, the inner one over directions. Directions that are the
+  same for every sample (one-hot cotangents, one-hot or ``C⁺`` tangents) stay unbatched over
+  samples, so the sample-independent end of a backward pass (``C_out``, output projections) or
+  start of a forward pass (input projections) is computed once per direction, not per sample;
+  a section that is linear costs one Jacobian in all. Sections that cannot be ``vmap``-ed over
+  samples fall back to one batched ``vjp``/``jvp`` per sub-batch.
+- reverse mode takes one VJP per output coordinate (or stochastic source); forward mode one JVP
+  per input coordinate (M′) or per input feature (edges: the tangent ``C⁺_{j,:}``, weighted by
+  ``f̂_{s,j}`` afterwards, gives ``A_{:,:,j}`` without contracting gradients with ``C⁺``).
+  The mode whose counted cost (multiply-adds + weighted elementwise work + per-op overhead,
+  measured on one or two samples and directions, extrapolated bilinearly) is lower is used;
+  the choice is cached per section and shapes.
 
-The choice uses a cost model (``n_directions × (section FLOPs + contraction)``) with the section's
-FLOPs counted once on one sample. Samples are processed in sub-batches and directions in chunks
-sized to keep the working set in cache; integration points are stacked along the batch so one
-call serves them all. Results are *sums*; divide by the number of (sample, input position) pairs
-to normalise, after adding batches or shards.
+Samples go in sub-batches and directions in chunks sized to keep the working set in cache;
+integration points are stacked along the sample axis so that one call serves all of them.
+Results are *sums*; divide by the number of (sample, input position) pairs to normalise, after
+adding batches or shards.
 """
 
+import weakref
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -24,16 +31,24 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 IntegrationMethod = Literal["gradient", "trapezoidal", "gauss-legendre"]
 Mode = Literal["auto", "forward", "reverse"]
+Section = Callable[[Tensor], Tensor]
 
-#: Bytes of per-call Jacobian rows (directions × samples × the larger of the section's input and
+#: Bytes of per-call Jacobian rows (samples × directions × the larger of the section's input and
 #: output); bounds memory independently of the widths and keeps the working set in cache.
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 
 #: The mode used when a call does not name one ("auto": the cheaper by the cost model).
 DEFAULT_MODE: Mode = "auto"
+
+#: Cost model: one element written by a memory-bound op costs this many multiply-adds, and one
+#: dispatched op this many (Python and dispatcher overhead).
+_ELEMENT_COST = 8.0
+_OP_COST = 2e5
 
 
 class Integration(NamedTuple):
@@ -82,66 +97,60 @@ class Sources(NamedTuple):
 
 
 class _Phi(NamedTuple):
-    """The ±1 draws of one batch, stored as booleans (True: +1).
-
-    Shapes: ``pos`` (n_pos, k_out, batch, p_out); ``hidden`` (n_hidden, p_out, batch, k_out);
-    ``both`` (n_pos · n_hidden, batch, p_out, k_out); ``None``: exact.
-    """
+    """The ±1 draws of one batch as booleans (True: +1), in the generator order of one
+    cotangent per source. ``draws``: ``pos`` (n_pos, k_out, batch, p_out); ``hidden``
+    (n_hidden, p_out, batch, k_out); ``both`` (n_pos · n_hidden, batch, p_out, k_out)."""
 
     kind: Literal["exact", "pos", "hidden", "both"]
     draws: Tensor | None
-
-    @property
-    def n_cot(self) -> int:
-        d = self.draws
-        return 0 if d is None else (d.shape[0] if self.kind == "both" else d.shape[0] * d.shape[1])
-
-
-def _draw(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-    return torch.rand(*shape, generator=generator) > 0.5
 
 
 def _draw_sources(
     sources: Sources, batch: int, p_out: int, k_out: int, generator: torch.Generator | None
 ) -> _Phi:
-    """The same draws, in the same generator order, as one cotangent per source would use."""
     n_pos, n_hid = sources.n_pos, sources.n_hidden
+
+    def draw(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=generator) > 0.5
+
     if n_pos is None and n_hid is None:
         return _Phi("exact", None)
     if n_hid is None:  # one sign per (source, output dim, sample, output position)
-        return _Phi("pos", _draw((n_pos * k_out, batch, p_out), generator).view(
-            n_pos, k_out, batch, p_out))
+        return _Phi("pos", draw(n_pos * k_out, batch, p_out).view(n_pos, k_out, batch, p_out))
     if n_pos is None:  # one sign per (source, output position, sample, output dim)
-        return _Phi("hidden", _draw((n_hid * p_out, batch, k_out), generator).view(
-            n_hid, p_out, batch, k_out))
-    return _Phi("both", _draw((n_pos * n_hid, batch, p_out, k_out), generator))
+        return _Phi("hidden", draw(n_hid * p_out, batch, k_out).view(n_hid, p_out, batch, k_out))
+    return _Phi("both", draw(n_pos * n_hid, batch, p_out, k_out))
 
 
-def _signs(draws: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return (draws.to(dtype) * 2 - 1).to(device)
+def _signs(draws: Tensor, like: Tensor) -> Tensor:
+    return (draws.to(like.dtype) * 2 - 1).to(like.device)
 
 
 def _source_scale(sources: Sources) -> float:
     return 1.0 / ((sources.n_pos or 1) * (sources.n_hidden or 1))
 
 
-# --- chunking, integration points and the cost model -----------------------------------------
+def _n_cotangents(phi: _Phi, p_out: int, k_out: int) -> int:
+    if phi.kind == "exact":
+        return p_out * k_out
+    return phi.draws.shape[0] * (1 if phi.kind == "both" else phi.draws.shape[1])
 
 
-def _split(n: int, size: int) -> list[tuple[int, int]]:
-    """``range(n)`` in ``ceil(n / size)`` near-equal contiguous pieces."""
-    size = max(1, min(size, n))
-    pieces = -(-n // size)
-    bounds = [round(i * n / pieces) for i in range(pieces + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+def _apply_sources(out: Tensor, phi: _Phi, b0: int, b1: int) -> Tensor:
+    """``(b, c, p_out, k_out)`` outputs -> ``(b, c, n_cot)``: every cotangent applied."""
+    if phi.kind == "exact":
+        return out.reshape(*out.shape[:2], -1)
+    d = phi.draws
+    if phi.kind == "pos":  # (r, i, b, t)
+        z = torch.einsum("bcti,ribt->bcri", out, _signs(d[:, :, b0:b1], out))
+    elif phi.kind == "hidden":  # (r, t, b, i)
+        z = torch.einsum("bcti,rtbi->bcrt", out, _signs(d[:, :, b0:b1], out))
+    else:  # (q, b, t, i)
+        z = torch.einsum("bcti,qbti->bcq", out, _signs(d[:, b0:b1], out))
+    return z.reshape(*out.shape[:2], -1)
 
 
-def _plan(n_dirs: int, batch: int, bytes_per_dir_sample: int, chunk_bytes: int) -> tuple[int, int]:
-    """(directions per call, samples per sub-batch): all directions of few samples if they fit."""
-    per_sample = max(1, bytes_per_dir_sample) * n_dirs
-    sub = max(1, min(batch, chunk_bytes // per_sample))
-    dirs = max(1, min(n_dirs, chunk_bytes // (max(1, bytes_per_dir_sample) * sub)))
-    return dirs, sub
+# --- integration points and the batched transforms -------------------------------------------
 
 
 class _Points(NamedTuple):
@@ -152,55 +161,222 @@ class _Points(NamedTuple):
     def n(self) -> int:
         return len(self.alphas)
 
-    @property
-    def trivial(self) -> bool:
-        return self.alphas == [1.0] and self.weights == [1.0]
-
     def stack(self, x: Tensor) -> Tensor:
-        """``[α_0 x; α_1 x; …]`` along the batch: one call serves every integration point."""
-        if self.trivial:
-            return x
+        """``[α_0 x; α_1 x; …]`` along the samples: one call serves every integration point.
+
+        Always a fresh tensor: forward-mode AD on a view of a larger batch would allocate (and
+        zero) a tangent for the whole base tensor at every call.
+        """
+        if self.alphas == [1.0]:
+            return x.clone()
         return torch.cat([x * a for a in self.alphas])
 
-    def weight_tensor(self, like: Tensor) -> Tensor:
-        return torch.tensor(self.weights, dtype=like.dtype, device=like.device)
+    def repeat(self, v: Tensor | None) -> Tensor | None:
+        """Per-sample directions ``(b, …)`` -> ``(n·b, …)``, matching :meth:`stack`."""
+        return v if v is None or self.n == 1 else v.repeat(self.n, *([1] * (v.ndim - 1)))
 
-    def replicate(self, v: Tensor, weighted: bool) -> Tensor:
-        """``(c, b, …)`` -> ``(c, n·b, …)``, block ``a`` multiplied by ``w_a`` if ``weighted``."""
+    def reduce(self, v: Tensor) -> Tensor:
+        """``(n·b, …)`` -> ``(b, …)``: the weighted sum over integration points.
+
+        A result broadcast over samples (stride 0) stays broadcast.
+        """
         if self.n == 1:
-            return v * self.weights[0] if weighted and self.weights[0] != 1.0 else v
-        c, b = v.shape[:2]
-        rep = v.unsqueeze(1).expand(c, self.n, *v.shape[1:])
-        if weighted:
-            w = self.weight_tensor(v).view(1, self.n, *([1] * (v.ndim - 1)))
-            rep = rep * w
-        return rep.reshape(c, self.n * b, *v.shape[2:])
-
-    def reduce(self, v: Tensor, weighted: bool) -> Tensor:
-        """``(c, n·b, …)`` -> ``(c, b, …)``: the (weighted) sum over integration points."""
-        if self.n == 1:
-            return v * self.weights[0] if weighted and self.weights[0] != 1.0 else v
-        c, nb = v.shape[:2]
-        v = v.view(c, self.n, nb // self.n, *v.shape[2:])
-        if weighted:
-            return torch.einsum("ca...,a->c...", v, self.weight_tensor(v))
-        return v.sum(dim=1)
+            return v if self.weights[0] == 1.0 else v * self.weights[0]
+        v = v.view(self.n, v.shape[0] // self.n, *v.shape[1:])
+        w = torch.tensor(self.weights, dtype=v.dtype, device=v.device)
+        if v.stride(1) == 0 and v.shape[1] > 1:
+            return torch.einsum("a...,a->...", v[:, :1], w).expand(v.shape[1:])
+        return torch.einsum("a...,a->...", v, w)
 
 
-def _section_flops(section: Callable[[Tensor], Tensor], x1: Tensor) -> float:
-    """Matmul FLOPs of one sample's forward pass (0 where they cannot be counted)."""
+def _per_sample(section: Section) -> Section:
+    return lambda g: section(g.unsqueeze(0)).squeeze(0)
+
+
+def _pullback(section: Section, xs: Tensor, cots: Tensor, per_sample: bool, nested: bool) -> Tensor:
+    """Rows ``(B, c, p_in, d_in)`` of ``cotᵀ ∂section/∂x`` at every sample of ``xs``.
+
+    ``cots`` is ``(B, c, p_out, d_out)`` if ``per_sample`` else ``(c, p_out, d_out)``.
+    """
+    if nested:
+        fn = _per_sample(section)
+
+        def one(x1: Tensor, ct: Tensor) -> Tensor:
+            _, pull = torch.func.vjp(fn, x1)
+            return torch.func.vmap(lambda c: pull(c)[0])(ct)
+
+        return torch.func.vmap(one, in_dims=(0, 0 if per_sample else None))(xs, cots)
+    _, pull = torch.func.vjp(section, xs)
+    if per_sample:
+        flat = cots.transpose(0, 1)
+    else:
+        flat = cots.unsqueeze(1).expand(cots.shape[0], xs.shape[0], *cots.shape[1:])
+    return torch.func.vmap(lambda c: pull(c)[0])(flat.contiguous()).transpose(0, 1)
+
+
+def _pushforward(
+    section: Section, xs: Tensor, tans: Tensor, per_sample: bool, nested: bool
+) -> Tensor:
+    """Outputs ``(B, c, p_out, d_out)`` of ``∂section/∂x · tan`` at every sample of ``xs``."""
+    if nested:
+        fn = _per_sample(section)
+
+        def one(x1: Tensor, tn: Tensor) -> Tensor:
+            return torch.func.vmap(lambda t: torch.func.jvp(fn, (x1,), (t,))[1])(tn)
+
+        return torch.func.vmap(one, in_dims=(0, 0 if per_sample else None))(xs, tans)
+    if per_sample:
+        flat = tans.transpose(0, 1)
+    else:
+        flat = tans.unsqueeze(1).expand(tans.shape[0], xs.shape[0], *tans.shape[1:])
+
+    def push(t: Tensor) -> Tensor:
+        return torch.func.jvp(section, (xs,), (t,))[1]
+
+    return torch.func.vmap(push)(flat.contiguous()).transpose(0, 1)
+
+
+def _accumulate_gram(target: Tensor, rows: Tensor) -> None:
+    """``target += Σ rowsᵀ rows`` over every leading index of ``rows`` (..., d), in float64."""
+    d = rows.shape[-1]
+    if rows.ndim > 2 and rows.shape[0] > 1 and rows.stride(0) == 0:  # the same for all samples
+        flat = rows[0].reshape(-1, d).to(torch.float64)
+        target.addmm_(flat.T, flat, alpha=rows.shape[0])
+    else:
+        flat = rows.reshape(-1, d).to(torch.float64)
+        target.addmm_(flat.T, flat)
+
+
+def _apply_c_out(out: Tensor, c_out: Tensor | None) -> Tensor:
+    if c_out is None:
+        return out
+    if out.shape[0] > 1 and out.stride(0) == 0:
+        return (out[:1] @ c_out).expand(out.shape[0], *out.shape[1:-1], c_out.shape[1])
+    return out @ c_out
+
+
+# --- strategies, chunking and the cost model -------------------------------------------------
+
+
+class _Strategy(NamedTuple):
+    """One way to compute a result: ``run(b0, b1, start, stop, acc)`` adds the contribution of
+    samples ``b0:b1`` and direction units ``start:stop`` to ``acc``."""
+
+    name: str
+    n_units: int
+    bytes_per_unit_sample: int
+    run: Callable[[int, int, int, int, Tensor], None]
+
+
+def _split(n: int, size: int) -> list[tuple[int, int]]:
+    """``range(n)`` in ``ceil(n / size)`` near-equal contiguous pieces."""
+    size = max(1, min(size, n))
+    pieces = -(-n // size)
+    bounds = [round(i * n / pieces) for i in range(pieces + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _plan(strategy: _Strategy, batch: int, chunk_bytes: int) -> tuple[int, int]:
+    """(units per call, samples per call): every unit of a few samples if that fits."""
+    unit = max(1, strategy.bytes_per_unit_sample)
+    sub = max(1, min(batch, chunk_bytes // (unit * strategy.n_units)))
+    units = max(1, min(strategy.n_units, chunk_bytes // (unit * sub)))
+    return units, sub
+
+
+def _execute(strategy: _Strategy, batch: int, chunk_bytes: int, acc: Tensor) -> None:
+    units, sub = _plan(strategy, batch, chunk_bytes)
+    for b0, b1 in _split(batch, sub):
+        for start, stop in _split(strategy.n_units, units):
+            strategy.run(b0, b1, start, stop, acc)
+
+
+class _CostMode(TorchDispatchMode):
+    """Counts multiply-adds of matmul-like ops, elements written by other ops, and ops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cost = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.cost += _OP_COST
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            self.cost += flop_registry[packet](*args, **kwargs, out_val=out) / 2
+            return out
+        inputs = {_storage(a) for a in torch.utils._pytree.tree_leaves((args, kwargs))}
+        for o in torch.utils._pytree.tree_leaves(out):
+            if isinstance(o, Tensor) and (_storage(o) is None or _storage(o) not in inputs):
+                self.cost += _ELEMENT_COST * o.numel()
+        return out
+
+
+def _storage(t: object) -> int | None:
+    """The address of a tensor's storage (views share it); ``None`` if there is none."""
+    if not isinstance(t, Tensor):
+        return None
     try:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            section(x1)
-        return float(counter.get_total_flops())
-    except Exception:  # noqa: BLE001 - only a cost estimate
-        return 0.0
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:
+        return None
 
 
-def _probe_forward(section: Callable[[Tensor], Tensor], x1: Tensor) -> bool:
-    """Whether every op of the section has a forward-mode derivative."""
+def _measure(strategy: _Strategy, b: int, units: int, acc: Tensor) -> float:
+    with _CostMode() as mode:
+        strategy.run(0, b, 0, units, acc.clone())
+    return mode.cost
+
+
+def _estimate(strategy: _Strategy, batch: int, chunk_bytes: int, acc: Tensor) -> float:
+    """Cost of :func:`_execute`, extrapolated bilinearly from calls on 1-2 samples and units."""
+    b2, u2 = min(2, batch), min(2, strategy.n_units)
+    f11 = _measure(strategy, 1, 1, acc)
+    f21 = _measure(strategy, b2, 1, acc) if b2 > 1 else f11
+    f12 = _measure(strategy, 1, u2, acc) if u2 > 1 else f11
+    f22 = _measure(strategy, b2, u2, acc) if b2 > 1 and u2 > 1 else max(f21, f12)
+    per_b = f21 - f11 if b2 > 1 else 0.0
+    per_u = f12 - f11 if u2 > 1 else 0.0
+    per_bu = f22 - f21 - f12 + f11 if b2 > 1 and u2 > 1 else 0.0
+    fixed = f11 - per_b - per_u - per_bu
+    units, sub = _plan(strategy, batch, chunk_bytes)
+    total = 0.0
+    for b0, b1 in _split(batch, sub):
+        for start, stop in _split(strategy.n_units, units):
+            b, u = b1 - b0, stop - start
+            total += fixed + per_b * b + per_u * u + per_bu * b * u
+    return total
+
+
+#: Per section: ``{signature: (nestable, {problem key: chosen strategy name})}``.
+_CACHE: "weakref.WeakKeyDictionary[Section, dict]" = weakref.WeakKeyDictionary()
+
+
+def _section_cache(section: Section) -> dict:
+    try:
+        return _CACHE.setdefault(section, {})
+    except TypeError:  # not weak-referenceable: no caching
+        return {}
+
+
+def _nestable(section: Section, x: Tensor) -> bool:
+    """Whether ``section`` can be ``vmap``-ed over samples (and gives the same result)."""
+    cache = _section_cache(section)
+    key = ("nestable", tuple(x.shape[1:]), x.dtype, x.device)
+    if key not in cache:
+        xs = x[: min(2, x.shape[0])]
+        try:
+            with torch.no_grad():
+                got = torch.func.vmap(_per_sample(section))(xs)
+                want = section(xs)
+            cache[key] = bool(got.shape == want.shape and torch.allclose(got, want))
+        except Exception:  # noqa: BLE001 - any failure means "not vmap-able over samples"
+            cache[key] = False
+    return cache[key]
+
+
+def _forward_ad_ok(section: Section, x1: Tensor) -> bool:
     try:
         torch.func.jvp(section, (x1,), (torch.zeros_like(x1),))
     except (NotImplementedError, RuntimeError):
@@ -209,27 +385,92 @@ def _probe_forward(section: Callable[[Tensor], Tensor], x1: Tensor) -> bool:
 
 
 def _choose(
+    section: Section,
     mode: Mode,
-    section: Callable[[Tensor], Tensor],
+    key: tuple,
+    candidates: dict[str, _Strategy],
+    batch: int,
+    chunk_bytes: int,
+    acc: Tensor,
     x1: Tensor,
-    reverse_cost: Callable[[float], float],
-    forward_cost: Callable[[float], float],
-) -> Literal["forward", "reverse"]:
-    """Resolve ``mode``; the costs are per sample, given the section's per-sample MACs."""
-    if mode == "reverse":
-        return "reverse"
-    if mode == "auto":
-        p_in, d_in = x1.shape[1:]
-        # Elementwise work as a floor, so that matmul-free sections still compare sensibly.
-        macs = _section_flops(section, x1) / 2 + 4.0 * p_in * d_in
-        if reverse_cost(macs) <= forward_cost(macs):
-            return "reverse"
-    elif mode != "forward":
+) -> _Strategy:
+    """The requested strategy, or under "auto" the cheapest by :func:`_estimate` (cached)."""
+    if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"Unknown Jacobian mode {mode!r}; use auto, forward or reverse.")
-    return "forward" if _probe_forward(section, x1) else "reverse"
+    reverse = {n: s for n, s in candidates.items() if n.startswith("reverse")}
+    forward = {n: s for n, s in candidates.items() if n.startswith("forward")}
+    if mode == "reverse" or not forward or not _forward_ad_ok(section, x1):
+        pool = reverse
+    elif mode == "forward":
+        pool = forward
+    else:
+        pool = candidates
+    if len(pool) == 1:
+        return next(iter(pool.values()))
+    cache = _section_cache(section)
+    full_key = (mode, *key, tuple(sorted(pool)))
+    if full_key not in cache:
+        costs = {n: _estimate(s, batch, chunk_bytes, acc) for n, s in pool.items()}
+        cache[full_key] = min(costs, key=costs.__getitem__)
+    return pool[cache[full_key]]
 
 
-def _out_shape(section: Callable[[Tensor], Tensor], x1: Tensor) -> tuple[int, int]:
+# --- cotangents -------------------------------------------------------------------------------
+
+
+def _cotangents(
+    phi: _Phi,
+    start: int,
+    stop: int,
+    b0: int,
+    b1: int,
+    p_out: int,
+    k_out: int,
+    c_out_t: Tensor | None,
+    like: Tensor,
+) -> tuple[Tensor, Tensor, bool]:
+    """Cotangents of the raw section output for directions ``start:stop`` and samples
+    ``b0:b1``: ``(cots, output dimension per cotangent or -1, per_sample)``.
+
+    ``C_out`` is applied to the cotangents directly (a one-hot cotangent of ``F C_out`` is a
+    column of ``C_out`` for ``F``) instead of through autograd. Exact cotangents are the same
+    for every sample: ``(c, p_out, d_out)``; stochastic ones are ``(b, c, p_out, d_out)``.
+    """
+    c, b = stop - start, b1 - b0
+    idx = torch.arange(start, stop)
+    rows = torch.arange(c)
+    d_out = k_out if c_out_t is None else c_out_t.shape[1]
+    minus = torch.full((c,), -1)
+    draws = phi.draws
+    if phi.kind == "exact":
+        t, i = idx // k_out, idx % k_out
+        cots = like.new_zeros(c, p_out, d_out)
+        if c_out_t is None:
+            cots[rows, t, i] = 1.0
+        else:
+            cots[rows, t] = c_out_t[i]
+        return cots, i, False
+    if phi.kind == "pos":
+        r, i = idx // k_out, idx % k_out
+        signs = _signs(draws[r, i, b0:b1], like).transpose(0, 1)  # (b, c, p_out)
+        if c_out_t is None:
+            cots = like.new_zeros(b, c, p_out, d_out)
+            cots[:, rows, :, i] = signs.permute(1, 0, 2)
+            return cots, i, True
+        return signs.unsqueeze(-1) * c_out_t[i][None, :, None, :], i, True
+    if phi.kind == "hidden":
+        r, t = idx // p_out, idx % p_out
+        signs = _signs(draws[r, t, b0:b1], like)  # (c, b, k_out)
+        vals = signs if c_out_t is None else signs @ c_out_t
+        cots = like.new_zeros(b, c, p_out, d_out)
+        cots[:, rows, t] = vals.transpose(0, 1)
+        return cots, minus, True
+    signs = _signs(draws[start:stop, b0:b1], like)  # (c, b, p_out, k_out)
+    vals = signs if c_out_t is None else signs @ c_out_t
+    return vals.transpose(0, 1), minus, True
+
+
+def _out_shape(section: Section, x1: Tensor) -> tuple[int, int]:
     with torch.no_grad():
         out = section(x1)
     if out.ndim != 3 or out.shape[0] != 1:
@@ -240,160 +481,11 @@ def _out_shape(section: Callable[[Tensor], Tensor], x1: Tensor) -> tuple[int, in
     return int(out.shape[1]), int(out.shape[2])
 
 
-# --- reverse mode: chunks of cotangents ------------------------------------------------------
-
-
-class _Cotangents:
-    """Cotangents of the raw section output ``(c, b, p_out, d_out)`` for one sub-batch.
-
-    The output map ``@ C_out`` is applied to the cotangents directly (a one-hot cotangent of
-    ``F C_out`` is a column of ``C_out`` for ``F``), instead of through autograd. Exact
-    cotangents live in a zero buffer that is reused: only the entries set are cleared.
-    """
-
-    def __init__(
-        self, phi: _Phi, p_out: int, k_out: int, c_out: Tensor | None, dtype, device
-    ) -> None:
-        self.phi, self.p_out, self.k_out = phi, p_out, k_out
-        self.c_out_t = None if c_out is None else c_out.T.contiguous()
-        self.dtype, self.device = dtype, device
-        self.buffer: Tensor | None = None
-
-    @property
-    def n_cot(self) -> int:
-        return self.phi.n_cot if self.phi.kind != "exact" else self.p_out * self.k_out
-
-    @property
-    def d_out(self) -> int:
-        return self.k_out if self.c_out_t is None else self.c_out_t.shape[1]
-
-    def _zeros(self, c: int, b: int) -> Tensor:
-        shape = (c, b, self.p_out, self.d_out)
-        buf = self.buffer
-        if buf is None or buf.shape[0] < c or buf.shape[1] != b:
-            buf = self.buffer = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        return buf[:c]
-
-    def _signs(self, draws: Tensor) -> Tensor:
-        return _signs(draws, self.dtype, self.device)
-
-    def chunk(self, start: int, stop: int, b0: int, b1: int) -> tuple[Tensor, Tensor, Callable]:
-        """(cotangents, output dimension per cotangent or -1, a function clearing the buffer)."""
-        c, b = stop - start, b1 - b0
-        idx = torch.arange(start, stop)
-        rows = torch.arange(c)
-        kind, draws, cot_t = self.phi.kind, self.phi.draws, self.c_out_t
-        k_out, p_out = self.k_out, self.p_out
-        if kind == "exact":
-            t, i = idx // k_out, idx % k_out
-            buf = self._zeros(c, b)
-            if cot_t is None:
-                buf[rows, :, t, i] = 1.0
-                return buf, i, lambda: buf.__setitem__((rows, slice(None), t, i), 0.0)
-            buf[rows, :, t, :] = cot_t[i].unsqueeze(1)
-            return buf, i, lambda: buf.__setitem__((rows, slice(None), t), 0.0)
-        if kind == "pos":
-            r, i = idx // k_out, idx % k_out
-            signs = self._signs(draws[r, i, b0:b1])  # (c, b, p_out)
-            if cot_t is None:
-                buf = self._zeros(c, b)
-                buf[rows, :, :, i] = signs
-                return buf, i, lambda: buf.__setitem__((rows, slice(None), slice(None), i), 0.0)
-            return signs.unsqueeze(-1) * cot_t[i][:, None, None, :], i, _nothing
-        minus = torch.full((c,), -1)
-        if kind == "hidden":
-            r, t = idx // p_out, idx % p_out
-            signs = self._signs(draws[r, t, b0:b1])  # (c, b, k_out)
-            vals = signs if cot_t is None else signs @ cot_t
-            buf = self._zeros(c, b)
-            buf[rows, :, t, :] = vals
-            return buf, minus, lambda: buf.__setitem__((rows, slice(None), t), 0.0)
-        signs = self._signs(draws[start:stop, b0:b1])  # (c, b, p_out, k_out)
-        return (signs if cot_t is None else signs @ cot_t), minus, _nothing
-
-
-def _nothing() -> None:
-    return None
-
-
-def _reverse_sweeps(
-    section: Callable[[Tensor], Tensor],
-    x: Tensor,
-    cots: _Cotangents,
-    points: _Points,
-    chunk_bytes: int,
-    extra_bytes_per_cot: int = 0,
-):
-    """Yield ``(b0, b1, out_index, rows)`` with ``rows = Σ_α w_α ∂F/∂g|_{αx}ᵀ cot``.
-
-    ``rows`` has shape (c, b, p_in, d_in) for the samples ``b0:b1`` of ``x``.
-    """
-    batch, p_in, d_in = x.shape
-    unit = points.n * x.element_size() * (
-        max(p_in * d_in, cots.p_out * cots.d_out) + extra_bytes_per_cot
-    )
-    n_cot = cots.n_cot
-    dirs, sub = _plan(n_cot, batch, unit, chunk_bytes)
-    for b0, b1 in _split(batch, sub):
-        _, pull = torch.func.vjp(section, points.stack(x[b0:b1]))
-        pull_batched = torch.func.vmap(lambda cot, pull=pull: pull(cot)[0])
-        for start, stop in _split(n_cot, dirs):
-            cot, out_index, clear = cots.chunk(start, stop, b0, b1)
-            rows = points.reduce(pull_batched(points.replicate(cot, weighted=True)), False)
-            yield b0, b1, out_index, rows
-            clear()
-
-
-# --- forward mode: chunks of tangents --------------------------------------------------------
-
-
-def _forward_sweeps(
-    section: Callable[[Tensor], Tensor],
-    x: Tensor,
-    tangents: Callable[[int, int, int, int], Tensor],
-    n_tan: int,
-    points: _Points,
-    dirs: int,
-    sub: int,
-):
-    """Yield ``(b0, b1, start, stop, out)`` with ``out = Σ_α w_α ∂F/∂g|_{αx} · tangent``.
-
-    Samples go in sub-batches of ``sub``, tangents in chunks of ``dirs``.
-    ``tangents(start, stop, b0, b1)`` gives the (c, b, p_in, d_in) tangents; ``out`` has
-    shape (c, b, p_out, d_out) (raw section outputs).
-    """
-    for b0, b1 in _split(x.shape[0], sub):
-        primal = points.stack(x[b0:b1])
-
-        def push(t: Tensor, primal: Tensor = primal) -> Tensor:
-            return torch.func.jvp(section, (primal,), (t,))[1]
-
-        push_batched = torch.func.vmap(push)
-        for start, stop in _split(n_tan, dirs):
-            tan = points.replicate(tangents(start, stop, b0, b1), weighted=False)
-            yield b0, b1, start, stop, points.reduce(push_batched(tan), weighted=True)
-
-
-def _contract_sources(out: Tensor, phi: _Phi, b0: int, b1: int) -> Tensor:
-    """``(c, b, p_out, k_out)`` outputs -> ``(c, b, n_cot)``: each cotangent applied."""
-    kind, draws = phi.kind, phi.draws
-    if kind == "exact":
-        return out.reshape(out.shape[0], out.shape[1], -1)
-    signs = _signs(draws[:, :, b0:b1] if kind != "both" else draws[:, b0:b1], out.dtype, out.device)
-    if kind == "pos":  # (r, i, b, t)
-        z = torch.einsum("cbti,ribt->cbri", out, signs)
-    elif kind == "hidden":  # (r, t, b, i)
-        z = torch.einsum("cbti,rtbi->cbrt", out, signs)
-    else:  # (q, b, t, i)
-        z = torch.einsum("cbti,qbti->cbq", out, signs)
-    return z.reshape(out.shape[0], out.shape[1], -1)
-
-
 # --- M′ --------------------------------------------------------------------------------------
 
 
 def compute_m_dash_sum(
-    section: Callable[[Tensor], Tensor],
+    section: Section,
     acts: Float[Tensor, "batch pos_in d_in"],
     c_out: Float[Tensor, "d_out k_out"] | None,
     *,
@@ -409,74 +501,79 @@ def compute_m_dash_sum(
     stochastic sources the sum runs over sources instead and is divided by their count.
     Divide the result by ``N · P_in`` (summed over batches) to get ``M′``. ``mode`` picks
     reverse mode (one VJP per output coordinate or source), forward mode (one JVP per input
-    coordinate) or, by default, the cheaper.
+    coordinate) or, by default ("auto"), the cheaper.
     """
     batch, p_in, d_in = acts.shape
     x1 = acts[:1]
     p_out, d_out = _out_shape(section, x1)
     k_out = d_out if c_out is None else c_out.shape[1]
     phi = _draw_sources(sources, batch, p_out, k_out, generator)
-    n_cot = phi.n_cot if phi.kind != "exact" else p_out * k_out
-    n_tan = p_in * d_in
-    accumulate = d_in * d_in * p_in
-    c_out_macs = 0 if c_out is None else p_out * d_out * k_out
-    chosen = _choose(
-        DEFAULT_MODE if mode is None else mode,
-        section,
-        x1,
-        reverse_cost=lambda f: n_cot * (f + accumulate + p_out * d_out),
-        forward_cost=lambda f: n_tan * (f + c_out_macs + n_cot) + n_cot * accumulate,
-    )
-    m_dash = torch.zeros(d_in, d_in, dtype=torch.float64, device=acts.device)
-    if chosen == "reverse":
-        cots = _Cotangents(phi, p_out, k_out, c_out, acts.dtype, acts.device)
-        for _, _, _, rows in _reverse_sweeps(section, acts, cots, _Points(*integration.points()),
-                                             chunk_bytes):
-            flat = rows.reshape(-1, d_in).to(torch.float64)
-            m_dash.addmm_(flat.T, flat)
-    else:
-        _m_dash_forward(section, acts, c_out, phi, integration, chunk_bytes, m_dash)
-    return m_dash * _source_scale(sources)
-
-
-def _m_dash_forward(section, acts, c_out, phi, integration, chunk_bytes, m_dash) -> None:
-    """M′ from one-hot input tangents, one input position at a time."""
-    batch, p_in, d_in = acts.shape
+    n_cot = _n_cotangents(phi, p_out, k_out)
     points = _Points(*integration.points())
-    p_out, d_out = _out_shape(section, acts[:1])
-    k_out = d_out if c_out is None else c_out.shape[1]
-    n_rows = phi.n_cot if phi.kind != "exact" else p_out * k_out
-    unit = acts.element_size() * points.n * max(p_in * d_in, p_out * d_out, n_rows)
-    # Columns of one position's Jacobian (d_in, sub-batch, rows); M′ needs all of them at once.
-    dirs, sub = _plan(d_in, batch, unit, chunk_bytes)
-    for b0, b1 in _split(batch, sub):
-        x = acts[b0:b1]
-        for s in range(p_in):
+    nested = _nestable(section, acts)
+    c_out_t = None if c_out is None else c_out.T.contiguous()
+    item = acts.element_size() * points.n
 
-            def tangents(start, stop, t0, t1, s=s):
-                tan = x.new_zeros(stop - start, t1 - t0, p_in, d_in)
-                tan[torch.arange(stop - start), :, s, torch.arange(start, stop)] = 1.0
-                return tan
+    def reverse(b0: int, b1: int, start: int, stop: int, acc: Tensor) -> None:
+        cots, _, per_sample = _cotangents(phi, start, stop, b0, b1, p_out, k_out, c_out_t, acts)
+        xs = points.stack(acts[b0:b1])
+        rows = _pullback(
+            section, xs, points.repeat(cots) if per_sample else cots, per_sample, nested
+        )
+        _accumulate_gram(acc, points.reduce(rows))
 
-            cols = None
-            for _, _, start, stop, out in _forward_sweeps(
-                section, x, tangents, d_in, points, dirs, b1 - b0
-            ):
-                if c_out is not None:
-                    out = out @ c_out
-                z = _contract_sources(out, phi, b0, b1).to(torch.float64)
-                if cols is None:
-                    cols = z.new_empty(d_in, *z.shape[1:])
-                cols[start:stop] = z
-            flat = cols.reshape(d_in, -1)
-            m_dash.addmm_(flat, flat.T)
+    def forward(b0: int, b1: int, start: int, stop: int, acc: Tensor) -> None:
+        # Units are input positions: every coordinate of positions start:stop, one-hot.
+        n_pos = stop - start
+        tans = acts.new_zeros(n_pos, d_in, p_in, d_in)
+        pos = torch.arange(start, stop)[:, None]
+        tans[torch.arange(n_pos)[:, None], torch.arange(d_in), pos, torch.arange(d_in)] = 1.0
+        out = _pushforward(
+            section, points.stack(acts[b0:b1]), tans.view(-1, p_in, d_in), False, nested
+        )
+        z = _apply_sources(_apply_c_out(points.reduce(out), c_out), phi, b0, b1)
+        # M′_{jj'} += Σ_{b,s,r} z[b,s,j,r] z[b,s,j',r]
+        cols = z.view(b1 - b0, n_pos, d_in, -1).permute(2, 0, 1, 3).to(torch.float64)
+        flat = cols.reshape(d_in, -1)
+        acc.addmm_(flat, flat.T)
+
+    candidates = {
+        "reverse": _Strategy("reverse", n_cot, item * max(p_in * d_in, p_out * d_out), reverse),
+    }
+    # Forward needs one position's whole Jacobian block at once; skip it where that is huge.
+    if d_in * max(n_cot, p_out * d_out) * item <= 16 * chunk_bytes:
+        unit = d_in * item * max(p_in * d_in, p_out * d_out, n_cot)
+        candidates["forward"] = _Strategy("forward", p_in, unit, forward)
+    m_dash = torch.zeros(d_in, d_in, dtype=torch.float64, device=acts.device)
+    key = (
+        "m_dash",
+        tuple(acts.shape[1:]),
+        None if c_out is None else tuple(c_out.shape),
+        phi.kind,
+        n_cot,
+        points.n,
+        acts.dtype,
+        chunk_bytes,
+    )
+    strategy = _choose(
+        section,
+        DEFAULT_MODE if mode is None else mode,
+        key,
+        candidates,
+        batch,
+        chunk_bytes,
+        m_dash,
+        x1,
+    )
+    _execute(strategy, batch, chunk_bytes, m_dash)
+    return m_dash * _source_scale(sources)
 
 
 # --- edges -----------------------------------------------------------------------------------
 
 
 def compute_edges_sum(
-    section: Callable[[Tensor], Tensor],
+    section: Section,
     acts: Float[Tensor, "batch pos_in d_in"],
     c_in: Float[Tensor, "d_in k_in"],
     c_in_pinv: Float[Tensor, "k_in d_in"],
@@ -492,8 +589,9 @@ def compute_edges_sum(
 
     ``A_{t,i,j} = Σ_α w_α Σ_s ∂F̂_{t,i}/∂g_{s,j}|_{g=α f̂} · f̂_{s,j}`` with
     ``F̂(f̂) = section(f̂ C⁺_in) C_out``. Divide by ``N · P_in`` to get ``E``. Reverse mode takes
-    one VJP per output coordinate (or source); forward mode one JVP per input feature ``j``,
-    whose tangent ``f̂_{:,j} C⁺_{j,:}`` gives ``A_{:,:,j}`` directly.
+    one VJP per output coordinate (or source); forward mode one JVP per input feature ``j``
+    (tangent ``f̂_{:,j} C⁺_{j,:}``), or per feature and position (tangent ``C⁺_{j,:}`` at ``s``,
+    the same for every sample, weighted by ``f̂_{s,j}`` afterwards).
     """
     if sources.n_hidden is not None:
         raise ValueError("Edges support stochastic sources over positions only (n_hidden: null).")
@@ -505,44 +603,86 @@ def compute_edges_sum(
     p_out, d_out = _out_shape(section, x1)
     k_out = d_out if c_out is None else c_out.shape[1]
     phi = _draw_sources(sources, batch, p_out, k_out, generator)
-    n_cot = phi.n_cot if phi.kind != "exact" else p_out * k_out
-    c_out_macs = 0 if c_out is None else p_out * d_out * k_out
-    chosen = _choose(
-        DEFAULT_MODE if mode is None else mode,
-        section,
-        x1,
-        reverse_cost=lambda f: n_cot * (f + p_in * d_in * k_in + p_out * d_out),
-        forward_cost=lambda f: k_in * (f + c_out_macs + n_cot + p_in * d_in),
-    )
-    edges = torch.zeros(k_out, k_in, dtype=torch.float64, device=acts.device)
+    n_cot = _n_cotangents(phi, p_out, k_out)
     points = _Points(*integration.points())
-    if chosen == "reverse":
-        cots = _Cotangents(phi, p_out, k_out, c_out, acts.dtype, acts.device)
-        pinv_t = c_in_pinv.T.contiguous()
-        for b0, b1, out_index, rows in _reverse_sweeps(
-            section, recon, cots, points, chunk_bytes, extra_bytes_per_cot=p_in * k_in
-        ):
-            grads = rows @ pinv_t  # (chunk, b, pos_in, k_in)
-            attributions = (grads * feats[b0:b1]).sum(dim=2).to(torch.float64)
-            edges.index_add_(0, out_index.to(acts.device), attributions.square().sum(dim=1))
-    else:
-        feats_t = feats.permute(2, 0, 1)  # (k_in, batch, pos_in)
+    nested = _nestable(section, recon)
+    c_out_t = None if c_out is None else c_out.T.contiguous()
+    pinv_t = c_in_pinv.T.contiguous()
+    item = acts.element_size() * points.n
 
-        def tangents(start, stop, b0, b1):
-            return feats_t[start:stop, b0:b1, :, None] * c_in_pinv[start:stop, None, None, :]
+    def square_sum(a: Tensor, b0: int, b1: int) -> Tensor:
+        """``A`` (b, j, p_out, k_out) -> ``Σ_{b,t or r} A²`` as (k_out, j)."""
+        if phi.kind == "pos":
+            a = torch.einsum("bjti,ribt->bjri", a, _signs(phi.draws[:, :, b0:b1], a))
+        return a.to(torch.float64).square().sum(dim=(0, 2)).T
 
-        unit = acts.element_size() * points.n * max(p_in * d_in, p_out * d_out)
-        dirs, sub = _plan(k_in, batch, unit, chunk_bytes)
-        for b0, b1, start, stop, out in _forward_sweeps(
-            section, recon, tangents, k_in, points, dirs, sub
-        ):
-            if c_out is not None:
-                out = out @ c_out  # A: (chunk of j, b, p_out, k_out)
-            if phi.kind == "exact":
-                sq = out.to(torch.float64).square().sum(dim=(1, 2))
-            else:
-                a = torch.einsum("cbti,ribt->cbri", out, _signs(
-                    phi.draws[:, :, b0:b1], out.dtype, out.device))
-                sq = a.to(torch.float64).square().sum(dim=(1, 2))
-            edges[:, start:stop] += sq.T
+    def reverse(b0: int, b1: int, start: int, stop: int, acc: Tensor) -> None:
+        cots, out_index, per_sample = _cotangents(
+            phi, start, stop, b0, b1, p_out, k_out, c_out_t, acts
+        )
+        xs = points.stack(recon[b0:b1])
+        rows = points.reduce(
+            _pullback(section, xs, points.repeat(cots) if per_sample else cots, per_sample, nested)
+        )  # (b, c, p_in, d_in)
+        f = feats[b0:b1]
+        if rows.shape[0] > 1 and rows.stride(0) == 0:
+            attributions = torch.einsum("cpk,bpk->bck", rows[0] @ pinv_t, f)
+        else:
+            attributions = ((rows @ pinv_t) * f.unsqueeze(1)).sum(dim=2)  # (b, c, k_in)
+        acc.index_add_(
+            0, out_index.to(acc.device), attributions.to(torch.float64).square().sum(dim=0)
+        )
+
+    def forward_shared(b0: int, b1: int, start: int, stop: int, acc: Tensor) -> None:
+        # Units are input features j; tangents C⁺_{j,:} at each position s, one per (j, s).
+        n_j = stop - start
+        tans = acts.new_zeros(n_j, p_in, p_in, d_in)
+        pos = torch.arange(p_in)
+        tans[:, pos, pos, :] = c_in_pinv[start:stop, None, :]
+        out = _pushforward(
+            section, points.stack(recon[b0:b1]), tans.view(-1, p_in, d_in), False, nested
+        )
+        out = _apply_c_out(points.reduce(out), c_out).view(b1 - b0, n_j, p_in, p_out, k_out)
+        a = torch.einsum("bjstk,bsj->bjtk", out, feats[b0:b1, :, start:stop])
+        acc[:, start:stop] += square_sum(a, b0, b1)
+
+    def forward_combined(b0: int, b1: int, start: int, stop: int, acc: Tensor) -> None:
+        # Units are input features j; per-sample tangents f̂_{:,j} C⁺_{j,:}.
+        f = feats[b0:b1, :, start:stop].permute(0, 2, 1)  # (b, j, p_in)
+        tans = f.unsqueeze(-1) * c_in_pinv[start:stop, None, :]
+        out = _pushforward(section, points.stack(recon[b0:b1]), points.repeat(tans), True, nested)
+        acc[:, start:stop] += square_sum(_apply_c_out(points.reduce(out), c_out), b0, b1)
+
+    width = max(p_in * d_in, p_out * d_out)
+    candidates = {
+        "reverse": _Strategy("reverse", n_cot, item * (width + p_in * k_in), reverse),
+        "forward-shared": _Strategy("forward-shared", k_in, item * p_in * width, forward_shared),
+    }
+    if p_in > 1:
+        candidates["forward-combined"] = _Strategy(
+            "forward-combined", k_in, item * width, forward_combined
+        )
+    edges = torch.zeros(k_out, k_in, dtype=torch.float64, device=acts.device)
+    key = (
+        "edges",
+        tuple(acts.shape[1:]),
+        k_in,
+        None if c_out is None else tuple(c_out.shape),
+        phi.kind,
+        n_cot,
+        points.n,
+        acts.dtype,
+        chunk_bytes,
+    )
+    strategy = _choose(
+        section,
+        DEFAULT_MODE if mode is None else mode,
+        key,
+        candidates,
+        batch,
+        chunk_bytes,
+        edges,
+        x1,
+    )
+    _execute(strategy, batch, chunk_bytes, edges)
     return edges * _source_scale(sources)

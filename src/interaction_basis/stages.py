@@ -5,9 +5,12 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import sys
 import time
 from importlib.metadata import version
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -89,13 +92,54 @@ def import_model(
     _curve([], curve_out)
 
 
+def download_model(model_cfg: ModelConfig, out_dir: str) -> None:
+    """Fetch a hub model (pinned revision; token from HF_TOKEN) or copy a local folder."""
+    from interaction_basis import hub
+
+    info = hub.download_model(model_cfg.hub.source, model_cfg.hub.revision, out_dir)
+    log.info("model %s at %s -> %s", info.get("repo_id"), info.get("commit"), out_dir)
+
+
+def download_dataset(model_cfg: ModelConfig, out_dir: str) -> None:
+    """Fetch a hub dataset snapshot or copy local text/parquet/jsonl files."""
+    from interaction_basis import hub
+
+    info = hub.download_dataset(model_cfg.text.source, model_cfg.text.revision, out_dir)
+    log.info("dataset %s at %s -> %s", info.get("repo_id"), info.get("commit"), out_dir)
+
+
+def tokenize_dataset(
+    model_cfg: ModelConfig, model_dir: str, dataset_dir: str, out_path: str
+) -> None:
+    """Chunks of n_ctx + 1 tokens for fitting and (from the last documents) for evaluation."""
+    from interaction_basis import text_data
+
+    t = model_cfg.text
+    tokenizer = text_data.load_tokenizer(model_dir)
+    kw = dict(split=t.split, text_column=t.text_column, txt_separator=t.txt_separator)
+    texts = text_data.load_texts(dataset_dir, max_documents=t.max_documents, **kw)
+    fit = text_data.tokenize_to_chunks(texts, tokenizer, t.n_ctx, t.n_samples, seed=t.seed)
+    held_out = text_data.load_held_out_texts(
+        dataset_dir, n_documents=t.n_eval_documents, n_fit_documents=t.max_documents, **kw
+    )
+    evaluation = text_data.tokenize_to_chunks(
+        held_out, tokenizer, t.n_ctx, t.n_eval_samples, seed=t.seed
+    )
+    attrs = provenance(text=t.model_dump(), hub=model_cfg.hub.model_dump())
+    io.write_token_chunks(out_path, np.asarray(fit), np.asarray(evaluation), attrs)
+
+
 def extract_activations(
-    model_cfg: ModelConfig, extract_cfg: ExtractConfig, weights_path: str, out_path: str
+    model_cfg: ModelConfig,
+    extract_cfg: ExtractConfig,
+    weights_path: str,
+    out_path: str,
+    tokens_path: str | None = None,
 ) -> None:
     """Activations on the fitting split at every node layer, with means and Grams."""
-    weights = io.read_weights(weights_path)
+    weights = tasks.load_weights(model_cfg, weights_path)
     model = tasks.build_model(model_cfg, weights, extract_cfg.node_layers, extract_cfg.dtype)
-    data = tasks.load_task_data(model_cfg)
+    data = tasks.load_task_data(model_cfg, tokens_path)
     inputs = data.fit_inputs
     attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
     attrs.update(
@@ -135,7 +179,10 @@ def fit_basis(
 ) -> None:
     """Bases of every node layer for one method, backwards from the output."""
     model = tasks.build_model(
-        model_cfg, io.read_weights(weights_path), io.read_node_layers(acts_path), extract_cfg.dtype
+        model_cfg,
+        tasks.load_weights(model_cfg, weights_path),
+        io.read_node_layers(acts_path),
+        extract_cfg.dtype,
     )
     bases, m_dash = fit_bases(
         model,
@@ -169,7 +216,10 @@ def compute_edges(
 ) -> None:
     """Edges between every pair of adjacent node layers."""
     model = tasks.build_model(
-        model_cfg, io.read_weights(weights_path), io.read_node_layers(acts_path), extract_cfg.dtype
+        model_cfg,
+        tasks.load_weights(model_cfg, weights_path),
+        io.read_node_layers(acts_path),
+        extract_cfg.dtype,
     )
     bases = io.read_bases(basis_path)
     edges = build_edges(
@@ -239,7 +289,7 @@ def cluster_graph(
     }
     if model_cfg.kind == "modadd":
         model = tasks.build_model(
-            model_cfg, io.read_weights(weights_path), node_layers, extract_cfg.dtype
+            model_cfg, tasks.load_weights(model_cfg, weights_path), node_layers, extract_cfg.dtype
         )
         labels = label_modadd_clusters(
             model, io.read_bases(basis_path), modules, model_cfg.train.modulus
@@ -269,7 +319,12 @@ def summarize(
     edges = {m: io.read_edges(p) for m, p in zip(methods, edges_paths, strict=True)}
     modules = {m: io.read_json(p) for m, p in zip(methods, modules_paths, strict=True)}
     summary = compute_summary(
-        experiment, methods, io.read_json(model_metrics), bases, edges, modules
+        experiment,
+        methods,
+        io.read_json(model_metrics) if model_metrics else {},
+        bases,
+        edges,
+        modules,
     )
     io.write_json(out_json, summary)
     io.write_text(out_md, render_markdown(summary))
@@ -280,5 +335,17 @@ def summarize(
 
 
 def set_threads(threads: int) -> None:
+    """Start of every job: thread count, where it runs, and uncaught errors into the rule log."""
     torch.set_num_threads(max(1, int(threads)))
-    log.info("torch threads: %d", torch.get_num_threads())
+    log.info(
+        "torch threads: %d, host %s, SLURM job %s",
+        torch.get_num_threads(),
+        socket.gethostname(),
+        os.environ.get("SLURM_JOB_ID", "-"),
+    )
+
+    def log_uncaught(kind, value, tb):
+        log.error("job failed", exc_info=(kind, value, tb))
+        sys.__excepthook__(kind, value, tb)
+
+    sys.excepthook = log_uncaught

@@ -57,7 +57,23 @@ def load_image_dataset(cfg: ImageDataConfig):
     return images.load_hub_image_dataset(cfg.name, revision=cfg.revision, normalize=cfg.normalize)
 
 
-def load_task_data(cfg: ModelConfig) -> TaskData:
+def load_task_data(cfg: ModelConfig, tokens_path: str | None = None) -> TaskData:
+    """The task's inputs; language models read their token chunks from ``tokens_path``."""
+    if cfg.kind == "hf":
+        if tokens_path is None:
+            raise ValueError("kind 'hf' needs the tokenized dataset (rule tokenize_dataset).")
+        from interaction_basis import io
+
+        fit, held_out = io.read_token_chunks(tokens_path)
+        fit, held_out = torch.from_numpy(fit), torch.from_numpy(held_out)
+        return TaskData(
+            fit[:, :-1],
+            fit[:, :-1],
+            fit[:, 1:],
+            held_out[:, :-1],
+            held_out[:, 1:],
+            f"{cfg.text.source} ({len(fit)} chunks of {cfg.text.n_ctx} tokens)",
+        )
     if cfg.kind == "modadd":
         t = cfg.train
         tokens, labels = build_modadd_dataset(t.modulus)
@@ -85,6 +101,10 @@ def load_task_data(cfg: ModelConfig) -> TaskData:
 def default_node_layers(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> list[str]:
     if cfg.kind == "modadd":
         return list(MODADD_NODE_LAYERS)
+    if cfg.kind == "hf":
+        from interaction_basis.models.hf import hf_node_layers
+
+        return hf_node_layers(weights["__model__"], "ln", final="unembed")
     n_linear = len(validate_mlp_weights(weights)[1]) + 1
     return [f"layers.{i}" for i in range(n_linear)] + ["output"]
 
@@ -96,17 +116,35 @@ def validate_weights(cfg: ModelConfig, weights: Mapping[str, np.ndarray], source
         validate_mlp_weights(weights, source=source)
 
 
-def build_model(
-    cfg: ModelConfig, weights: Mapping[str, np.ndarray], node_layers: list[str] | None, dtype: str
-):
+def build_model(cfg: ModelConfig, weights: Mapping, node_layers: list[str] | None, dtype: str):
+    """The sectioned model; ``weights`` is a weights.npz dict, or for kind 'hf'
+    ``{"__model__": <the loaded HF model>}`` (see :func:`load_weights`)."""
     layers = node_layers or default_node_layers(cfg, weights)
+    if cfg.kind == "hf":
+        from interaction_basis.models import DTYPES
+        from interaction_basis.models.hf import build_hf_sections
+
+        return build_hf_sections(weights["__model__"], layers, DTYPES[dtype])
     return load_sectioned_model(cfg.kind, weights, layers, dtype, activation=cfg.mlp.activation)
+
+
+def load_weights(cfg: ModelConfig, path: str) -> Mapping:
+    """weights.npz arrays, or for kind 'hf' the model loaded from its downloaded folder."""
+    from interaction_basis import io
+
+    if cfg.kind == "hf":
+        from interaction_basis.models.hf import load_hf_model
+
+        return {"__model__": load_hf_model(path, torch.float64)}
+    return io.read_weights(path)
 
 
 def compute_accuracies(
     cfg: ModelConfig, weights: Mapping[str, np.ndarray], data: TaskData
 ) -> dict[str, float]:
     """Train and test accuracy of the bias-folded model in float32 (as the paper evaluates)."""
+    if cfg.kind == "hf":
+        return {}
     model = build_model(cfg, weights, None, "float32")
     out = {}
     with torch.no_grad():

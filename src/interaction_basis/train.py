@@ -46,10 +46,8 @@ class ModAddTrainConfig(BaseModel):
         "stops earlier once the early-stopping target is met.",
     )
     lr: float = Field(1e-2, gt=0, description="AdamW peak learning rate (paper: 1e-3).")
-    weight_decay: float = Field(1.0, ge=0, description="AdamW decoupled weight decay (paper: 1).")
-    betas: tuple[_Beta, _Beta] = Field(
-        (0.9, 0.98), description="AdamW betas (paper: (0.9, 0.98))."
-    )
+    weight_decay: float = Field(2.5, ge=0, description="AdamW decoupled weight decay (paper: 1).")
+    betas: tuple[_Beta, _Beta] = Field((0.9, 0.98), description="AdamW betas (paper: (0.9, 0.98)).")
     warmup_steps: int = Field(
         10, ge=0, description="Linear warm-up: the lr factor is min(step / warmup_steps, 1)."
     )
@@ -151,8 +149,13 @@ def train_modadd(cfg: ModAddTrainConfig, *, progress: bool = True) -> TrainResul
     x_test, y_test = one_hot[test_idx], labels[test_idx]
 
     model = ModAddTransformer(
-        d_vocab=d_vocab, n_ctx=tokens.shape[1], d_model=cfg.d_model, n_heads=cfg.n_heads,
-        d_head=cfg.d_head, d_mlp=cfg.d_mlp, seed=cfg.seed,
+        d_vocab=d_vocab,
+        n_ctx=tokens.shape[1],
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_head,
+        d_mlp=cfg.d_mlp,
+        seed=cfg.seed,
     )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas
@@ -176,14 +179,18 @@ def train_modadd(cfg: ModAddTrainConfig, *, progress: bool = True) -> TrainResul
                 f"Mod-add training diverged at epoch {epoch} (train loss {train_loss}, test loss "
                 f"{test_loss}); lower lr (now {cfg.lr}) or raise warmup_steps."
             )
-        row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                   test_acc=test_acc)
+        row = dict(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            test_loss=test_loss,
+            test_acc=test_acc,
+        )
         history.append(row)
         return row
 
     evaluate(0)
-    bar = tqdm(range(1, cfg.n_epochs + 1), desc="train mod-add", unit="epoch",
-               disable=not progress)
+    bar = tqdm(range(1, cfg.n_epochs + 1), desc="train mod-add", unit="epoch", disable=not progress)
     for epoch in bar:
         loss = F.cross_entropy(_last_position_logits(model, x_train), y_train)
         optimizer.zero_grad(set_to_none=True)

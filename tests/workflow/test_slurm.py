@@ -24,11 +24,16 @@ database, so ``sacct`` cannot be used). To try it by hand::
         --directory /tmp/tiny-slurm
     sudo tests/slurm/stop_slurm.sh
 
-Run the test with ``pytest -m slurm tests/workflow/test_slurm.py``. It skips (with the reason)
-where the cluster cannot be set up: not root, or neither SLURM nor apt-get. Set
-``IB_REQUIRE_SLURM=1`` (CI) to make that a failure instead. It takes 2-3 minutes on two quiet
-cores (SLURM polling adds 10-40 s per DAG level; the tiny DAG has 6) and up to 7 on busy ones.
-The successful and the failing run are started together so that they overlap.
+Run the test with ``pytest -m slurm tests/workflow/test_slurm.py`` (as root). It skips, with the
+reason, where the cluster cannot be set up: not root, neither SLURM nor apt-get, or a real
+/etc/slurm/slurm.conf. Set ``IB_REQUIRE_SLURM=1`` (CI) to make that a failure instead. A cluster
+that was already running is reused and left running; one the fixture started is stopped.
+
+Time: each level of the DAG costs one job (two Snakemake start-ups inside it, then the rule) plus
+the plugin's polling (5, 20, 45, 80 s after a submission with the test profile). The tiny run
+up to ``summary.json`` has 6 levels: 6.5 minutes on 2 cores shared with a load of ~8 (jobs of
+35-55 s each); about 20 s per level, so 2-3 minutes, on quiet cores. The failing run (one job)
+runs alongside it and adds nothing. apt-get install adds ~25 s the first time.
 """
 
 import os
@@ -66,11 +71,13 @@ def _clean_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """The local test cluster, started for the session and stopped after it (if started here)."""
-    pytest.importorskip("snakemake_executor_plugin_slurm",
-                        reason="snakemake-executor-plugin-slurm is not installed")
+    pytest.importorskip(
+        "snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm is not installed"
+    )
     try:
-        proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600,
-                              env=_clean_env())
+        proc = subprocess.run(
+            ["bash", str(SETUP)], capture_output=True, text=True, timeout=600, env=_clean_env()
+        )
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"{SETUP} did not finish in {err.timeout} s")
     if proc.returncode == SKIP_CODE:
@@ -83,8 +90,9 @@ def slurm_cluster():
     started_here = proc.stdout.strip().splitlines()[-1] == "started"
     yield
     if started_here:  # leave a cluster that someone else started running
-        subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=120,
-                       env=_clean_env())
+        subprocess.run(
+            ["bash", str(STOP)], capture_output=True, text=True, timeout=120, env=_clean_env()
+        )
 
 
 @dataclass
@@ -109,19 +117,41 @@ class SlurmRun:
 
     def start(self) -> "SlurmRun":
         self.workdir.mkdir(parents=True)
-        args = ["timeout", "-s", "INT", "-k", "60", str(RUN_TIMEOUT), *SNAKEMAKE,
-                "--snakefile", str(self.workflow / "Snakefile"),
-                "--workflow-profile", str(PROFILE),
-                "--configfile", str(self.configfile),
-                "--directory", str(self.workdir), *self.targets]
-        env = _clean_env(PYTHONPATH=os.pathsep.join(
-            p for p in (str(self.workflow / "src"), os.environ.get("PYTHONPATH", "")) if p))
+        args = [
+            "timeout",
+            "-s",
+            "INT",
+            "-k",
+            "60",
+            str(RUN_TIMEOUT),
+            *SNAKEMAKE,
+            "--snakefile",
+            str(self.workflow / "Snakefile"),
+            "--workflow-profile",
+            str(PROFILE),
+            "--configfile",
+            str(self.configfile),
+            "--directory",
+            str(self.workdir),
+            *self.targets,
+        ]
+        env = _clean_env(
+            PYTHONPATH=os.pathsep.join(
+                p for p in (str(self.workflow / "src"), os.environ.get("PYTHONPATH", "")) if p
+            )
+        )
         self._t0 = time.monotonic()
         with self.logfile.open("w") as out:
             out.write(" ".join(args) + "\n")
             out.flush()
-            self.proc = subprocess.Popen(args, cwd=self.workflow, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                args,
+                cwd=self.workflow,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def wait(self) -> "SlurmRun":
@@ -135,16 +165,19 @@ class SlurmRun:
 
     def describe(self, n: int = 60) -> str:
         lines = self.output.strip().splitlines()
-        return (f"exit status {self.returncode} after {self.seconds:.0f} s; log {self.logfile}\n"
-                f"--- last {n} lines ---\n" + "\n".join(lines[-n:]))
+        return (
+            f"exit status {self.returncode} after {self.seconds:.0f} s; log {self.logfile}\n"
+            f"--- last {n} lines ---\n" + "\n".join(lines[-n:])
+        )
 
     def submissions(self) -> list[tuple[str, str, Path]]:
         """(rule, SLURM job id, SLURM log) of every submitted job."""
         subs = []
         for _, slurm_id, log in SUBMITTED.findall(self.output):
             log = Path(log)
-            rule = re.fullmatch(r"rule_(\w+)", log.relative_to(
-                self.workdir / ".snakemake" / "slurm_logs").parts[0]).group(1)
+            rule = re.fullmatch(
+                r"rule_(\w+)", log.relative_to(self.workdir / ".snakemake" / "slurm_logs").parts[0]
+            ).group(1)
             subs.append((rule, slurm_id, log))
         return subs
 
@@ -153,8 +186,10 @@ def squeue_records(job_ids) -> dict[str, tuple[str, str]]:
     """SLURM job id -> (state, comment) for jobs slurmctld still knows (MinJobAge=600 s)."""
     args = ["squeue", "--states=all", "-h", "-o", "%i|%T|%k", "-j", ",".join(job_ids)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=30, env=_clean_env()).stdout
-    return {i: (state, comment) for i, state, comment in
-            (line.split("|", 2) for line in out.strip().splitlines())}
+    return {
+        i: (state, comment)
+        for i, state, comment in (line.split("|", 2) for line in out.strip().splitlines())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +206,8 @@ def slurm_runs(slurm_cluster, tmp_path_factory):
     bad_experiment["model"] = {**bad_experiment["model"], "weights": str(bad_weights)}
     bad_config = write_yaml(root / "bad.yaml", {"experiments": [bad_experiment]})
 
-    good = SlurmRun(root / "tiny", TINY, workflow, TINY_TARGETS).start()
+    tiny_config = write_yaml(root / "tiny.yaml", tiny)  # a snapshot too
+    good = SlurmRun(root / "tiny", tiny_config, workflow, TINY_TARGETS).start()
     bad = SlurmRun(root / "bad", bad_config, workflow).start()
     return good.wait(), bad.wait()
 
@@ -188,8 +224,14 @@ def test_tiny_runs_as_slurm_jobs(slurm_runs):
     for rule, _, _ in subs:
         submitted[rule] = submitted.get(rule, 0) + 1
     assert submitted == planned, run.describe()
-    assert {"train_model", "extract_activations", "fit_basis", "compute_edges", "cluster_graph",
-            "summarize_experiment"} <= set(submitted)
+    assert {
+        "train_model",
+        "extract_activations",
+        "fit_basis",
+        "compute_edges",
+        "cluster_graph",
+        "summarize_experiment",
+    } <= set(submitted)
 
     # each ran inside its SLURM job (the job's log shows the rule finishing), which completed
     records = squeue_records([slurm_id for _, slurm_id, _ in subs])

@@ -70,3 +70,13 @@ def test_lint():
 def test_snakefmt_check():
     result = run([*SNAKEFMT, "--check", "."], cwd=REPO, timeout=120, check=False)
     assert result.returncode == 0, result.describe()
+
+
+def test_default_config_runs_in_another_directory(tmp_path):
+    """``--directory`` relocates a run (conventions §1), so the default config must still be
+    found, and merged under any --configfile: the ``configfile:`` directive is resolved
+    against the working directory unless anchored at ``workflow.basedir``."""
+    result = snakemake("-n", "--directory", str(tmp_path), cwd=REPO, timeout=300, check=False)
+    assert result.returncode == 0, result.describe()
+    assert str(REPO / "config" / "config.yaml") in result.output, result.describe()
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,18 @@
+"""Adapter for rule tokenize_dataset."""
+
+import logging
+from typing import TYPE_CHECKING
+
+from interaction_basis import config, stages
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+stages.set_threads(snakemake.threads)
+stages.tokenize_dataset(
+    config.ModelConfig.model_validate(snakemake.params.model),
+    snakemake.input.model,
+    snakemake.input.dataset,
+    snakemake.output[0],
+)

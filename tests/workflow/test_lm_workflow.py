@@ -1,0 +1,78 @@
+"""A language-model experiment end to end, offline: a tiny local GPT-2 and a local text corpus
+go through the same download_model, download_dataset and tokenize_dataset rules as hub ids."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from lm_fixtures import write_corpus, write_tiny_gpt2
+from smk_helpers import REPO, SNAKEMAKE
+
+pytestmark = pytest.mark.slow
+
+NODE_LAYERS = ["ln1.0", "ln1_out.0", "attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0",
+               "ln_final", "ln_final_out", "unembed"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    docs = write_corpus(root / "corpus" / "stories.txt")
+    write_tiny_gpt2(root / "model", docs)
+    config = {"experiments": [{
+        "name": "lm",
+        "model": {"kind": "hf", "hub": {"source": str(root / "model")},
+                  "text": {"source": str(root / "corpus"), "n_ctx": 8, "n_samples": 24,
+                           "max_documents": 40, "n_eval_documents": 15, "n_eval_samples": 6}},
+        "extract": {"node_layers": NODE_LAYERS, "batch_size": 8},
+        "basis": {"rotate_final": True, "sources": {"n_pos": 1}},
+        "edges": {"n_sources_pos": 1},
+        "evaluate": {"metric": "ce_loss", "edge_delta": 0.1, "edge_scaling": "logarithmic",
+                     "batch_size": 4},
+    }]}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    work = root / "work"
+    cmd = [SNAKEMAKE, "--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--configfile",
+           str(root / "config.yaml"), "--directory", str(work)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return work / "results" / "lm", work
+
+
+def test_tokens_and_activations(lm_run):
+    results, _ = lm_run
+    tokens = xr.open_datatree(results / "tokens.zarr", engine="zarr", consolidated=False)
+    assert tokens["fit"]["tokens"].shape == (24, 9)
+    assert tokens["eval"]["tokens"].shape == (6, 9)
+    acts = xr.open_datatree(results / "activations.zarr", engine="zarr", consolidated=False)
+    assert list(acts.attrs["node_layers"]) == NODE_LAYERS
+    x = acts["attn_in.0"]["activations"].values
+    assert x.shape[:2] == (24, 8)
+    np.testing.assert_array_equal(x[..., -1], 1.0)  # the folded constant
+
+
+def test_lib_basis_on_language_model(lm_run):
+    results, _ = lm_run
+    basis = xr.open_datatree(results / "lib" / "basis.zarr", engine="zarr", consolidated=False)
+    assert basis["ln1_out.0"].attrs["n_masked"] == 2  # constant and LayerNorm variance
+    assert "M_dash" in basis["attn_in.0"]
+    assert "Lambda" in basis["unembed"] or "eigenvalues" in basis["unembed"]
+    edges = xr.open_datatree(results / "lib" / "edges.zarr", engine="zarr", consolidated=False)
+    assert edges["ln_final_out__unembed"]["E"].dims == ("out_feature", "in_feature")
+    summary = json.loads((results / "summary.json").read_text())
+    assert set(summary["methods"]) == {"lib", "pca"}
+    evaluation = json.loads((results / "evaluation.json").read_text())
+    node = evaluation["node_ablation"]["lib"]
+    assert node["metric"] == "ce_loss" and np.isfinite(node["base_score"])
+
+
+def test_download_rules_ran_offline(lm_run):
+    _, work = lm_run
+    assert (work / "resources" / "models" / "lm" / "config.json").exists()
+    assert any((work / "resources" / "datasets" / "lm").iterdir())
