@@ -377,11 +377,16 @@ def _nestable(section: Section, x: Tensor) -> bool:
 
 
 def _forward_ad_ok(section: Section, x1: Tensor) -> bool:
-    try:
-        torch.func.jvp(section, (x1,), (torch.zeros_like(x1),))
-    except (NotImplementedError, RuntimeError):
-        return False
-    return True
+    """Whether every op of ``section`` has a forward-mode derivative (cached)."""
+    cache = _section_cache(section)
+    key = ("forward_ad", tuple(x1.shape[1:]), x1.dtype, x1.device)
+    if key not in cache:
+        try:
+            torch.func.jvp(section, (x1,), (torch.zeros_like(x1),))
+            cache[key] = True
+        except (NotImplementedError, RuntimeError):
+            cache[key] = False
+    return cache[key]
 
 
 def _choose(
@@ -628,7 +633,10 @@ def compute_edges_sum(
         if rows.shape[0] > 1 and rows.stride(0) == 0:
             attributions = torch.einsum("cpk,bpk->bck", rows[0] @ pinv_t, f)
         else:
-            attributions = ((rows @ pinv_t) * f.unsqueeze(1)).sum(dim=2)  # (b, c, k_in)
+            # Σ_{s,d} rows[b,c,s,d] C⁺[k,d] f̂[b,s,k] as one matmul per sample: the weights
+            # (b, s·d, k) are formed once per sub-batch, not once per cotangent.
+            weights = (pinv_t.unsqueeze(0) * f.unsqueeze(2)).reshape(b1 - b0, p_in * d_in, k_in)
+            attributions = torch.bmm(rows.reshape(b1 - b0, -1, p_in * d_in), weights)
         acc.index_add_(
             0, out_index.to(acc.device), attributions.to(torch.float64).square().sum(dim=0)
         )

@@ -1,0 +1,56 @@
+"""lib_spec C.1.4 through the evaluation path: on seed 3, ε per layer from the bisect edge
+ablation (the weakest edge still needed) and Leiden at γ = 1 give one module per key frequency."""
+
+import numpy as np
+import pytest
+import torch
+
+from interaction_basis import ablation
+from interaction_basis.basis import Truncation
+from interaction_basis.build import (
+    batches_from_tensors,
+    compute_edges,
+    compute_layer_statistics,
+    fit_bases,
+)
+from interaction_basis.clustering import build_interaction_graph, compute_modules
+from interaction_basis.data import build_modadd_dataset, compute_modadd_split
+from interaction_basis.models.modadd import build_modadd_sections
+from interaction_basis.summary import label_modadd_clusters
+
+pytestmark = pytest.mark.slow
+
+
+def test_seed3_modules_from_edge_ablation_threshold(reference_dir):
+    weights = dict(np.load(reference_dir / "modadd_seed3" / "weights.npz"))
+    model = build_modadd_sections(weights)
+    tokens, labels = build_modadd_dataset()
+    train, test = compute_modadd_split(len(labels), 0.3, 0)
+    with torch.no_grad():
+        acts = model.activations(tokens[train])
+    source = batches_from_tensors(acts, 1024)
+    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
+    bases, _ = fit_bases(model, source, stats, "lib", truncation=Truncation(1e-15, False))
+    edges = compute_edges(model, source, bases)
+
+    model32 = build_modadd_sections(weights, dtype=torch.float32)
+    base = ablation.compute_unablated_score(model32, tokens[test], labels[test])
+    epsilon = {}
+    for a, b in (("ln1.0", "ln2.0"), ("ln2.0", "unembed")):
+        r = ablation.compute_edges_required(
+            model32, a, bases[a], bases[b], edges[(a, b)], tokens[test], labels[test],
+            delta=0.001, base_score=base,
+        )
+        epsilon[a] = r.epsilon
+    assert epsilon["ln1.0"] == pytest.approx(50.01, rel=1e-3)  # the spec's 53.2 is F.8's mask
+    graph = build_interaction_graph(edges, ["ln1.0", "ln2.0", "unembed"], edge_norm="log",
+                                    epsilon={**epsilon, "unembed": 7.0})
+    modules = compute_modules(graph, resolution=1.0, seed=0)
+    freqs = [
+        lab["frequency"]
+        for lab, members in zip(label_modadd_clusters(model, bases, modules, 113),
+                                modules.cluster_features)
+        if sum(len(v) for v in members.values()) > 1
+    ]
+    assert sorted(freqs) == [36, 38, 49]
+    assert modules.modularity == pytest.approx(0.31, abs=0.02)
