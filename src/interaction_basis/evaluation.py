@@ -3,12 +3,10 @@ numbers behind the report (lib_spec D, E). Wiring only, like ``stages``."""
 
 import logging
 
-import torch
-
 from interaction_basis import ablation, io, tasks
-from interaction_basis.stages import set_threads  # noqa: F401 (the scripts' first call)
 from interaction_basis.clustering import build_interaction_graph, compute_modules
 from interaction_basis.config import ClusterConfig, EvaluateConfig, ModelConfig
+from interaction_basis.stages import set_threads  # noqa: F401 (the scripts' first call)
 from interaction_basis.summary import MASS_FRACTIONS, label_modadd_clusters
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,9 @@ Section = Callable[[Tensor], Tensor]
 #: output); bounds memory independently of the widths and keeps the working set in cache.
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 
+#: Directions per call at least, whatever ``chunk_bytes`` (each call runs a forward pass).
+MIN_DIRECTIONS = 16
+
 #: The mode used when a call does not name one ("auto": the cheaper by the cost model).
 DEFAULT_MODE: Mode = "auto"
 
@@ -266,6 +269,7 @@ class _Strategy(NamedTuple):
     n_units: int
     bytes_per_unit_sample: int
     run: Callable[[int, int, int, int, Tensor], None]
+    directions_per_unit: int = 1
 
 
 def _split(n: int, size: int) -> list[tuple[int, int]]:
@@ -277,11 +281,16 @@ def _split(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def _plan(strategy: _Strategy, batch: int, chunk_bytes: int) -> tuple[int, int]:
-    """(units per call, samples per call): every unit of a few samples if that fits."""
+    """(units per call, samples per call): every unit of a few samples if that fits.
+
+    Every call re-runs the section's forward pass on its samples, so it takes at least
+    ``MIN_DIRECTIONS`` directions even where that exceeds ``chunk_bytes``.
+    """
     unit = max(1, strategy.bytes_per_unit_sample)
     sub = max(1, min(batch, chunk_bytes // (unit * strategy.n_units)))
-    units = max(1, min(strategy.n_units, chunk_bytes // (unit * sub)))
-    return units, sub
+    min_units = -(-MIN_DIRECTIONS // strategy.directions_per_unit)
+    units = max(min_units, chunk_bytes // (unit * sub))
+    return max(1, min(strategy.n_units, units)), sub
 
 
 def _execute(strategy: _Strategy, batch: int, chunk_bytes: int, acc: Tensor) -> None:
@@ -548,7 +557,7 @@ def compute_m_dash_sum(
     # Forward needs one position's whole Jacobian block at once; skip it where that is huge.
     if d_in * max(n_cot, p_out * d_out) * item <= 16 * chunk_bytes:
         unit = d_in * item * max(p_in * d_in, p_out * d_out, n_cot)
-        candidates["forward"] = _Strategy("forward", p_in, unit, forward)
+        candidates["forward"] = _Strategy("forward", p_in, unit, forward, d_in)
     m_dash = torch.zeros(d_in, d_in, dtype=torch.float64, device=acts.device)
     key = (
         "m_dash",
@@ -664,8 +673,12 @@ def compute_edges_sum(
     width = max(p_in * d_in, p_out * d_out)
     candidates = {
         "reverse": _Strategy("reverse", n_cot, item * (width + p_in * k_in), reverse),
-        "forward-shared": _Strategy("forward-shared", k_in, item * p_in * width, forward_shared),
     }
+    # One unit of forward-shared is a tangent per input position: skip it where that is huge.
+    if p_in * width * item <= 16 * chunk_bytes:
+        candidates["forward-shared"] = _Strategy(
+            "forward-shared", k_in, item * p_in * width, forward_shared, p_in
+        )
     if p_in > 1:
         candidates["forward-combined"] = _Strategy(
             "forward-combined", k_in, item * width, forward_combined

@@ -38,18 +38,27 @@ def test_seed3_modules_from_edge_ablation_threshold(reference_dir):
     epsilon = {}
     for a, b in (("ln1.0", "ln2.0"), ("ln2.0", "unembed")):
         r = ablation.compute_edges_required(
-            model32, a, bases[a], bases[b], edges[(a, b)], tokens[test], labels[test],
-            delta=0.001, base_score=base,
+            model32,
+            a,
+            bases[a],
+            bases[b],
+            edges[(a, b)],
+            tokens[test],
+            labels[test],
+            delta=0.001,
+            base_score=base,
         )
         epsilon[a] = r.epsilon
     assert epsilon["ln1.0"] == pytest.approx(50.01, rel=1e-3)  # the spec's 53.2 is F.8's mask
-    graph = build_interaction_graph(edges, ["ln1.0", "ln2.0", "unembed"], edge_norm="log",
-                                    epsilon={**epsilon, "unembed": 7.0})
+    graph = build_interaction_graph(
+        edges, ["ln1.0", "ln2.0", "unembed"], edge_norm="log", epsilon={**epsilon, "unembed": 7.0}
+    )
     modules = compute_modules(graph, resolution=1.0, seed=0)
     freqs = [
         lab["frequency"]
-        for lab, members in zip(label_modadd_clusters(model, bases, modules, 113),
-                                modules.cluster_features)
+        for lab, members in zip(
+            label_modadd_clusters(model, bases, modules, 113), modules.cluster_features
+        )
         if sum(len(v) for v in members.values()) > 1
     ]
     assert sorted(freqs) == [36, 38, 49]

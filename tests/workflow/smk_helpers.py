@@ -21,7 +21,7 @@ TINY = REPO / "tests" / "workflow" / "tiny.yaml"
 
 # What a copy of the workflow needs: declarations, rules, scripts, configs, profiles (the
 # workflow profile sets rerun-incomplete), conda envs (the lint checks them) and the package.
-WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "profiles", "envs", "src")
+WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "profiles", "envs", "src", "report")
 
 _VENV_SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SNAKEMAKE = (

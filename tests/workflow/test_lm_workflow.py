@@ -9,14 +9,23 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from smk_helpers import REPO, SNAKEMAKE
 
 from lm_fixtures import write_corpus, write_tiny_gpt2
-from smk_helpers import REPO, SNAKEMAKE
 
 pytestmark = pytest.mark.slow
 
-NODE_LAYERS = ["ln1.0", "ln1_out.0", "attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0",
-               "ln_final", "ln_final_out", "unembed"]
+NODE_LAYERS = [
+    "ln1.0",
+    "ln1_out.0",
+    "attn_in.0",
+    "ln2.0",
+    "ln2_out.0",
+    "mlp_in.0",
+    "ln_final",
+    "ln_final_out",
+    "unembed",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,23 +33,50 @@ def lm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm")
     docs = write_corpus(root / "corpus" / "stories.txt")
     write_tiny_gpt2(root / "model", docs)
-    config = {"experiments": [{
-        "name": "lm",
-        "model": {"kind": "hf", "hub": {"source": str(root / "model")},
-                  "text": {"source": str(root / "corpus"), "n_ctx": 8, "n_samples": 24,
-                           "max_documents": 40, "n_eval_documents": 15, "n_eval_samples": 6}},
-        "extract": {"node_layers": NODE_LAYERS, "batch_size": 8},
-        "basis": {"rotate_final": True, "sources": {"n_pos": 1}},
-        "edges": {"n_sources_pos": 1},
-        "evaluate": {"metric": "ce_loss", "edge_delta": 0.1, "edge_scaling": "logarithmic",
-                     "batch_size": 4},
-    }]}
+    config = {
+        "experiments": [
+            {
+                "name": "lm",
+                "model": {
+                    "kind": "hf",
+                    "hub": {"source": str(root / "model")},
+                    "text": {
+                        "source": str(root / "corpus"),
+                        "n_ctx": 8,
+                        "n_samples": 24,
+                        "max_documents": 40,
+                        "n_eval_documents": 15,
+                        "n_eval_samples": 6,
+                    },
+                },
+                "extract": {"node_layers": NODE_LAYERS, "batch_size": 8},
+                "basis": {"rotate_final": True, "sources": {"n_pos": 1}},
+                "edges": {"n_sources_pos": 1},
+                "evaluate": {
+                    "metric": "ce_loss",
+                    "edge_delta": 0.1,
+                    "edge_scaling": "logarithmic",
+                    "batch_size": 4,
+                },
+            }
+        ]
+    }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     work = root / "work"
-    cmd = [SNAKEMAKE, "--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--configfile",
-           str(root / "config.yaml"), "--directory", str(work)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        SNAKEMAKE,
+        "--cores",
+        "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(root / "config.yaml"),
+        "--directory",
+        str(work),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return work / "results" / "lm", work
 
