@@ -23,7 +23,9 @@ TINY = dict(modulus=13, d_model=16, n_heads=2, d_head=8, d_mlp=32, frac_train=0.
 
 
 def tiny_config(**overrides) -> ModAddTrainConfig:
-    fields = dict(TINY, n_epochs=30, lr=3e-2, eval_every=10, target_test_accuracy=None)
+    fields = dict(
+        TINY, n_epochs=30, lr=3e-2, weight_decay=1.0, eval_every=10, target_test_accuracy=None
+    )
     return ModAddTrainConfig(**(fields | overrides))
 
 
@@ -87,6 +89,14 @@ def test_train_modadd_stops_early_at_target():
 def test_train_modadd_last_epoch_is_evaluated():
     result = train_modadd(tiny_config(n_epochs=25), progress=False)
     assert [row["epoch"] for row in result.history] == [0, 10, 20, 25]
+
+
+def test_train_modadd_num_threads_is_restored():
+    before = torch.get_num_threads()
+    train_modadd(tiny_config(n_epochs=2), progress=False, num_threads=1)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads"):
+        train_modadd(tiny_config(n_epochs=2), progress=False, num_threads=0)
 
 
 def test_train_modadd_raises_on_divergence():

@@ -64,7 +64,7 @@ def lm_run(tmp_path_factory):
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     work = root / "work"
     cmd = [
-        SNAKEMAKE,
+        *SNAKEMAKE,
         "--cores",
         "2",
         "--snakefile",

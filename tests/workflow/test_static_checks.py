@@ -58,7 +58,9 @@ def test_dry_run(configfile):
     expected = _expected_counts(cfg)
     for rule, n in expected.items():
         assert counts.get(rule) == n, f"{rule}: {counts}\n{result.describe()}"
-    n_models = counts.get("train_model", 0) + counts.get("import_model", 0)
+    n_models = sum(
+        counts.get(rule, 0) for rule in ("train_model", "import_model", "download_model")
+    )
     assert n_models == len(cfg.experiments), result.describe()
 
 
