@@ -19,7 +19,7 @@ rule cluster_graph:
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
-        runtime=30,
+        runtime=runtime(30),
     params:
         model=model_params,
         extract=extract_params,

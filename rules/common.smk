@@ -4,6 +4,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from interaction_basis import io
 from interaction_basis.config import WorkflowConfig
 
 validate(config, schema="../config/schema.yaml")
@@ -42,6 +43,8 @@ def _alternation(names):
 wildcard_constraints:
     experiment=_alternation(EXPERIMENTS),
     method="lib|pca|neuron",
+    shard=r"\d+",
+    layer=r"[A-Za-z0-9_.]+",
 
 
 HUB = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "hf")
@@ -51,6 +54,8 @@ TRAINED = _alternation(
 IMPORTED = _alternation(
     n for n, e in EXPERIMENTS.items() if e.model.kind != "hf" and e.model.weights is not None
 )
+SHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards > 1)
+UNSHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards == 1)
 
 
 def code_files(*stages):
@@ -177,10 +182,62 @@ def cluster_targets():
     ]
 
 
+# Job resources, scaled by the config's `resources` section; cluster specifics (partition,
+# account, GPU model) live only in profiles/.
+COMPUTE_THREADS = CONFIG.resources.threads
+GPUS = CONFIG.resources.gpu
+
+
 def mem_mb(base):
-    """Memory request that doubles with each retry."""
+    """Memory request (MB) that doubles with each retry."""
 
     def mem(wildcards, attempt):
-        return base * 2 ** (attempt - 1)
+        return int(base * CONFIG.resources.mem_mb_scale * 2 ** (attempt - 1))
 
     return mem
+
+
+def runtime(minutes):
+    """Runtime request (minutes)."""
+    return max(1, round(minutes * CONFIG.resources.runtime_scale))
+
+
+# Sharded experiments (extract.n_shards > 1): the node layers are known once the statistics
+# are gathered (a checkpoint), and each layer's M' shards need the next layer's basis.
+
+
+def shard_paths(pattern):
+    """Input function: ``pattern`` expanded over the experiment's shards."""
+
+    def inputs(wildcards):
+        n = experiment(wildcards).extract.n_shards
+        return expand(pattern, **wildcards, shard=range(n))
+
+    return inputs
+
+
+def node_layers(wildcards):
+    stats = checkpoints.gather_stats.get(experiment=wildcards.experiment).output.stats
+    return io.read_node_layers(stats)
+
+
+def next_layer_basis(wildcards):
+    layers = node_layers(wildcards)
+    nxt = layers[layers.index(wildcards.layer) + 1]
+    return f"results/{wildcards.experiment}/lib/layers/{nxt}.zarr"
+
+
+def m_dash_parts(wildcards):
+    """The shards' M' sums a layer's basis needs: LIB layers before the last only."""
+    if wildcards.method != "lib" or wildcards.layer == node_layers(wildcards)[-1]:
+        return []
+    return shard_paths("results/{experiment}/lib/shards/{shard}/m_dash/{layer}.zarr")(wildcards)
+
+
+def layer_bases(wildcards):
+    return expand(
+        "results/{experiment}/{method}/layers/{layer}.zarr",
+        experiment=wildcards.experiment,
+        method=wildcards.method,
+        layer=node_layers(wildcards),
+    )

@@ -15,10 +15,11 @@ rule ablate_nodes:
         "results/benchmarks/ablate_nodes/{experiment}/{method}.tsv"
     conda:
         "../envs/interaction_basis.yaml"
-    threads: 2
+    threads: COMPUTE_THREADS
     resources:
+        gpu=GPUS,
         mem_mb=mem_mb(4000),
-        runtime=60,
+        runtime=runtime(60),
     params:
         model=model_params,
         evaluate=evaluate_params("nodes"),
@@ -41,10 +42,11 @@ rule ablate_edges:
         "results/benchmarks/ablate_edges/{experiment}/{method}.tsv"
     conda:
         "../envs/interaction_basis.yaml"
-    threads: 2
+    threads: COMPUTE_THREADS
     resources:
+        gpu=GPUS,
         mem_mb=mem_mb(4000),
-        runtime=120,
+        runtime=runtime(120),
     params:
         model=model_params,
         evaluate=evaluate_params("edges"),
@@ -69,7 +71,7 @@ rule cluster_resolutions:
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
-        runtime=30,
+        runtime=runtime(30),
     params:
         model=model_params,
         extract=extract_params,

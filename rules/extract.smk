@@ -12,12 +12,15 @@ rule extract_activations:
         "results/logs/extract_activations/{experiment}.log",
     benchmark:
         "results/benchmarks/extract_activations/{experiment}.tsv"
+    wildcard_constraints:
+        experiment=UNSHARDED,
     conda:
         "../envs/interaction_basis.yaml"
-    threads: 2
+    threads: COMPUTE_THREADS
     resources:
+        gpu=GPUS,
         mem_mb=mem_mb(4000),
-        runtime=60,
+        runtime=runtime(60),
     params:
         model=model_params,
         extract=extract_params,
@@ -41,7 +44,7 @@ rule tokenize_dataset:
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
-        runtime=60,
+        runtime=runtime(60),
     params:
         model=model_params,
     script:

@@ -13,12 +13,15 @@ rule compute_edges:
         "results/logs/compute_edges/{experiment}/{method}.log",
     benchmark:
         "results/benchmarks/compute_edges/{experiment}/{method}.tsv"
+    wildcard_constraints:
+        experiment=UNSHARDED,
     conda:
         "../envs/interaction_basis.yaml"
-    threads: 2
+    threads: COMPUTE_THREADS
     resources:
+        gpu=GPUS,
         mem_mb=mem_mb(4000),
-        runtime=120,
+        runtime=runtime(120),
     params:
         model=model_params,
         extract=extract_params,

@@ -7,7 +7,12 @@ rule train_model:
     output:
         weights="results/{experiment}/model/weights.npz",
         metrics="results/{experiment}/model/metrics.json",
-        curve="results/{experiment}/model/training.png",
+        curve=report(
+            "results/{experiment}/model/training.png",
+            caption="../report/training.rst",
+            category="{experiment}",
+            subcategory="training",
+        ),
     log:
         "results/logs/train_model/{experiment}.log",
     benchmark:
@@ -16,10 +21,11 @@ rule train_model:
         experiment=TRAINED,
     conda:
         "../envs/interaction_basis.yaml"
-    threads: 2
+    threads: COMPUTE_THREADS
     resources:
+        gpu=GPUS,
         mem_mb=mem_mb(2000),
-        runtime=60,
+        runtime=runtime(60),
     params:
         model=model_params,
     script:
@@ -43,7 +49,7 @@ rule import_model:
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
-        runtime=10,
+        runtime=runtime(10),
     params:
         model=model_params,
     script:
@@ -64,7 +70,7 @@ rule download_model:
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
-        runtime=60,
+        runtime=runtime(60),
     params:
         model=model_params,
     script:
@@ -85,7 +91,7 @@ rule download_dataset:
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
-        runtime=120,
+        runtime=runtime(120),
     params:
         model=model_params,
     script:

@@ -30,7 +30,7 @@ rule summarize_experiment:
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
-        runtime=30,
+        runtime=runtime(30),
     params:
         methods=methods,
     script:
@@ -77,7 +77,7 @@ rule make_report_figures:
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
-        runtime=30,
+        runtime=runtime(30),
     params:
         methods=methods,
     script:

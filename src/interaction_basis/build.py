@@ -7,6 +7,7 @@ node layer; it may read from memory or from a Zarr store. Nothing here opens fil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -55,13 +56,19 @@ def _progress(it: Iterable[Tensor], desc: str, enable: bool):
 
 
 def compute_layer_statistics(
-    batches: BatchSource, layer: str, *, center: bool = True, progress: bool = False
+    batches: BatchSource,
+    layer: str,
+    *,
+    center: bool = True,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> LayerStats:
-    """Two passes over a layer: the mean, then the centred Gram (lib_spec A.2)."""
+    """Two passes over a layer: the mean, then the centred Gram (lib_spec A.2), summed on
+    ``device`` and returned on the CPU."""
     total, count = None, 0
     for x in _progress(batches(layer), f"mean {layer}", progress):
         check_activations(x, layer)
-        s = compute_sum(x)
+        s = compute_sum(x.to(device))
         total = s if total is None else total + s
         count += x.shape[0] * x.shape[1]
     if total is None or count == 0:
@@ -70,10 +77,81 @@ def compute_layer_statistics(
     if has_constant(layer):
         mean[-1] = 1.0
     shift = centering_shift(mean, center and has_constant(layer))
-    gram = torch.zeros(len(mean), len(mean), dtype=torch.float64)
+    gram = torch.zeros(len(mean), len(mean), dtype=torch.float64, device=mean.device)
     for x in _progress(batches(layer), f"gram {layer}", progress):
-        gram += compute_gram_sum(x, shift)
+        gram += compute_gram_sum(x.to(device), shift)
+    return LayerStats(mean.cpu(), (gram / count).cpu(), count)
+
+
+def combine_layer_statistics(
+    parts: Sequence[LayerStats], layer: str, *, center: bool = True
+) -> LayerStats:
+    """The statistics of the union of disjoint shards, each summarised by its own mean and Gram.
+
+    Each part's Gram is centred on its own shift ``b`` (its mean, or 0); re-centring on the
+    pooled shift ``a`` uses ``Σ(x-a)(x-a)ᵀ = Σ(x-b)(x-b)ᵀ + n[(x̄-b)dᵀ + d(x̄-b)ᵀ + ddᵀ]`` with
+    ``d = b - a`` (the pairwise update of Chan et al.), so no pass over the data is repeated and
+    no large uncentred sums cancel.
+    """
+    if not parts:
+        raise ValueError(f"No statistics to combine for layer {layer!r}.")
+    count = sum(p.count for p in parts)
+    mean = sum(p.mean * p.count for p in parts) / count
+    centred = center and has_constant(layer)
+    if has_constant(layer):
+        mean[-1] = 1.0
+    a = centering_shift(mean, centred)
+    gram = torch.zeros_like(parts[0].gram)
+    for p in parts:
+        b = centering_shift(p.mean, centred)
+        d, e = b - a, p.mean - b
+        gram += p.count * (p.gram + torch.outer(e, d) + torch.outer(d, e) + torch.outer(d, d))
     return LayerStats(mean, gram / count, count)
+
+
+def shard_range(n_samples: int, batch_size: int, n_shards: int, shard: int) -> tuple[int, int]:
+    """Samples ``[start, stop)`` of one of ``n_shards`` contiguous shards of whole batches.
+
+    Shards start on batch boundaries, so every batch (and its stochastic sources, seeded by
+    its global index) is the same as in an unsharded run.
+    """
+    n_batches = -(-n_samples // batch_size)
+    if not 1 <= n_shards <= n_batches:
+        raise ValueError(
+            f"n_shards={n_shards} must be between 1 and the number of batches ({n_batches} of "
+            f"{batch_size} samples); lower n_shards or extract.batch_size."
+        )
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}.")
+    first = shard * n_batches // n_shards
+    last = (shard + 1) * n_batches // n_shards
+    return first * batch_size, min(last * batch_size, n_samples)
+
+
+def batch_generator(seed: int, batch_index: int) -> torch.Generator:
+    """The generator of one batch's stochastic sources: independent of how data is sharded.
+
+    torch seeds its CPU generator from 32 bits only, so (seed, batch) are hashed into them.
+    """
+    state = np.random.SeedSequence([seed, batch_index]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class Partial(NamedTuple):
+    """A sum over (sample, position) pairs and their count, before the final division."""
+
+    total: Tensor
+    count: int
+
+    def mean(self) -> Tensor:
+        return self.total / self.count
+
+
+def add_partials(parts: Iterable[Partial]) -> Partial:
+    parts = list(parts)
+    if not parts:
+        raise ValueError("No partial sums to add.")
+    return Partial(sum(p.total for p in parts), sum(p.count for p in parts))
 
 
 def compute_m_dash(
@@ -85,19 +163,77 @@ def compute_m_dash(
     integration: Integration = Integration(),
     sources: Sources = Sources(),
     seed: int = 0,
+    first_batch: int = 0,
     progress: bool = False,
-) -> Float[Tensor, "d d"]:
-    """``M′`` of one node layer given the next layer's basis (``None``: raw outputs)."""
+) -> Partial:
+    """The sum behind ``M′`` of one node layer given the next layer's basis (``None``: raw
+    outputs), and its count. ``first_batch`` is the global index of the first batch (shards)."""
     section = model.sections[model.node_layers.index(layer)]
-    generator = torch.Generator().manual_seed(seed)
+    c_next = None if c_next is None else c_next.to(model.device)
     total, count = None, 0
-    for x in _progress(batches(layer), f"M' {layer}", progress):
+    for i, x in enumerate(_progress(batches(layer), f"M' {layer}", progress)):
         part = compute_m_dash_sum(
-            section, x, c_next, integration=integration, sources=sources, generator=generator
+            section,
+            x.to(model.device),
+            c_next,
+            integration=integration,
+            sources=sources,
+            generator=batch_generator(seed, first_batch + i),
         )
         total = part if total is None else total + part
         count += x.shape[0] * x.shape[1]
-    return total / count
+    if total is None:
+        raise ValueError(f"No activations for layer {layer!r}.")
+    return Partial(total.cpu(), count)
+
+
+def next_basis_matrix(
+    layers: Sequence[str], layer: str, bases: Mapping[str, Basis], rotate_final: bool
+) -> Tensor | None:
+    """``C`` of the layer after ``layer``, or ``None`` for raw outputs (final layer unrotated)."""
+    nxt = layers[layers.index(layer) + 1]
+    return None if (nxt == layers[-1] and not rotate_final) else bases[nxt].C
+
+
+def fit_final_basis(
+    stats: LayerStats,
+    layer: str,
+    *,
+    truncation: Truncation = Truncation(),
+    center: bool = True,
+    rotate_final: bool = False,
+) -> Basis:
+    """The last node layer: its PCA basis if rotated, else the identity (lib_spec A.4)."""
+    if not rotate_final:
+        return compute_neuron_basis(stats.gram.shape[0])
+    if not has_constant(layer):
+        raise ValueError(
+            "rotate_final needs a last node layer with a constant coordinate "
+            f"(e.g. 'unembed'), got {layer!r}."
+        )
+    return compute_pca_basis(stats.gram, stats.mean, truncation=truncation, center=center)
+
+
+def fit_layer_basis(
+    stats: LayerStats,
+    layer: str,
+    method: Method,
+    m_dash: Tensor | None = None,
+    *,
+    truncation: Truncation = Truncation(),
+    center: bool = True,
+) -> Basis:
+    """The basis of one non-final node layer; LIB needs its ``M′``."""
+    kw = dict(truncation=truncation, center=center, isolate_var=isolates_var(layer))
+    if method == "neuron":
+        return compute_neuron_basis(stats.gram.shape[0])
+    if method == "pca":
+        return compute_pca_basis(stats.gram, stats.mean, **kw)
+    if method == "lib":
+        if m_dash is None:
+            raise ValueError(f"LIB basis of {layer!r} needs its M'.")
+        return compute_lib_basis(stats.gram, stats.mean, m_dash, **kw)
+    raise ValueError(f"Unknown basis method {method!r}; use lib, pca or neuron.")
 
 
 def fit_bases(
@@ -121,42 +257,32 @@ def fit_bases(
     """
     layers = model.node_layers
     final = layers[-1]
-    bases: dict[str, Basis] = {}
+    bases = {
+        final: fit_final_basis(
+            stats[final], final, truncation=truncation, center=center, rotate_final=rotate_final
+        )
+    }
     m_dashes: dict[str, Tensor] = {}
-    if rotate_final:
-        if not has_constant(final):
-            raise ValueError(
-                "rotate_final needs a last node layer with a constant coordinate "
-                f"(e.g. 'unembed'), got {final!r}."
-            )
-        s = stats[final]
-        bases[final] = compute_pca_basis(s.gram, s.mean, truncation=truncation, center=center)
-    else:
-        bases[final] = compute_neuron_basis(stats[final].gram.shape[0])
     for layer in reversed(layers[:-1]):
-        s = stats[layer]
-        kw = dict(truncation=truncation, center=center, isolate_var=isolates_var(layer))
-        if method == "neuron":
-            bases[layer] = compute_neuron_basis(s.gram.shape[0])
-        elif method == "pca":
-            bases[layer] = compute_pca_basis(s.gram, s.mean, **kw)
-        elif method == "lib":
-            nxt = layers[layers.index(layer) + 1]
-            c_next = None if (nxt == final and not rotate_final) else bases[nxt].C
-            m_dash = compute_m_dash(
+        if method == "lib":
+            m_dashes[layer] = compute_m_dash(
                 model,
                 batches,
                 layer,
-                c_next,
+                next_basis_matrix(layers, layer, bases, rotate_final),
                 integration=integration,
                 sources=sources,
                 seed=seed,
                 progress=progress,
-            )
-            m_dashes[layer] = m_dash
-            bases[layer] = compute_lib_basis(s.gram, s.mean, m_dash, **kw)
-        else:
-            raise ValueError(f"Unknown basis method {method!r}; use lib, pca or neuron.")
+            ).mean()
+        bases[layer] = fit_layer_basis(
+            stats[layer],
+            layer,
+            method,
+            m_dashes.get(layer),
+            truncation=truncation,
+            center=center,
+        )
     ordered = {layer: bases[layer] for layer in layers}
     return ordered, {layer: m_dashes[layer] for layer in layers if layer in m_dashes}
 
@@ -173,6 +299,32 @@ def compute_edges(
     progress: bool = False,
 ) -> dict[tuple[str, str], Float[Tensor, "out in"]]:
     """Edges ``E`` (out × in) between every pair of adjacent node layers (lib_spec A.6)."""
+    sums = compute_edge_sums(
+        model,
+        batches,
+        bases,
+        layers=layers,
+        integration=integration,
+        sources=sources,
+        seed=seed,
+        progress=progress,
+    )
+    return {pair: part.mean() for pair, part in sums.items()}
+
+
+def compute_edge_sums(
+    model: SectionedModel,
+    batches: BatchSource,
+    bases: Mapping[str, Basis],
+    *,
+    layers: Sequence[str] | None = None,
+    integration: Integration = Integration(),
+    sources: Sources = Sources(),
+    seed: int = 0,
+    first_batch: int = 0,
+    progress: bool = False,
+) -> dict[tuple[str, str], Partial]:
+    """The sums behind :func:`compute_edges` and their counts (for shards)."""
     names = model.node_layers
     final = names[-1]
     edges = {}
@@ -181,22 +333,24 @@ def compute_edges(
         nxt = names[idx + 1]
         b_in, b_out = bases[layer], bases[nxt]
         c_out = None if nxt == final and b_out.n_masked == 0 and _is_identity(b_out.C) else b_out.C
-        generator = torch.Generator().manual_seed(seed)
         total, count = None, 0
-        for x in _progress(batches(layer), f"edges {layer}", progress):
+        for i, x in enumerate(_progress(batches(layer), f"edges {layer}", progress)):
+            x = x.to(model.device)
             part = compute_edges_sum(
                 model.sections[idx],
                 x,
-                b_in.C.to(x.dtype),
-                b_in.C_pinv.to(x.dtype),
-                None if c_out is None else c_out.to(x.dtype),
+                b_in.C.to(x),
+                b_in.C_pinv.to(x),
+                None if c_out is None else c_out.to(x),
                 integration=integration,
                 sources=sources,
-                generator=generator,
+                generator=batch_generator(seed, first_batch + i),
             )
             total = part if total is None else total + part
             count += x.shape[0] * x.shape[1]
-        edges[(layer, nxt)] = total / count
+        if total is None:
+            raise ValueError(f"No activations for layer {layer!r}.")
+        edges[(layer, nxt)] = Partial(total.cpu(), count)
     return edges
 
 

@@ -130,6 +130,17 @@ class ExtractConfig(_Frozen):
     center: bool = Field(
         True, description="Mean-centre (keep the constant as feature 0; lib_spec A.2)."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where extraction, statistics, M' and edges run: auto uses CUDA for "
+        "language models when present (mod-add and MLP models always run on the CPU).",
+    )
+    n_shards: int = Field(
+        1,
+        ge=1,
+        description="Contiguous shards of whole batches: extraction, statistics, M' and edges "
+        "run as one job per shard and are summed by gather jobs. 1: no shard jobs.",
+    )
 
 
 class IntegrationConfig(_Frozen):
@@ -266,6 +277,29 @@ class ExperimentConfig(_Frozen):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
 
+class ResourcesConfig(_Frozen):
+    """What each job asks the scheduler for (SLURM: --cpus-per-task, --mem, -t, --gpus)."""
+
+    threads: int = Field(
+        2,
+        ge=1,
+        description="Threads of the jobs that run the model (train, extract, M', edges, "
+        "ablations); the small solve, gather and plotting jobs use 1.",
+    )
+    mem_mb_scale: float = Field(
+        1.0, gt=0, description="Multiplies every rule's memory request (doubled on each retry)."
+    )
+    runtime_scale: float = Field(
+        1.0, gt=0, description="Multiplies every rule's runtime request (minutes)."
+    )
+    gpu: int = Field(
+        0,
+        ge=0,
+        description="GPUs per model-running job (SLURM --gpus). The package computes on CPU "
+        "for now, so this only reserves them.",
+    )
+
+
 class WorkflowConfig(_Frozen):
     """The whole config file."""
 
@@ -277,6 +311,7 @@ class WorkflowConfig(_Frozen):
     experiments: list[ExperimentConfig] = Field(
         min_length=1, description="Experiments to run (a list, so --configfile replaces it)."
     )
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "WorkflowConfig":

@@ -178,6 +178,9 @@ def cluster_resolutions(
     io.write_json(out_json, out)
 
 
+MODULES_TITLE = "Leiden modules, log edge norm with ε from the edge-ablation threshold (lib_spec D)"
+
+
 def make_report_figures(
     experiment: str,
     methods: list[str],
@@ -225,7 +228,7 @@ def make_report_figures(
         (node_png, plot_node_ablation, (nodes,)),
         (edge_png, plot_edge_ablation, (edge_abl,)),
         (dist_png, plot_edge_distributions, (edges,)),
-        (modules_png, plot_interaction_graphs, (edges, graph_modules)),
+        (modules_png, plot_interaction_graphs, (edges, graph_modules, MODULES_TITLE)),
     ):
         with io.atomic_figure_path(path) as tmp:
             plot(*args, tmp)

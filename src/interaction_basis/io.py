@@ -19,7 +19,7 @@ import xarray as xr
 from torch import Tensor
 
 from interaction_basis.basis import Basis
-from interaction_basis.build import BatchSource, LayerStats
+from interaction_basis.build import BatchSource, LayerStats, Partial
 
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
 # Snakemake marks directory outputs with a .snakemake_timestamp file inside the store.
@@ -140,17 +140,49 @@ class ActivationWriter:
 
     def write_stats(self, stats: Mapping[str, LayerStats]) -> None:
         for layer, s in stats.items():
-            xr.Dataset(
-                {
-                    "mean": (("feature",), s.mean.numpy()),
-                    "gram": (("feature", "feature_t"), s.gram.numpy()),
-                },
-                attrs={"count": s.count, "layer": layer},
-            ).to_zarr(self.path, group=layer, mode="a", consolidated=False)
+            _stats_dataset(layer, s).to_zarr(self.path, group=layer, mode="a", consolidated=False)
         root = xr.open_zarr(self.path, consolidated=False).attrs
         xr.Dataset(attrs={**root, "node_layers": self.layers}).to_zarr(
             self.path, mode="a", consolidated=False
         )
+
+
+def _stats_dataset(layer: str, s: LayerStats) -> xr.Dataset:
+    return xr.Dataset(
+        {
+            "mean": (("feature",), s.mean.numpy()),
+            "gram": (("feature", "feature_t"), s.gram.numpy()),
+        },
+        attrs={"count": s.count, "layer": layer},
+    )
+
+
+def write_stats(path: str | os.PathLike, stats: Mapping[str, LayerStats], attrs: dict) -> None:
+    """A store like activations.zarr without the activations: ``mean``, ``gram``, ``count``."""
+    groups = {layer: _stats_dataset(layer, s) for layer, s in stats.items()}
+    _write_tree(path, groups, {**attrs, "node_layers": list(stats)})
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    return dict(_open_tree(path).attrs)
+
+
+def write_partial_sums(path: str | os.PathLike, parts: Mapping[str, Partial], attrs: dict) -> None:
+    """One shard's sums (one group each: variable ``sum``, attribute ``count`` of (sample,
+    position) pairs), to be added to the other shards' before dividing by the total count."""
+    groups = {
+        name: xr.Dataset({"sum": (("row", "column"), p.total.numpy())}, attrs={"count": p.count})
+        for name, p in parts.items()
+    }
+    _write_tree(path, groups, {**attrs, "names": list(parts)})
+
+
+def read_partial_sums(path: str | os.PathLike) -> dict[str, Partial]:
+    tree = _open_tree(path)
+    return {
+        name: Partial(torch.from_numpy(tree[name]["sum"].values), int(tree[name].attrs["count"]))
+        for name in tree.attrs["names"]
+    }
 
 
 @contextmanager

@@ -70,11 +70,12 @@ def plot_interaction_graphs(
     edges: Mapping[str, Mapping[tuple[str, str], Tensor]],
     modules: Mapping[str, Mapping],
     path: Path,
+    title: str,
     max_nodes: int = 40,
 ) -> None:
     """Layers left to right, top features by importance (index) top-down, edge width by
     log weight, nodes coloured by module (grey: singletons), modules with a Fourier frequency
-    labelled in the legend."""
+    labelled in the legend (below each panel, so that it hides no node)."""
     methods = list(edges)
     fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 6), squeeze=False)
     for ax, m in zip(axes[0], methods, strict=True):
@@ -117,15 +118,18 @@ def plot_interaction_graphs(
             label = f"module {c}" + (f": freq {_freq(freq[c])}" if c in freq else "")
             ax.scatter([], [], color=color[c], label=f"{label} ({sizes[c]} nodes)")
         if big:
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(
+                fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, frameon=False
+            )
         ax.set_xticks(range(len(layers)), layers)
         ax.set_yticks([])
         ax.set_title(
             f"{m}: Q = {mod['modularity']:.3f}, γ = {mod['resolution']:g}, {len(big)} modules"
         )
         ax.set_ylabel(f"feature (top {max_nodes - 1} by importance, constant hidden)")
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -191,7 +195,8 @@ def plot_edge_ablation(results: Mapping[str, Mapping], path: Path) -> None:
 def plot_edge_distributions(
     edges: Mapping[str, Mapping[tuple[str, str], Tensor]], path: Path
 ) -> None:
-    """Complementary CDF of the non-constant edge values per layer pair."""
+    """Complementary CDF of the non-constant edge values per layer pair, floored at 1e-16 of
+    the largest (below that the edges are numerically zero)."""
     methods = list(edges)
     pairs = list(edges[methods[0]])
     fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.4), squeeze=False)
@@ -201,6 +206,7 @@ def plot_edge_distributions(
             vals = vals[vals > 0]
             ax.loglog(np.arange(1, len(vals) + 1), vals / vals[0], color=COLORS[i], label=m)
         ax.set(title=f"{pair[0]} → {pair[1]}", xlabel="edge rank", ylabel="E / max E")
+        ax.set_ylim(1e-16, 2.0)
         ax.legend(fontsize=8)
     fig.suptitle("Edge-weight distributions (non-constant inputs)")
     fig.tight_layout()

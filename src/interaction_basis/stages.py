@@ -16,8 +16,19 @@ from tqdm.auto import tqdm
 
 from interaction_basis import io, tasks
 from interaction_basis.basis import Truncation
+from interaction_basis.build import (
+    add_partials,
+    combine_layer_statistics,
+    compute_edge_sums,
+    compute_layer_statistics,
+    compute_m_dash,
+    fit_bases,
+    fit_final_basis,
+    fit_layer_basis,
+    next_basis_matrix,
+    shard_range,
+)
 from interaction_basis.build import compute_edges as build_edges
-from interaction_basis.build import compute_layer_statistics, fit_bases
 from interaction_basis.clustering import build_interaction_graph, compute_modules
 from interaction_basis.config import (
     BasisConfig,
@@ -135,33 +146,61 @@ def extract_activations(
     weights_path: str,
     out_path: str,
     tokens_path: str | None = None,
+    shard: int | None = None,
 ) -> None:
-    """Activations on the fitting split at every node layer, with means and Grams."""
+    """Activations on the fitting split at every node layer, with means and Grams; with
+    ``shard``, only that shard's samples (its statistics centred on its own mean)."""
     weights = tasks.load_weights(model_cfg, weights_path)
-    model = tasks.build_model(model_cfg, weights, extract_cfg.node_layers, extract_cfg.dtype)
+    model = tasks.build_model(
+        model_cfg, weights, extract_cfg.node_layers, extract_cfg.dtype, extract_cfg.device
+    )
+    log.info("device: %s", model.device)
     data = tasks.load_task_data(model_cfg, tokens_path)
     inputs = data.fit_inputs
-    attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
-    attrs.update(
-        model_kind=model_cfg.kind,
-        dataset=data.description,
-        dtype=extract_cfg.dtype,
-        n_samples=len(inputs),
-    )
     size = extract_cfg.batch_size
+    attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
+    attrs.update(model_kind=model_cfg.kind, dataset=data.description, dtype=extract_cfg.dtype)
+    if shard is not None:
+        start, stop = shard_range(len(inputs), size, extract_cfg.n_shards, shard)
+        inputs = inputs[start:stop]
+        attrs.update(shard=shard, n_shards=extract_cfg.n_shards, sample_start=start)
+        attrs.update(first_batch=start // size)
+        log.info("shard %d of %d: samples %d..%d", shard, extract_cfg.n_shards, start, stop - 1)
+    attrs.update(n_samples=len(inputs))
     with io.activation_writer(out_path, attrs, chunk_samples=size) as store:
         with torch.no_grad():
             for start in tqdm(range(0, len(inputs), size), desc="extract", unit="batch"):
-                store.append(model.activations(inputs[start : start + size]))
+                acts = model.activations(inputs[start : start + size].to(model.device))
+                store.append({layer: x.cpu() for layer, x in acts.items()})
         source = store.batches(size)
         store.write_stats(
             {
                 layer: compute_layer_statistics(
-                    source, layer, center=extract_cfg.center, progress=True
+                    source, layer, center=extract_cfg.center, device=model.device, progress=True
                 )
                 for layer in model.node_layers
             }
         )
+
+
+def gather_stats(extract_cfg: ExtractConfig, shard_paths: list[str], out_path: str) -> None:
+    """Pooled means and centred Grams of all shards (no pass over the activations)."""
+    parts = [io.read_stats(p) for p in shard_paths]
+    layers = io.read_node_layers(shard_paths[0])
+    stats = {
+        layer: combine_layer_statistics(
+            [part[layer] for part in parts], layer, center=extract_cfg.center
+        )
+        for layer in layers
+    }
+    attrs = {k: v for k, v in io.read_attrs(shard_paths[0]).items() if not _is_shard_attr(k)}
+    attrs["n_samples"] = sum(int(io.read_attrs(p)["n_samples"]) for p in shard_paths)
+    log.info("%d shards, %d samples", len(shard_paths), attrs["n_samples"])
+    io.write_stats(out_path, stats, attrs)
+
+
+def _is_shard_attr(key: str) -> bool:
+    return key in ("shard", "sample_start", "first_batch", "node_layers")
 
 
 def _integration(cfg) -> Integration:
@@ -178,12 +217,7 @@ def fit_basis(
     out_path: str,
 ) -> None:
     """Bases of every node layer for one method, backwards from the output."""
-    model = tasks.build_model(
-        model_cfg,
-        tasks.load_weights(model_cfg, weights_path),
-        io.read_node_layers(acts_path),
-        extract_cfg.dtype,
-    )
+    model = _build(model_cfg, extract_cfg, weights_path, acts_path)
     bases, m_dash = fit_bases(
         model,
         io.open_activation_batches(acts_path, extract_cfg.batch_size),
@@ -199,10 +233,146 @@ def fit_basis(
     )
     for layer, b in bases.items():
         log.info("%s %s: %d of %d directions kept", method, layer, b.C.shape[1], b.C.shape[0])
-    attrs = provenance(
+    io.write_bases(out_path, bases, m_dash, method, _basis_attrs(model_cfg, extract_cfg, basis_cfg))
+
+
+def _basis_attrs(model_cfg, extract_cfg, basis_cfg) -> dict:
+    return provenance(
         model=model_cfg.model_dump(), extract=extract_cfg.model_dump(), basis=basis_cfg.model_dump()
     )
-    io.write_bases(out_path, bases, m_dash, method, attrs)
+
+
+def _build(model_cfg: ModelConfig, extract_cfg: ExtractConfig, weights_path: str, store: str):
+    """The sectioned model with the node layers recorded in an activation or stats store."""
+    weights = tasks.load_weights(model_cfg, weights_path)
+    layers = io.read_node_layers(store)
+    return tasks.build_model(model_cfg, weights, layers, extract_cfg.dtype, extract_cfg.device)
+
+
+def compute_shard_m_dash(
+    model_cfg: ModelConfig,
+    extract_cfg: ExtractConfig,
+    basis_cfg: BasisConfig,
+    layer: str,
+    weights_path: str,
+    shard_path: str,
+    next_basis_path: str,
+    out_path: str,
+) -> None:
+    """One shard's sum behind a layer's ``M′``, given the next layer's (gathered) basis."""
+    model = _build(model_cfg, extract_cfg, weights_path, shard_path)
+    nxt = model.node_layers[model.node_layers.index(layer) + 1]
+    c_next = next_basis_matrix(
+        model.node_layers, layer, io.read_bases(next_basis_path), basis_cfg.rotate_final
+    )
+    part = compute_m_dash(
+        model,
+        io.open_activation_batches(shard_path, extract_cfg.batch_size),
+        layer,
+        c_next,
+        integration=_integration(basis_cfg.integration),
+        sources=Sources(basis_cfg.sources.n_pos, basis_cfg.sources.n_hidden),
+        seed=basis_cfg.seed,
+        first_batch=int(io.read_attrs(shard_path)["first_batch"]),
+        progress=True,
+    )
+    log.info("M' %s (next %s): %d (sample, position) pairs", layer, nxt, part.count)
+    io.write_partial_sums(out_path, {layer: part}, provenance(layer=layer))
+
+
+def fit_layer(
+    model_cfg: ModelConfig,
+    extract_cfg: ExtractConfig,
+    basis_cfg: BasisConfig,
+    method: str,
+    layer: str,
+    stats_path: str,
+    m_dash_paths: list[str],
+    out_path: str,
+) -> None:
+    """One layer's basis from the pooled statistics and, for LIB, the shards' ``M′`` sums."""
+    layers = io.read_node_layers(stats_path)
+    stats = io.read_stats(stats_path)[layer]
+    truncation = Truncation(basis_cfg.truncation, basis_cfg.relative)
+    m_dash = {}
+    if layer == layers[-1]:
+        basis = fit_final_basis(
+            stats,
+            layer,
+            truncation=truncation,
+            center=extract_cfg.center,
+            rotate_final=basis_cfg.rotate_final,
+        )
+    else:
+        if method == "lib":
+            parts = [io.read_partial_sums(p)[layer] for p in m_dash_paths]
+            m_dash[layer] = add_partials(parts).mean()
+        basis = fit_layer_basis(
+            stats,
+            layer,
+            method,
+            m_dash.get(layer),
+            truncation=truncation,
+            center=extract_cfg.center,
+        )
+    log.info("%s %s: %d of %d directions kept", method, layer, basis.C.shape[1], basis.C.shape[0])
+    attrs = _basis_attrs(model_cfg, extract_cfg, basis_cfg)
+    io.write_bases(out_path, {layer: basis}, m_dash, method, attrs)
+
+
+def assemble_basis(
+    model_cfg: ModelConfig,
+    extract_cfg: ExtractConfig,
+    basis_cfg: BasisConfig,
+    method: str,
+    layer_paths: list[str],
+    out_path: str,
+) -> None:
+    """The per-layer bases of a sharded run as one basis.zarr, in forward order."""
+    bases, m_dash = {}, {}
+    for path in layer_paths:
+        bases |= io.read_bases(path)
+        m_dash |= io.read_m_dash(path)
+    io.write_bases(out_path, bases, m_dash, method, _basis_attrs(model_cfg, extract_cfg, basis_cfg))
+
+
+def compute_shard_edges(
+    model_cfg: ModelConfig,
+    extract_cfg: ExtractConfig,
+    edges_cfg: EdgesConfig,
+    weights_path: str,
+    shard_path: str,
+    basis_path: str,
+    out_path: str,
+) -> None:
+    """One shard's sums behind the edges of every adjacent pair."""
+    model = _build(model_cfg, extract_cfg, weights_path, shard_path)
+    sums = compute_edge_sums(
+        model,
+        io.open_activation_batches(shard_path, extract_cfg.batch_size),
+        io.read_bases(basis_path),
+        integration=_integration(edges_cfg.integration),
+        sources=Sources(edges_cfg.n_sources_pos),
+        seed=edges_cfg.seed,
+        first_batch=int(io.read_attrs(shard_path)["first_batch"]),
+        progress=True,
+    )
+    io.write_partial_sums(
+        out_path,
+        {io.edge_group_name(a, b): part for (a, b), part in sums.items()},
+        provenance(edges=edges_cfg.model_dump()),
+    )
+
+
+def gather_edges(edges_cfg: EdgesConfig, basis_path: str, part_paths: list[str], out_path: str):
+    """The edges of a sharded run: the shards' sums added, divided by the total count."""
+    layers = io.read_node_layers(basis_path)
+    parts = [io.read_partial_sums(p) for p in part_paths]
+    edges = {
+        (a, b): add_partials(part[io.edge_group_name(a, b)] for part in parts).mean()
+        for a, b in zip(layers, layers[1:])
+    }
+    io.write_edges(out_path, edges, provenance(edges=edges_cfg.model_dump()))
 
 
 def compute_edges(
@@ -215,12 +385,7 @@ def compute_edges(
     out_path: str,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    model = tasks.build_model(
-        model_cfg,
-        tasks.load_weights(model_cfg, weights_path),
-        io.read_node_layers(acts_path),
-        extract_cfg.dtype,
-    )
+    model = _build(model_cfg, extract_cfg, weights_path, acts_path)
     bases = io.read_bases(basis_path)
     edges = build_edges(
         model,
@@ -331,7 +496,9 @@ def summarize(
     with io.atomic_figure_path(spectra_png) as path:
         plot_spectra(bases, path)
     with io.atomic_figure_path(graph_png) as path:
-        plot_interaction_graphs(edges, modules, path)
+        plot_interaction_graphs(
+            edges, modules, path, "Leiden modules, log edge norm with ε from the edge mass"
+        )
 
 
 def set_threads(threads: int) -> None:

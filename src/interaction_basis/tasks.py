@@ -116,15 +116,25 @@ def validate_weights(cfg: ModelConfig, weights: Mapping[str, np.ndarray], source
         validate_mlp_weights(weights, source=source)
 
 
-def build_model(cfg: ModelConfig, weights: Mapping, node_layers: list[str] | None, dtype: str):
+def build_model(
+    cfg: ModelConfig,
+    weights: Mapping,
+    node_layers: list[str] | None,
+    dtype: str,
+    device: str = "cpu",
+):
     """The sectioned model; ``weights`` is a weights.npz dict, or for kind 'hf'
-    ``{"__model__": <the loaded HF model>}`` (see :func:`load_weights`)."""
+    ``{"__model__": <the loaded HF model>}`` (see :func:`load_weights`). ``device`` is an
+    ``extract.device`` value (:func:`~interaction_basis.models.resolve_device`)."""
+    from interaction_basis.models import resolve_device
+
+    target = resolve_device(device, cfg.kind)
     layers = node_layers or default_node_layers(cfg, weights)
     if cfg.kind == "hf":
         from interaction_basis.models import DTYPES
         from interaction_basis.models.hf import build_hf_sections
 
-        return build_hf_sections(weights["__model__"], layers, DTYPES[dtype])
+        return build_hf_sections(weights["__model__"].to(target), layers, DTYPES[dtype])
     return load_sectioned_model(cfg.kind, weights, layers, dtype, activation=cfg.mlp.activation)
 
 

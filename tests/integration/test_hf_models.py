@@ -311,12 +311,12 @@ def test_stochastic_position_sources_converge(lib_builds):
 
     def rel_sq_error(n_sources: int, seed: int) -> float:
         sources = Sources(n_pos=n_sources)
-        est = compute_m_dash(model, batches, layer, c_next, sources=sources, seed=seed)
+        est = compute_m_dash(model, batches, layer, c_next, sources=sources, seed=seed).mean()
         return float((est - exact).square().sum() / exact.square().sum())
 
     # Single draws over different generator seeds, and their average.
     singles = [
-        compute_m_dash(model, batches, layer, c_next, sources=Sources(n_pos=1), seed=seed)
+        compute_m_dash(model, batches, layer, c_next, sources=Sources(n_pos=1), seed=seed).mean()
         for seed in range(32)
     ]
     mse_1 = sum(float((m - exact).square().sum()) for m in singles) / 32

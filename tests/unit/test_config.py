@@ -9,11 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from jsonschema import Draft202012Validator
 from snakemake.utils import update_config
 
 from interaction_basis.config import WorkflowConfig, workflow_schema
+from interaction_basis.models import resolve_device
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
@@ -120,3 +122,21 @@ def test_every_key_of_the_default_config_is_commented():
     assert not undocumented, "keys without a comment in config/config.yaml:\n" + "\n".join(
         undocumented
     )
+
+
+def test_device_auto_is_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", "hf") == torch.device("cpu")
+    assert resolve_device("auto", "modadd") == torch.device("cpu")
+    assert resolve_device("cpu", "hf") == torch.device("cpu")
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        resolve_device("cuda", "hf")
+
+
+def test_device_auto_picks_cuda_for_language_models_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", "hf") == torch.device("cuda")
+    assert resolve_device("cuda", "hf") == torch.device("cuda")
+    assert resolve_device("auto", "mlp") == torch.device("cpu")
+    with pytest.raises(ValueError, match="for language models"):
+        resolve_device("cuda", "modadd")

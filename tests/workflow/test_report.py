@@ -11,6 +11,7 @@ FIGURES = (
     "edge_ablation.png",
     "edge_distribution.png",
     "modules.png",
+    "training.png",
 )
 
 
@@ -25,6 +26,7 @@ def test_report_contains_every_figure(tiny_run):
         "Node ablation on held-out data",
         "Edge-weight distributions",
         "Importance spectra per node layer",
+        "Training of the model analysed here",
     ):
         assert caption in html
 

@@ -30,10 +30,10 @@ reason, where the cluster cannot be set up: not root, neither SLURM nor apt-get,
 that was already running is reused and left running; one the fixture started is stopped.
 
 Time: each level of the DAG costs one job (two Snakemake start-ups inside it, then the rule) plus
-the plugin's polling (5, 20, 45, 80 s after a submission with the test profile). The tiny run
-up to ``summary.json`` has 6 levels: 6.5 minutes on 2 cores shared with a load of ~8 (jobs of
-35-55 s each); about 20 s per level, so 2-3 minutes, on quiet cores. The failing run (one job)
-runs alongside it and adds nothing. apt-get install adds ~25 s the first time.
+the plugin's polling (5, 20, 45, 80 s after a submission with the test profile): about 20 s
+per level on quiet cores, 35-55 s on 2 cores shared with a load of ~8. The sharded tiny run up
+to ``summary.json`` has 15 levels (TIME_PLACEHOLDER). The failing run (one job) runs alongside
+it and adds nothing. apt-get install adds ~25 s the first time.
 """
 
 import os
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from smk_helpers import REPO, SNAKEMAKE, TINY, copy_workflow, job_counts, load_yaml, write_yaml
+from smk_helpers import REPO, SNAKEMAKE, TINY, copy_workflow, load_yaml, write_yaml
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -53,10 +53,12 @@ SETUP = REPO / "tests" / "slurm" / "setup_slurm.sh"
 STOP = REPO / "tests" / "slurm" / "stop_slurm.sh"
 PROFILE = REPO / "tests" / "slurm" / "profile"
 SKIP_CODE = 77  # setup_slurm.sh: the prerequisites are missing
-RUN_TIMEOUT = 1200  # seconds per Snakemake run; `timeout -s INT` ends it (SIGTERM is ignored)
+RUN_TIMEOUT = 2400  # seconds per Snakemake run; `timeout -s INT` ends it (SIGTERM is ignored)
+N_SHARDS = 2  # the tiny run on SLURM is sharded: one job per shard for extraction, M', edges
 
-# The core pipeline up to the summary (model, activations, bases, edges, modules: 6 DAG levels,
-# 9 SLURM jobs); the evaluation stages are rules of the same kind, left out to save minutes.
+# The core pipeline up to the summary, sharded (model, shard activations, gathered statistics,
+# per-layer M' shards and solves, edge shards and gathers, modules: 15 DAG levels, 32 SLURM
+# jobs); the evaluation stages are rules of the same kind, left out to save minutes.
 TINY_TARGETS = ("results/tiny/summary.json",)
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
@@ -206,6 +208,7 @@ def slurm_runs(slurm_cluster, tmp_path_factory):
     bad_experiment["model"] = {**bad_experiment["model"], "weights": str(bad_weights)}
     bad_config = write_yaml(root / "bad.yaml", {"experiments": [bad_experiment]})
 
+    tiny["experiments"][0]["extract"]["n_shards"] = N_SHARDS
     tiny_config = write_yaml(root / "tiny.yaml", tiny)  # a snapshot too
     good = SlurmRun(root / "tiny", tiny_config, workflow, TINY_TARGETS).start()
     bad = SlurmRun(root / "bad", bad_config, workflow).start()
@@ -217,21 +220,29 @@ def test_tiny_runs_as_slurm_jobs(slurm_runs):
     assert run.returncode == 0, run.describe()
     assert (run.workdir / "results" / "tiny" / "summary.json").is_file(), run.describe()
 
-    # one SLURM job per job of the plan (a target rule like `all` would run locally)
-    planned = {rule: n for rule, n in job_counts(run.output).items() if rule != "all"}
+    # one SLURM job per scheduled job (the plan grows after the gather_stats checkpoint, so
+    # count the jobs Snakemake announces; only local rules like `all` would run here)
+    scheduled = {}
+    for rule in re.findall(r"^rule (\w+):$", run.output, re.M):
+        scheduled[rule] = scheduled.get(rule, 0) + 1
     subs = run.submissions()
     submitted = {}
     for rule, _, _ in subs:
         submitted[rule] = submitted.get(rule, 0) + 1
-    assert submitted == planned, run.describe()
-    assert {
-        "train_model",
-        "extract_activations",
-        "fit_basis",
-        "compute_edges",
-        "cluster_graph",
-        "summarize_experiment",
-    } <= set(submitted)
+    assert submitted == scheduled, run.describe()
+    n_layers, n_methods = 4, 2  # ln1.0, ln2.0, unembed, output; lib and pca
+    assert submitted == {
+        "train_model": 1,
+        "extract_shard": N_SHARDS,
+        "gather_stats": 1,
+        "shard_m_dash": N_SHARDS * (n_layers - 1),
+        "fit_layer": n_methods * n_layers,
+        "assemble_basis": n_methods,
+        "shard_edges": N_SHARDS * n_methods,
+        "gather_edges": n_methods,
+        "cluster_graph": n_methods,
+        "summarize_experiment": 1,
+    }, run.describe()
 
     # each ran inside its SLURM job (the job's log shows the rule finishing), which completed
     records = squeue_records([slurm_id for _, slurm_id, _ in subs])

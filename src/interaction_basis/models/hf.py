@@ -688,4 +688,4 @@ def _build(
     expected = _layer_names(len(raw.blocks), raw.parallel)
     if [s.name for s in steps] + ["output"] != expected:
         raise RuntimeError("internal: step names out of sync with _layer_names")
-    return build_sectioned_model(embed, steps, "output", node_layers)
+    return build_sectioned_model(embed, steps, "output", node_layers, device=w_e.device)

@@ -45,11 +45,13 @@ class SectionedModel:
         embed: raw inputs -> activations at ``node_layers[0]`` (never differentiated).
         sections: ``sections[l]`` maps activations at ``node_layers[l]`` to those at
             ``node_layers[l + 1]``.
+        device: where the weights live; inputs and activations are moved there to run.
     """
 
     node_layers: tuple[str, ...]
     embed: Callable[[Tensor], Tensor]
     sections: tuple[SectionFn, ...]
+    device: torch.device = torch.device("cpu")
 
     def activations(self, inputs: Tensor) -> dict[str, Activations]:
         """Activations at every node layer for one batch of raw inputs."""
@@ -73,6 +75,7 @@ def build_sectioned_model(
     steps: Sequence[Step],
     output_name: str,
     node_layers: Sequence[str],
+    device: torch.device | None = None,
 ) -> SectionedModel:
     """Cut a model given as steps at the chosen node layers.
 
@@ -100,7 +103,7 @@ def build_sectioned_model(
     def full_embed(inputs: Tensor) -> Tensor:
         return _compose(pre)(embed(inputs))
 
-    return SectionedModel(tuple(node_layers), full_embed, sections)
+    return SectionedModel(tuple(node_layers), full_embed, sections, device or torch.device("cpu"))
 
 
 def check_activations(x: Tensor, layer: str) -> None:
