@@ -102,7 +102,7 @@ def compute_pca_basis(
         gram, truncation=truncation, center=center, isolate_var=isolate_var
     )
     y, y_inv = compute_centering_matrices(mean.to(torch.float64), center)
-    return Basis(y @ u, u.T @ y_inv, vals, n_masked)
+    return fix_signs(Basis(y @ u, u.T @ y_inv, vals, n_masked))
 
 
 def compute_whitening(
@@ -160,7 +160,21 @@ def compute_lib_basis(
     sqrt_lam = lam.sqrt()
     c = r.C @ v * sqrt_lam
     c_pinv = (v.T @ r.C_pinv) / sqrt_lam[:, None]
-    return Basis(c, c_pinv, lam, n_m)
+    return fix_signs(Basis(c, c_pinv, lam, n_m))
+
+
+def fix_signs(basis: Basis) -> Basis:
+    """Flip each rotated feature so that its largest-magnitude entry in ``C`` is positive.
+
+    Eigenvectors are defined up to sign; without a convention, rounding differences (another
+    BLAS, a sharded sum) can flip a feature and break comparisons between runs.
+    """
+    c = basis.C
+    rows = c.abs().argmax(dim=0)
+    signs = torch.sign(c[rows, torch.arange(c.shape[1])])
+    signs[signs == 0] = 1.0
+    signs[: basis.n_masked] = 1.0
+    return basis._replace(C=c * signs, C_pinv=basis.C_pinv * signs[:, None])
 
 
 def compute_neuron_basis(d: int) -> Basis:

@@ -69,8 +69,8 @@ def plot_spectra(bases: Mapping[str, Mapping[str, Basis]], path: Path) -> None:
 def plot_interaction_graphs(
     edges: Mapping[str, Mapping[tuple[str, str], Tensor]],
     modules: Mapping[str, Mapping],
-    path: Path,
     title: str,
+    path: Path,
     max_nodes: int = 40,
 ) -> None:
     """Layers left to right, top features by importance (index) top-down, edge width by

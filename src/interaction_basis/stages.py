@@ -496,9 +496,8 @@ def summarize(
     with io.atomic_figure_path(spectra_png) as path:
         plot_spectra(bases, path)
     with io.atomic_figure_path(graph_png) as path:
-        plot_interaction_graphs(
-            edges, modules, path, "Leiden modules, log edge norm with ε from the edge mass"
-        )
+        title = "Leiden modules, log edge norm with ε from the edge mass"
+        plot_interaction_graphs(edges, modules, title, path)
 
 
 def set_threads(threads: int) -> None:

@@ -171,7 +171,7 @@ def train(cfg: ModelConfig, data: TaskData, threads: int) -> TrainedModel:
     if cfg.kind == "modadd":
         from interaction_basis.train import train_modadd
 
-        r = train_modadd(cfg.train)
+        r = train_modadd(cfg.train, num_threads=threads)
         return TrainedModel(r.weights, r.history, r.train_accuracy, r.test_accuracy)
     from interaction_basis.train_mlp import train_mlp
 

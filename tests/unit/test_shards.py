@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from factories import tiny_modadd
+from interaction_basis.basis import fix_signs
 from interaction_basis.build import (
     add_partials,
     batches_from_tensors,
@@ -96,3 +97,18 @@ def test_sharded_m_dash_and_edges_with_stochastic_sources(tiny):
         summed = add_partials(part[pair] for part in shard_edges)
         assert summed.count == whole.count
         assert _rel(summed.mean(), whole.mean()) < 1e-12, pair
+
+
+def test_sign_convention_undoes_a_flipped_feature(tiny):
+    model, acts = tiny
+    full = batches_from_tensors(acts, BATCH)
+    stats = {layer: compute_layer_statistics(full, layer) for layer in model.node_layers}
+    basis = fit_bases(model, full, stats, "lib")[0]["ln2.0"]
+    k = basis.n_masked + 1
+    flipped = basis._replace(C=basis.C.clone(), C_pinv=basis.C_pinv.clone())
+    flipped.C[:, k] *= -1
+    flipped.C_pinv[k] *= -1
+    fixed = fix_signs(flipped)
+    assert torch.equal(fixed.C, basis.C) and torch.equal(fixed.C_pinv, basis.C_pinv)
+    peak = basis.C.abs().argmax(dim=0)
+    assert (basis.C[peak, torch.arange(basis.C.shape[1])][basis.n_masked :] > 0).all()

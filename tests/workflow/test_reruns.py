@@ -103,3 +103,16 @@ def test_touching_a_package_module_reruns_nothing(tiny_run):
         os.utime(basis_py, (now, now))
         result = tiny_run.dry_run()
     assert job_counts(result.output) == {}, result.describe()
+
+
+def test_ablation_tolerance_reruns_only_the_ablation_and_report(tiny_run, tmp_path):
+    """edge_delta reaches ablate_edges; then the modules from its ε and the report figures."""
+    cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(evaluate={"edge_delta": 0.01}))
+    result = tiny_run.dry_run(configfile=cfg)
+    assert job_counts(result.output) == {
+        "ablate_edges": 2,
+        "cluster_resolutions": 2,
+        "make_report_figures": 1,
+        "all": 1,
+    }, result.describe()
+    assert all("Params have changed" in r for r in reasons(result.output, "ablate_edges"))

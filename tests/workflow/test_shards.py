@@ -7,7 +7,9 @@ shard job.
 """
 
 import json
+import re
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -49,11 +51,19 @@ def sharded(tiny_run, tmp_path_factory):
 
 def test_sharded_run_uses_shard_jobs(sharded):
     _, _, result = sharded
-    out = result.output
-    assert "train_model" not in out and "rule extract_activations" not in out, out[-3000:]
-    for rule in ("extract_shard", "gather_stats", "shard_m_dash", "fit_layer", "shard_edges"):
-        assert f"rule {rule}:" in out, rule
-    assert out.count("rule extract_shard:") == N_SHARDS
+    jobs = Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", result.output, re.M))
+    n_layers, n_methods = 4, 2
+    assert jobs == {
+        "extract_shard": N_SHARDS,
+        "gather_stats": 1,
+        "shard_m_dash": N_SHARDS * (n_layers - 1),
+        "fit_layer": n_methods * n_layers,
+        "assemble_basis": n_methods,
+        "shard_edges": N_SHARDS * n_methods,
+        "gather_edges": n_methods,
+        "cluster_graph": n_methods,
+        "all_clusters": 1,
+    }, result.output[-3000:]
 
 
 def test_sharded_statistics_equal_unsharded(sharded):
@@ -69,15 +79,29 @@ def test_sharded_statistics_equal_unsharded(sharded):
 
 @pytest.mark.parametrize("method", ["lib", "pca"])
 def test_sharded_bases_and_edges_equal_unsharded(sharded, method):
+    """Edges, importances and M′ agree to rounding; whole bases to what their conditioning allows.
+
+    Shards add the same per-batch sums in another order, so the inputs of every solve differ
+    by ~1e-16. The whitening divides by the square roots of Gram eigenvalues down to 1e-10 of
+    the largest, which amplifies that up to 1e5-fold in the least important directions: the
+    importance-weighted basis ``C diag(importance) C⁺`` agrees to ~1e-10 (LIB) and the next
+    layer's M′, computed through it, to ~2e-12 (measured on this config: 2e-10 and 1.9e-12).
+    """
     plain, shards, _ = sharded
     a, b = _open(plain / method / "basis.zarr"), _open(shards / method / "basis.zarr")
     assert list(a.attrs["node_layers"]) == list(b.attrs["node_layers"])
     for layer in a.attrs["node_layers"]:
-        assert set(a[layer].data_vars) == set(b[layer].data_vars), layer
-        for var in a[layer].data_vars:
-            x, y = b[layer][var].values, a[layer][var].values
-            assert x.shape == y.shape, (layer, var)
-            assert _rel(x, y) < 1e-12, (layer, var, _rel(x, y))
+        ga, gb = a[layer], b[layer]
+        assert set(ga.data_vars) == set(gb.data_vars), layer
+        assert ga["C"].shape == gb["C"].shape, layer
+        name = next(v for v in ("Lambda", "eigenvalues", "importance") if v in ga)
+        imp_a, imp_b = ga[name].values, gb[name].values
+        assert np.abs(imp_a - imp_b).max() < 1e-12 * np.abs(imp_a).max(), layer
+        weighted_a = ga["C"].values * imp_a @ ga["C_pinv"].values
+        weighted_b = gb["C"].values * imp_b @ gb["C_pinv"].values
+        assert _rel(weighted_b, weighted_a) < 1e-9, layer
+        if "M_dash" in ga:
+            assert _rel(gb["M_dash"].values, ga["M_dash"].values) < 1e-11, layer
     ea, eb = _open(plain / method / "edges.zarr"), _open(shards / method / "edges.zarr")
     assert [tuple(p) for p in ea.attrs["pairs"]] == [tuple(p) for p in eb.attrs["pairs"]]
     for group in ea.children:
@@ -105,14 +129,17 @@ def test_failed_shard_is_the_only_one_rerun(tiny_run, tmp_path):
     configfile = write_yaml(tmp_path / "sharded.yaml", tiny_config(extract={"n_shards": N_SHARDS}))
     target = "results/tiny/stats.zarr"
 
-    def smk(*args, check=True):
-        cmd = ["--snakefile", str(workflow / "Snakefile"), "--directory", str(workdir)]
+    def smk(*args, target=target, check=True):
+        # targets before --configfile, which takes every word up to the next option
         return snakemake(
             *args,
-            *cmd,
+            target,
+            "--snakefile",
+            str(workflow / "Snakefile"),
+            "--directory",
+            str(workdir),
             "--configfile",
             str(configfile),
-            target,
             cwd=workflow,
             env=pythonpath_env(workflow),
             check=check,
@@ -120,7 +147,7 @@ def test_failed_shard_is_the_only_one_rerun(tiny_run, tmp_path):
         )
 
     # Only the code inputs' paths differ from the tiny run's: the model is retrained here.
-    smk("--cores", "2", "results/tiny/model/weights.npz")
+    smk("--cores", "2", target="results/tiny/model/weights.npz")
     (workdir / FAIL_MARKER).touch()
     failed = smk("--cores", "2", "--keep-going", check=False)
     assert failed.returncode != 0
@@ -129,7 +156,8 @@ def test_failed_shard_is_the_only_one_rerun(tiny_run, tmp_path):
         in (workdir / "results" / "logs" / "extract_shard" / "tiny" / "1.log").read_text()
     )
     shards = workdir / "results" / "tiny" / "shards"
-    assert sorted(p.name for p in shards.iterdir() if not p.name.startswith(".")) == ["0", "2"]
+    done = [(shards / str(i) / "activations.zarr").is_dir() for i in range(N_SHARDS)]
+    assert done == [True, False, True]
     (workdir / FAIL_MARKER).unlink()
     plan = job_counts(smk("-n").output)
     assert plan == {"extract_shard": 1, "gather_stats": 1}, plan

@@ -223,7 +223,7 @@ def test_tiny_runs_as_slurm_jobs(slurm_runs):
     # one SLURM job per scheduled job (the plan grows after the gather_stats checkpoint, so
     # count the jobs Snakemake announces; only local rules like `all` would run here)
     scheduled = {}
-    for rule in re.findall(r"^rule (\w+):$", run.output, re.M):
+    for rule in re.findall(r"^(?:rule|checkpoint) (\w+):$", run.output, re.M):
         scheduled[rule] = scheduled.get(rule, 0) + 1
     subs = run.submissions()
     submitted = {}
