@@ -32,7 +32,7 @@ that was already running is reused and left running; one the fixture started is 
 Time: each level of the DAG costs one job (two Snakemake start-ups inside it, then the rule) plus
 the plugin's polling (5, 20, 45, 80 s after a submission with the test profile): about 20 s
 per level on quiet cores, 35-55 s on 2 cores shared with a load of ~8. The sharded tiny run up
-to ``summary.json`` has 15 levels (TIME_PLACEHOLDER). The failing run (one job) runs alongside
+to ``summary.json`` has 15 levels and 29 jobs: 8.5 minutes on 2 otherwise idle cores. The failing run (one job) runs alongside
 it and adds nothing. apt-get install adds ~25 s the first time.
 """
 
@@ -57,7 +57,7 @@ RUN_TIMEOUT = 2400  # seconds per Snakemake run; `timeout -s INT` ends it (SIGTE
 N_SHARDS = 2  # the tiny run on SLURM is sharded: one job per shard for extraction, M', edges
 
 # The core pipeline up to the summary, sharded (model, shard activations, gathered statistics,
-# per-layer M' shards and solves, edge shards and gathers, modules: 15 DAG levels, 32 SLURM
+# per-layer M' shards and solves, edge shards and gathers, modules: 15 DAG levels, 29 SLURM
 # jobs); the evaluation stages are rules of the same kind, left out to save minutes.
 TINY_TARGETS = ("results/tiny/summary.json",)
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
