@@ -32,8 +32,9 @@ that was already running is reused and left running; one the fixture started is 
 Time: each level of the DAG costs one job (two Snakemake start-ups inside it, then the rule) plus
 the plugin's polling (5, 20, 45, 80 s after a submission with the test profile): about 20 s
 per level on quiet cores, 35-55 s on 2 cores shared with a load of ~8. The sharded tiny run up
-to ``summary.json`` has 15 levels and 29 jobs: 8.5 minutes on 2 otherwise idle cores. The failing run (one job) runs alongside
-it and adds nothing. apt-get install adds ~25 s the first time.
+to ``summary.json`` has 15 levels and 29 jobs: 8.5 minutes on 2 otherwise idle cores. The
+failing run (one job) runs alongside it and adds nothing. apt-get install adds ~25 s the first
+time.
 """
 
 import os
