@@ -1,12 +1,12 @@
 """Benchmark: peak memory and throughput of the LM stages as ``n_samples`` grows.
 
 A small GPT-2-shaped model (``transformers.GPT2Config``: 2 layers, d_model 64, 4 heads, vocab
-2048, random init with seed 0) is saved to a temporary folder, with random token chunks (a
-``tokens.zarr`` as ``tokenize_dataset`` writes it) for ``n_samples`` = N and ``--factor``·N (the
-smaller set is a prefix of the larger). For each size the three stage functions the workflow
-runs are called as the rules call them, with the settings of ``config/tinystories_quick.yaml``
-(the residual-stream node layers, float64, relative truncation 1e-10, ``rotate_final``, one
-stochastic source over positions) and a fixed batch size:
+2048, random init with seed 0) is saved to a temporary folder, with random token chunks of 64
+tokens (a ``tokens.zarr`` as ``tokenize_dataset`` writes it) for ``n_samples`` = N = 32 and
+``--factor``·N = 128 (the smaller set is a prefix of the larger). For each size the three stage
+functions the workflow runs are called as the rules call them, with the settings of
+``config/tinystories_quick.yaml`` (the residual-stream node layers, float64, relative truncation
+1e-10, ``rotate_final``, one stochastic source over positions) and a fixed batch size (8):
 
 - extract: ``stages.extract_activations`` (forward passes into the Zarr store, then means and
   Grams read back from it);
@@ -20,15 +20,22 @@ covers the stage call only (model loading and store IO included, interpreter sta
 imports not). The table shows medians over the repetitions, tokens/s (n_samples · n_ctx over the
 median wall time) and, per stage, the ratio of the peak RSS at the larger size to the smaller:
 flat when within 10% (every pass streams over batches, so memory should depend on the batch
-size and the model only). The last line says how much the whole activation store of the larger
-run would add if a stage held it in memory, i.e. how sensitive the 10% criterion is here.
+size and the model only). Below the table: the marginal throughput, (extra tokens) / (extra
+seconds) between the two sizes, which leaves out the per-process fixed costs (model loading, the
+Jacobian cost model's probes); the ratio of the peak *above imports*, a more sensitive view of the
+same question; and how much the whole activation store of the larger run would add if a stage
+held it in memory, i.e. how sensitive the 10% criterion is at this size.
 
-Usage: ``python benchmarks/bench_lm_memory.py [--n-samples 64] [--factor 4] [--reps 3]
+The 1-minute load average before and after the run is printed: on a 2-core machine any other
+job makes the 2-thread timings (not the RSS) unreliable, by up to 10x.
+
+Usage: ``python benchmarks/bench_lm_memory.py [--n-samples 32] [--factor 4] [--reps 3]
 [--threads 2] [--json out.json]``.
 """
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -187,7 +194,7 @@ def _store_mib(path: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-samples", type=int, default=64, help="smaller n_samples (N)")
+    parser.add_argument("--n-samples", type=int, default=32, help="smaller n_samples (N)")
     parser.add_argument("--factor", type=int, default=4, help="larger n_samples = factor · N")
     parser.add_argument("--n-ctx", type=int, default=64, help="tokens per chunk")
     parser.add_argument("--batch-size", type=int, default=8, help="extract.batch_size (fixed)")
@@ -207,6 +214,7 @@ def main() -> None:
         print(json.dumps(_child(args)))
         return
     sizes = [args.n_samples, args.factor * args.n_samples]
+    load_before = os.getloadavg()[0]
     tmp = None
     if args.workdir is None:
         tmp = tempfile.mkdtemp(prefix="bench_lm_memory_")
@@ -251,12 +259,21 @@ def main() -> None:
         for s in STAGES
     }
     flat = {s: abs(r - 1) <= FLAT_TOLERANCE for s, r in ratios.items()}
+    above = {k: r["peak_rss_mib"] - r["rss_after_imports_mib"] for k, r in summary.items()}
+    above_ratios = {s: above[f"{s}/{large}"] / above[f"{s}/{small}"] for s in STAGES}
+    marginal = {}
+    for s in STAGES:
+        extra = (
+            summary[f"{s}/{large}"]["median_seconds"] - summary[f"{s}/{small}"]["median_seconds"]
+        )
+        marginal[s] = (large - small) * args.n_ctx / extra if extra > 0 else None
 
     print(
         f"\nGPT-2 shape: {args.n_layer} layers, d_model {args.n_embd}, {args.n_head} heads, "
         f"vocab {args.vocab}; n_ctx {args.n_ctx}, batch {args.batch_size}, float64, "
         f"threads {args.threads}; node layers {', '.join(_node_layers(args.n_layer))}; "
-        f"median of {args.reps} runs"
+        f"median of {args.reps} runs; load average {load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after"
     )
     head = (
         f"{'stage':<8}{'n_samples':>10}{'tokens':>8}{'wall s':>9}{'tokens/s':>10}"
@@ -266,15 +283,22 @@ def main() -> None:
     for stage in STAGES:
         for n in sizes:
             row = summary[f"{stage}/{n}"]
-            above = row["peak_rss_mib"] - row["rss_after_imports_mib"]
             ratio = (
                 f"{ratios[stage]:>10.3f}  {'yes' if flat[stage] else 'NO'}" if n == large else ""
             )
             print(
                 f"{stage:<8}{n:>10}{row['tokens']:>8}{row['median_seconds']:>9.2f}"
-                f"{row['tokens_per_second']:>10.0f}{row['peak_rss_mib']:>14.0f}{above:>15.0f}"
-                + ratio
+                f"{row['tokens_per_second']:>10.0f}{row['peak_rss_mib']:>14.0f}"
+                f"{above[f'{stage}/{n}']:>15.0f}" + ratio
             )
+    print(
+        "marginal tokens/s (fixed costs excluded): "
+        + ", ".join(f"{s} {'n/a' if v is None else f'{v:.0f}'}" for s, v in marginal.items())
+    )
+    print(
+        f"peak above imports, n={large} / n={small}: "
+        + ", ".join(f"{s} {r:.3f}" for s, r in above_ratios.items())
+    )
     base = min(summary[f"{s}/{small}"]["peak_rss_mib"] for s in STAGES)
     print(
         f"activation store (uncompressed): {store_mib[small]:.1f} MiB at n={small}, "
@@ -289,6 +313,9 @@ def main() -> None:
         out = dict(
             results=summary,
             rss_ratio=ratios,
+            above_imports_ratio=above_ratios,
+            marginal_tokens_per_second=marginal,
+            load_average_before=load_before,
             flat=flat,
             activation_store_mib=store_mib,
             args={k: v for k, v in vars(args).items() if k not in ("child", "json", "workdir")},
