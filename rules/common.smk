@@ -1,4 +1,5 @@
 # Config loading and validation, wildcard constraints, and every function the rules use.
+import functools
 import re
 from pathlib import Path
 
@@ -216,9 +217,15 @@ def shard_paths(pattern):
     return inputs
 
 
+@functools.cache
+def _stored_node_layers(path, mtime_ns):
+    return io.read_node_layers(path)
+
+
 def node_layers(wildcards):
+    """Read once per store version: every per-layer and per-shard job's inputs ask for them."""
     stats = checkpoints.gather_stats.get(experiment=wildcards.experiment).output.stats
-    return io.read_node_layers(stats)
+    return _stored_node_layers(stats, Path(stats).stat().st_mtime_ns)
 
 
 def next_layer_basis(wildcards):

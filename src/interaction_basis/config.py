@@ -295,8 +295,9 @@ class ResourcesConfig(_Frozen):
     gpu: int = Field(
         0,
         ge=0,
-        description="GPUs per model-running job (SLURM --gpus). The package computes on CPU "
-        "for now, so this only reserves them.",
+        description="GPUs per model-running job (SLURM --gpus). Language models compute on "
+        "them with extract.device auto or cuda; mod-add and MLP models and the evaluation "
+        "stages use the CPU.",
     )
 
 

@@ -207,6 +207,24 @@ def _integration(cfg) -> Integration:
     return Integration(cfg.method, cfg.n_intervals)
 
 
+def _m_dash_settings(basis_cfg: BasisConfig) -> dict:
+    """The M′ settings, shared by the unsharded and the sharded paths so that they agree."""
+    return dict(
+        integration=_integration(basis_cfg.integration),
+        sources=Sources(basis_cfg.sources.n_pos, basis_cfg.sources.n_hidden),
+        seed=basis_cfg.seed,
+    )
+
+
+def _edge_settings(edges_cfg: EdgesConfig) -> dict:
+    """The edge settings, shared by the unsharded and the sharded paths so that they agree."""
+    return dict(
+        integration=_integration(edges_cfg.integration),
+        sources=Sources(edges_cfg.n_sources_pos),
+        seed=edges_cfg.seed,
+    )
+
+
 def fit_basis(
     model_cfg: ModelConfig,
     extract_cfg: ExtractConfig,
@@ -226,9 +244,7 @@ def fit_basis(
         truncation=Truncation(basis_cfg.truncation, basis_cfg.relative),
         center=extract_cfg.center,
         rotate_final=basis_cfg.rotate_final,
-        integration=_integration(basis_cfg.integration),
-        sources=Sources(basis_cfg.sources.n_pos, basis_cfg.sources.n_hidden),
-        seed=basis_cfg.seed,
+        **_m_dash_settings(basis_cfg),
         progress=True,
     )
     for layer, b in bases.items():
@@ -270,9 +286,7 @@ def compute_shard_m_dash(
         io.open_activation_batches(shard_path, extract_cfg.batch_size),
         layer,
         c_next,
-        integration=_integration(basis_cfg.integration),
-        sources=Sources(basis_cfg.sources.n_pos, basis_cfg.sources.n_hidden),
-        seed=basis_cfg.seed,
+        **_m_dash_settings(basis_cfg),
         first_batch=int(io.read_attrs(shard_path)["first_batch"]),
         progress=True,
     )
@@ -351,9 +365,7 @@ def compute_shard_edges(
         model,
         io.open_activation_batches(shard_path, extract_cfg.batch_size),
         io.read_bases(basis_path),
-        integration=_integration(edges_cfg.integration),
-        sources=Sources(edges_cfg.n_sources_pos),
-        seed=edges_cfg.seed,
+        **_edge_settings(edges_cfg),
         first_batch=int(io.read_attrs(shard_path)["first_batch"]),
         progress=True,
     )
@@ -391,9 +403,7 @@ def compute_edges(
         model,
         io.open_activation_batches(acts_path, extract_cfg.batch_size),
         bases,
-        integration=_integration(edges_cfg.integration),
-        sources=Sources(edges_cfg.n_sources_pos),
-        seed=edges_cfg.seed,
+        **_edge_settings(edges_cfg),
         progress=True,
     )
     attrs = provenance(edges=edges_cfg.model_dump())

@@ -187,3 +187,16 @@ def planned_jobs(output: str) -> list[tuple[str, list[str]]]:
                 outputs = [p.strip() for p in line[len("output:") :].split(",") if p.strip()]
         jobs.append((m.group(1), outputs))
     return jobs
+
+
+def sharded_job_counts(n_shards: int, n_layers: int = 4, n_methods: int = 2) -> dict[str, int]:
+    """Jobs of the sharded stages from extraction to the gathered edges (extract.n_shards)."""
+    return {
+        "extract_shard": n_shards,
+        "gather_stats": 1,
+        "shard_m_dash": n_shards * (n_layers - 1),
+        "fit_layer": n_methods * n_layers,
+        "assemble_basis": n_methods,
+        "shard_edges": n_shards * n_methods,
+        "gather_edges": n_methods,
+    }

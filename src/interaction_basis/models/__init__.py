@@ -15,15 +15,20 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 def resolve_device(name: str, kind: str) -> torch.device:
     """``extract.device`` as a torch device: ``auto`` is CUDA for language models when torch
     sees a GPU; the toy models (mod-add, MLP) are too small to gain from one and use the CPU."""
-    if name == "cpu" or (name == "auto" and (kind != "hf" or not torch.cuda.is_available())):
-        return torch.device("cpu")
+    cpu = torch.device("cpu")
+    if name == "cpu":
+        return cpu
     if kind != "hf":
+        if name == "auto":
+            return cpu
         raise ValueError(
             f"extract.device {name!r} is for language models (model.kind hf); {kind} models "
             "run on the CPU: set extract.device to auto or cpu."
         )
-    if name in ("auto", "cuda") and torch.cuda.is_available():
+    if torch.cuda.is_available():
         return torch.device("cuda")
+    if name == "auto":
+        return cpu
     raise ValueError(
         f"extract.device is {name!r} but torch sees no CUDA device (torch {torch.__version__}, "
         f"CUDA build: {torch.version.cuda}); set extract.device to auto or cpu, or install a "

@@ -17,6 +17,7 @@ from torch import Tensor
 
 Activations = Float[Tensor, "batch pos d"]
 SectionFn = Callable[[Tensor], Tensor]
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class SectionedModel:
     node_layers: tuple[str, ...]
     embed: Callable[[Tensor], Tensor]
     sections: tuple[SectionFn, ...]
-    device: torch.device = torch.device("cpu")
+    device: torch.device = CPU
 
     def activations(self, inputs: Tensor) -> dict[str, Activations]:
         """Activations at every node layer for one batch of raw inputs."""
@@ -75,7 +76,7 @@ def build_sectioned_model(
     steps: Sequence[Step],
     output_name: str,
     node_layers: Sequence[str],
-    device: torch.device | None = None,
+    device: torch.device = CPU,
 ) -> SectionedModel:
     """Cut a model given as steps at the chosen node layers.
 
@@ -103,7 +104,7 @@ def build_sectioned_model(
     def full_embed(inputs: Tensor) -> Tensor:
         return _compose(pre)(embed(inputs))
 
-    return SectionedModel(tuple(node_layers), full_embed, sections, device or torch.device("cpu"))
+    return SectionedModel(tuple(node_layers), full_embed, sections, device)
 
 
 def check_activations(x: Tensor, layer: str) -> None:
