@@ -45,8 +45,6 @@ checkpoint gather_stats:
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(15),
-    params:
-        extract=extract_params,
     script:
         "../scripts/gather_stats.py"
 

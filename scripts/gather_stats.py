@@ -3,15 +3,11 @@
 import logging
 from typing import TYPE_CHECKING
 
-from interaction_basis import config, stages
+from interaction_basis import stages
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
 stages.set_threads(snakemake.threads)
-stages.gather_stats(
-    config.ExtractConfig.model_validate(snakemake.params.extract),
-    list(snakemake.input.shards),
-    snakemake.output.stats,
-)
+stages.gather_stats(list(snakemake.input.shards), snakemake.output.stats)

@@ -26,8 +26,9 @@ from interaction_basis.jacobians import (
     compute_edges_sum,
     compute_m_dash_sum,
 )
-from interaction_basis.linalg import centering_shift, compute_gram_sum, compute_sum
+from interaction_basis.linalg import centering_shift, compute_shifted_sums, compute_sum
 from interaction_basis.models.sectioned import SectionedModel, check_activations
+from interaction_basis.summation import CompensatedSum
 
 Method = Literal["lib", "pca", "neuron"]
 BatchSource = Callable[[str], Iterator[Tensor]]
@@ -55,6 +56,73 @@ def _progress(it: Iterable[Tensor], desc: str, enable: bool):
     return tqdm(it, desc=desc, unit="batch", disable=not enable, leave=False)
 
 
+class MomentSums(NamedTuple):
+    """Compensated sums ``Σ(x - s)`` and ``Σ(x - s)(x - s)ᵀ`` of one node layer around a shift
+    ``s`` fixed before the data (the first batch's centring shift), and their count.
+
+    Shards of a run share ``s``, so their sums add up exactly (to the last bit, see
+    :mod:`interaction_basis.summation`) and the statistics do not depend on the sharding;
+    ``s`` near the mean keeps the Gram of every batch free of cancellation.
+    """
+
+    shift: Float[Tensor, " d"]
+    total: CompensatedSum
+    gram: CompensatedSum
+    count: int
+    centred: bool
+
+    @classmethod
+    def start(cls, first: Float[Tensor, "batch pos d"], layer: str, center: bool) -> "MomentSums":
+        """Empty sums around the centring shift of ``first``, the run's first batch."""
+        centred = center and has_constant(layer)
+        shift = centering_shift(compute_sum(first) / (first.shape[0] * first.shape[1]), centred)
+        d = first.shape[-1]
+        zeros = CompensatedSum.zeros
+        return cls(shift, zeros(d, shift.device), zeros((d, d), shift.device), 0, centred)
+
+    def add(self, x: Float[Tensor, "batch pos d"], layer: str) -> "MomentSums":
+        check_activations(x, layer)
+        total, gram = compute_shifted_sums(x, self.shift)
+        return self._replace(
+            total=self.total.add(total),
+            gram=self.gram.add(gram),
+            count=self.count + x.shape[0] * x.shape[1],
+        )
+
+    def merge(self, other: "MomentSums") -> "MomentSums":
+        if not torch.equal(self.shift, other.shift) or self.centred != other.centred:
+            raise ValueError(
+                "Moment sums around different shifts cannot be added: every shard must take "
+                "its shift from the run's first batch. Rerun the shards' extraction."
+            )
+        return self._replace(
+            total=self.total.merge(other.total),
+            gram=self.gram.merge(other.gram),
+            count=self.count + other.count,
+        )
+
+    def cpu(self) -> "MomentSums":
+        return self._replace(shift=self.shift.cpu(), total=self.total.cpu(), gram=self.gram.cpu())
+
+    def finalize(self, layer: str) -> LayerStats:
+        """The mean and the Gram centred on it (or uncentred), lib_spec A.2, on the CPU.
+
+        With ``w = Σ(x - s) / n`` and ``u`` its centring part (``w`` without the constant
+        entry, or 0), ``Σ(x - s - u)(x - s - u)ᵀ = Σ(x - s)(x - s)ᵀ - n(u wᵀ + w uᵀ - u uᵀ)``.
+        """
+        if self.count == 0:
+            raise ValueError(f"No activations for layer {layer!r}.")
+        m = self.cpu()
+        w = m.total.value() / m.count
+        u = centering_shift(w, m.centred)
+        correction = torch.outer(u, w) + torch.outer(w, u) - torch.outer(u, u)
+        gram = m.gram.value() / m.count - correction
+        mean = m.shift + w
+        if has_constant(layer):
+            mean[-1] = 1.0
+        return LayerStats(mean, gram, m.count)
+
+
 def compute_layer_statistics(
     batches: BatchSource,
     layer: str,
@@ -63,50 +131,14 @@ def compute_layer_statistics(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> LayerStats:
-    """Two passes over a layer: the mean, then the centred Gram (lib_spec A.2), summed on
-    ``device`` and returned on the CPU."""
-    total, count = None, 0
-    for x in _progress(batches(layer), f"mean {layer}", progress):
-        check_activations(x, layer)
-        s = compute_sum(x.to(device))
-        total = s if total is None else total + s
-        count += x.shape[0] * x.shape[1]
-    if total is None or count == 0:
+    """Mean and centred Gram of a layer in one pass (lib_spec A.2), summed on ``device``."""
+    moments = None
+    for x in _progress(batches(layer), f"statistics {layer}", progress):
+        x = x.to(device)
+        moments = (moments or MomentSums.start(x, layer, center)).add(x, layer)
+    if moments is None:
         raise ValueError(f"No activations for layer {layer!r}.")
-    mean = total / count
-    if has_constant(layer):
-        mean[-1] = 1.0
-    shift = centering_shift(mean, center and has_constant(layer))
-    gram = torch.zeros(len(mean), len(mean), dtype=torch.float64, device=mean.device)
-    for x in _progress(batches(layer), f"gram {layer}", progress):
-        gram += compute_gram_sum(x.to(device), shift)
-    return LayerStats(mean.cpu(), (gram / count).cpu(), count)
-
-
-def combine_layer_statistics(
-    parts: Sequence[LayerStats], layer: str, *, center: bool = True
-) -> LayerStats:
-    """The statistics of the union of disjoint shards, each summarised by its own mean and Gram.
-
-    Each part's Gram is centred on its own shift ``b`` (its mean, or 0); re-centring on the
-    pooled shift ``a`` uses ``Σ(x-a)(x-a)ᵀ = Σ(x-b)(x-b)ᵀ + n[(x̄-b)dᵀ + d(x̄-b)ᵀ + ddᵀ]`` with
-    ``d = b - a`` (the pairwise update of Chan et al.), so no pass over the data is repeated and
-    no large uncentred sums cancel.
-    """
-    if not parts:
-        raise ValueError(f"No statistics to combine for layer {layer!r}.")
-    count = sum(p.count for p in parts)
-    mean = sum(p.mean * p.count for p in parts) / count
-    centred = center and has_constant(layer)
-    if has_constant(layer):
-        mean[-1] = 1.0
-    a = centering_shift(mean, centred)
-    gram = torch.zeros_like(parts[0].gram)
-    for p in parts:
-        b = centering_shift(p.mean, centred)
-        d, e = b - a, p.mean - b
-        gram += p.count * (p.gram + torch.outer(e, d) + torch.outer(d, e) + torch.outer(d, d))
-    return LayerStats(mean, gram / count, count)
+    return moments.finalize(layer)
 
 
 def shard_range(n_samples: int, batch_size: int, n_shards: int, shard: int) -> tuple[int, int]:
@@ -138,20 +170,23 @@ def batch_generator(seed: int, batch_index: int) -> torch.Generator:
 
 
 class Partial(NamedTuple):
-    """A sum over (sample, position) pairs and their count, before the final division."""
+    """A compensated sum over (sample, position) pairs and their count, before the division."""
 
-    total: Tensor
+    total: CompensatedSum
     count: int
 
     def mean(self) -> Tensor:
-        return self.total / self.count
+        return self.total.value() / self.count
 
 
 def add_partials(parts: Iterable[Partial]) -> Partial:
     parts = list(parts)
     if not parts:
         raise ValueError("No partial sums to add.")
-    return Partial(sum(p.total for p in parts), sum(p.count for p in parts))
+    total = parts[0].total
+    for p in parts[1:]:
+        total = total.merge(p.total)
+    return Partial(total, sum(p.count for p in parts))
 
 
 def compute_m_dash(
@@ -180,7 +215,7 @@ def compute_m_dash(
             sources=sources,
             generator=batch_generator(seed, first_batch + i),
         )
-        total = part if total is None else total + part
+        total = (total or CompensatedSum.zeros(part.shape, part.device)).add(part)
         count += x.shape[0] * x.shape[1]
     if total is None:
         raise ValueError(f"No activations for layer {layer!r}.")
@@ -346,7 +381,7 @@ def compute_edge_sums(
                 sources=sources,
                 generator=batch_generator(seed, first_batch + i),
             )
-            total = part if total is None else total + part
+            total = (total or CompensatedSum.zeros(part.shape, part.device)).add(part)
             count += x.shape[0] * x.shape[1]
         if total is None:
             raise ValueError(f"No activations for layer {layer!r}.")

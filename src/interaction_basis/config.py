@@ -70,6 +70,13 @@ class TextDataConfig(_Frozen):
     )
     n_ctx: int = Field(200, ge=2, description="Tokens per chunk (paper: 200 for TinyStories).")
     n_samples: int = Field(64, ge=1, description="Chunks to fit LIB on (paper: 50000).")
+    n_stats_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Chunks for the means and Grams alone (paper, GPT-2: 50000, against 500 "
+        "for the bases and edges). They are cut from the same documents with the same "
+        "permutation, so a larger set contains the fitting chunks. null: the fitting chunks.",
+    )
     n_eval_documents: int = Field(
         20, ge=1, description="Held-out documents (the last ones) for evaluation."
     )

@@ -19,7 +19,8 @@ import xarray as xr
 from torch import Tensor
 
 from interaction_basis.basis import Basis
-from interaction_basis.build import BatchSource, LayerStats, Partial
+from interaction_basis.build import BatchSource, LayerStats, MomentSums, Partial
+from interaction_basis.summation import CompensatedSum
 
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
 # Snakemake marks directory outputs with a .snakemake_timestamp file inside the store.
@@ -111,8 +112,8 @@ class ActivationWriter:
     """Streams activation batches into a Zarr store, one group per node layer.
 
     Memory stays at one batch: each batch is appended along ``sample``. After the last batch,
-    :meth:`batches` reads the store back (for the Gram passes) and :meth:`write_stats` adds
-    ``mean``, ``gram`` (feature, feature_t) and the (sample, position) ``count`` per layer.
+    :meth:`write_stats` adds ``mean``, ``gram`` (feature, feature_t) and the (sample, position)
+    ``count`` per layer (or a shard's moment sums).
     """
 
     def __init__(self, path: Path, attrs: dict, chunk_samples: int):
@@ -133,14 +134,11 @@ class ActivationWriter:
                     self.path, group=layer, mode="a", append_dim="sample", consolidated=False
                 )
 
-    def batches(self, batch_size: int) -> BatchSource:
-        return _batches_from_tree(
-            xr.open_datatree(self.path, engine="zarr", consolidated=False), batch_size
-        )
-
-    def write_stats(self, stats: Mapping[str, LayerStats]) -> None:
+    def write_stats(self, stats: Mapping[str, LayerStats | MomentSums]) -> None:
+        """Finished statistics (``mean``, ``gram``) or, for a shard, its raw moment sums."""
         for layer, s in stats.items():
-            _stats_dataset(layer, s).to_zarr(self.path, group=layer, mode="a", consolidated=False)
+            ds = _stats_dataset(layer, s) if isinstance(s, LayerStats) else _moments_dataset(s)
+            ds.to_zarr(self.path, group=layer, mode="a", consolidated=False)
         root = xr.open_zarr(self.path, consolidated=False).attrs
         xr.Dataset(attrs={**root, "node_layers": self.layers}).to_zarr(
             self.path, mode="a", consolidated=False
@@ -157,6 +155,39 @@ def _stats_dataset(layer: str, s: LayerStats) -> xr.Dataset:
     )
 
 
+def _moments_dataset(m: MomentSums) -> xr.Dataset:
+    f, ff = ("feature",), ("feature", "feature_t")
+    return xr.Dataset(
+        {
+            "moment_shift": (f, m.shift.numpy()),
+            "moment_sum": (f, m.total.hi.numpy()),
+            "moment_sum_lo": (f, m.total.lo.numpy()),
+            "moment_gram": (ff, m.gram.hi.numpy()),
+            "moment_gram_lo": (ff, m.gram.lo.numpy()),
+        },
+        attrs={"count": m.count, "centred": int(m.centred)},
+    )
+
+
+def read_moments(path: str | os.PathLike) -> dict[str, MomentSums]:
+    """A shard's moment sums per node layer (see :class:`MomentSums`)."""
+    tree = _open_tree(path)
+    out = {}
+    for layer in tree.attrs["node_layers"]:
+        g = tree[layer]
+        if "moment_sum" not in g:
+            raise ValueError(f"{path} holds no moment sums for {layer!r}: not a shard's store.")
+        arr = {name: torch.from_numpy(v.values) for name, v in g.data_vars.items()}
+        out[layer] = MomentSums(
+            arr["moment_shift"],
+            CompensatedSum(arr["moment_sum"], arr["moment_sum_lo"]),
+            CompensatedSum(arr["moment_gram"], arr["moment_gram_lo"]),
+            int(g.attrs["count"]),
+            bool(g.attrs["centred"]),
+        )
+    return out
+
+
 def write_stats(path: str | os.PathLike, stats: Mapping[str, LayerStats], attrs: dict) -> None:
     """A store like activations.zarr without the activations: ``mean``, ``gram``, ``count``."""
     groups = {layer: _stats_dataset(layer, s) for layer, s in stats.items()}
@@ -168,10 +199,15 @@ def read_attrs(path: str | os.PathLike) -> dict:
 
 
 def write_partial_sums(path: str | os.PathLike, parts: Mapping[str, Partial], attrs: dict) -> None:
-    """One shard's sums (one group each: variable ``sum``, attribute ``count`` of (sample,
-    position) pairs), to be added to the other shards' before dividing by the total count."""
+    """One shard's sums (one group each: variables ``sum`` and its compensation ``sum_lo``,
+    attribute ``count`` of (sample, position) pairs), to be added to the other shards' before
+    dividing by the total count."""
+    dims = ("row", "column")
     groups = {
-        name: xr.Dataset({"sum": (("row", "column"), p.total.numpy())}, attrs={"count": p.count})
+        name: xr.Dataset(
+            {"sum": (dims, p.total.hi.numpy()), "sum_lo": (dims, p.total.lo.numpy())},
+            attrs={"count": p.count},
+        )
         for name, p in parts.items()
     }
     _write_tree(path, groups, {**attrs, "names": list(parts)})
@@ -180,7 +216,13 @@ def write_partial_sums(path: str | os.PathLike, parts: Mapping[str, Partial], at
 def read_partial_sums(path: str | os.PathLike) -> dict[str, Partial]:
     tree = _open_tree(path)
     return {
-        name: Partial(torch.from_numpy(tree[name]["sum"].values), int(tree[name].attrs["count"]))
+        name: Partial(
+            CompensatedSum(
+                torch.from_numpy(tree[name]["sum"].values),
+                torch.from_numpy(tree[name]["sum_lo"].values),
+            ),
+            int(tree[name].attrs["count"]),
+        )
         for name in tree.attrs["names"]
     }
 
@@ -320,16 +362,26 @@ def atomic_figure_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_token_chunks(
-    path: str | os.PathLike, fit: np.ndarray, held_out: np.ndarray, attrs: dict
+    path: str | os.PathLike, chunks: Mapping[str, np.ndarray], attrs: dict
 ) -> None:
-    """Token chunks (chunk, token) for fitting and for evaluation, as groups ``fit``/``eval``."""
+    """Token chunks ``(chunk, n_ctx + 1)`` per use, as groups: ``fit``, ``eval`` and, when the
+    statistics have their own chunks, ``stats``."""
+    widths = {name: tokens.shape[1] for name, tokens in chunks.items()}
+    if len(set(widths.values())) != 1 or min(widths.values()) < 2:
+        raise ValueError(f"Token chunks must share one width n_ctx + 1 >= 2, got {widths}.")
     groups = {
-        name: xr.Dataset({"tokens": (("chunk", "token"), tokens)})
-        for name, tokens in (("fit", fit), ("eval", held_out))
+        name: xr.Dataset({"tokens": (("chunk", "token"), np.ascontiguousarray(tokens))})
+        for name, tokens in chunks.items()
     }
-    _write_tree(path, groups, attrs)
+    _write_tree(path, groups, {**attrs, "n_ctx": next(iter(widths.values())) - 1})
 
 
-def read_token_chunks(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_token_chunks(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The groups written by :func:`write_token_chunks` (``fit``, ``eval``, maybe ``stats``)."""
     tree = _open_tree(path)
-    return tree["fit"]["tokens"].values, tree["eval"]["tokens"].values
+    missing = {"fit", "eval"} - set(tree.children)
+    if missing:
+        raise ValueError(
+            f"{path} is not a token store (no group {sorted(missing)}); rerun tokenize_dataset."
+        )
+    return {name: tree[name]["tokens"].values for name in tree.children}

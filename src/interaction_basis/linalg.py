@@ -21,13 +21,13 @@ def centering_shift(mean: Float[Tensor, " d"], center: bool = True) -> Float[Ten
     return shift
 
 
-def compute_gram_sum(
+def compute_shifted_sums(
     acts: Float[Tensor, "batch pos d"], shift: Float[Tensor, " d"]
-) -> Float[Tensor, "d d"]:
-    """``Σ_x Σ_p c_p^T c_p`` with ``c = f - μ̃`` (float64)."""
+) -> tuple[Float[Tensor, " d"], Float[Tensor, "d d"]]:
+    """``Σ_x Σ_p c_p`` and ``Σ_x Σ_p c_p^T c_p`` with ``c = f - s`` (float64)."""
     c = acts.to(torch.float64) - shift
     c = c.reshape(-1, c.shape[-1])
-    return c.T @ c
+    return c.sum(dim=0), c.T @ c
 
 
 def compute_centering_matrices(

@@ -10,17 +10,15 @@ import sys
 import time
 from importlib.metadata import version
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from interaction_basis import io, tasks
 from interaction_basis.basis import Truncation
 from interaction_basis.build import (
+    MomentSums,
     add_partials,
-    combine_layer_statistics,
     compute_edge_sums,
-    compute_layer_statistics,
     compute_m_dash,
     fit_bases,
     fit_final_basis,
@@ -122,22 +120,29 @@ def download_dataset(model_cfg: ModelConfig, out_dir: str) -> None:
 def tokenize_dataset(
     model_cfg: ModelConfig, model_dir: str, dataset_dir: str, out_path: str
 ) -> None:
-    """Chunks of n_ctx + 1 tokens for fitting and (from the last documents) for evaluation."""
+    """Chunks of n_ctx + 1 tokens for fitting, maybe more for the statistics, and (from the
+    last documents) for evaluation."""
     from interaction_basis import text_data
 
     t = model_cfg.text
     tokenizer = text_data.load_tokenizer(model_dir)
     kw = dict(split=t.split, text_column=t.text_column, txt_separator=t.txt_separator)
     texts = text_data.load_texts(dataset_dir, max_documents=t.max_documents, **kw)
-    fit = text_data.tokenize_to_chunks(texts, tokenizer, t.n_ctx, t.n_samples, seed=t.seed)
+    stream = text_data.tokenize_texts(texts, tokenizer)
+    chunks = {"fit": text_data.pack_token_chunks(stream, t.n_ctx, t.n_samples, seed=t.seed)}
+    if t.n_stats_samples is not None:
+        chunks["stats"] = text_data.pack_token_chunks(
+            stream, t.n_ctx, t.n_stats_samples, seed=t.seed
+        )
     held_out = text_data.load_held_out_texts(
         dataset_dir, n_documents=t.n_eval_documents, n_fit_documents=t.max_documents, **kw
     )
-    evaluation = text_data.tokenize_to_chunks(
+    chunks["eval"] = text_data.tokenize_to_chunks(
         held_out, tokenizer, t.n_ctx, t.n_eval_samples, seed=t.seed
     )
+    log.info("token chunks: %s", {name: c.shape for name, c in chunks.items()})
     attrs = provenance(text=t.model_dump(), hub=model_cfg.hub.model_dump())
-    io.write_token_chunks(out_path, np.asarray(fit), np.asarray(evaluation), attrs)
+    io.write_token_chunks(out_path, chunks, attrs)
 
 
 def extract_activations(
@@ -148,51 +153,73 @@ def extract_activations(
     tokens_path: str | None = None,
     shard: int | None = None,
 ) -> None:
-    """Activations on the fitting split at every node layer, with means and Grams; with
-    ``shard``, only that shard's samples (its statistics centred on its own mean)."""
+    """Activations on the fitting split at every node layer, with means and Grams (over the
+    statistics' own inputs when the task has them); with ``shard``, only that shard's samples,
+    and its raw moment sums in place of the statistics."""
     weights = tasks.load_weights(model_cfg, weights_path)
     model = tasks.build_model(
         model_cfg, weights, extract_cfg.node_layers, extract_cfg.dtype, extract_cfg.device
     )
     log.info("device: %s", model.device)
     data = tasks.load_task_data(model_cfg, tokens_path)
-    inputs = data.fit_inputs
     size = extract_cfg.batch_size
+    inputs, start = _shard_of(data.fit_inputs, extract_cfg, shard)
     attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
     attrs.update(model_kind=model_cfg.kind, dataset=data.description, dtype=extract_cfg.dtype)
     if shard is not None:
-        start, stop = shard_range(len(inputs), size, extract_cfg.n_shards, shard)
-        inputs = inputs[start:stop]
         attrs.update(shard=shard, n_shards=extract_cfg.n_shards, sample_start=start)
         attrs.update(first_batch=start // size)
-        log.info("shard %d of %d: samples %d..%d", shard, extract_cfg.n_shards, start, stop - 1)
+        log.info("shard %d of %d: samples from %d", shard, extract_cfg.n_shards, start)
     attrs.update(n_samples=len(inputs))
+    separate = data.stats_inputs is not None
+    all_stats_inputs = data.stats_inputs if separate else data.fit_inputs
+    with torch.no_grad():
+        # Every shard centres its sums on the first batch of the whole run, so they add up.
+        first = model.activations(all_stats_inputs[:size].to(model.device))
+    moments = {layer: MomentSums.start(x, layer, extract_cfg.center) for layer, x in first.items()}
+
+    def add(acts):
+        return {layer: m.add(acts[layer], layer) for layer, m in moments.items()}
+
     with io.activation_writer(out_path, attrs, chunk_samples=size) as store:
         with torch.no_grad():
-            for start in tqdm(range(0, len(inputs), size), desc="extract", unit="batch"):
-                acts = model.activations(inputs[start : start + size].to(model.device))
+            for batch in _batches(inputs, size, "extract"):
+                acts = model.activations(batch.to(model.device))
                 store.append({layer: x.cpu() for layer, x in acts.items()})
-        source = store.batches(size)
-        store.write_stats(
-            {
-                layer: compute_layer_statistics(
-                    source, layer, center=extract_cfg.center, device=model.device, progress=True
-                )
-                for layer in model.node_layers
-            }
-        )
+                if not separate:
+                    moments = add(acts)
+            if separate:
+                stats_inputs, _ = _shard_of(all_stats_inputs, extract_cfg, shard)
+                log.info("statistics over %d separate samples", len(stats_inputs))
+                for batch in _batches(stats_inputs, size, "statistics"):
+                    moments = add(model.activations(batch.to(model.device)))
+        if shard is None:
+            store.write_stats({layer: m.finalize(layer) for layer, m in moments.items()})
+        else:
+            store.write_stats({layer: m.cpu() for layer, m in moments.items()})
 
 
-def gather_stats(extract_cfg: ExtractConfig, shard_paths: list[str], out_path: str) -> None:
-    """Pooled means and centred Grams of all shards (no pass over the activations)."""
-    parts = [io.read_stats(p) for p in shard_paths]
-    layers = io.read_node_layers(shard_paths[0])
-    stats = {
-        layer: combine_layer_statistics(
-            [part[layer] for part in parts], layer, center=extract_cfg.center
-        )
-        for layer in layers
-    }
+def _shard_of(inputs, extract_cfg: ExtractConfig, shard: int | None):
+    """The inputs of one shard (all of them without sharding) and the index of the first."""
+    if shard is None:
+        return inputs, 0
+    start, stop = shard_range(len(inputs), extract_cfg.batch_size, extract_cfg.n_shards, shard)
+    return inputs[start:stop], start
+
+
+def _batches(inputs, size: int, desc: str):
+    for start in tqdm(range(0, len(inputs), size), desc=desc, unit="batch"):
+        yield inputs[start : start + size]
+
+
+def gather_stats(shard_paths: list[str], out_path: str) -> None:
+    """Pooled means and centred Grams: the shards' moment sums added (no pass over the data)."""
+    parts = [io.read_moments(p) for p in shard_paths]
+    stats = {}
+    for layer, first in parts[0].items():
+        for part in parts[1:]:
+            first = first.merge(part[layer])
+        stats[layer] = first.finalize(layer)
     attrs = {k: v for k, v in io.read_attrs(shard_paths[0]).items() if not _is_shard_attr(k)}
     attrs["n_samples"] = sum(int(io.read_attrs(p)["n_samples"]) for p in shard_paths)
     log.info("%d shards, %d samples", len(shard_paths), attrs["n_samples"])

@@ -19,7 +19,8 @@ from interaction_basis.models.modadd import MODADD_NODE_LAYERS, validate_modadd_
 
 
 class TaskData(NamedTuple):
-    """Raw model inputs: LIB is fitted on ``fit_inputs``; evaluations use the test split."""
+    """Raw model inputs: LIB is fitted on ``fit_inputs`` (and its statistics on
+    ``stats_inputs`` when given); evaluations use the test split."""
 
     fit_inputs: Tensor
     train_inputs: Tensor
@@ -27,6 +28,7 @@ class TaskData(NamedTuple):
     test_inputs: Tensor
     test_labels: Tensor
     description: str
+    stats_inputs: Tensor | None = None  # the means and Grams' own inputs, if not fit_inputs
 
 
 class TrainedModel(NamedTuple):
@@ -64,8 +66,8 @@ def load_task_data(cfg: ModelConfig, tokens_path: str | None = None) -> TaskData
             raise ValueError("kind 'hf' needs the tokenized dataset (rule tokenize_dataset).")
         from interaction_basis import io
 
-        fit, held_out = io.read_token_chunks(tokens_path)
-        fit, held_out = torch.from_numpy(fit), torch.from_numpy(held_out)
+        chunks = {k: torch.from_numpy(v) for k, v in io.read_token_chunks(tokens_path).items()}
+        fit, held_out, stats = chunks["fit"], chunks["eval"], chunks.get("stats")
         return TaskData(
             fit[:, :-1],
             fit[:, :-1],
@@ -73,6 +75,7 @@ def load_task_data(cfg: ModelConfig, tokens_path: str | None = None) -> TaskData
             held_out[:, :-1],
             held_out[:, 1:],
             f"{cfg.text.source} ({len(fit)} chunks of {cfg.text.n_ctx} tokens)",
+            None if stats is None else stats[:, :-1],
         )
     if cfg.kind == "modadd":
         t = cfg.train

@@ -33,9 +33,6 @@ corpus (only with the documents actually used):
   :func:`interaction_basis.hub.download_dataset`, whose README ``configs:`` map files to splits)
   go through ``datasets.load_dataset(..., split=split, streaming=True)``.
 - A hub dataset id is looked up in the local hub cache only (never the network).
-
-The Zarr functions at the end (:func:`write_token_chunks`, :func:`read_token_chunks`) are IO;
-they live here until they move into ``io.py``.
 """
 
 import codecs
@@ -46,15 +43,12 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
 from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
-
-from interaction_basis.io import atomic_path
 
 #: Snakemake target that runs the download rules (named in error messages).
 DOWNLOAD_TARGET = "all_models"
@@ -62,13 +56,6 @@ DOWNLOAD_TARGET = "all_models"
 _OWN_SUFFIXES = (".txt", ".parquet", ".jsonl", ".jsonl.gz")
 _DATA_SUFFIXES = (*_OWN_SUFFIXES, ".json", ".arrow", ".csv")
 _TOKENIZE_BATCH = 1000
-
-
-class TokenChunks(NamedTuple):
-    """Packed chunks read back from a Zarr store."""
-
-    tokens: Int[np.ndarray, "chunk token"]
-    attrs: dict[str, Any]
 
 
 # --- tokenizer ----------------------------------------------------------------------------------
@@ -498,49 +485,3 @@ def tokenize_to_chunks(
     """
     stream = tokenize_texts(texts, tokenizer, append_eos=append_eos)
     return pack_token_chunks(stream, n_ctx, n_chunks, seed=seed)
-
-
-# --- Zarr IO (to move into io.py) ----------------------------------------------------------------
-
-
-def write_token_chunks(
-    path: str | os.PathLike, tokens: Int[np.ndarray, "chunk token"], attrs: dict[str, Any]
-) -> None:
-    """Write chunks to a Zarr store (variable ``tokens``, dims ``chunk``, ``token``), atomically.
-
-    Args:
-        path: the ``.zarr`` folder.
-        tokens: ``(n_chunks, n_ctx + 1)`` from :func:`tokenize_to_chunks`.
-        attrs: JSON-serialisable provenance, e.g. ``tokenizer``, ``model``, ``model_revision``,
-            ``dataset``, ``dataset_revision``, ``split``, ``max_documents``, ``seed``. ``n_ctx``
-            (checked against the shape if given) and ``layout`` are added.
-    """
-    n_ctx = tokens.shape[1] - 1
-    if n_ctx < 1:
-        raise ValueError(f"tokens must be (chunk, n_ctx + 1) with n_ctx >= 1, got {tokens.shape}.")
-    if "n_ctx" in attrs and attrs["n_ctx"] != n_ctx:
-        raise ValueError(f"attrs n_ctx={attrs['n_ctx']} but tokens hold n_ctx={n_ctx}.")
-    ds = xr.Dataset(
-        {"tokens": (("chunk", "token"), np.ascontiguousarray(tokens))},
-        attrs={**attrs, "n_ctx": n_ctx, "layout": "inputs tokens[:, :-1], labels tokens[:, 1:]"},
-    )
-    rows = max(1, min(tokens.shape[0], (1 << 20) // (tokens.shape[1] * tokens.itemsize)))
-    ds["tokens"].encoding["chunks"] = (rows, tokens.shape[1])
-    with atomic_path(path) as tmp:
-        ds.to_zarr(tmp, mode="w", consolidated=False)
-
-
-def read_token_chunks(path: str | os.PathLike) -> TokenChunks:
-    """Chunks and attrs written by :func:`write_token_chunks`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"Token store {str(path)!r} does not exist; run the stage that tokenises the dataset."
-        )
-    ds = xr.open_zarr(path, consolidated=False)
-    if "tokens" not in ds or ds["tokens"].dims != ("chunk", "token"):
-        raise ValueError(
-            f"{str(path)!r} is not a token-chunk store (expected variable 'tokens' with dims "
-            "(chunk, token))."
-        )
-    return TokenChunks(np.asarray(ds["tokens"].values), dict(ds.attrs))

@@ -20,6 +20,7 @@ import pytest
 import torch
 from huggingface_hub import constants as hub_constants
 
+from interaction_basis import io
 from interaction_basis.hub import (
     PROVENANCE_FILE,
     HubDownloadError,
@@ -35,10 +36,8 @@ from interaction_basis.text_data import (
     load_texts,
     load_tokenizer,
     pack_token_chunks,
-    read_token_chunks,
     tokenize_texts,
     tokenize_to_chunks,
-    write_token_chunks,
 )
 
 EOS = "<|endoftext|>"
@@ -462,20 +461,26 @@ def test_load_tokenizer_missing_folder(tmp_path):
 
 
 def test_token_chunks_zarr_round_trip(tmp_path):
-    tokens = np.random.default_rng(0).integers(0, 50257, size=(7, 11))
-    attrs = {"tokenizer": "org/tiny", "model_revision": SHA, "dataset": "org/corpus",
-             "dataset_revision": None, "seed": 0, "max_documents": 100}  # fmt: skip
+    rng = np.random.default_rng(0)
+    sizes = {"fit": 7, "eval": 2, "stats": 20}
+    chunks = {name: rng.integers(0, 50257, size=(n, 11)) for name, n in sizes.items()}
+    attrs = {"tokenizer": "org/tiny", "model_revision": SHA, "seed": 0}
     path = tmp_path / "data" / "tokens.zarr"
-    write_token_chunks(path, tokens, attrs)
-    back = read_token_chunks(path)
-    np.testing.assert_array_equal(back.tokens, tokens)
-    assert back.tokens.dtype == np.int64
-    assert back.attrs == {**attrs, "n_ctx": 10, "layout": back.attrs["layout"]}
+    io.write_token_chunks(path, chunks, attrs)
+    back = io.read_token_chunks(path)
+    assert set(back) == set(chunks)
+    for name, tokens in chunks.items():
+        np.testing.assert_array_equal(back[name], tokens)
+        assert back[name].dtype == np.int64
+    assert io.read_attrs(path) == {**attrs, "n_ctx": 10}
     assert sorted(os.listdir(path.parent)) == ["tokens.zarr"]  # nothing partial left over
 
-    write_token_chunks(path, tokens[:2], {"n_ctx": 10})  # overwrite in place
-    assert read_token_chunks(path).tokens.shape == (2, 11)
-    with pytest.raises(ValueError, match="attrs n_ctx=3"):
-        write_token_chunks(path, tokens, {"n_ctx": 3})
+    io.write_token_chunks(path, {"fit": chunks["fit"][:2], "eval": chunks["eval"]}, {})
+    assert set(io.read_token_chunks(path)) == {"fit", "eval"}  # overwritten, not merged
+    with pytest.raises(ValueError, match="share one width"):
+        io.write_token_chunks(path, {"fit": chunks["fit"], "eval": chunks["eval"][:, :5]}, {})
+    io.write_stats(tmp_path / "other.zarr", {}, {})
+    with pytest.raises(ValueError, match="not a token store"):
+        io.read_token_chunks(tmp_path / "other.zarr")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_token_chunks(tmp_path / "missing.zarr")
+        io.read_token_chunks(tmp_path / "missing.zarr")

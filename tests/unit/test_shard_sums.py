@@ -6,9 +6,9 @@ import torch
 from factories import tiny_modadd
 from interaction_basis.basis import fix_signs
 from interaction_basis.build import (
+    MomentSums,
     add_partials,
     batches_from_tensors,
-    combine_layer_statistics,
     compute_edge_sums,
     compute_layer_statistics,
     compute_m_dash,
@@ -16,6 +16,7 @@ from interaction_basis.build import (
     shard_range,
 )
 from interaction_basis.jacobians import Integration, Sources
+from interaction_basis.linalg import compute_shifted_sums
 
 BATCH = 5
 
@@ -43,19 +44,45 @@ def _shards(acts: dict, n_shards: int):
     return out
 
 
+def _moments(batches, layer, first, center):
+    moments = MomentSums.start(first, layer, center)
+    for x in batches(layer):
+        moments = moments.add(x, layer)
+    return moments
+
+
 @pytest.mark.parametrize("center", [True, False])
-def test_combined_statistics_equal_the_pooled_ones(tiny, center):
+def test_shard_moments_add_up_to_the_pooled_statistics_exactly(tiny, center):
+    """Compensated sums around the run's first-batch shift: the sharding changes no bit."""
     model, acts = tiny
     full = batches_from_tensors(acts, BATCH)
     for layer in model.node_layers:
         pooled = compute_layer_statistics(full, layer, center=center)
-        parts = [compute_layer_statistics(s, layer, center=center) for _, s in _shards(acts, 3)]
-        combined = combine_layer_statistics(parts, layer, center=center)
+        first = acts[layer][:BATCH]
+        parts = [_moments(s, layer, first, center) for _, s in _shards(acts, 3)]
+        merged = parts[2].merge(parts[0]).merge(parts[1])
+        combined = merged.finalize(layer)
         assert combined.count == pooled.count
-        assert _rel(combined.mean, pooled.mean) < 1e-13, layer
-        assert _rel(combined.gram, pooled.gram) < 1e-12, layer
-        # The shards' own Grams differ from the pooled one: the re-centring is exercised.
-        assert _rel(parts[0].gram, pooled.gram) > 1e-3, layer
+        assert torch.equal(combined.mean, pooled.mean), layer
+        assert torch.equal(combined.gram, pooled.gram), layer
+        # Plain float64 sums of the same batches, grouped by shard, differ in the last bits.
+        per_batch = [compute_shifted_sums(x, merged.shift)[1] for x in full(layer)]
+        in_order = sum(per_batch, torch.zeros_like(per_batch[0]))
+        groups = [
+            (a // BATCH, -(-b // BATCH))
+            for a, b in (shard_range(len(acts[layer]), BATCH, 3, i) for i in range(3))
+        ]
+        by_shard = [sum(per_batch[i:j], torch.zeros_like(per_batch[0])) for i, j in groups]
+        assert not torch.equal(by_shard[2] + by_shard[0] + by_shard[1], in_order), layer
+
+
+def test_moment_sums_around_different_shifts_do_not_merge(tiny):
+    model, acts = tiny
+    layer = model.node_layers[0]
+    a = MomentSums.start(acts[layer][:BATCH], layer, True)
+    b = MomentSums.start(acts[layer][BATCH : 2 * BATCH], layer, True)
+    with pytest.raises(ValueError, match="shift from the run's first batch"):
+        a.merge(b)
 
 
 def test_shard_range_tiles_whole_batches():
@@ -85,7 +112,7 @@ def test_sharded_m_dash_and_edges_with_stochastic_sources(tiny):
         nxt = model.node_layers[model.node_layers.index(layer) + 1]
         c_next = None if nxt == model.node_layers[-1] else bases[nxt].C
         parts = [compute_m_dash(model, s, layer, c_next, first_batch=f, **kw) for f, s in shards]
-        assert _rel(add_partials(parts).mean(), m_dashes[layer]) < 1e-12, layer
+        assert torch.equal(add_partials(parts).mean(), m_dashes[layer]), layer
         # A different seed gives a different estimate: the sources are really random.
         other = compute_m_dash(model, full, layer, c_next, **{**kw, "seed": 4}).mean()
         assert _rel(other, m_dashes[layer]) > 1e-6, layer
@@ -96,7 +123,7 @@ def test_sharded_m_dash_and_edges_with_stochastic_sources(tiny):
     for pair, whole in full_edges.items():
         summed = add_partials(part[pair] for part in shard_edges)
         assert summed.count == whole.count
-        assert _rel(summed.mean(), whole.mean()) < 1e-12, pair
+        assert torch.equal(summed.mean(), whole.mean()), pair
 
 
 def test_sign_convention_undoes_a_flipped_feature(tiny):

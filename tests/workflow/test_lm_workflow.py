@@ -44,6 +44,7 @@ def lm_run(tmp_path_factory):
                         "source": str(root / "corpus"),
                         "n_ctx": 8,
                         "n_samples": 24,
+                        "n_stats_samples": 48,
                         "max_documents": 40,
                         "n_eval_documents": 15,
                         "n_eval_samples": 6,
@@ -86,10 +87,14 @@ def test_tokens_and_activations(lm_run):
     tokens = xr.open_datatree(results / "tokens.zarr", engine="zarr", consolidated=False)
     assert tokens["fit"]["tokens"].shape == (24, 9)
     assert tokens["eval"]["tokens"].shape == (6, 9)
+    # The statistics' chunks: the same permutation, so the fitting chunks come first.
+    assert tokens["stats"]["tokens"].shape == (48, 9)
+    np.testing.assert_array_equal(tokens["stats"]["tokens"][:24], tokens["fit"]["tokens"])
     acts = xr.open_datatree(results / "activations.zarr", engine="zarr", consolidated=False)
     assert list(acts.attrs["node_layers"]) == NODE_LAYERS
     x = acts["attn_in.0"]["activations"].values
     assert x.shape[:2] == (24, 8)
+    assert acts["attn_in.0"].attrs["count"] == 48 * 8  # means and Grams over the stats chunks
     np.testing.assert_array_equal(x[..., -1], 1.0)  # the folded constant
 
 

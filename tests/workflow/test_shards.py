@@ -70,29 +70,17 @@ def test_sharded_statistics_equal_unsharded(sharded):
 
 @pytest.mark.parametrize("method", ["lib", "pca"])
 def test_sharded_bases_and_edges_equal_unsharded(sharded, method):
-    """Edges, importances and M′ agree to rounding; whole bases to what their conditioning allows.
-
-    Shards add the same per-batch sums in another order, so the inputs of every solve differ
-    by ~1e-16. The whitening divides by the square roots of Gram eigenvalues down to 1e-10 of
-    the largest, which amplifies that up to 1e5-fold in the least important directions: the
-    importance-weighted basis ``C diag(importance) C⁺`` agrees to ~1e-10 (LIB) and the next
-    layer's M′, computed through it, to ~2e-12 (measured on this config: 2e-10 and 1.9e-12).
-    """
+    """Every sum is compensated (correctly rounded), so shards change no bit: the issue asks
+    for 1e-12 relative, and the sharded results are in fact identical."""
     plain, shards, _ = sharded
     a, b = _open(plain / method / "basis.zarr"), _open(shards / method / "basis.zarr")
     assert list(a.attrs["node_layers"]) == list(b.attrs["node_layers"])
     for layer in a.attrs["node_layers"]:
         ga, gb = a[layer], b[layer]
         assert set(ga.data_vars) == set(gb.data_vars), layer
-        assert ga["C"].shape == gb["C"].shape, layer
-        name = next(v for v in ("Lambda", "eigenvalues", "importance") if v in ga)
-        imp_a, imp_b = ga[name].values, gb[name].values
-        assert np.abs(imp_a - imp_b).max() < 1e-12 * np.abs(imp_a).max(), layer
-        weighted_a = ga["C"].values * imp_a @ ga["C_pinv"].values
-        weighted_b = gb["C"].values * imp_b @ gb["C_pinv"].values
-        assert _rel(weighted_b, weighted_a) < 1e-9, layer
-        if "M_dash" in ga:
-            assert _rel(gb["M_dash"].values, ga["M_dash"].values) < 1e-11, layer
+        for var in ga.data_vars:
+            assert ga[var].shape == gb[var].shape, (layer, var)
+            assert _rel(gb[var].values, ga[var].values) < 1e-12, (layer, var)
     ea, eb = _open(plain / method / "edges.zarr"), _open(shards / method / "edges.zarr")
     assert [tuple(p) for p in ea.attrs["pairs"]] == [tuple(p) for p in eb.attrs["pairs"]]
     for group in ea.children:
