@@ -8,8 +8,8 @@ functions the workflow runs are called as the rules call them, with the settings
 ``config/tinystories_quick.yaml`` (the residual-stream node layers, float64, relative truncation
 1e-10, ``rotate_final``, one stochastic source over positions) and a fixed batch size (8):
 
-- extract: ``stages.extract_activations`` (forward passes into the Zarr store, then means and
-  Grams read back from it);
+- extract: ``stages.extract_activations`` (forward passes into the Zarr store, with the means
+  and Grams summed on the way);
 - basis: ``stages.fit_basis`` with method ``lib``;
 - edges: ``stages.compute_edges``.
 

@@ -376,7 +376,20 @@ def write_token_chunks(
     _write_tree(path, groups, {**attrs, "n_ctx": next(iter(widths.values())) - 1})
 
 
-def read_token_chunks(path: str | os.PathLike) -> dict[str, np.ndarray]:
+class TokenRows:
+    """The chunks of one token group, read from the store only when sliced (``rows[a:b]``)."""
+
+    def __init__(self, var: xr.DataArray):
+        self._var = var
+
+    def __len__(self) -> int:
+        return self._var.sizes["chunk"]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self._var.isel(chunk=rows).values
+
+
+def read_token_chunks(path: str | os.PathLike) -> dict[str, TokenRows]:
     """The groups written by :func:`write_token_chunks` (``fit``, ``eval``, maybe ``stats``)."""
     tree = _open_tree(path)
     missing = {"fit", "eval"} - set(tree.children)
@@ -384,4 +397,4 @@ def read_token_chunks(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(
             f"{path} is not a token store (no group {sorted(missing)}); rerun tokenize_dataset."
         )
-    return {name: tree[name]["tokens"].values for name in tree.children}
+    return {name: TokenRows(tree[name]["tokens"]) for name in tree.children}

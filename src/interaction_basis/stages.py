@@ -163,19 +163,19 @@ def extract_activations(
     log.info("device: %s", model.device)
     data = tasks.load_task_data(model_cfg, tokens_path)
     size = extract_cfg.batch_size
-    inputs, start = _shard_of(data.fit_inputs, extract_cfg, shard)
+    start, stop = _shard_bounds(len(data.fit_inputs), extract_cfg, shard)
     attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
     attrs.update(model_kind=model_cfg.kind, dataset=data.description, dtype=extract_cfg.dtype)
     if shard is not None:
         attrs.update(shard=shard, n_shards=extract_cfg.n_shards, sample_start=start)
         attrs.update(first_batch=start // size)
-        log.info("shard %d of %d: samples from %d", shard, extract_cfg.n_shards, start)
-    attrs.update(n_samples=len(inputs))
+        log.info("shard %d of %d: samples %d..%d", shard, extract_cfg.n_shards, start, stop - 1)
+    attrs.update(n_samples=stop - start)
     separate = data.stats_inputs is not None
-    all_stats_inputs = data.stats_inputs if separate else data.fit_inputs
+    stats_inputs = data.stats_inputs if separate else data.fit_inputs
     with torch.no_grad():
         # Every shard centres its sums on the first batch of the whole run, so they add up.
-        first = model.activations(all_stats_inputs[:size].to(model.device))
+        first = model.activations(stats_inputs[:size].to(model.device))
     moments = {layer: MomentSums.start(x, layer, extract_cfg.center) for layer, x in first.items()}
 
     def add(acts):
@@ -183,15 +183,15 @@ def extract_activations(
 
     with io.activation_writer(out_path, attrs, chunk_samples=size) as store:
         with torch.no_grad():
-            for batch in _batches(inputs, size, "extract"):
+            for batch in _batches(data.fit_inputs, start, stop, size, "extract"):
                 acts = model.activations(batch.to(model.device))
                 store.append({layer: x.cpu() for layer, x in acts.items()})
                 if not separate:
                     moments = add(acts)
             if separate:
-                stats_inputs, _ = _shard_of(all_stats_inputs, extract_cfg, shard)
-                log.info("statistics over %d separate samples", len(stats_inputs))
-                for batch in _batches(stats_inputs, size, "statistics"):
+                bounds = _shard_bounds(len(stats_inputs), extract_cfg, shard)
+                log.info("statistics over separate samples %d..%d", bounds[0], bounds[1] - 1)
+                for batch in _batches(stats_inputs, *bounds, size, "statistics"):
                     moments = add(model.activations(batch.to(model.device)))
         if shard is None:
             store.write_stats({layer: m.finalize(layer) for layer, m in moments.items()})
@@ -199,17 +199,17 @@ def extract_activations(
             store.write_stats({layer: m.cpu() for layer, m in moments.items()})
 
 
-def _shard_of(inputs, extract_cfg: ExtractConfig, shard: int | None):
-    """The inputs of one shard (all of them without sharding) and the index of the first."""
+def _shard_bounds(n: int, extract_cfg: ExtractConfig, shard: int | None) -> tuple[int, int]:
+    """Samples ``[start, stop)`` of one shard (all ``n`` without sharding)."""
     if shard is None:
-        return inputs, 0
-    start, stop = shard_range(len(inputs), extract_cfg.batch_size, extract_cfg.n_shards, shard)
-    return inputs[start:stop], start
+        return 0, n
+    return shard_range(n, extract_cfg.batch_size, extract_cfg.n_shards, shard)
 
 
-def _batches(inputs, size: int, desc: str):
-    for start in tqdm(range(0, len(inputs), size), desc=desc, unit="batch"):
-        yield inputs[start : start + size]
+def _batches(inputs, start: int, stop: int, size: int, desc: str):
+    """``inputs[start:stop]`` in slices of ``size``, read one at a time, with a progress bar."""
+    for b0 in tqdm(range(start, stop, size), desc=desc, unit="batch"):
+        yield inputs[b0 : min(b0 + size, stop)]
 
 
 def gather_stats(shard_paths: list[str], out_path: str) -> None:

@@ -5,7 +5,7 @@ A task is chosen by ``ModelConfig.kind``; stages only talk to these functions, s
 """
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +16,23 @@ from interaction_basis.data import build_modadd_dataset, compute_modadd_split
 from interaction_basis.models import load_sectioned_model
 from interaction_basis.models.mlp import validate_mlp_weights
 from interaction_basis.models.modadd import MODADD_NODE_LAYERS, validate_modadd_weights
+
+if TYPE_CHECKING:
+    from interaction_basis.io import TokenRows
+
+
+class LazyInputs:
+    """Language-model inputs read a slice at a time (``inputs[a:b]``: a tensor), so that a large
+    set of statistics chunks never sits in memory whole."""
+
+    def __init__(self, rows: "TokenRows"):
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, rows: slice) -> Tensor:
+        return torch.from_numpy(self._rows[rows][:, :-1])
 
 
 class TaskData(NamedTuple):
@@ -28,7 +45,7 @@ class TaskData(NamedTuple):
     test_inputs: Tensor
     test_labels: Tensor
     description: str
-    stats_inputs: Tensor | None = None  # the means and Grams' own inputs, if not fit_inputs
+    stats_inputs: LazyInputs | None = None  # the means and Grams' own inputs, if any
 
 
 class TrainedModel(NamedTuple):
@@ -66,8 +83,8 @@ def load_task_data(cfg: ModelConfig, tokens_path: str | None = None) -> TaskData
             raise ValueError("kind 'hf' needs the tokenized dataset (rule tokenize_dataset).")
         from interaction_basis import io
 
-        chunks = {k: torch.from_numpy(v) for k, v in io.read_token_chunks(tokens_path).items()}
-        fit, held_out, stats = chunks["fit"], chunks["eval"], chunks.get("stats")
+        chunks = io.read_token_chunks(tokens_path)
+        fit, held_out = (torch.from_numpy(chunks[name][:]) for name in ("fit", "eval"))
         return TaskData(
             fit[:, :-1],
             fit[:, :-1],
@@ -75,7 +92,7 @@ def load_task_data(cfg: ModelConfig, tokens_path: str | None = None) -> TaskData
             held_out[:, :-1],
             held_out[:, 1:],
             f"{cfg.text.source} ({len(fit)} chunks of {cfg.text.n_ctx} tokens)",
-            None if stats is None else stats[:, :-1],
+            LazyInputs(chunks["stats"]) if "stats" in chunks else None,
         )
     if cfg.kind == "modadd":
         t = cfg.train

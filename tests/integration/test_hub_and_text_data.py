@@ -470,8 +470,10 @@ def test_token_chunks_zarr_round_trip(tmp_path):
     back = io.read_token_chunks(path)
     assert set(back) == set(chunks)
     for name, tokens in chunks.items():
-        np.testing.assert_array_equal(back[name], tokens)
-        assert back[name].dtype == np.int64
+        assert len(back[name]) == len(tokens)
+        np.testing.assert_array_equal(back[name][:], tokens)
+        np.testing.assert_array_equal(back[name][3:5], tokens[3:5])  # read on slicing
+        assert back[name][:].dtype == np.int64
     assert io.read_attrs(path) == {**attrs, "n_ctx": 10}
     assert sorted(os.listdir(path.parent)) == ["tokens.zarr"]  # nothing partial left over
 
