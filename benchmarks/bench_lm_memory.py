@@ -138,7 +138,9 @@ def _prepare(args: argparse.Namespace, sizes: list[int]) -> None:
     fit = rng.integers(0, args.vocab, size=(max(sizes), args.n_ctx + 1), dtype=np.int64)
     held_out = rng.integers(0, args.vocab, size=(N_EVAL, args.n_ctx + 1), dtype=np.int64)
     for n in sizes:
-        io.write_token_chunks(_paths(args, n)["tokens"], fit[:n], held_out, {"source": "random"})
+        io.write_token_chunks(
+            _paths(args, n)["tokens"], {"fit": fit[:n], "eval": held_out}, {"source": "random"}
+        )
 
 
 def _child(args: argparse.Namespace) -> dict:

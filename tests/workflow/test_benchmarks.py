@@ -1,0 +1,48 @@
+"""The benchmark scripts still run against the current package (tiny sizes, one repetition):
+their figures are in the README, so API drift must not break them silently."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from smk_helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *args: str, tmp_path) -> dict:
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_lm_memory_benchmark_runs(tmp_path):
+    result = _run(
+        "bench_lm_memory.py",
+        *("--n-samples", "2", "--factor", "2", "--n-ctx", "8", "--batch-size", "2"),
+        *("--reps", "1", "--threads", "1", "--n-embd", "16", "--vocab", "64"),
+        tmp_path=tmp_path,
+    )
+    assert set(result["flat"]) == {"extract", "basis", "edges"}
+    assert all(r["peak_rss_mib"] > 0 for r in result["results"].values())
+
+
+def test_modadd_build_benchmark_runs(tmp_path, reference_dir):
+    result = _run(
+        "bench_modadd_build.py",
+        *("--reps", "1", "--threads", "1", "--loop-samples", "2"),
+        *("--reference-dir", str(reference_dir)),
+        tmp_path=tmp_path,
+    )
+    build = result["results"]["current"]
+    assert build["checks"]["dims"]["ln1.0"] == 115  # lib_spec C.1.1: constant + 114 directions
+    assert result["loop"]["max_rel_diff"] < 1e-10  # the batched build agrees with the loop
