@@ -1,5 +1,7 @@
 """Shards add up to the unsharded run: statistics, M' and edges (issue: sharded stages)."""
 
+from fractions import Fraction
+
 import pytest
 import torch
 
@@ -139,3 +141,30 @@ def test_sign_convention_undoes_a_flipped_feature(tiny):
     assert torch.equal(fixed.C, basis.C) and torch.equal(fixed.C_pinv, basis.C_pinv)
     peak = basis.C.abs().argmax(dim=0)
     assert (basis.C[peak, torch.arange(basis.C.shape[1])][basis.n_masked :] > 0).all()
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_one_pass_statistics_equal_the_two_pass_definition(center):
+    """lib_spec A.2 in exact rational arithmetic, with means up to 1e6 times the spread: summing
+    around the first batch's shift avoids the cancellation that uncentred sums would suffer."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, 5, generator=gen, dtype=torch.float64) * torch.tensor([1, 2, 3, 4, 0.0])
+    x += torch.tensor([1e6, -3e6, 0.5, 0.0, 1.0])  # the last coordinate: the constant 1
+    stats = compute_layer_statistics(batches_from_tensors({"l": x}, 7), "l", center=center)
+    rows = [[Fraction(v) for v in row] for row in x.reshape(-1, 5).tolist()]  # exact arithmetic
+    n = len(rows)
+    mean = [sum(col) / n for col in zip(*rows, strict=True)]
+    shift = [*mean[:-1], 0] if center else [0] * 5
+    c = [[v - m for v, m in zip(row, shift, strict=True)] for row in rows]
+    gram = [[sum(r[i] * r[j] for r in c) / n for j in range(5)] for i in range(5)]
+    exact_mean = torch.tensor([float(m) for m in mean], dtype=torch.float64)
+    exact_gram = torch.tensor([[float(g) for g in row] for row in gram], dtype=torch.float64)
+    assert stats.count == n
+    assert torch.allclose(stats.mean, exact_mean, rtol=1e-15, atol=0)
+    assert (stats.gram - exact_gram).abs().max() < 1e-13 * exact_gram.abs().max()
+    # Plain two-pass float64 sums miss the zero centred-constant entries by ~1e-11 here.
+    flat = x.reshape(-1, 5)
+    plain = flat - torch.cat([flat.mean(dim=0)[:-1], torch.zeros(1)]) if center else flat
+    plain_gram = plain.T @ plain / n
+    if center:
+        assert (plain_gram - exact_gram).abs().max() > 1e-12
