@@ -283,6 +283,21 @@ class ExperimentConfig(_Frozen):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
+    @model_validator(mode="after")
+    def _shards_fit_the_text_data(self) -> "ExperimentConfig":
+        if self.model.kind != "hf":
+            return self  # other tasks' sample counts are known only when their data loads
+        t, e = self.model.text, self.extract
+        sets = {"text.n_samples": t.n_samples, "text.n_stats_samples": t.n_stats_samples}
+        for key, n in sets.items():
+            if n is not None and -(-n // e.batch_size) < e.n_shards:
+                raise ValueError(
+                    f"extract.n_shards={e.n_shards} is more than the {-(-n // e.batch_size)} "
+                    f"batches of {key}={n} at extract.batch_size={e.batch_size}: every shard "
+                    "needs a batch. Lower n_shards or batch_size, or raise the sample count."
+                )
+        return self
+
 
 class ResourcesConfig(_Frozen):
     """What each job asks the scheduler for (SLURM: --cpus-per-task, --mem, -t, --gpus)."""

@@ -140,3 +140,17 @@ def test_device_auto_picks_cuda_for_language_models_only(monkeypatch):
     assert resolve_device("auto", "mlp") == torch.device("cpu")
     with pytest.raises(ValueError, match="for language models"):
         resolve_device("cuda", "modadd")
+
+
+@pytest.mark.parametrize("key", ["n_samples", "n_stats_samples"])
+def test_more_shards_than_text_batches_is_a_config_error(key):
+    text = {"n_samples": 64, "n_stats_samples": 64, key: 10}
+    experiment = {
+        "name": "lm",
+        "model": {"kind": "hf", "text": text},
+        "extract": {"batch_size": 4, "n_shards": 4},
+    }
+    with pytest.raises(ValueError, match=f"n_shards=4 is more than the 3 batches of text.{key}=10"):
+        WorkflowConfig.model_validate({"experiments": [experiment]})
+    experiment["extract"]["n_shards"] = 3  # one batch each: fine
+    WorkflowConfig.model_validate({"experiments": [experiment]})
