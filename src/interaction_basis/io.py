@@ -369,10 +369,14 @@ def write_token_chunks(
     widths = {name: tokens.shape[1] for name, tokens in chunks.items()}
     if len(set(widths.values())) != 1 or min(widths.values()) < 2:
         raise ValueError(f"Token chunks must share one width n_ctx + 1 >= 2, got {widths}.")
-    groups = {
-        name: xr.Dataset({"tokens": (("chunk", "token"), np.ascontiguousarray(tokens))})
-        for name, tokens in chunks.items()
-    }
+    groups = {}
+    for name, tokens in chunks.items():
+        ds = xr.Dataset({"tokens": (("chunk", "token"), np.ascontiguousarray(tokens))})
+        # Whole rows of ~1 MiB per Zarr chunk: reading a batch of rows decompresses only them,
+        # not a block spanning thousands of rows (the default chunking).
+        rows = max(1, min(len(tokens), (1 << 20) // (tokens.shape[1] * tokens.itemsize)))
+        ds["tokens"].encoding["chunks"] = (rows, tokens.shape[1])
+        groups[name] = ds
     _write_tree(path, groups, {**attrs, "n_ctx": next(iter(widths.values())) - 1})
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import xarray as xr
 from huggingface_hub import constants as hub_constants
 
 from interaction_basis import io
@@ -475,6 +476,8 @@ def test_token_chunks_zarr_round_trip(tmp_path):
         np.testing.assert_array_equal(back[name][3:5], tokens[3:5])  # read on slicing
         assert back[name][:].dtype == np.int64
     assert io.read_attrs(path) == {**attrs, "n_ctx": 10}
+    store = xr.open_datatree(path, engine="zarr", consolidated=False)
+    assert store["stats"]["tokens"].encoding["chunks"] == (20, 11)  # whole rows per chunk
     assert sorted(os.listdir(path.parent)) == ["tokens.zarr"]  # nothing partial left over
 
     io.write_token_chunks(path, {"fit": chunks["fit"][:2], "eval": chunks["eval"]}, {})
