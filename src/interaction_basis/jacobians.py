@@ -25,7 +25,7 @@ adding batches or shards.
 
 import weakref
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,6 +52,28 @@ DEFAULT_MODE: Mode = "auto"
 #: dispatched op this many (Python and dispatcher overhead).
 _ELEMENT_COST = 8.0
 _OP_COST = 2e5
+
+
+@runtime_checkable
+class ClosedForm(Protocol):
+    """A section that contracts its own integrated Jacobians in closed form (exact sources).
+
+    ``points`` are the integration rule's α values and weights. Results are float64 sums over
+    the batch, as :func:`compute_m_dash_sum` and :func:`compute_edges_sum` return them.
+    """
+
+    def m_dash_sum(
+        self, acts: Tensor, c_out: Tensor | None, points: tuple[list[float], list[float]]
+    ) -> Tensor: ...
+
+    def edges_sum(
+        self,
+        recon: Tensor,
+        feats: Tensor,
+        c_in_pinv: Tensor,
+        c_out: Tensor | None,
+        points: tuple[list[float], list[float]],
+    ) -> Tensor: ...
 
 
 class Integration(NamedTuple):
@@ -94,6 +116,14 @@ class Sources(NamedTuple):
 
     n_pos: int | None = None
     n_hidden: int | None = None
+
+
+def _closed_form(section: Section, mode: Mode | None, sources: Sources) -> ClosedForm | None:
+    """The section's closed form where it applies: ``auto`` mode and exact sources."""
+    exact = sources.n_pos is None and sources.n_hidden is None
+    if (mode or DEFAULT_MODE) == "auto" and exact and isinstance(section, ClosedForm):
+        return section
+    return None
 
 
 # --- stochastic sources ----------------------------------------------------------------------
@@ -515,8 +545,12 @@ def compute_m_dash_sum(
     stochastic sources the sum runs over sources instead and is divided by their count.
     Divide the result by ``N · P_in`` (summed over batches) to get ``M′``. ``mode`` picks
     reverse mode (one VJP per output coordinate or source), forward mode (one JVP per input
-    coordinate) or, by default ("auto"), the cheaper.
+    coordinate) or, by default ("auto"), the section's closed form if it has one
+    (:class:`ClosedForm`, exact sources only), else the cheaper of the two.
     """
+    closed = _closed_form(section, mode, sources)
+    if closed is not None:
+        return closed.m_dash_sum(acts, c_out, integration.points())
     batch, p_in, d_in = acts.shape
     x1 = acts[:1]
     p_out, d_out = _out_shape(section, x1)
@@ -605,7 +639,8 @@ def compute_edges_sum(
     ``F̂(f̂) = section(f̂ C⁺_in) C_out``. Divide by ``N · P_in`` to get ``E``. Reverse mode takes
     one VJP per output coordinate (or source); forward mode one JVP per input feature ``j``
     (tangent ``f̂_{:,j} C⁺_{j,:}``), or per feature and position (tangent ``C⁺_{j,:}`` at ``s``,
-    the same for every sample, weighted by ``f̂_{s,j}`` afterwards).
+    the same for every sample, weighted by ``f̂_{s,j}`` afterwards); "auto" takes the section's
+    closed form where it has one, else the cheapest.
     """
     if sources.n_hidden is not None:
         raise ValueError("Edges support stochastic sources over positions only (n_hidden: null).")
@@ -613,6 +648,9 @@ def compute_edges_sum(
     k_in = c_in.shape[1]
     feats = acts @ c_in
     recon = feats @ c_in_pinv
+    closed = _closed_form(section, mode, sources)
+    if closed is not None:
+        return closed.edges_sum(recon, feats, c_in_pinv, c_out, integration.points())
     x1 = recon[:1]
     p_out, d_out = _out_shape(section, x1)
     k_out = d_out if c_out is None else c_out.shape[1]

@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from interaction_basis.models.closed_form import LastPositionAttention, ResidualMLP
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
 MODADD_NODE_LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
@@ -185,31 +186,19 @@ def build_modadd_sections(
     w_in = _one_hot_last_column(_append_row(t["blocks.0.mlp.W_in"], t["blocks.0.mlp.b_in"]), 1.0)
     w_out = _zero_column(_append_row(t["blocks.0.mlp.W_out"], t["blocks.0.mlp.b_out"]))
     w_u = _append_row(t["unembed.W_U"], t["unembed.b_U"])
-    scale = 1.0 / math.sqrt(d_head)
 
     def embed(tokens: Tensor) -> Tensor:
         return w_e[tokens] + w_pos[: tokens.shape[1]]
 
-    # Heads are fused into single matrices so that the per-sample Jacobians are large GEMMs.
-    w_q = w_q.permute(1, 0, 2).reshape(d_model + 1, n_heads * d_head)
-    w_k = w_k.permute(1, 0, 2).reshape(d_model + 1, n_heads * d_head)
-    w_v = w_v.permute(1, 0, 2).reshape(d_model + 1, n_heads * (d_head + 1))
-    w_o = w_o.reshape(n_heads * (d_head + 1), d_model + 1)
-
-    def attention(x: Tensor) -> Tensor:
-        # Only the last position is read downstream, so only its query is computed; it
-        # attends to every position, so the causal mask never binds.
-        batch, n_pos = x.shape[0], x.shape[1]
-        last = x[:, -1]
-        q = (last @ w_q).reshape(batch, 1, n_heads, d_head)
-        k = (x @ w_k).reshape(batch, n_pos, n_heads, d_head)
-        v = (x @ w_v).reshape(batch, n_pos, n_heads, d_head + 1)
-        pattern = ((q * k).sum(-1) * scale).softmax(dim=1)  # (batch, pos, head)
-        z = (pattern.unsqueeze(-1) * v).sum(1).reshape(batch, n_heads * (d_head + 1))
-        return (last + z @ w_o).unsqueeze(1)
-
-    def mlp(x: Tensor) -> Tensor:
-        return x + torch.relu(x @ w_in) @ w_out
+    # Heads are fused into single matrices so that the forward passes are large GEMMs.
+    attention = LastPositionAttention(
+        w_q.permute(1, 0, 2).reshape(d_model + 1, n_heads * d_head),
+        w_k.permute(1, 0, 2).reshape(d_model + 1, n_heads * d_head),
+        w_v.permute(1, 0, 2).reshape(d_model + 1, n_heads * (d_head + 1)),
+        w_o.reshape(n_heads * (d_head + 1), d_model + 1),
+        n_heads,
+    )
+    mlp = ResidualMLP(w_in, w_out, torch.relu)
 
     def unembed(x: Tensor) -> Tensor:
         return x @ w_u

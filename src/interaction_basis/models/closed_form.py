@@ -1,0 +1,253 @@
+"""Sections whose Jacobian contractions have closed forms (lib_spec A.3 step 3, A.6).
+
+The generic path (:mod:`interaction_basis.jacobians`) takes one autograd pass per output
+coordinate or input direction. For the two blocks of the mod-add transformer the Jacobian has a
+structure that makes M′ and the edges much cheaper to contract directly; both classes below are
+ordinary sections (callables on ``(batch, pos, d)`` activations) that also implement
+:class:`~interaction_basis.jacobians.ClosedForm`. ``jacobians`` uses them for exact sources
+under ``mode="auto"``; ``mode="forward"``/``"reverse"`` still run autograd, which the tests use
+as the reference.
+
+Notation (row vectors, ``dx ↦ dx J``): ``J̄_s = Σ_α w_α ∂F(α x)/∂x_s`` is the integrated
+Jacobian of the section at input position ``s`` (lib_spec A.7), ``R_s = J̄_s C_out``
+(``d_in × k_out``), ``M′ ∝ Σ_{x,s} R_s R_sᵀ`` and ``E_{ij} ∝ Σ_x (Σ_s f̂_{s,j} (C⁺ R_s)_{j,i})²``.
+Everything is computed in float64, whatever the activations' dtype.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Points = tuple[Sequence[float], Sequence[float]]
+
+#: Bytes of the largest per-chunk intermediate; bounds memory and keeps work in cache.
+CHUNK_BYTES = 8 * 2**20
+
+F64 = torch.float64
+
+
+def _chunks(n: int, bytes_per_row: int) -> list[tuple[int, int]]:
+    size = max(1, CHUNK_BYTES // max(1, bytes_per_row))
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _identity_if_none(c: Tensor | None, d: int, like: Tensor) -> Tensor:
+    return torch.eye(d, dtype=F64, device=like.device) if c is None else c.to(F64)
+
+
+class ResidualMLP:
+    """``x ↦ x + φ(x W_in) W_out`` (or without the ``x``): an elementwise-activation MLP block.
+
+    Its integrated Jacobian is ``J̄ = I + W_in diag(d̄) W_out`` with the slopes
+    ``d̄ = Σ_α w_α φ'(α x W_in)`` (folded biases scale with α too), so
+
+    - ``M′`` needs only ``Σ_x d̄`` and ``S = Σ_x d̄ d̄ᵀ``:
+      ``Σ_x R Rᵀ = n C Cᵀ + W_in diag(Σ d̄) P Cᵀ + (…)ᵀ + W_in ((P Pᵀ) ∘ S) W_inᵀ``
+      with ``P = W_out C_out``;
+    - the edges need per sample ``C⁺R = C⁺C_out + (C⁺W_in) diag(d̄) P``, one matrix product.
+    """
+
+    def __init__(
+        self,
+        w_in: Float[Tensor, "d_in hidden"],
+        w_out: Float[Tensor, "hidden d_out"],
+        activation: Callable[[Tensor], Tensor] = torch.relu,
+        residual: bool = True,
+    ):
+        if residual and w_in.shape[0] != w_out.shape[1]:
+            raise ValueError(
+                f"A residual MLP maps d to d; got W_in {tuple(w_in.shape)}, "
+                f"W_out {tuple(w_out.shape)}."
+            )
+        self.w_in, self.w_out = w_in, w_out
+        self.activation, self.residual = activation, residual
+
+    def __call__(self, x: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
+        out = self.activation(x @ self.w_in) @ self.w_out
+        return x + out if self.residual else out
+
+    def _slopes(self, x: Float[Tensor, "rows d_in"], points: Points) -> Float[Tensor, "rows h"]:
+        z = x @ self.w_in.to(F64)
+        ones = torch.ones_like(z)
+        total = torch.zeros_like(z)
+        for alpha, weight in zip(*points, strict=True):
+            total += weight * torch.func.jvp(self.activation, (alpha * z,), (ones,))[1]
+        return total
+
+    def m_dash_sum(
+        self, acts: Float[Tensor, "batch pos d_in"], c_out: Tensor | None, points: Points
+    ) -> Float[Tensor, "d_in d_in"]:
+        x = acts.reshape(-1, acts.shape[-1]).to(F64)
+        w_in = self.w_in.to(F64)
+        c_out = _identity_if_none(c_out, self.w_out.shape[1], x)
+        slopes = self._slopes(x, points)
+        p = self.w_out.to(F64) @ c_out  # (hidden, k_out)
+        m = w_in @ ((p @ p.T) * (slopes.T @ slopes)) @ w_in.T
+        if self.residual:
+            cross = (w_in * slopes.sum(0)) @ p @ c_out.T
+            m += cross + cross.T + x.shape[0] * (c_out @ c_out.T)
+        return m
+
+    def edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos d_in"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in d_in"],
+        c_out: Tensor | None,
+        points: Points,
+    ) -> Float[Tensor, "k_out k_in"]:
+        x = recon.reshape(-1, recon.shape[-1]).to(F64)
+        f = feats.reshape(-1, feats.shape[-1]).to(F64)
+        pinv = c_in_pinv.to(F64)
+        c_out = _identity_if_none(c_out, self.w_out.shape[1], x)
+        slopes = self._slopes(x, points)
+        p = self.w_out.to(F64) @ c_out  # (hidden, k_out)
+        w_in_feats = pinv @ self.w_in.to(F64)  # (k_in, hidden)
+        base = pinv @ c_out if self.residual else None
+        hidden, k_in, k_out = p.shape[0], pinv.shape[0], p.shape[1]
+        edges = torch.zeros(k_in, k_out, dtype=F64, device=x.device)
+        for b0, b1 in _chunks(x.shape[0], 8 * (hidden + k_in) * k_out):
+            scaled = slopes[b0:b1, :, None] * p  # (rows, hidden, k_out)
+            a = torch.matmul(w_in_feats, scaled)  # (rows, k_in, k_out)
+            if base is not None:
+                a += base
+            a *= f[b0:b1, :, None]
+            edges += a.square().sum(0)
+        return edges.T
+
+
+class LastPositionAttention:
+    """Multi-head attention of the last position over all positions, plus the residual
+    stream of the last position: ``x ↦ x_L + Σ_h Σ_p A_hp x_p M_h`` with ``M_h = W_V^h W_O^h``,
+    ``A_h = softmax_p(c · x_L B_h x_pᵀ)``, ``B_h = W_Q^h W_K^hᵀ`` (output: one position).
+
+    Differentiating the softmax gives, per input position ``s`` (``L`` the last),
+    ``J_s = δ_sL I + Σ_h A_hs M_h + c Σ_h (x_L B_h)ᵀ g_hs + δ_sL c Σ_{h,r} (x_r B_hᵀ)ᵀ g_hr``
+    with ``g_hr = A_hr (x_r M_h − Σ_q A_hq x_q M_h)``: a few dense terms shared by every sample,
+    weighted by the pattern, plus rank ``H(1 + n)`` per sample and integration point. So
+    ``R_s = Σ_h a_hs N_h + Uᵀ W_s`` with ``N = (C_out, M_1 C_out, …)``, and
+
+    - ``Σ R_s R_sᵀ = Σ_{h,g} (Σ a_h a_g) N_h N_gᵀ + (Σ_h N_h T_h + transpose) + Σ_x Uᵀ G U``
+      with ``T_h = Σ_{x,s} a_hs W_sᵀ U`` and ``G = Σ_s W_s W_sᵀ``;
+    - ``C⁺R_s = Σ_h a_hs (C⁺N_h) + (C⁺Uᵀ) W_s`` for the edges.
+    """
+
+    def __init__(
+        self,
+        w_q: Float[Tensor, "d heads_dh"],
+        w_k: Float[Tensor, "d heads_dh"],
+        w_v: Float[Tensor, "d heads_dv"],
+        w_o: Float[Tensor, "heads_dv d"],
+        n_heads: int,
+    ):
+        self.w_q, self.w_k, self.w_v, self.w_o = w_q, w_k, w_v, w_o
+        self.n_heads = n_heads
+        self.d_head = w_q.shape[1] // n_heads
+        self.d_value = w_v.shape[1] // n_heads
+        self.scale = self.d_head**-0.5
+        d = w_q.shape[0]
+        self._q = w_q.to(F64).reshape(d, n_heads, self.d_head).permute(1, 0, 2)  # (h, d, dh)
+        self._k = w_k.to(F64).reshape(d, n_heads, self.d_head).permute(1, 0, 2)
+        v = w_v.to(F64).reshape(d, n_heads, self.d_value).permute(1, 0, 2)
+        self._m = v @ w_o.to(F64).reshape(n_heads, self.d_value, -1)  # (h, d, d)
+
+    def __call__(self, x: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch 1 d"]:
+        batch, n_pos = x.shape[0], x.shape[1]
+        h, dh = self.n_heads, self.d_head
+        last = x[:, -1]
+        # Only the last position's query is needed; it sees every position (no causal cut).
+        q = (last @ self.w_q).reshape(batch, 1, h, dh)
+        k = (x @ self.w_k).reshape(batch, n_pos, h, dh)
+        v = (x @ self.w_v).reshape(batch, n_pos, h, self.d_value)
+        pattern = ((q * k).sum(-1) * self.scale).softmax(dim=1)  # (batch, pos, head)
+        z = (pattern.unsqueeze(-1) * v).sum(1).reshape(batch, h * self.d_value)
+        return (last + z @ self.w_o).unsqueeze(1)
+
+    def _outputs(self, c_out: Tensor) -> Float[Tensor, "heads1 d k_out"]:
+        """``N``: ``C_out`` (the residual) and ``M_h C_out`` per head."""
+        return torch.cat([c_out[None], self._m @ c_out])
+
+    def _terms(
+        self, x: Float[Tensor, "batch pos d"], n_mats: Tensor, points: Points
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``a`` (batch, pos, 1 + heads), ``U`` (batch, rank, d), ``W`` (batch, pos, rank, k)
+        of ``R_s = Σ_h a_hs N_h + Uᵀ W_s``, over every integration point."""
+        batch, n_pos, d = x.shape
+        heads, k_out = self.n_heads, n_mats.shape[-1]
+        y_mats = n_mats[1:].permute(1, 0, 2).reshape(d, heads * k_out)
+        a_sum = x.new_zeros(batch, n_pos, heads)
+        us, ws = [], []
+        for alpha, weight in zip(*points, strict=True):
+            xa = alpha * x
+            q = torch.einsum("bd,hde->bhe", xa[:, -1], self._q)
+            k = torch.einsum("bpd,hde->bphe", xa, self._k)
+            pattern = (torch.einsum("bhe,bphe->bph", q, k) * self.scale).softmax(dim=1)
+            y = (xa @ y_mats).reshape(batch, n_pos, heads, k_out)  # x_r M_h C_out
+            mean = torch.einsum("bph,bphk->bhk", pattern, y)
+            g = pattern[..., None] * (y - mean[:, None]) * (self.scale * weight)
+            # Pairs (u, w_s): (x_L B_h, g_hs) at every s; (x_r B_hᵀ, g_hr) at s = L only.
+            query_side = torch.einsum("bhe,hde->bhd", q, self._k)
+            key_side = torch.einsum("bphe,hde->bphd", k, self._q).reshape(batch, -1, d)
+            w = x.new_zeros(batch, n_pos, heads * (1 + n_pos), k_out)
+            w[:, :, :heads] = g
+            w[:, -1, heads:] = g.reshape(batch, -1, k_out)
+            us.append(torch.cat([query_side, key_side], dim=1))
+            ws.append(w)
+            a_sum += weight * pattern
+        residual = torch.zeros_like(a_sum[..., :1])
+        residual[:, -1] = 1.0
+        return torch.cat([residual, a_sum], -1), torch.cat(us, 1), torch.cat(ws, 2)
+
+    def _row_bytes(self, n_pos: int, n_points: int, k: int) -> int:
+        rank = self.n_heads * (1 + n_pos) * n_points
+        return 8 * (n_pos * rank * k * 3 + k * k * 2)
+
+    def m_dash_sum(
+        self, acts: Float[Tensor, "batch pos d"], c_out: Tensor | None, points: Points
+    ) -> Float[Tensor, "d d"]:
+        x_all = acts.to(F64)
+        d = x_all.shape[-1]
+        n_mats = self._outputs(_identity_if_none(c_out, d, x_all))
+        heads1, _, k_out = n_mats.shape
+        pattern_gram = x_all.new_zeros(heads1, heads1)
+        cross = x_all.new_zeros(heads1 * k_out, d)
+        low_rank = x_all.new_zeros(d, d)
+        row = self._row_bytes(x_all.shape[1], len(points[0]), k_out)
+        for b0, b1 in _chunks(x_all.shape[0], row):
+            a, u, w = self._terms(x_all[b0:b1], n_mats, points)
+            pattern_gram += torch.einsum("bph,bpg->hg", a, a)
+            weighted = torch.einsum("bph,bprk->brhk", a, w).reshape(-1, heads1 * k_out)
+            cross += weighted.T @ u.reshape(-1, d)
+            flat_w = w.transpose(1, 2).reshape(w.shape[0], w.shape[2], -1)  # (b, r, pos·k)
+            gram = flat_w @ flat_w.transpose(1, 2)
+            low_rank += u.reshape(-1, d).T @ (gram @ u).reshape(-1, d)
+        dense = torch.einsum("hg,hdk,gek->de", pattern_gram, n_mats, n_mats)
+        mixed = torch.einsum("hdk,hke->de", n_mats, cross.reshape(heads1, k_out, d))
+        return dense + mixed + mixed.T + low_rank
+
+    def edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos d"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in d"],
+        c_out: Tensor | None,
+        points: Points,
+    ) -> Float[Tensor, "k_out k_in"]:
+        x_all, f_all, pinv = recon.to(F64), feats.to(F64), c_in_pinv.to(F64)
+        n_mats = self._outputs(_identity_if_none(c_out, x_all.shape[-1], x_all))
+        feature_mats = pinv @ n_mats  # (1 + heads, k_in, k_out)
+        k_in, k_out = feature_mats.shape[1:]
+        edges = x_all.new_zeros(k_in, k_out)
+        row = self._row_bytes(x_all.shape[1], len(points[0]), max(k_in, k_out))
+        for b0, b1 in _chunks(x_all.shape[0], row):
+            a, u, w = self._terms(x_all[b0:b1], n_mats, points)
+            f = f_all[b0:b1]
+            weights = torch.einsum("bsj,bsh->bhj", f, a)
+            dense = torch.einsum("bhj,hji->bji", weights, feature_mats)
+            u_feats = u @ pinv.T  # (b, r, k_in): C⁺ Uᵀ, transposed
+            left = (f[:, :, None, :] * u_feats[:, None]).flatten(1, 2)  # (b, s·r, k_in)
+            a_total = torch.baddbmm(dense, left.transpose(1, 2), w.flatten(1, 2))
+            edges += a_total.square().sum(0)
+        return edges.T
