@@ -15,6 +15,7 @@ Everything is computed in float64, whatever the activations' dtype.
 """
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -23,18 +24,47 @@ from torch import Tensor
 Points = tuple[Sequence[float], Sequence[float]]
 
 #: Bytes of the largest per-chunk intermediate; bounds memory and keeps work in cache.
-CHUNK_BYTES = 8 * 2**20
+CHUNK_BYTES = 16 * 2**20
 
 F64 = torch.float64
 
 
-def _chunks(n: int, bytes_per_row: int) -> list[tuple[int, int]]:
-    size = max(1, CHUNK_BYTES // max(1, bytes_per_row))
+def _chunks(n: int, bytes_per_row: int, budget: int = CHUNK_BYTES) -> list[tuple[int, int]]:
+    size = max(1, budget // max(1, bytes_per_row))
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _identity_if_none(c: Tensor | None, d: int, like: Tensor) -> Tensor:
     return torch.eye(d, dtype=F64, device=like.device) if c is None else c.to(F64)
+
+
+class Linear:
+    """``x ↦ x W``: the Jacobian is ``W`` everywhere, so ``M′ ∝ n (W C)(W C)ᵀ`` and
+    ``E_{ij} ∝ (C⁺ W C)_{j,i}² Σ_x f̂_j²``."""
+
+    def __init__(self, w: Float[Tensor, "d_in d_out"]):
+        self.w = w
+
+    def __call__(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_out"]:
+        return x @ self.w
+
+    def m_dash_sum(
+        self, acts: Float[Tensor, "batch pos d_in"], c_out: Tensor | None, points: Points
+    ) -> Float[Tensor, "d_in d_in"]:
+        r = self.w.to(F64) @ _identity_if_none(c_out, self.w.shape[1], acts)
+        return (acts.shape[0] * acts.shape[1]) * (r @ r.T)
+
+    def edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos d_in"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in d_in"],
+        c_out: Tensor | None,
+        points: Points,
+    ) -> Float[Tensor, "k_out k_in"]:
+        c_out = _identity_if_none(c_out, self.w.shape[1], recon)
+        q = c_in_pinv.to(F64) @ self.w.to(F64) @ c_out
+        return (q.square() * feats.to(F64).square().sum((0, 1))[:, None]).T
 
 
 class ResidualMLP:
@@ -108,7 +138,8 @@ class ResidualMLP:
         base = pinv @ c_out if self.residual else None
         hidden, k_in, k_out = p.shape[0], pinv.shape[0], p.shape[1]
         edges = torch.zeros(k_in, k_out, dtype=F64, device=x.device)
-        for b0, b1 in _chunks(x.shape[0], 8 * (hidden + k_in) * k_out):
+        # Small chunks: the (rows, hidden, k_out) operand stays in the L2 cache.
+        for b0, b1 in _chunks(x.shape[0], 8 * (hidden + k_in) * k_out, CHUNK_BYTES // 2):
             scaled = slopes[b0:b1, :, None] * p  # (rows, hidden, k_out)
             a = torch.matmul(w_in_feats, scaled)  # (rows, k_in, k_out)
             if base is not None:
@@ -116,6 +147,18 @@ class ResidualMLP:
             a *= f[b0:b1, :, None]
             edges += a.square().sum(0)
         return edges.T
+
+
+class _Terms(NamedTuple):
+    """Per chunk of samples: ``a`` (batch, pos, 1 + heads) integrated pattern weights (the
+    residual first), the head-space codes ``q`` (batch, head, d_head) and ``k`` (batch, pos,
+    head, d_head) of the vectors ``u`` at α = 1, and ``g`` (batch, pos, head, k_out), the
+    integrated ``c Σ_α w_α α² g_hr(α x)``."""
+
+    a: Tensor
+    q: Tensor
+    k: Tensor
+    g: Tensor
 
 
 class LastPositionAttention:
@@ -126,11 +169,13 @@ class LastPositionAttention:
     Differentiating the softmax gives, per input position ``s`` (``L`` the last),
     ``J_s = δ_sL I + Σ_h A_hs M_h + c Σ_h (x_L B_h)ᵀ g_hs + δ_sL c Σ_{h,r} (x_r B_hᵀ)ᵀ g_hr``
     with ``g_hr = A_hr (x_r M_h − Σ_q A_hq x_q M_h)``: a few dense terms shared by every sample,
-    weighted by the pattern, plus rank ``H(1 + n)`` per sample and integration point. So
-    ``R_s = Σ_h a_hs N_h + Uᵀ W_s`` with ``N = (C_out, M_1 C_out, …)``, and
+    weighted by the pattern, plus rank ``r = H(1 + n)`` per sample. At ``α x`` the vectors
+    ``x B`` scale by α, so the integration points add up inside ``g`` and the rank stays ``r``.
+    So ``R_s = Σ_h a_hs N_h + Uᵀ W_s`` with ``N = (C_out, M_1 C_out, …)``, ``U`` the ``r``
+    vectors ``x B`` (rows) and ``W_s`` their partners ``g`` at ``s``, and
 
     - ``Σ R_s R_sᵀ = Σ_{h,g} (Σ a_h a_g) N_h N_gᵀ + (Σ_h N_h T_h + transpose) + Σ_x Uᵀ G U``
-      with ``T_h = Σ_{x,s} a_hs W_sᵀ U`` and ``G = Σ_s W_s W_sᵀ``;
+      with ``T_h = Σ_{x,s} a_hs W_sᵀ U`` (formed in head space) and ``G = Σ_s W_s W_sᵀ``;
     - ``C⁺R_s = Σ_h a_hs (C⁺N_h) + (C⁺Uᵀ) W_s`` for the edges.
     """
 
@@ -169,40 +214,52 @@ class LastPositionAttention:
         """``N``: ``C_out`` (the residual) and ``M_h C_out`` per head."""
         return torch.cat([c_out[None], self._m @ c_out])
 
-    def _terms(
-        self, x: Float[Tensor, "batch pos d"], n_mats: Tensor, points: Points
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``a`` (batch, pos, 1 + heads), ``U`` (batch, rank, d), ``W`` (batch, pos, rank, k)
-        of ``R_s = Σ_h a_hs N_h + Uᵀ W_s``, over every integration point."""
+    def _terms(self, x: Float[Tensor, "batch pos d"], n_mats: Tensor, points: Points) -> _Terms:
         batch, n_pos, d = x.shape
         heads, k_out = self.n_heads, n_mats.shape[-1]
-        y_mats = n_mats[1:].permute(1, 0, 2).reshape(d, heads * k_out)
-        a_sum = x.new_zeros(batch, n_pos, heads)
-        us, ws = [], []
+        q = (x[:, -1] @ self.w_q.to(F64)).view(batch, heads, self.d_head)
+        k = (x @ self.w_k.to(F64)).view(batch, n_pos, heads, self.d_head)
+        scores = torch.einsum("bhe,bphe->bph", q, k) * self.scale
+        y = (x @ n_mats[1:].permute(1, 0, 2).reshape(d, -1)).view(batch, n_pos, heads, k_out)
+        a = x.new_zeros(batch, n_pos, 1 + heads)
+        a[:, -1, 0] = 1.0  # the residual
+        g = torch.zeros_like(y)
         for alpha, weight in zip(*points, strict=True):
-            xa = alpha * x
-            q = torch.einsum("bd,hde->bhe", xa[:, -1], self._q)
-            k = torch.einsum("bpd,hde->bphe", xa, self._k)
-            pattern = (torch.einsum("bhe,bphe->bph", q, k) * self.scale).softmax(dim=1)
-            y = (xa @ y_mats).reshape(batch, n_pos, heads, k_out)  # x_r M_h C_out
+            pattern = (alpha**2 * scores).softmax(dim=1)  # q and k both scale with α
             mean = torch.einsum("bph,bphk->bhk", pattern, y)
-            g = pattern[..., None] * (y - mean[:, None]) * (self.scale * weight)
-            # Pairs (u, w_s): (x_L B_h, g_hs) at every s; (x_r B_hᵀ, g_hr) at s = L only.
-            query_side = torch.einsum("bhe,hde->bhd", q, self._k)
-            key_side = torch.einsum("bphe,hde->bphd", k, self._q).reshape(batch, -1, d)
-            w = x.new_zeros(batch, n_pos, heads * (1 + n_pos), k_out)
-            w[:, :, :heads] = g
-            w[:, -1, heads:] = g.reshape(batch, -1, k_out)
-            us.append(torch.cat([query_side, key_side], dim=1))
-            ws.append(w)
-            a_sum += weight * pattern
-        residual = torch.zeros_like(a_sum[..., :1])
-        residual[:, -1] = 1.0
-        return torch.cat([residual, a_sum], -1), torch.cat(us, 1), torch.cat(ws, 2)
+            g += pattern[..., None] * (y - mean[:, None]) * (self.scale * weight * alpha**2)
+            a[..., 1:] += weight * pattern
+        return _Terms(a, q, k, g)
 
-    def _row_bytes(self, n_pos: int, n_points: int, k: int) -> int:
-        rank = self.n_heads * (1 + n_pos) * n_points
-        return 8 * (n_pos * rank * k * 3 + k * k * 2)
+    def _vectors(self, t: _Terms, proj: Tensor | None = None) -> Float[Tensor, "batch r dim"]:
+        """``U``: the query-side ``q_h W_K^hᵀ`` then the key-side ``k_hr W_Q^hᵀ`` (ordered
+        (r, h)) vectors, each through ``proj`` (``dim × d``) if given."""
+        w_k, w_q = self._k, self._q
+        if proj is not None:
+            w_k, w_q = proj @ w_k, proj @ w_q
+        batch = t.q.shape[0]
+        query = torch.einsum("bhe,hde->bhd", t.q, w_k)
+        key = torch.einsum("bphe,hde->bphd", t.k, w_q).reshape(batch, -1, w_q.shape[1])
+        return torch.cat([query, key], dim=1)
+
+    @staticmethod
+    def _low_rank_gram(g: Float[Tensor, "batch pos head k"]) -> Float[Tensor, "batch r r"]:
+        """``G = Σ_s W_s W_sᵀ`` for ``U`` ordered as in :meth:`_vectors`: the query-side rows
+        pair with ``g_hs`` at every s, the key-side rows with ``g_hr`` at s = L only."""
+        batch, n_pos, heads, _ = g.shape
+        flat = g.reshape(batch, n_pos * heads, -1)
+        key_key = flat @ flat.transpose(1, 2)
+        blocks = key_key.view(batch, n_pos, heads, n_pos, heads)
+        query_query = blocks.diagonal(dim1=1, dim2=3).sum(-1)
+        query_key = blocks[:, -1].reshape(batch, heads, -1)
+        top = torch.cat([query_query, query_key], 2)
+        return torch.cat([top, torch.cat([query_key.transpose(1, 2), key_key], 2)], 1)
+
+    def _row_bytes(self, n_pos: int, k: int, k_in: int = 0) -> int:
+        """Bytes per sample of the largest intermediates (``g``, codes; for edges ``A``)."""
+        return 8 * (
+            n_pos * self.n_heads * (k + 4 * (self.n_heads + 1) * self.d_head) + 2 * k_in * k
+        )
 
     def m_dash_sum(
         self, acts: Float[Tensor, "batch pos d"], c_out: Tensor | None, points: Points
@@ -212,19 +269,24 @@ class LastPositionAttention:
         n_mats = self._outputs(_identity_if_none(c_out, d, x_all))
         heads1, _, k_out = n_mats.shape
         pattern_gram = x_all.new_zeros(heads1, heads1)
-        cross = x_all.new_zeros(heads1 * k_out, d)
+        # T_h in head space: (g, k, h, side, e) with side 0 the query-side u = q_g W_K^gᵀ
+        # (paired with g_gs at every s) and side 1 the key-side u = k_gs W_Q^gᵀ (s = L only).
+        cross = x_all.new_zeros(self.n_heads, k_out, heads1, 2, self.d_head)
         low_rank = x_all.new_zeros(d, d)
-        row = self._row_bytes(x_all.shape[1], len(points[0]), k_out)
-        for b0, b1 in _chunks(x_all.shape[0], row):
-            a, u, w = self._terms(x_all[b0:b1], n_mats, points)
-            pattern_gram += torch.einsum("bph,bpg->hg", a, a)
-            weighted = torch.einsum("bph,bprk->brhk", a, w).reshape(-1, heads1 * k_out)
-            cross += weighted.T @ u.reshape(-1, d)
-            flat_w = w.transpose(1, 2).reshape(w.shape[0], w.shape[2], -1)  # (b, r, pos·k)
-            gram = flat_w @ flat_w.transpose(1, 2)
-            low_rank += u.reshape(-1, d).T @ (gram @ u).reshape(-1, d)
+        for b0, b1 in _chunks(x_all.shape[0], self._row_bytes(x_all.shape[1], k_out)):
+            t = self._terms(x_all[b0:b1], n_mats, points)
+            pattern_gram += torch.einsum("bsh,bsg->hg", t.a, t.a)
+            query = torch.einsum("bsh,bge->bsghe", t.a, t.q)
+            key = torch.einsum("bh,bsge->bsghe", t.a[:, -1], t.k)
+            codes = torch.stack([query, key], -2)  # (b, s, g, h, side, e)
+            cross += torch.einsum("bsgk,bsghte->gkhte", t.g, codes)
+            u = self._vectors(t)
+            low_rank += u.reshape(-1, d).T @ (self._low_rank_gram(t.g) @ u).reshape(-1, d)
+        heads_d = torch.einsum("gkhe,gde->hkd", cross[..., 0, :], self._k) + torch.einsum(
+            "gkhe,gde->hkd", cross[..., 1, :], self._q
+        )
         dense = torch.einsum("hg,hdk,gek->de", pattern_gram, n_mats, n_mats)
-        mixed = torch.einsum("hdk,hke->de", n_mats, cross.reshape(heads1, k_out, d))
+        mixed = torch.einsum("hdk,hke->de", n_mats, heads_d)
         return dense + mixed + mixed.T + low_rank
 
     def edges_sum(
@@ -237,17 +299,23 @@ class LastPositionAttention:
     ) -> Float[Tensor, "k_out k_in"]:
         x_all, f_all, pinv = recon.to(F64), feats.to(F64), c_in_pinv.to(F64)
         n_mats = self._outputs(_identity_if_none(c_out, x_all.shape[-1], x_all))
-        feature_mats = pinv @ n_mats  # (1 + heads, k_in, k_out)
-        k_in, k_out = feature_mats.shape[1:]
+        # (k_in, 1 + heads, k_out): C⁺N_h, laid out for one matmul per input feature j.
+        feature_mats = (pinv @ n_mats).permute(1, 0, 2)
+        k_in, _, k_out = feature_mats.shape
         edges = x_all.new_zeros(k_in, k_out)
-        row = self._row_bytes(x_all.shape[1], len(points[0]), max(k_in, k_out))
+        row = self._row_bytes(x_all.shape[1], k_out, k_in)
         for b0, b1 in _chunks(x_all.shape[0], row):
-            a, u, w = self._terms(x_all[b0:b1], n_mats, points)
+            t = self._terms(x_all[b0:b1], n_mats, points)
             f = f_all[b0:b1]
-            weights = torch.einsum("bsj,bsh->bhj", f, a)
-            dense = torch.einsum("bhj,hji->bji", weights, feature_mats)
-            u_feats = u @ pinv.T  # (b, r, k_in): C⁺ Uᵀ, transposed
-            left = (f[:, :, None, :] * u_feats[:, None]).flatten(1, 2)  # (b, s·r, k_in)
-            a_total = torch.baddbmm(dense, left.transpose(1, 2), w.flatten(1, 2))
-            edges += a_total.square().sum(0)
+            batch, n_pos, heads, _ = t.g.shape
+            u = self._vectors(t, pinv)  # (b, r, k_in): C⁺Uᵀ, transposed
+            # Σ_s diag(f_s) C⁺Uᵀ W_s: query side of rank (s, h), key side (r, h) at s = L.
+            left_q = (u[:, None, :heads] * f[:, :, None]).flatten(1, 2)
+            left_k = u[:, heads:] * f[:, -1:]
+            left = torch.cat([left_q, left_k], 1).transpose(1, 2)
+            flat_g = t.g.reshape(batch, -1, k_out)
+            a = torch.bmm(left, torch.cat([flat_g, flat_g], 1))
+            weights = torch.einsum("bsj,bsh->jbh", f, t.a)
+            a += torch.bmm(weights, feature_mats).transpose(0, 1)  # Σ_h diag(f·a_h) C⁺N_h
+            edges += a.square_().sum(0)
         return edges.T

@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from interaction_basis.models.closed_form import LastPositionAttention, ResidualMLP
+from interaction_basis.models.closed_form import LastPositionAttention, Linear, ResidualMLP
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
 MODADD_NODE_LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
@@ -200,8 +200,7 @@ def build_modadd_sections(
     )
     mlp = ResidualMLP(w_in, w_out, torch.relu)
 
-    def unembed(x: Tensor) -> Tensor:
-        return x @ w_u
+    unembed = Linear(w_u)
 
     steps = [Step("ln1.0", attention), Step("ln2.0", mlp), Step("unembed", unembed)]
     return build_sectioned_model(embed, steps, "output", node_layers)
