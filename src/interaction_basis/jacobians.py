@@ -17,6 +17,11 @@ samples along a chunk of directions (lib_spec F.4), ``vmap``-ed twice:
   measured on one or two samples and directions, extrapolated bilinearly) is lower is used;
   the choice is cached per section and shapes.
 
+A section that knows its Jacobian's structure can skip all of this: one implementing
+:class:`ClosedForm` (the mod-add blocks, :mod:`interaction_basis.models.closed_form`)
+contracts M′ and the edges itself under ``mode="auto"`` with exact sources; the explicit modes
+always use autograd (the tests compare the two).
+
 Samples go in sub-batches and directions in chunks sized to keep the working set in cache;
 integration points are stacked along the sample axis so that one call serves all of them.
 Results are *sums*; divide by the number of (sample, input position) pairs to normalise, after

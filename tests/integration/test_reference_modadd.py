@@ -135,15 +135,20 @@ SPEC = {
 def _rtol(layer_or_pair, seed: int = 0) -> float:
     """lib_spec tolerances: ln1.0 carries the noise of the downstream layer (§A.10).
 
-    Seed 3 is noisier than the spec's seed-0-derived 1e-4: at τ = 1e-15 the downstream ln2.0
-    basis keeps 91-98 directions depending on rounding, and ln1.0's ΣE moves over
-    256995.6 (τ = 1e-15, ours) .. 257018.6 (5e-16) .. 257067.5 (relative 1e-10) against the
-    reference's 257035.8. So ΣE(ln1.0→ln2.0) of seed 3 is checked at 3e-4.
+    Seed 3 is noisier than the spec's seed-0-derived 1e-4. At τ = 1e-15 the downstream ln2.0
+    basis keeps noise directions (Λ ≈ 1e-15, set by rounding, amplified by D^{-1/2}) that feed
+    ln1.0's M′:
+    - ΣE(ln1.0→ln2.0) moves over 256995.6 (τ = 1e-15) .. 257018.6 (5e-16) .. 257067.5
+      (relative 1e-10) against the reference's 257035.8;
+    - two float64 contractions of the same M′(ln2.0) (autograd and closed form) that differ by
+      6.5e-15 relative move M′(ln1.0) by 1.6e-4 and ln1.0's top Λ from 188806.08 to 188798.93
+      (reference 188819.58: 7.1e-5 and 1.09e-4 below it).
+    So seed 3's ln1.0 quantities are checked at 3e-4; seed 0's stay at the spec's 1e-4.
     """
     first = layer_or_pair if isinstance(layer_or_pair, str) else layer_or_pair[0]
     if first != "ln1.0":
         return 1e-6
-    return 3e-4 if seed == 3 and not isinstance(layer_or_pair, str) else 1e-4
+    return 3e-4 if seed == 3 else 1e-4
 
 
 @pytest.fixture(scope="module", params=[0, 3], ids=["seed0", "seed3"])
@@ -181,13 +186,14 @@ def test_gram_checksums(reference_build):
 
 
 def test_lambda_spectrum(reference_build):
-    spec = SPEC[reference_build["seed"]]
+    seed = reference_build["seed"]
+    spec = SPEC[seed]
     bases = reference_build["lib"][0]
     for layer, lam in spec["lambda"].items():
         got = bases[layer].importance[: len(lam)].numpy()
-        np.testing.assert_allclose(got, lam, rtol=_rtol(layer), err_msg=layer)
+        np.testing.assert_allclose(got, lam, rtol=_rtol(layer, seed), err_msg=layer)
     for layer, total in spec["lambda_sum"].items():
-        assert float(bases[layer].importance.sum()) == pytest.approx(total, rel=_rtol(layer))
+        assert float(bases[layer].importance.sum()) == pytest.approx(total, rel=_rtol(layer, seed))
 
 
 def test_edge_checksums(reference_build):
@@ -195,11 +201,11 @@ def test_edge_checksums(reference_build):
     spec = SPEC[seed]
     edges = reference_build["lib"][2]
     for pair, (total, non_const, top) in spec["edges"].items():
-        e = edges[pair]
-        assert float(e.sum()) == pytest.approx(total, rel=max(_rtol(pair, seed), 1e-5)), pair
+        e, rel = edges[pair], max(_rtol(pair, seed), 1e-5)
+        assert float(e.sum()) == pytest.approx(total, rel=rel), pair
         if non_const is not None:
-            assert float(e[:, 1:].sum()) == pytest.approx(non_const, rel=max(_rtol(pair), 1e-5))
-            assert float(e.max()) == pytest.approx(top, rel=max(_rtol(pair), 1e-5))
+            assert float(e[:, 1:].sum()) == pytest.approx(non_const, rel=rel)
+            assert float(e.max()) == pytest.approx(top, rel=rel)
     for pair, total in spec["pca_edge_sums"].items():
         e = reference_build["pca"][2][pair]
         assert float(e.sum()) == pytest.approx(total, rel=max(_rtol(pair), 1e-6)), pair

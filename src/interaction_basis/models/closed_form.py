@@ -1,9 +1,9 @@
 """Sections whose Jacobian contractions have closed forms (lib_spec A.3 step 3, A.6).
 
 The generic path (:mod:`interaction_basis.jacobians`) takes one autograd pass per output
-coordinate or input direction. For the two blocks of the mod-add transformer the Jacobian has a
-structure that makes M′ and the edges much cheaper to contract directly; both classes below are
-ordinary sections (callables on ``(batch, pos, d)`` activations) that also implement
+coordinate or input direction. For the blocks of the mod-add transformer (attention, MLP,
+unembedding) the Jacobian has a structure that makes M′ and the edges much cheaper to contract
+directly; the classes below are ordinary sections (callables on ``(batch, pos, d)`` activations) that also implement
 :class:`~interaction_basis.jacobians.ClosedForm`. ``jacobians`` uses them for exact sources
 under ``mode="auto"``; ``mode="forward"``/``"reverse"`` still run autograd, which the tests use
 as the reference.
@@ -94,7 +94,7 @@ class ResidualMLP:
         self.w_in, self.w_out = w_in, w_out
         self.activation, self.residual = activation, residual
 
-    def __call__(self, x: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
+    def __call__(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_out"]:
         out = self.activation(x @ self.w_in) @ self.w_out
         return x + out if self.residual else out
 
@@ -145,7 +145,7 @@ class ResidualMLP:
             if base is not None:
                 a += base
             a *= f[b0:b1, :, None]
-            edges += a.square().sum(0)
+            edges += a.square_().sum(0)
         return edges.T
 
 

@@ -1,0 +1,141 @@
+"""Closed-form M′ and edges of the mod-add blocks against the generic autograd paths.
+
+``test_oracle.py`` checks the whole tiny transformer build (closed forms) against a plain
+per-coordinate autograd loop; here each block is checked on its own, in more shapes (more
+positions and heads, another activation, no residual, raw outputs), against both generic modes,
+which in turn are what language models use.
+"""
+
+import math
+
+import pytest
+import torch
+
+from factories import tiny_modadd
+from interaction_basis.jacobians import (
+    ClosedForm,
+    Integration,
+    Sources,
+    compute_edges_sum,
+    compute_m_dash_sum,
+)
+from interaction_basis.models.closed_form import LastPositionAttention, Linear, ResidualMLP
+
+RULES = [
+    Integration("gradient", 0),
+    Integration("trapezoidal", 2),
+    Integration("gauss-legendre", 3),
+]
+F64 = torch.float64
+
+
+def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=F64) * scale
+
+
+def _with_constant(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], -1)
+
+
+def _attention(n_heads: int = 3, d_head: int = 4, d: int = 7, n_pos: int = 4):
+    gen = torch.Generator().manual_seed(1)
+    s = 1 / math.sqrt(d)
+    section = LastPositionAttention(
+        _randn(gen, d, n_heads * d_head, scale=2 * s),  # sharp patterns: large pattern terms
+        _randn(gen, d, n_heads * d_head, scale=2 * s),
+        _randn(gen, d, n_heads * (d_head + 1), scale=s),
+        _randn(gen, n_heads * (d_head + 1), d, scale=s),
+        n_heads,
+    )
+    return section, _with_constant(_randn(gen, 11, n_pos, d - 1))
+
+
+def _mlp(activation, residual: bool, d: int = 6, hidden: int = 9):
+    gen = torch.Generator().manual_seed(2)
+    w_out = _randn(gen, hidden, d if residual else 5)
+    section = ResidualMLP(_randn(gen, d, hidden), w_out, activation, residual)
+    return section, _with_constant(_randn(gen, 13, 2, d - 1))
+
+
+def _linear():
+    gen = torch.Generator().manual_seed(3)
+    return Linear(_randn(gen, 6, 4)), _with_constant(_randn(gen, 9, 2, 5))
+
+
+def _modadd(idx: int):
+    """A section of the tiny mod-add model and its own activations at the section's input."""
+    model, tokens = tiny_modadd()
+    with torch.no_grad():
+        acts = model.activations(tokens)[model.node_layers[idx]]
+    return model.sections[idx], acts
+
+
+SECTIONS = {
+    "modadd-attention": lambda: _modadd(0),
+    "modadd-mlp": lambda: _modadd(1),
+    "attention-4pos-3heads": _attention,
+    "mlp-gelu-no-residual": lambda: _mlp(torch.nn.functional.gelu, residual=False),
+    "mlp-relu": lambda: _mlp(torch.relu, residual=True),
+    "linear": _linear,
+}
+
+
+def _section_and_acts(name: str):
+    return SECTIONS[name]()
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-10 * want.abs().max(), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.method}-{r.n_intervals}")
+@pytest.mark.parametrize("rotated", [True, False], ids=["c_out", "raw-outputs"])
+@pytest.mark.parametrize("name", list(SECTIONS))
+def test_closed_form_matches_both_autograd_modes(name, rotated, rule):
+    section, acts = _section_and_acts(name)
+    assert isinstance(section, ClosedForm)
+    gen = torch.Generator().manual_seed(4)
+    d_in, d_out = acts.shape[-1], section(acts[:1]).shape[-1]
+    c_out = _randn(gen, d_out, d_out - 1) if rotated else None
+    c_in = _randn(gen, d_in, d_in - 2)
+    c_pinv = torch.linalg.pinv(c_in)
+
+    m_dash = compute_m_dash_sum(section, acts, c_out, integration=rule)
+    edges = compute_edges_sum(section, acts, c_in, c_pinv, c_out, integration=rule)
+    assert m_dash.dtype == edges.dtype == F64
+    for mode in ("reverse", "forward"):
+        _close(m_dash, compute_m_dash_sum(section, acts, c_out, integration=rule, mode=mode))
+        _close(
+            edges,
+            compute_edges_sum(section, acts, c_in, c_pinv, c_out, integration=rule, mode=mode),
+        )
+
+
+def test_closed_form_runs_only_for_auto_mode_and_exact_sources(monkeypatch):
+    section, acts = _section_and_acts("modadd-mlp")
+    calls = []
+    original = ResidualMLP.m_dash_sum
+
+    def spy(self, *args):
+        calls.append(args)
+        return original(self, *args)
+
+    monkeypatch.setattr(ResidualMLP, "m_dash_sum", spy)
+    compute_m_dash_sum(section, acts, None)
+    assert len(calls) == 1
+    compute_m_dash_sum(section, acts, None, mode="reverse")
+    compute_m_dash_sum(
+        section, acts, None, sources=Sources(n_hidden=2), generator=torch.Generator()
+    )
+    assert len(calls) == 1  # autograd both times
+
+
+def test_single_step_sections_keep_their_closed_form():
+    model, _ = tiny_modadd()
+    assert [isinstance(s, ClosedForm) for s in model.sections] == [True, True, True]
+
+
+def test_residual_mlp_rejects_a_shape_changing_residual():
+    with pytest.raises(ValueError, match="residual MLP maps d to d"):
+        ResidualMLP(torch.zeros(4, 3), torch.zeros(3, 5))
