@@ -67,18 +67,22 @@ class ClosedForm(Protocol):
     the batch, as :func:`compute_m_dash_sum` and :func:`compute_edges_sum` return them.
     """
 
-    def m_dash_sum(
-        self, acts: Tensor, c_out: Tensor | None, points: tuple[list[float], list[float]]
-    ) -> Tensor: ...
-
-    def edges_sum(
+    def compute_m_dash_sum(
         self,
-        recon: Tensor,
-        feats: Tensor,
-        c_in_pinv: Tensor,
-        c_out: Tensor | None,
+        acts: Float[Tensor, "batch pos_in d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
         points: tuple[list[float], list[float]],
-    ) -> Tensor: ...
+    ) -> Float[Tensor, "d_in d_in"]: ...
+
+    def compute_edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos_in d_in"],
+        feats: Float[Tensor, "batch pos_in k_in"],
+        c_in_pinv: Float[Tensor, "k_in d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: tuple[list[float], list[float]],
+    ) -> Float[Tensor, "k_out k_in"]:
+        """``recon = feats @ c_in_pinv``: the activations rebuilt from the features."""
 
 
 class Integration(NamedTuple):
@@ -555,7 +559,7 @@ def compute_m_dash_sum(
     """
     closed = _closed_form(section, mode, sources)
     if closed is not None:
-        return closed.m_dash_sum(acts, c_out, integration.points())
+        return closed.compute_m_dash_sum(acts, c_out, integration.points())
     batch, p_in, d_in = acts.shape
     x1 = acts[:1]
     p_out, d_out = _out_shape(section, x1)
@@ -655,7 +659,7 @@ def compute_edges_sum(
     recon = feats @ c_in_pinv
     closed = _closed_form(section, mode, sources)
     if closed is not None:
-        return closed.edges_sum(recon, feats, c_in_pinv, c_out, integration.points())
+        return closed.compute_edges_sum(recon, feats, c_in_pinv, c_out, integration.points())
     x1 = recon[:1]
     p_out, d_out = _out_shape(section, x1)
     k_out = d_out if c_out is None else c_out.shape[1]

@@ -115,13 +115,13 @@ def test_closed_form_matches_both_autograd_modes(name, rotated, rule):
 def test_closed_form_runs_only_for_auto_mode_and_exact_sources(monkeypatch):
     section, acts = _section_and_acts("modadd-mlp")
     calls = []
-    original = ResidualMLP.m_dash_sum
+    original = ResidualMLP.compute_m_dash_sum
 
     def spy(self, *args):
         calls.append(args)
         return original(self, *args)
 
-    monkeypatch.setattr(ResidualMLP, "m_dash_sum", spy)
+    monkeypatch.setattr(ResidualMLP, "compute_m_dash_sum", spy)
     compute_m_dash_sum(section, acts, None)
     assert len(calls) == 1
     compute_m_dash_sum(section, acts, None, mode="reverse")

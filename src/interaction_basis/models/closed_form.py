@@ -3,10 +3,10 @@
 The generic path (:mod:`interaction_basis.jacobians`) takes one autograd pass per output
 coordinate or input direction. For the blocks of the mod-add transformer (attention, MLP,
 unembedding) the Jacobian has a structure that makes M′ and the edges much cheaper to contract
-directly; the classes below are ordinary sections (callables on ``(batch, pos, d)`` activations) that also implement
-:class:`~interaction_basis.jacobians.ClosedForm`. ``jacobians`` uses them for exact sources
-under ``mode="auto"``; ``mode="forward"``/``"reverse"`` still run autograd, which the tests use
-as the reference.
+directly. The classes below are ordinary sections (callables on ``(batch, pos, d)``
+activations) that also implement :class:`~interaction_basis.jacobians.ClosedForm`;
+``jacobians`` uses them for exact sources under ``mode="auto"``, while
+``mode="forward"``/``"reverse"`` still run autograd, which the tests use as the reference.
 
 Notation (row vectors, ``dx ↦ dx J``): ``J̄_s = Σ_α w_α ∂F(α x)/∂x_s`` is the integrated
 Jacobian of the section at input position ``s`` (lib_spec A.7), ``R_s = J̄_s C_out``
@@ -48,18 +48,21 @@ class Linear:
     def __call__(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_out"]:
         return x @ self.w
 
-    def m_dash_sum(
-        self, acts: Float[Tensor, "batch pos d_in"], c_out: Tensor | None, points: Points
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
     ) -> Float[Tensor, "d_in d_in"]:
         r = self.w.to(F64) @ _identity_if_none(c_out, self.w.shape[1], acts)
         return (acts.shape[0] * acts.shape[1]) * (r @ r.T)
 
-    def edges_sum(
+    def compute_edges_sum(
         self,
         recon: Float[Tensor, "batch pos d_in"],
         feats: Float[Tensor, "batch pos k_in"],
         c_in_pinv: Float[Tensor, "k_in d_in"],
-        c_out: Tensor | None,
+        c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
     ) -> Float[Tensor, "k_out k_in"]:
         c_out = _identity_if_none(c_out, self.w.shape[1], recon)
@@ -106,8 +109,11 @@ class ResidualMLP:
             total += weight * torch.func.jvp(self.activation, (alpha * z,), (ones,))[1]
         return total
 
-    def m_dash_sum(
-        self, acts: Float[Tensor, "batch pos d_in"], c_out: Tensor | None, points: Points
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
     ) -> Float[Tensor, "d_in d_in"]:
         x = acts.reshape(-1, acts.shape[-1]).to(F64)
         w_in = self.w_in.to(F64)
@@ -120,12 +126,12 @@ class ResidualMLP:
             m += cross + cross.T + x.shape[0] * (c_out @ c_out.T)
         return m
 
-    def edges_sum(
+    def compute_edges_sum(
         self,
         recon: Float[Tensor, "batch pos d_in"],
         feats: Float[Tensor, "batch pos k_in"],
         c_in_pinv: Float[Tensor, "k_in d_in"],
-        c_out: Tensor | None,
+        c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
     ) -> Float[Tensor, "k_out k_in"]:
         x = recon.reshape(-1, recon.shape[-1]).to(F64)
@@ -261,8 +267,11 @@ class LastPositionAttention:
             n_pos * self.n_heads * (k + 4 * (self.n_heads + 1) * self.d_head) + 2 * k_in * k
         )
 
-    def m_dash_sum(
-        self, acts: Float[Tensor, "batch pos d"], c_out: Tensor | None, points: Points
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos d"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
     ) -> Float[Tensor, "d d"]:
         x_all = acts.to(F64)
         d = x_all.shape[-1]
@@ -289,12 +298,12 @@ class LastPositionAttention:
         mixed = torch.einsum("hdk,hke->de", n_mats, heads_d)
         return dense + mixed + mixed.T + low_rank
 
-    def edges_sum(
+    def compute_edges_sum(
         self,
         recon: Float[Tensor, "batch pos d"],
         feats: Float[Tensor, "batch pos k_in"],
         c_in_pinv: Float[Tensor, "k_in d"],
-        c_out: Tensor | None,
+        c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
     ) -> Float[Tensor, "k_out k_in"]:
         x_all, f_all, pinv = recon.to(F64), feats.to(F64), c_in_pinv.to(F64)
