@@ -19,7 +19,13 @@ from interaction_basis.jacobians import (
     compute_edges_sum,
     compute_m_dash_sum,
 )
-from interaction_basis.models.closed_form import LastPositionAttention, Linear, ResidualMLP
+from interaction_basis.models.closed_form import (
+    LastPositionAttention,
+    Linear,
+    ResidualMLP,
+    _binary_blocks,
+    _dense_blocks,
+)
 
 RULES = [
     Integration("gradient", 0),
@@ -139,3 +145,20 @@ def test_single_step_sections_keep_their_closed_form():
 def test_residual_mlp_rejects_a_shape_changing_residual():
     with pytest.raises(ValueError, match="residual MLP maps d to d"):
         ResidualMLP(torch.zeros(4, 3), torch.zeros(3, 5))
+
+
+def test_binary_slopes_take_the_shorter_neuron_sum():
+    """0/1 slopes sum over the active neurons or subtract the inactive ones, whichever is
+    fewer: every row (none, few, most, all active) equals the dense product."""
+    gen = torch.Generator().manual_seed(5)
+    hidden = 10
+    slopes = (torch.rand(37, hidden, generator=gen) < torch.linspace(0, 1, 37)[:, None]).to(F64)
+    slopes[0], slopes[-1] = 0.0, 1.0
+    args = (slopes, _randn(gen, 4, hidden), _randn(gen, hidden, 3), _randn(gen, 4, 3))
+    want = torch.cat([a for _, a in _dense_blocks(*args)])
+    got = torch.zeros_like(want)
+    for rows, a in _binary_blocks(*args):
+        got[rows] = a
+    counts = slopes.sum(1)
+    assert (counts <= hidden // 2).any() and (counts > hidden // 2).any()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

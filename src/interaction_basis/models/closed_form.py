@@ -14,7 +14,7 @@ Jacobian of the section at input position ``s`` (lib_spec A.7), ``R_s = J̄_s C_
 Everything is computed in float64, whatever the activations' dtype.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -141,18 +141,74 @@ class ResidualMLP:
         slopes = self._slopes(x, points)
         p = self.w_out.to(F64) @ c_out  # (hidden, k_out)
         w_in_feats = pinv @ self.w_in.to(F64)  # (k_in, hidden)
-        base = pinv @ c_out if self.residual else None
-        hidden, k_in, k_out = p.shape[0], pinv.shape[0], p.shape[1]
-        edges = torch.zeros(k_in, k_out, dtype=F64, device=x.device)
-        # Small chunks: the (rows, hidden, k_out) operand stays in the L2 cache.
-        for b0, b1 in _chunks(x.shape[0], 8 * (hidden + k_in) * k_out, CHUNK_BYTES // 2):
-            scaled = slopes[b0:b1, :, None] * p  # (rows, hidden, k_out)
-            a = torch.matmul(w_in_feats, scaled)  # (rows, k_in, k_out)
-            if base is not None:
-                a += base
-            a *= f[b0:b1, :, None]
+        if self.residual:
+            base = pinv @ c_out
+        else:
+            base = x.new_zeros(pinv.shape[0], c_out.shape[1])
+        binary = bool(((slopes == 0) | (slopes == 1)).all())  # ReLU, at any α > 0
+        blocks = _binary_blocks if binary else _dense_blocks
+        edges = torch.zeros_like(base)
+        for rows, a in blocks(slopes, w_in_feats, p, base):
+            a *= f[rows, :, None]
             edges += a.square_().sum(0)
         return edges.T
+
+
+#: Rows per block of the MLP's per-sample products: (rows, hidden, k_out) stays in the L2 cache.
+_MLP_ROWS = 16
+
+
+def _dense_blocks(
+    slopes: Float[Tensor, "rows hidden"],
+    w_feats: Float[Tensor, "k_in hidden"],
+    p: Float[Tensor, "hidden k_out"],
+    base: Float[Tensor, "k_in k_out"],
+) -> Iterator[tuple[slice, Float[Tensor, "block k_in k_out"]]]:
+    """``base + w_feats diag(slopes_x) p`` for blocks of rows ``x``."""
+    for start in range(0, slopes.shape[0], _MLP_ROWS):
+        rows = slice(start, start + _MLP_ROWS)
+        yield (
+            rows,
+            torch.baddbmm(
+                base, w_feats.expand(len(slopes[rows]), -1, -1), slopes[rows, :, None] * p
+            ),
+        )
+
+
+def _binary_blocks(
+    slopes: Float[Tensor, "rows hidden"],
+    w_feats: Float[Tensor, "k_in hidden"],
+    p: Float[Tensor, "hidden k_out"],
+    base: Float[Tensor, "k_in k_out"],
+) -> Iterator[tuple[Tensor, Float[Tensor, "block k_in k_out"]]]:
+    """:func:`_dense_blocks` for 0/1 slopes, summing over at most half the neurons per row: the
+    active ones, or where more than half are active, the full product minus the inactive ones.
+
+    Rows go in blocks of similar counts, padded with a zero neuron.
+    """
+    hidden = slopes.shape[1]
+    active = slopes != 0
+    mostly_active = active.sum(1) > hidden // 2
+    p_pad = torch.cat([p, p.new_zeros(1, p.shape[1])])
+    w_pad = torch.cat([w_feats.T, w_feats.new_zeros(1, w_feats.shape[0])])
+    for complement in (False, True):
+        selected = torch.nonzero(mostly_active == complement).flatten()
+        used = ~active[selected] if complement else active[selected]
+        counts, order = used.sum(1).sort()
+        selected, used = selected[order], used[order]
+        # Each row's neuron indices in ascending order, then the padding index ``hidden``.
+        neurons = torch.where(used, torch.arange(hidden, device=used.device), hidden).sort(1)[0]
+        start_value = base + w_feats @ p if complement else base
+        for start in range(0, len(selected), _MLP_ROWS):
+            stop = min(start + _MLP_ROWS, len(selected))
+            width = int(counts[stop - 1])
+            index = neurons[start:stop, :width].reshape(-1)
+            p_rows = p_pad.index_select(0, index).view(stop - start, width, -1)
+            w_rows = w_pad.index_select(0, index).view(stop - start, width, -1)
+            a = torch.baddbmm(
+                start_value, w_rows.transpose(1, 2), p_rows, alpha=-1.0 if complement else 1.0
+            )
+            yield selected[start:stop], a
 
 
 class _Terms(NamedTuple):
