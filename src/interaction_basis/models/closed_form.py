@@ -167,12 +167,8 @@ def _dense_blocks(
     """``base + w_feats diag(slopes_x) p`` for blocks of rows ``x``."""
     for start in range(0, slopes.shape[0], _MLP_ROWS):
         rows = slice(start, start + _MLP_ROWS)
-        yield (
-            rows,
-            torch.baddbmm(
-                base, w_feats.expand(len(slopes[rows]), -1, -1), slopes[rows, :, None] * p
-            ),
-        )
+        scaled = slopes[rows, :, None] * p  # (block, hidden, k_out)
+        yield rows, torch.baddbmm(base, w_feats.expand(len(scaled), -1, -1), scaled)
 
 
 def _binary_blocks(
