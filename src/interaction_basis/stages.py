@@ -181,18 +181,24 @@ def extract_activations(
     def add(acts):
         return {layer: m.add(acts[layer], layer) for layer, m in moments.items()}
 
+    def run(inputs, b0: int, batch):
+        # The run's first statistics batch has already been through the model, for the shift.
+        if inputs is stats_inputs and b0 == 0:
+            return first
+        return model.activations(batch.to(model.device))
+
     with io.activation_writer(out_path, attrs, chunk_samples=size) as store:
         with torch.no_grad():
-            for batch in _batches(data.fit_inputs, start, stop, size, "extract"):
-                acts = model.activations(batch.to(model.device))
+            for b0, batch in _batches(data.fit_inputs, start, stop, size, "extract"):
+                acts = run(data.fit_inputs, b0, batch)
                 store.append({layer: x.cpu() for layer, x in acts.items()})
                 if not separate:
                     moments = add(acts)
             if separate:
                 bounds = _shard_bounds(len(stats_inputs), extract_cfg, shard)
                 log.info("statistics over separate samples %d..%d", bounds[0], bounds[1] - 1)
-                for batch in _batches(stats_inputs, *bounds, size, "statistics"):
-                    moments = add(model.activations(batch.to(model.device)))
+                for b0, batch in _batches(stats_inputs, *bounds, size, "statistics"):
+                    moments = add(run(stats_inputs, b0, batch))
         if shard is None:
             store.write_stats({layer: m.finalize(layer) for layer, m in moments.items()})
         else:
@@ -207,9 +213,10 @@ def _shard_bounds(n: int, extract_cfg: ExtractConfig, shard: int | None) -> tupl
 
 
 def _batches(inputs, start: int, stop: int, size: int, desc: str):
-    """``inputs[start:stop]`` in slices of ``size``, read one at a time, with a progress bar."""
+    """``(b0, inputs[b0:b0 + size])`` over ``[start, stop)``, read one at a time, with a
+    progress bar."""
     for b0 in tqdm(range(start, stop, size), desc=desc, unit="batch"):
-        yield inputs[b0 : min(b0 + size, stop)]
+        yield b0, inputs[b0 : min(b0 + size, stop)]
 
 
 def gather_stats(shard_paths: list[str], out_path: str) -> None:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from interaction_basis import io, stages, tasks
-from interaction_basis.build import batches_from_tensors, compute_layer_statistics
+from interaction_basis.build import batches_from_tensors, compute_layer_statistics, shard_range
 from interaction_basis.config import ExtractConfig, ModelConfig
+from interaction_basis.models.sectioned import SectionedModel
 from lm_fixtures import write_corpus, write_tiny_gpt2
 
 N_CTX, N_FIT, N_STATS, BATCH = 8, 12, 40, 4
@@ -78,3 +79,23 @@ def test_sharded_statistics_from_the_stats_chunks_are_identical(lm):
         assert gathered[layer].count == plain[layer].count == N_STATS * N_CTX
         assert torch.equal(gathered[layer].gram, plain[layer].gram), layer
         assert torch.equal(gathered[layer].mean, plain[layer].mean), layer
+
+
+def test_every_batch_runs_through_the_model_once(lm, monkeypatch):
+    """The batch that fixes the centring shift is the run's first statistics batch: one job
+    reuses its activations; a later shard runs it once more, for the shift alone."""
+    calls = []
+    original = SectionedModel.activations
+
+    def counting(self, inputs):
+        calls.append(len(inputs))
+        return original(self, inputs)
+
+    monkeypatch.setattr(SectionedModel, "activations", counting)
+    root = lm[0]
+    _extract(lm, root / "counted.zarr")
+    assert len(calls) == N_FIT // BATCH + N_STATS // BATCH
+    calls.clear()
+    _extract(lm, root / "counted_shard.zarr", n_shards=3, shard=1)
+    fit, stats = (shard_range(n, BATCH, 3, 1) for n in (N_FIT, N_STATS))
+    assert len(calls) == 1 + (fit[1] - fit[0]) // BATCH + (stats[1] - stats[0]) // BATCH
