@@ -19,13 +19,15 @@ from interaction_basis.jacobians import (
     compute_edges_sum,
     compute_m_dash_sum,
 )
+from interaction_basis.models import build_mlp_sections
 from interaction_basis.models.closed_form import (
+    ElementwiseMLP,
     LastPositionAttention,
     Linear,
-    ResidualMLP,
     _binary_blocks,
     _dense_blocks,
 )
+from interaction_basis.models.mlp import MLP
 
 RULES = [
     Integration("gradient", 0),
@@ -59,7 +61,7 @@ def _attention(n_heads: int = 3, d_head: int = 4, d: int = 7, n_pos: int = 4):
 def _mlp(activation, residual: bool, d: int = 6, hidden: int = 9):
     gen = torch.Generator().manual_seed(2)
     w_out = _randn(gen, hidden, d if residual else 5)
-    section = ResidualMLP(_randn(gen, d, hidden), w_out, activation, residual)
+    section = ElementwiseMLP(_randn(gen, d, hidden), w_out, activation, residual=residual)
     return section, _with_constant(_randn(gen, 13, 2, d - 1))
 
 
@@ -76,6 +78,16 @@ def _modadd(idx: int):
     return model.sections[idx], acts
 
 
+def _mlp_model(activation: str, idx: int):
+    """A section of a bias-folded MLP model (``build_mlp_sections``) and its activations."""
+    state = MLP(6, [8, 7], 4, activation=activation, seed=6).state_arrays()
+    model = build_mlp_sections(state, activation=activation)
+    inputs = torch.randn(15, 6, generator=torch.Generator().manual_seed(7), dtype=F64)
+    with torch.no_grad():
+        acts = model.activations(inputs)[model.node_layers[idx]]
+    return model.sections[idx], acts
+
+
 SECTIONS = {
     "modadd-attention": lambda: _modadd(0),
     "modadd-mlp": lambda: _modadd(1),
@@ -83,6 +95,9 @@ SECTIONS = {
     "mlp-gelu-no-residual": lambda: _mlp(torch.nn.functional.gelu, residual=False),
     "mlp-relu": lambda: _mlp(torch.relu, residual=True),
     "linear": _linear,
+    "mlp-model-relu-layer": lambda: _mlp_model("relu", 1),
+    "mlp-model-tanh-layer": lambda: _mlp_model("tanh", 0),  # the constant bypasses tanh
+    "mlp-model-gelu-output": lambda: _mlp_model("gelu", 2),
 }
 
 
@@ -121,13 +136,13 @@ def test_closed_form_matches_both_autograd_modes(name, rotated, rule):
 def test_closed_form_runs_only_for_auto_mode_and_exact_sources(monkeypatch):
     section, acts = _section_and_acts("modadd-mlp")
     calls = []
-    original = ResidualMLP.compute_m_dash_sum
+    original = ElementwiseMLP.compute_m_dash_sum
 
     def spy(self, *args):
         calls.append(args)
         return original(self, *args)
 
-    monkeypatch.setattr(ResidualMLP, "compute_m_dash_sum", spy)
+    monkeypatch.setattr(ElementwiseMLP, "compute_m_dash_sum", spy)
     compute_m_dash_sum(section, acts, None)
     assert len(calls) == 1
     compute_m_dash_sum(section, acts, None, mode="reverse")
@@ -140,11 +155,14 @@ def test_closed_form_runs_only_for_auto_mode_and_exact_sources(monkeypatch):
 def test_single_step_sections_keep_their_closed_form():
     model, _ = tiny_modadd()
     assert [isinstance(s, ClosedForm) for s in model.sections] == [True, True, True]
+    state = MLP(6, [8, 7], 4).state_arrays()
+    mlp = build_mlp_sections(state, node_layers=["layers.0", "layers.2", "output"])
+    assert [isinstance(s, ClosedForm) for s in mlp.sections] == [False, True]
 
 
 def test_residual_mlp_rejects_a_shape_changing_residual():
     with pytest.raises(ValueError, match="residual MLP maps d to d"):
-        ResidualMLP(torch.zeros(4, 3), torch.zeros(3, 5))
+        ElementwiseMLP(torch.zeros(4, 3), torch.zeros(3, 5), residual=True)
 
 
 def test_binary_slopes_take_the_shorter_neuron_sum():

@@ -2,11 +2,12 @@
 
 The generic path (:mod:`interaction_basis.jacobians`) takes one autograd pass per output
 coordinate or input direction. For the blocks of the mod-add transformer (attention, MLP,
-unembedding) the Jacobian has a structure that makes M′ and the edges much cheaper to contract
-directly. The classes below are ordinary sections (callables on ``(batch, pos, d)``
-activations) that also implement :class:`~interaction_basis.jacobians.ClosedForm`;
-``jacobians`` uses them for exact sources under ``mode="auto"``, while
-``mode="forward"``/``"reverse"`` still run autograd, which the tests use as the reference.
+unembedding) and the layers of the MLPs, the Jacobian has a structure that makes M′ and the
+edges much cheaper to contract directly. The classes below are ordinary sections (callables on
+``(batch, pos, d)`` activations) that also implement
+:class:`~interaction_basis.jacobians.ClosedForm`; ``jacobians`` uses them for exact sources
+under ``mode="auto"``, while ``mode="forward"``/``"reverse"`` still run autograd, which the
+tests use as the reference.
 
 Notation (row vectors, ``dx ↦ dx J``): ``J̄_s = Σ_α w_α ∂F(α x)/∂x_s`` is the integrated
 Jacobian of the section at input position ``s`` (lib_spec A.7), ``R_s = J̄_s C_out``
@@ -70,36 +71,45 @@ class Linear:
         return (q.square() * feats.to(F64).square().sum((0, 1))[:, None]).T
 
 
-class ResidualMLP:
-    """``x ↦ x + φ(x W_in) W_out`` (or without the ``x``): an elementwise-activation MLP block.
+class ElementwiseMLP:
+    """``x ↦ [x +] φ(x W_in) [W_out]``: an MLP block, or one hidden layer (``w_out=None``),
+    with an elementwise activation φ (any: its slopes come from forward-mode autograd).
 
-    Its integrated Jacobian is ``J̄ = I + W_in diag(d̄) W_out`` with the slopes
+    Its integrated Jacobian is ``J̄ = [I +] W_in diag(d̄) W_out`` with the slopes
     ``d̄ = Σ_α w_α φ'(α x W_in)`` (folded biases scale with α too), so
 
     - ``M′`` needs only ``Σ_x d̄`` and ``S = Σ_x d̄ d̄ᵀ``:
-      ``Σ_x R Rᵀ = n C Cᵀ + W_in diag(Σ d̄) P Cᵀ + (…)ᵀ + W_in ((P Pᵀ) ∘ S) W_inᵀ``
+      ``Σ_x R Rᵀ = [n C Cᵀ + W_in diag(Σ d̄) P Cᵀ + (…)ᵀ +] W_in ((P Pᵀ) ∘ S) W_inᵀ``
       with ``P = W_out C_out``;
-    - the edges need per sample ``C⁺R = C⁺C_out + (C⁺W_in) diag(d̄) P``, one matrix product.
+    - the edges need per sample ``C⁺R = [C⁺C_out +] (C⁺W_in) diag(d̄) P``, one matrix product.
     """
 
     def __init__(
         self,
         w_in: Float[Tensor, "d_in hidden"],
-        w_out: Float[Tensor, "hidden d_out"],
+        w_out: Float[Tensor, "hidden d_out"] | None = None,
         activation: Callable[[Tensor], Tensor] = torch.relu,
-        residual: bool = True,
+        residual: bool = False,
     ):
-        if residual and w_in.shape[0] != w_out.shape[1]:
+        d_out = w_in.shape[1] if w_out is None else w_out.shape[1]
+        if residual and w_in.shape[0] != d_out:
             raise ValueError(
                 f"A residual MLP maps d to d; got W_in {tuple(w_in.shape)}, "
-                f"W_out {tuple(w_out.shape)}."
+                f"W_out {None if w_out is None else tuple(w_out.shape)}."
             )
-        self.w_in, self.w_out = w_in, w_out
+        self.w_in, self.w_out, self.d_out = w_in, w_out, d_out
         self.activation, self.residual = activation, residual
 
     def __call__(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_out"]:
-        out = self.activation(x @ self.w_in) @ self.w_out
+        out = self.activation(x @ self.w_in)
+        if self.w_out is not None:
+            out = out @ self.w_out
         return x + out if self.residual else out
+
+    def _out_side(self, c_out: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``C_out`` (identity if ``None``) and ``P = W_out C_out``, in float64."""
+        c_out = _identity_if_none(c_out, self.d_out, like)
+        return c_out, c_out if self.w_out is None else self.w_out.to(F64) @ c_out
 
     def _slopes(self, x: Float[Tensor, "rows d_in"], points: Points) -> Float[Tensor, "rows h"]:
         z = x @ self.w_in.to(F64)
@@ -117,9 +127,8 @@ class ResidualMLP:
     ) -> Float[Tensor, "d_in d_in"]:
         x = acts.reshape(-1, acts.shape[-1]).to(F64)
         w_in = self.w_in.to(F64)
-        c_out = _identity_if_none(c_out, self.w_out.shape[1], x)
+        c_out, p = self._out_side(c_out, x)
         slopes = self._slopes(x, points)
-        p = self.w_out.to(F64) @ c_out  # (hidden, k_out)
         m = w_in @ ((p @ p.T) * (slopes.T @ slopes)) @ w_in.T
         if self.residual:
             cross = (w_in * slopes.sum(0)) @ p @ c_out.T
@@ -137,9 +146,8 @@ class ResidualMLP:
         x = recon.reshape(-1, recon.shape[-1]).to(F64)
         f = feats.reshape(-1, feats.shape[-1]).to(F64)
         pinv = c_in_pinv.to(F64)
-        c_out = _identity_if_none(c_out, self.w_out.shape[1], x)
+        c_out, p = self._out_side(c_out, x)
         slopes = self._slopes(x, points)
-        p = self.w_out.to(F64) @ c_out  # (hidden, k_out)
         w_in_feats = pinv @ self.w_in.to(F64)  # (k_in, hidden)
         if self.residual:
             base = pinv @ c_out

@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from interaction_basis.models.closed_form import ElementwiseMLP, Linear
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
 Activation = Literal["relu", "gelu", "tanh"]
@@ -287,17 +288,17 @@ def build_mlp_sections(
             )
         return torch.cat([x, torch.ones(x.shape[0], 1, dtype=dtype)], dim=1).unsqueeze(1)
 
-    def hidden_layer(x: Tensor, w: Tensor) -> Tensor:
-        h = x @ w
-        if r1 is not None:
-            return act(h)
+    def act_except_constant(h: Tensor) -> Tensor:
         return torch.cat([act(h[..., :-1]), h[..., -1:]], dim=-1)
+
+    # Closed-form sections (models.closed_form): their M′ and edges need no autograd.
+    hidden_act = act if r1 is not None else act_except_constant
 
     def make_step(i: int) -> Step:
         w = folded[i]
         if i == n_linear - 1:
-            return Step(f"layers.{i}", lambda x: x @ w)
-        return Step(f"layers.{i}", lambda x: hidden_layer(x, w))
+            return Step(f"layers.{i}", Linear(w))
+        return Step(f"layers.{i}", ElementwiseMLP(w, None, hidden_act))
 
     steps = [make_step(i) for i in range(n_linear)]
     layers = mlp_node_layers(n_linear) if node_layers is None else tuple(node_layers)

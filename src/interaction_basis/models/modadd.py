@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from interaction_basis.models.closed_form import LastPositionAttention, Linear, ResidualMLP
+from interaction_basis.models.closed_form import ElementwiseMLP, LastPositionAttention, Linear
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
 MODADD_NODE_LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
@@ -198,7 +198,7 @@ def build_modadd_sections(
         w_o.reshape(n_heads * (d_head + 1), d_model + 1),
         n_heads,
     )
-    mlp = ResidualMLP(w_in, w_out, torch.relu)
+    mlp = ElementwiseMLP(w_in, w_out, torch.relu, residual=True)
 
     unembed = Linear(w_u)
 
