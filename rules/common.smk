@@ -22,6 +22,7 @@ CODE = {
         "tasks.py",
         "models/__init__.py",
         "models/sectioned.py",
+        "models/closed_form.py",
         "models/modadd.py",
         "models/mlp.py",
     ],
