@@ -218,8 +218,8 @@ def _binary_blocks(
 class _Terms(NamedTuple):
     """Per chunk of samples: ``a`` (batch, pos, 1 + heads) integrated pattern weights (the
     residual first), the head-space codes ``q`` (batch, head, d_head) and ``k`` (batch, pos,
-    head, d_head) of the vectors ``u`` at α = 1, and ``g`` (batch, pos, head, k_out), the
-    integrated ``c Σ_α w_α α² g_hr(α x)``."""
+    head, d_head) of the vectors ``u`` at α = 1, and ``g`` (batch, pos, head, k_out), their
+    integrated partners ``c Σ_α w_α α g_hr(α x)`` (as ``u(α x) = α u(x)``)."""
 
     a: Tensor
     q: Tensor
