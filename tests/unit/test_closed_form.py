@@ -1,8 +1,8 @@
-"""Closed-form M′ and edges of the mod-add blocks against the generic autograd paths.
+"""Closed-form M′ and edges (mod-add blocks, MLP layers) against the generic autograd paths.
 
 ``test_oracle.py`` checks the whole tiny transformer build (closed forms) against a plain
-per-coordinate autograd loop; here each block is checked on its own, in more shapes (more
-positions and heads, another activation, no residual, raw outputs), against both generic modes,
+per-coordinate autograd loop; here each section is checked on its own, in more shapes (more
+positions and heads, other activations, no residual, raw outputs), against both generic modes,
 which in turn are what language models use.
 """
 
