@@ -30,8 +30,8 @@ CHUNK_BYTES = 16 * 2**20
 F64 = torch.float64
 
 
-def _chunks(n: int, bytes_per_row: int, budget: int = CHUNK_BYTES) -> list[tuple[int, int]]:
-    size = max(1, budget // max(1, bytes_per_row))
+def _chunks(n: int, bytes_per_row: int) -> list[tuple[int, int]]:
+    size = max(1, CHUNK_BYTES // max(1, bytes_per_row))
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
