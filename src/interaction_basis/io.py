@@ -155,15 +155,24 @@ def _stats_dataset(layer: str, s: LayerStats) -> xr.Dataset:
     )
 
 
+def _compensated_vars(name: str, dims: tuple[str, ...], s: CompensatedSum) -> dict:
+    """Both words of a compensated sum as variables ``name`` and ``name_lo``."""
+    return {name: (dims, s.hi.numpy()), f"{name}_lo": (dims, s.lo.numpy())}
+
+
+def _read_compensated(group, name: str) -> CompensatedSum:
+    return CompensatedSum(
+        torch.from_numpy(group[name].values), torch.from_numpy(group[f"{name}_lo"].values)
+    )
+
+
 def _moments_dataset(m: MomentSums) -> xr.Dataset:
     f, ff = ("feature",), ("feature", "feature_t")
     return xr.Dataset(
         {
             "moment_shift": (f, m.shift.numpy()),
-            "moment_sum": (f, m.total.hi.numpy()),
-            "moment_sum_lo": (f, m.total.lo.numpy()),
-            "moment_gram": (ff, m.gram.hi.numpy()),
-            "moment_gram_lo": (ff, m.gram.lo.numpy()),
+            **_compensated_vars("moment_sum", f, m.total),
+            **_compensated_vars("moment_gram", ff, m.gram),
         },
         attrs={"count": m.count, "centred": int(m.centred)},
     )
@@ -177,11 +186,10 @@ def read_moments(path: str | os.PathLike) -> dict[str, MomentSums]:
         g = tree[layer]
         if "moment_sum" not in g:
             raise ValueError(f"{path} holds no moment sums for {layer!r}: not a shard's store.")
-        arr = {name: torch.from_numpy(v.values) for name, v in g.data_vars.items()}
         out[layer] = MomentSums(
-            arr["moment_shift"],
-            CompensatedSum(arr["moment_sum"], arr["moment_sum_lo"]),
-            CompensatedSum(arr["moment_gram"], arr["moment_gram_lo"]),
+            torch.from_numpy(g["moment_shift"].values),
+            _read_compensated(g, "moment_sum"),
+            _read_compensated(g, "moment_gram"),
             int(g.attrs["count"]),
             bool(g.attrs["centred"]),
         )
@@ -202,11 +210,9 @@ def write_partial_sums(path: str | os.PathLike, parts: Mapping[str, Partial], at
     """One shard's sums (one group each: variables ``sum`` and its compensation ``sum_lo``,
     attribute ``count`` of (sample, position) pairs), to be added to the other shards' before
     dividing by the total count."""
-    dims = ("row", "column")
     groups = {
         name: xr.Dataset(
-            {"sum": (dims, p.total.hi.numpy()), "sum_lo": (dims, p.total.lo.numpy())},
-            attrs={"count": p.count},
+            _compensated_vars("sum", ("row", "column"), p.total), attrs={"count": p.count}
         )
         for name, p in parts.items()
     }
@@ -216,13 +222,7 @@ def write_partial_sums(path: str | os.PathLike, parts: Mapping[str, Partial], at
 def read_partial_sums(path: str | os.PathLike) -> dict[str, Partial]:
     tree = _open_tree(path)
     return {
-        name: Partial(
-            CompensatedSum(
-                torch.from_numpy(tree[name]["sum"].values),
-                torch.from_numpy(tree[name]["sum_lo"].values),
-            ),
-            int(tree[name].attrs["count"]),
-        )
+        name: Partial(_read_compensated(tree[name], "sum"), int(tree[name].attrs["count"]))
         for name in tree.attrs["names"]
     }
 
