@@ -290,9 +290,10 @@ class ExperimentConfig(_Frozen):
         t, e = self.model.text, self.extract
         sets = {"text.n_samples": t.n_samples, "text.n_stats_samples": t.n_stats_samples}
         for key, n in sets.items():
-            if n is not None and -(-n // e.batch_size) < e.n_shards:
+            n_batches = None if n is None else -(-n // e.batch_size)
+            if n_batches is not None and n_batches < e.n_shards:
                 raise ValueError(
-                    f"extract.n_shards={e.n_shards} is more than the {-(-n // e.batch_size)} "
+                    f"extract.n_shards={e.n_shards} is more than the {n_batches} "
                     f"batches of {key}={n} at extract.batch_size={e.batch_size}: every shard "
                     "needs a batch. Lower n_shards or batch_size, or raise the sample count."
                 )
