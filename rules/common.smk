@@ -1,5 +1,6 @@
 # Config loading and validation, wildcard constraints, and every function the rules use.
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -61,8 +62,12 @@ UNSHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards
 
 
 def code_files(*stages):
-    """Package modules used by the given stages, as input files (checksummed by Snakemake)."""
-    files = {str(PACKAGE / f) for stage in stages for f in CODE[stage]}
+    """Package modules used by the given stages, as input files (checksummed by Snakemake).
+
+    Relative to the working directory, so that Snakemake's record of a job's inputs does not
+    change when the project (workflow and results together) moves to another path.
+    """
+    files = {os.path.relpath(PACKAGE / f) for stage in stages for f in CODE[stage]}
     return sorted(files)
 
 
@@ -102,7 +107,17 @@ def imported_weights(wildcards):
 
 
 def model_params(wildcards):
-    return experiment(wildcards).model.model_dump(mode="json")
+    """Only the model settings of the experiment's kind (see ModelConfig.settings)."""
+    return experiment(wildcards).model.settings()
+
+
+def model_section(section):
+    """Params: the model kind and one section of it (downloads: hub or text)."""
+
+    def params(wildcards):
+        return experiment(wildcards).model.settings(section)
+
+    return params
 
 
 def extract_params(wildcards):

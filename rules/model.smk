@@ -56,6 +56,9 @@ rule import_model:
         "../scripts/import_model.py"
 
 
+# Downloads stream files to disk, so their memory does not grow with the model. Snakemake does
+# not retry them: hub.py retries only what can pass (timeouts, HTTP 5xx) and fails at once on a
+# failed name lookup or offline.
 rule download_model:
     output:
         directory("resources/models/{experiment}"),
@@ -63,16 +66,15 @@ rule download_model:
         "results/logs/download_model/{experiment}.log",
     wildcard_constraints:
         experiment=HUB,
-    retries: 3
     localrule: True
     conda:
         "../envs/interaction_basis.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(1000),
         runtime=runtime(60),
     params:
-        model=model_params,
+        model=model_section("hub"),
     script:
         "../scripts/download_model.py"
 
@@ -84,15 +86,14 @@ rule download_dataset:
         "results/logs/download_dataset/{experiment}.log",
     wildcard_constraints:
         experiment=HUB,
-    retries: 3
     localrule: True
     conda:
         "../envs/interaction_basis.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=mem_mb(1000),
         runtime=runtime(120),
     params:
-        model=model_params,
+        model=model_section("text"),
     script:
         "../scripts/download_dataset.py"

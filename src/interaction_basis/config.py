@@ -119,6 +119,24 @@ class ModelConfig(_Frozen):
         default_factory=TextDataConfig, description="kind hf: the text dataset."
     )
 
+    def settings(self, *sections: str) -> dict:
+        """The settings of this kind (JSON types): ``kind`` and the sections it reads, or of
+        those only ``sections``. Stage params and stored provenance hold only these, so that
+        another kind's settings rerun nothing and are not recorded as if they mattered."""
+        used = _KIND_SECTIONS[self.kind]
+        unknown = set(sections) - set(used)
+        if unknown:
+            raise ValueError(f"kind {self.kind!r} does not use {sorted(unknown)}")
+        return self.model_dump(mode="json", include={"kind", *(sections or used)})
+
+
+# The sections of `model` each kind reads (`weights`: an existing weights.npz to import).
+_KIND_SECTIONS = {
+    "modadd": ("weights", "train"),
+    "mlp": ("weights", "mlp", "data"),
+    "hf": ("hub", "text"),
+}
+
 
 class ExtractConfig(_Frozen):
     """Activation extraction at the node layers (lib_spec A.1, A.2)."""

@@ -3,6 +3,8 @@ numbers behind the report (lib_spec D, E). Wiring only, like ``stages``."""
 
 import logging
 
+from tqdm.auto import tqdm
+
 from interaction_basis import ablation, io, tasks
 from interaction_basis.clustering import build_interaction_graph, compute_modules
 from interaction_basis.config import ClusterConfig, EvaluateConfig, ModelConfig
@@ -41,7 +43,7 @@ def ablate_nodes(
         model, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
     )
     layers = {}
-    for layer in model.node_layers[:-1]:
+    for layer in tqdm(model.node_layers[:-1], desc="node ablation", unit="layer"):
         n = bases[layer].C.shape[0]
         if cfg.node_schedule == "exponential":
             counts = ablation.compute_exponential_schedule(
@@ -87,17 +89,19 @@ def ablate_edges(
     model, bases = _model(model_cfg, weights_path, basis_path, cfg.dtype)
     edges = io.read_edges(edges_path)
     inputs, labels = _eval_set(model_cfg, cfg, tokens_path)
-    results = ablation.compute_all_edges_required(
-        model,
-        bases,
-        edges,
-        inputs,
-        labels,
-        metric=cfg.metric,
-        delta=cfg.edge_delta,
-        scaling=cfg.edge_scaling,
-        batch_size=cfg.batch_size,
+    settings = dict(
+        metric=cfg.metric, delta=cfg.edge_delta, scaling=cfg.edge_scaling, batch_size=cfg.batch_size
     )
+    base = ablation.compute_unablated_score(
+        model, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
+    )
+    # One pair at a time (what compute_all_edges_required does), for a progress line per pair.
+    results = {
+        (a, b): ablation.compute_edges_required(
+            model, a, bases[a], bases[b], e, inputs, labels, base_score=base, **settings
+        )
+        for (a, b), e in tqdm(edges.items(), desc="edge ablation", unit="pair")
+    }
     pairs = {}
     for (a, b), r in results.items():
         mass = ablation.compute_edge_mass_counts(edges[(a, b)], (*MASS_FRACTIONS, 0.999))

@@ -1,13 +1,29 @@
-"""All storage: weights, Zarr stores (through xarray), JSON. Every write is atomic.
+"""All storage: weights, Zarr stores (through xarray), JSON. Every write is atomic, every read
+is verified.
 
 Outputs are written to a sibling temporary path and renamed into place, so a job killed
 halfway leaves nothing that a later stage (or a rerun) would mistake for a finished result.
+
+Every Zarr store gets an integrity record in its root attributes (``integrity``), written last,
+just before the rename: per array its shape, dtype, number of stored chunks, whether all values
+are finite and, for arrays up to :data:`FULL_CHECK_BYTES`, a CRC-32 of the values. Opening a
+store checks all of it (Zarr fills a missing chunk with the fill value without a word, so the
+chunk count is what catches a deleted chunk file). Larger arrays (activations) are only
+counted and shape-checked when opened, so that opening stays cheap; their CRC-32, computed while
+streaming them in at write time, is checked at the end of every full pass over them, before
+anything computed from them is written. A store without the record is incomplete (or from an
+older version): :func:`remove_incomplete_stores` deletes such leftovers at planning time so that
+Snakemake rebuilds them instead of trusting them. A damaged input stops the job with
+:class:`DamagedInputError`, which names the file, what is wrong, the rule that wrote it and the
+command that rebuilds it.
 """
 
 import json
 import os
 import shutil
+import sys
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 from torch import Tensor
 
 from interaction_basis.basis import Basis
@@ -27,13 +44,53 @@ warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
 warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
 
 
+#: Arrays up to this size (bytes) are read and checksummed in full whenever their store is
+#: opened; larger ones are checksummed at the end of each full streamed pass (see above).
+FULL_CHECK_BYTES = 64 << 20
+INTEGRITY_ATTR = "integrity"
+
+
+class DamagedInputError(ValueError):
+    """An input file is missing parts, has the wrong shape or values, or cannot be read."""
+
+    def __init__(self, path: str | os.PathLike, problems: list[str], rule: str | None = None):
+        self.path, self.problems, self.rule = Path(path), problems, rule
+        super().__init__(_damage_message(self.path, problems, rule))
+
+
+def _damage_message(path: Path, problems: list[str], rule: str | None) -> str:
+    shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    fix = f"`snakemake --cores all --forcerun {path}`"
+    if rule:
+        fix = (
+            f"`snakemake --cores all --forcerun {rule}` (rule {rule} wrote it; for this output "
+            f"only: {fix})"
+        )
+    return (
+        f"{path} is damaged, nothing was computed from it: {shown}. Rebuild it and everything "
+        f"computed from it with {fix}."
+    )
+
+
+def current_rule() -> str | None:
+    """The Snakemake rule of the running job script (``None`` outside a workflow job)."""
+    job = getattr(sys.modules.get("__main__"), "snakemake", None)
+    return getattr(job, "rule", None)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds."""
+    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds.
+
+    Leftovers of earlier writes of the same output (a killed job's ``.<name>.partial-<pid>``)
+    are removed first: the job writing an output owns all of its partial siblings.
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}.partial-"
+    for stale in [p for p in final.parent.iterdir() if p.name.startswith(prefix)]:
+        _remove(stale)
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
         _remove(final)
@@ -50,7 +107,8 @@ def _remove(path: Path) -> None:
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Arrays of a ``weights.npz`` (no pickles)."""
+    """Arrays of a ``weights.npz`` (no pickles), each read in full (the zip CRC is checked)
+    and finite."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -59,12 +117,31 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         )
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            weights = {k: data[k] for k in data.files}
     except Exception as err:  # zipfile/pickle/format errors all mean the same to a user
-        raise ValueError(
-            f"Cannot read {path} as a .npz of arrays ({err}). Expected a file written by "
-            "numpy.savez with one array per state-dict tensor."
+        raise DamagedInputError(
+            path,
+            [
+                f"cannot read it as a .npz of arrays ({err}); expected a file written by "
+                "numpy.savez with one array per state-dict tensor"
+            ],
+            _writer_of(path),
         ) from err
+    bad = [
+        k for k, v in weights.items() if v.dtype.kind in "fc" and not np.isfinite(v).all()
+    ]
+    if bad:
+        raise DamagedInputError(path, [f"NaN or inf in {bad}"], _writer_of(path))
+    return weights
+
+
+def _writer_of(path: Path) -> str | None:
+    """The rule that writes a results file (``None`` for files outside ``results/``)."""
+    return None if "results" not in path.parts else _RESULT_WRITERS.get(path.name)
+
+
+# Files without room for a record of their own: the rules that write them, for the error.
+_RESULT_WRITERS = {"weights.npz": "train_model", "metrics.json": "train_model"}
 
 
 def write_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
@@ -78,8 +155,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:
+    """A JSON file; with ``required``, an object that must hold those keys."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedInputError(path, [f"not readable as JSON ({err})"], _writer_of(path)) from err
+    missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise DamagedInputError(path, [f"keys {missing} are missing"], _writer_of(path))
+    return obj
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -99,13 +185,135 @@ def _write_tree(path: str | os.PathLike, groups: Mapping[str, xr.Dataset], attrs
     tree = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), **groups})
     with atomic_path(path) as tmp:
         tree.to_zarr(tmp, mode="w", consolidated=False)
+        _seal(tmp)
+
+
+def _array_record(arr: zarr.Array, crc: int | None = None, finite: bool | None = None) -> dict:
+    """What :func:`_verify` checks of one array: shape, dtype, stored chunks, values."""
+    record = {
+        "shape": list(arr.shape),
+        "dtype": str(arr.dtype),
+        "chunks": int(arr.nchunks_initialized),
+    }
+    if arr.nbytes <= FULL_CHECK_BYTES:
+        values = arr[...]
+        crc, finite = _crc(values), _finite(values)
+    if crc is not None:
+        record["crc32"] = crc
+    if finite is not None:
+        record["finite"] = finite
+    return record
+
+
+def _crc(values: np.ndarray, start: int = 0) -> int:
+    return zlib.crc32(np.ascontiguousarray(values).view(np.uint8), start)
+
+
+def _finite(values: np.ndarray) -> bool:
+    return bool(values.dtype.kind not in "fc" or np.isfinite(values).all())
+
+
+def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
+    for name, member in sorted(group.members()):
+        if isinstance(member, zarr.Array):
+            yield prefix + name, member
+        else:
+            yield from _arrays(member, f"{prefix}{name}/")
+
+
+def _seal(path: Path, streamed: Mapping[str, tuple[int, bool]] | None = None) -> None:
+    """Record the integrity of a finished store (last write before the rename).
+
+    ``streamed``: CRC-32 and finiteness of large arrays, computed while they were written.
+    """
+    root = zarr.open_group(path, mode="r+")
+    arrays = {
+        name: _array_record(arr, *(streamed or {}).get(name, (None, None)))
+        for name, arr in _arrays(root)
+    }
+    root.attrs[INTEGRITY_ATTR] = {"rule": current_rule(), "arrays": arrays}
+
+
+# Stores already verified by this process, by path and root-metadata mtime.
+_verified: set[tuple[str, int]] = set()
+
+
+def _verify(path: Path) -> dict:
+    """Check a store against its integrity record; returns the record."""
+    meta = path / "zarr.json"
+    try:
+        key = (str(path.resolve()), meta.stat().st_mtime_ns)
+        root = zarr.open_group(path, mode="r")
+        record = root.attrs.get(INTEGRITY_ATTR)
+    except Exception as err:
+        raise DamagedInputError(path, [f"not a readable Zarr store ({err})"]) from err
+    if record is None:
+        raise DamagedInputError(
+            path,
+            ["it has no integrity record: it is incomplete, or was written by an older version"],
+        )
+    if key in _verified:
+        return record
+    problems = []
+    for name, want in record["arrays"].items():
+        try:
+            arr = root[name]
+        except KeyError:
+            problems.append(f"array {name} is missing")
+            continue
+        got = _array_record(arr) if arr.nbytes <= FULL_CHECK_BYTES else None
+        have = got or {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+        if have["shape"] != want["shape"] or have["dtype"] != want["dtype"]:
+            problems.append(
+                f"{name} is {have['dtype']} {have['shape']}, written as {want['dtype']} "
+                f"{want['shape']}"
+            )
+            continue
+        chunks = got["chunks"] if got else int(arr.nchunks_initialized)
+        if chunks != want["chunks"]:
+            problems.append(f"{name} has {chunks} of its {want['chunks']} chunks")
+        elif got and "crc32" in want and got.get("crc32") != want["crc32"]:
+            problems.append(f"the values of {name} differ from those written (CRC-32)")
+        if want.get("finite") is False:
+            problems.append(f"{name} holds NaN or inf")
+    if problems:
+        raise DamagedInputError(path, problems, record.get("rule"))
+    _verified.add(key)
+    return record
 
 
 def _open_tree(path: str | os.PathLike) -> xr.DataTree:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Zarr store {path} does not exist; run the stage that makes it.")
+    _verify(path)
     return xr.open_datatree(path, engine="zarr", consolidated=False)
+
+
+def is_complete_store(path: str | os.PathLike) -> bool:
+    """Whether a store's root metadata holds its integrity record (written last)."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return INTEGRITY_ATTR in meta.get("attributes", {})
+
+
+def remove_incomplete_stores(root: str | os.PathLike) -> list[Path]:
+    """Delete every ``*.zarr`` under ``root`` that lacks its integrity record; return them.
+
+    Such a directory is never a result: an interrupted job (or Snakemake's cleanup of a failed
+    one) left it. Removed, it is planned again, with everything computed from it.
+    """
+    removed = []
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in [d for d in dirnames if d.endswith(".zarr") and not d.startswith(".")]:
+            dirnames.remove(name)  # never descend into a store
+            store = Path(dirpath, name)
+            if not is_complete_store(store):
+                _remove(store)
+                removed.append(store)
+    return removed
 
 
 class ActivationWriter:
@@ -119,12 +327,16 @@ class ActivationWriter:
     def __init__(self, path: Path, attrs: dict, chunk_samples: int):
         self.path, self.chunk_samples = path, chunk_samples
         self.layers: list[str] = []
+        self.streamed: dict[str, tuple[int, bool]] = {}  # CRC-32 and finiteness per layer
         xr.Dataset(attrs=attrs).to_zarr(path, mode="w", consolidated=False)
 
     def append(self, acts: Mapping[str, Tensor]) -> None:
         first = not self.layers
         for layer, x in acts.items():
-            ds = xr.Dataset({"activations": (("sample", "position", "feature"), x.numpy())})
+            values = x.numpy()
+            crc, finite = self.streamed.get(f"{layer}/activations", (0, True))
+            self.streamed[f"{layer}/activations"] = (_crc(values, crc), finite and _finite(values))
+            ds = xr.Dataset({"activations": (("sample", "position", "feature"), values)})
             if first:
                 ds["activations"].encoding["chunks"] = (self.chunk_samples, *x.shape[1:])
                 ds.to_zarr(self.path, group=layer, mode="w", consolidated=False)
@@ -203,7 +415,8 @@ def write_stats(path: str | os.PathLike, stats: Mapping[str, LayerStats], attrs:
 
 
 def read_attrs(path: str | os.PathLike) -> dict:
-    return dict(_open_tree(path).attrs)
+    """The root attributes a stage wrote (without the integrity record)."""
+    return {k: v for k, v in _open_tree(path).attrs.items() if k != INTEGRITY_ATTR}
 
 
 def write_partial_sums(path: str | os.PathLike, parts: Mapping[str, Partial], attrs: dict) -> None:
@@ -233,7 +446,9 @@ def activation_writer(
 ) -> Iterator[ActivationWriter]:
     """An :class:`ActivationWriter` whose store appears at ``path`` only when complete."""
     with atomic_path(path) as tmp:
-        yield ActivationWriter(tmp, attrs, chunk_samples)
+        writer = ActivationWriter(tmp, attrs, chunk_samples)
+        yield writer
+        _seal(tmp, writer.streamed)
 
 
 def read_node_layers(path: str | os.PathLike) -> list[str]:
@@ -253,23 +468,54 @@ def read_stats(path: str | os.PathLike) -> dict[str, LayerStats]:
     return out
 
 
-def _batches_from_tree(tree: xr.DataTree, batch_size: int) -> BatchSource:
+class _StreamCheck:
+    """Checks a large array's CRC-32 once a pass has read all of it, in order."""
+
+    def __init__(self, path: Path, record: dict, name: str):
+        self.path, self.rule = path, record.get("rule")
+        self.name, self.want = name, record["arrays"].get(name, {}).get("crc32")
+        self.crc, self.next = 0, 0
+
+    def update(self, start: int, values: np.ndarray, total: int) -> None:
+        if self.want is None:
+            return
+        if start != self.next:  # not one pass in order: nothing to check
+            self.want = None
+            return
+        self.crc, self.next = _crc(values, self.crc), start + len(values)
+        if self.next == total and self.crc != self.want:
+            raise DamagedInputError(
+                self.path, [f"the values of {self.name} differ from those written (CRC-32)"], self.rule
+            )
+
+
+def _batches_from_tree(path: Path, record: dict, tree: xr.DataTree, batch_size: int) -> BatchSource:
     def batches(layer: str) -> Iterator[Tensor]:
         var = tree[layer]["activations"]
         n = var.sizes["sample"]
+        check = _StreamCheck(path, record, f"{layer}/activations")
         for start in range(0, n, batch_size):
-            yield torch.from_numpy(var.isel(sample=slice(start, start + batch_size)).values)
+            values = var.isel(sample=slice(start, start + batch_size)).values
+            check.update(start, values, n)
+            yield torch.from_numpy(values)
 
     return batches
 
 
 def open_activation_batches(path: str | os.PathLike, batch_size: int) -> BatchSource:
-    """A BatchSource that reads one batch of samples at a time from the store."""
-    return _batches_from_tree(_open_tree(path), batch_size)
+    """A BatchSource that reads one batch of samples at a time from the store; a pass that
+    reads an activation array to its end checks its CRC-32 before the last batch is given out."""
+    tree = _open_tree(path)
+    return _batches_from_tree(Path(path), _verify(Path(path)), tree, batch_size)
 
 
 def read_activations(path: str | os.PathLike, layer: str) -> Tensor:
-    return torch.from_numpy(_open_tree(path)[layer]["activations"].values)
+    tree = _open_tree(path)
+    values = tree[layer]["activations"].values
+    _StreamCheck(Path(path), _verify(Path(path)), f"{layer}/activations").update(
+        0, values, len(values)
+    )
+    return torch.from_numpy(values)
 
 
 def write_bases(

@@ -1,6 +1,7 @@
 """Workflow stage entry points: each wires ``io`` reads, package computations and ``io``
 writes for one Snakemake rule. No math and no file handling of their own."""
 
+import functools
 import hashlib
 import json
 import logging
@@ -164,7 +165,7 @@ def extract_activations(
     data = tasks.load_task_data(model_cfg, tokens_path)
     size = extract_cfg.batch_size
     start, stop = _shard_bounds(len(data.fit_inputs), extract_cfg, shard)
-    attrs = provenance(model=model_cfg.model_dump(), extract=extract_cfg.model_dump())
+    attrs = provenance(model=model_cfg.settings(), extract=extract_cfg.model_dump())
     attrs.update(model_kind=model_cfg.kind, dataset=data.description, dtype=extract_cfg.dtype)
     if shard is not None:
         attrs.update(shard=shard, n_shards=extract_cfg.n_shards, sample_start=start)
@@ -288,7 +289,7 @@ def fit_basis(
 
 def _basis_attrs(model_cfg, extract_cfg, basis_cfg) -> dict:
     return provenance(
-        model=model_cfg.model_dump(), extract=extract_cfg.model_dump(), basis=basis_cfg.model_dump()
+        model=model_cfg.settings(), extract=extract_cfg.model_dump(), basis=basis_cfg.model_dump()
     )
 
 
@@ -544,9 +545,38 @@ def summarize(
         plot_interaction_graphs(edges, modules, title, path)
 
 
+#: Seconds between two progress lines in a rule log.
+PROGRESS_INTERVAL = 10.0
+
+
+class _ProgressLog:
+    """A file for tqdm that turns each refresh into one log line (count, rate and ETA)."""
+
+    def write(self, text: str) -> None:
+        line = text.strip("\r\n ")
+        if line:
+            log.info("%s", line)
+
+    def flush(self) -> None:
+        pass
+
+
+def progress_to_log(interval: float = PROGRESS_INTERVAL) -> None:
+    """Every tqdm bar of this process, the package's or a library's, writes into the log: a line
+    every ``interval`` seconds, so that ``tail -f`` on a rule log shows a long job advance."""
+    import tqdm.std
+
+    init = getattr(tqdm.std.tqdm.__init__, "_to_log_of", tqdm.std.tqdm.__init__)
+    patched = functools.partialmethod(init, file=_ProgressLog(), mininterval=interval, ascii=True)
+    patched._to_log_of = init
+    tqdm.std.tqdm.__init__ = patched
+
+
 def set_threads(threads: int) -> None:
-    """Start of every job: thread count, where it runs, and uncaught errors into the rule log."""
+    """Start of every job: thread count, where it runs, progress bars and uncaught errors into
+    the rule log."""
     torch.set_num_threads(max(1, int(threads)))
+    progress_to_log()
     log.info(
         "torch threads: %d, host %s, SLURM job %s",
         torch.get_num_threads(),
@@ -555,7 +585,17 @@ def set_threads(threads: int) -> None:
     )
 
     def log_uncaught(kind, value, tb):
+        # The traceback goes to the log only; the console gets the message once (Snakemake
+        # shows a failed job's stderr, and its log where --show-failed-logs is set).
         log.error("job failed", exc_info=(kind, value, tb))
-        sys.__excepthook__(kind, value, tb)
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        log_file = next(
+            (h.baseFilename for h in logging.getLogger().handlers if hasattr(h, "baseFilename")),
+            None,
+        )
+        where = f" (traceback in {log_file})" if log_file else ""
+        print(f"{kind.__name__}: {value}{where}", file=sys.stderr)
 
     sys.excepthook = log_uncaught
