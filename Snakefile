@@ -2,7 +2,13 @@
 # experiment. Run `snakemake --cores N`; see README.md.
 from snakemake.utils import min_version
 
+from interaction_basis.config import check_yaml
+
 min_version("9.19")
+
+
+# Snakemake's message for a config file that is not valid YAML names neither file nor line.
+check_yaml(f"{workflow.basedir}/config/config.yaml")
 
 
 configfile: f"{workflow.basedir}/config/config.yaml"

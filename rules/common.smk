@@ -4,6 +4,7 @@ import os
 import re
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from interaction_basis import io
@@ -11,6 +12,11 @@ from interaction_basis.config import WorkflowConfig
 
 validate(config, schema="../config/schema.yaml")
 CONFIG = WorkflowConfig.model_validate(config)
+
+# A store without its integrity record (io.py writes it last) was left by a job that failed or
+# was killed, e.g. after Snakemake had removed the old output: absent, it is planned again.
+for store in io.remove_incomplete_stores("results"):
+    logger.warning(f"Removed {store}: an incomplete store (no integrity record).")
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
 PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
 

@@ -31,9 +31,12 @@ stores can record it. The file is hidden so that ``datasets`` never mistakes it 
 
 import codecs
 import json
+import logging
 import os
 import re
 import shutil
+import socket
+import time
 import warnings
 from collections.abc import Sequence
 from fnmatch import fnmatch
@@ -41,6 +44,14 @@ from pathlib import Path
 from typing import Any
 
 from interaction_basis.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Tries of a hub download whose failure can pass (a timeout, HTTP 429 or 5xx), and the pause
+#: before the second (doubling after). Anything else (a failed name lookup, offline mode, a
+#: missing repo) fails at once: trying again cannot change it.
+HUB_ATTEMPTS = 4
+HUB_BACKOFF_S = 5.0
 
 #: Snakemake target that runs the download rules (named in error messages).
 DOWNLOAD_TARGET = "all_models"
@@ -276,21 +287,50 @@ def _snapshot(
     from huggingface_hub import constants
 
     offline = _offline()
-    try:
-        folder = huggingface_hub.snapshot_download(
-            repo_id,
-            repo_type=repo_type,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=list(patterns),
-            local_files_only=offline,
-        )
-    except Exception as err:  # every hub failure gets the same actionable message
-        cache = cache_dir if cache_dir is not None else constants.HF_HUB_CACHE
-        raise HubDownloadError(
-            _hub_error_message(repo_id, revision, repo_type, err, offline, cache)
-        ) from err
-    return Path(folder)
+    for attempt in range(1, HUB_ATTEMPTS + 1):
+        try:
+            folder = huggingface_hub.snapshot_download(
+                repo_id,
+                repo_type=repo_type,
+                revision=revision,
+                cache_dir=cache_dir,
+                allow_patterns=list(patterns),
+                local_files_only=offline,
+            )
+        except Exception as err:  # every hub failure gets the same actionable message
+            if not offline and attempt < HUB_ATTEMPTS and is_transient(err):
+                pause = HUB_BACKOFF_S * 2 ** (attempt - 1)
+                log.warning("%s (try %d of %d); again in %.0f s", err, attempt, HUB_ATTEMPTS, pause)
+                time.sleep(pause)
+                continue
+            cache = cache_dir if cache_dir is not None else constants.HF_HUB_CACHE
+            raise HubDownloadError(
+                _hub_error_message(repo_id, revision, repo_type, err, offline, cache)
+            ) from err
+        return Path(folder)
+    raise AssertionError("unreachable")
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a download error can pass on its own: a timeout, HTTP 429 or 5xx, anywhere in
+    its chain of causes, and no failed name lookup (an offline machine) in it."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    text = " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
+    if any(isinstance(e, socket.gaierror) for e in chain) or any(
+        m in text for m in ("nameresolution", "name resolution", "name or service not known")
+    ):
+        return False
+    for e in chain:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(status, int) and (status == 429 or status >= 500):
+            return True
+        if isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower():
+            return True
+    return False
 
 
 def _hub_error_message(

@@ -59,7 +59,9 @@ class DamagedInputError(ValueError):
 
 
 def _damage_message(path: Path, problems: list[str], rule: str | None) -> str:
-    shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    shown = "; ".join(problems[:8])
+    if len(problems) > 8:
+        shown += f"; and {len(problems) - 8} more"
     fix = f"`snakemake --cores all --forcerun {path}`"
     if rule:
         fix = (
@@ -127,9 +129,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
             ],
             _writer_of(path),
         ) from err
-    bad = [
-        k for k, v in weights.items() if v.dtype.kind in "fc" and not np.isfinite(v).all()
-    ]
+    bad = [k for k, v in weights.items() if v.dtype.kind in "fc" and not np.isfinite(v).all()]
     if bad:
         raise DamagedInputError(path, [f"NaN or inf in {bad}"], _writer_of(path))
     return weights
@@ -484,9 +484,8 @@ class _StreamCheck:
             return
         self.crc, self.next = _crc(values, self.crc), start + len(values)
         if self.next == total and self.crc != self.want:
-            raise DamagedInputError(
-                self.path, [f"the values of {self.name} differ from those written (CRC-32)"], self.rule
-            )
+            problem = f"the values of {self.name} differ from those written (CRC-32)"
+            raise DamagedInputError(self.path, [problem], self.rule)
 
 
 def _batches_from_tree(path: Path, record: dict, tree: xr.DataTree, batch_size: int) -> BatchSource:
