@@ -591,11 +591,8 @@ def set_threads(threads: int) -> None:
         if issubclass(kind, KeyboardInterrupt):
             sys.__excepthook__(kind, value, tb)
             return
-        log_file = next(
-            (h.baseFilename for h in logging.getLogger().handlers if hasattr(h, "baseFilename")),
-            None,
-        )
-        where = f" (traceback in {log_file})" if log_file else ""
+        files = [h.baseFilename for h in logging.getLogger().handlers if hasattr(h, "baseFilename")]
+        where = f" (traceback in {files[-1]})" if files else ""
         print(f"{kind.__name__}: {value}{where}", file=sys.stderr)
 
     sys.excepthook = log_uncaught

@@ -1,0 +1,166 @@
+"""Damaged inputs are refused with the fix (issue 15): every store written through ``io`` carries
+an integrity record, checked when it is read; weights and JSON are checked too."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from interaction_basis import io
+from interaction_basis.basis import Basis
+from interaction_basis.build import LayerStats
+
+
+@pytest.fixture(autouse=True)
+def _fresh_verification_cache():
+    io._verified.clear()
+    yield
+    io._verified.clear()
+
+
+def _bases(d: int = 5, k: int = 3) -> dict[str, Basis]:
+    g = torch.Generator().manual_seed(0)
+    b = Basis(
+        torch.randn(d, k, dtype=torch.float64, generator=g),
+        torch.randn(k, d, dtype=torch.float64, generator=g),
+        torch.rand(k, dtype=torch.float64, generator=g),
+        0,
+    )
+    return {"a": b}
+
+
+def _written_basis(tmp_path):
+    path = tmp_path / "results" / "x" / "basis.zarr"
+    io.write_bases(path, _bases(), {}, "lib", {})
+    return path
+
+
+def test_intact_store_reads_back(tmp_path):
+    path = _written_basis(tmp_path)
+    torch.testing.assert_close(io.read_bases(path)["a"].C, _bases()["a"].C, rtol=0, atol=0)
+    record = zarr.open_group(path, mode="r").attrs[io.INTEGRITY_ATTR]
+    assert record["arrays"]["a/C"]["shape"] == [5, 3] and record["rule"] is None
+    assert io.INTEGRITY_ATTR not in io.read_attrs(path)
+
+
+def test_missing_chunk_is_refused_naming_store_and_fix(tmp_path):
+    path = _written_basis(tmp_path)
+    (path / "a" / "C" / "c" / "0" / "0").unlink()
+    with pytest.raises(io.DamagedInputError) as err:
+        io.read_bases(path)
+    msg = str(err.value)
+    assert str(path) in msg and "a/C has 0 of its 1 chunks" in msg, msg
+    assert f"--forcerun {path}" in msg, msg
+
+
+def test_changed_value_and_missing_array_are_refused(tmp_path):
+    path = _written_basis(tmp_path)
+    zarr.open_group(path, mode="r+")["a/C_pinv"][0, 0] = np.nan
+    with pytest.raises(io.DamagedInputError, match="values of a/C_pinv differ"):
+        io.read_bases(path)
+    io._verified.clear()
+    path = _written_basis(tmp_path)
+    for f in sorted((path / "a" / "Lambda").rglob("*"), reverse=True):
+        f.rmdir() if f.is_dir() else f.unlink()
+    (path / "a" / "Lambda").rmdir()
+    with pytest.raises(io.DamagedInputError, match="array a/Lambda is missing"):
+        io.read_bases(path)
+
+
+def test_store_without_record_is_incomplete_and_removed(tmp_path):
+    path = _written_basis(tmp_path)
+    meta = json.loads((path / "zarr.json").read_text())
+    del meta["attributes"][io.INTEGRITY_ATTR]
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(io.DamagedInputError, match="no integrity record"):
+        io.read_bases(path)
+    empty = tmp_path / "results" / "y" / "edges.zarr"
+    empty.mkdir(parents=True)
+    (empty / ".snakemake_timestamp").touch()
+    keep = tmp_path / "results" / "z" / "basis.zarr"
+    io.write_bases(keep, _bases(), {}, "pca", {})
+    removed = io.remove_incomplete_stores(tmp_path / "results")
+    assert sorted(removed) == sorted([path, empty])
+    assert not path.exists() and not empty.exists() and keep.is_dir()
+
+
+def test_non_finite_values_are_refused_on_read(tmp_path):
+    path = tmp_path / "stats.zarr"
+    stats = LayerStats(torch.tensor([1.0, float("nan")]), torch.eye(2), 4)
+    io.write_stats(path, {"l": stats}, {})
+    with pytest.raises(io.DamagedInputError, match="l/mean holds NaN or inf"):
+        io.read_stats(path)
+
+
+def _activation_store(path, n_batches=3):
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(4, 2, 3, dtype=torch.float64, generator=g) for _ in range(n_batches)]
+    with io.activation_writer(path, {}, chunk_samples=4) as store:
+        for x in batches:
+            store.append({"l": x})
+        stats = LayerStats(torch.zeros(3, dtype=torch.float64), torch.eye(3), 24)
+        store.write_stats({"l": stats})
+    return torch.cat(batches)
+
+
+def test_large_array_checksum_is_checked_at_the_end_of_a_pass(tmp_path, monkeypatch):
+    """Arrays over FULL_CHECK_BYTES are only counted when opened; their streamed CRC-32 is
+    compared when a pass reaches the end, before the last batch is handed out."""
+    monkeypatch.setattr(io, "FULL_CHECK_BYTES", 64)  # the activations count as large
+    path = tmp_path / "activations.zarr"
+    want = _activation_store(path)
+    got = torch.cat(list(io.open_activation_batches(path, 4)("l")))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    zarr.open_group(path, mode="r+")["l/activations"][9, 1, 2] = 0.5
+    io._verified.clear()
+    batches = io.open_activation_batches(path, 4)("l")  # opening: chunks and shapes are fine
+    assert next(batches).shape == (4, 2, 3)
+    with pytest.raises(io.DamagedInputError, match="values of l/activations differ"):
+        list(batches)
+    with pytest.raises(io.DamagedInputError, match="values of l/activations differ"):
+        io.read_activations(path, "l")
+
+
+def test_large_array_missing_chunk_is_refused_when_opened(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "FULL_CHECK_BYTES", 64)
+    path = tmp_path / "activations.zarr"
+    _activation_store(path)
+    (path / "l" / "activations" / "c" / "1" / "0" / "0").unlink()
+    with pytest.raises(io.DamagedInputError, match="l/activations has 2 of its 3 chunks"):
+        io.open_activation_batches(path, 4)
+
+
+def test_damaged_weights_and_json_name_the_rule_and_fix(tmp_path):
+    weights = tmp_path / "results" / "x" / "model" / "weights.npz"
+    io.write_weights(weights, {"w": np.ones(3)})
+    weights.write_bytes(weights.read_bytes()[:-30])
+    with pytest.raises(io.DamagedInputError) as err:
+        io.read_weights(weights)
+    assert "--forcerun train_model" in str(err.value) and str(weights) in str(err.value)
+    io.write_weights(weights, {"w": np.array([1.0, np.inf])})
+    with pytest.raises(io.DamagedInputError, match=r"NaN or inf in \['w'\]"):
+        io.read_weights(weights)
+    metrics = tmp_path / "results" / "x" / "model" / "metrics.json"
+    metrics.write_text('{"train_accuracy": 1.0,')
+    with pytest.raises(io.DamagedInputError, match="not readable as JSON"):
+        io.read_json(metrics)
+    metrics.write_text("{}")
+    with pytest.raises(io.DamagedInputError, match=r"keys \['history'\] are missing"):
+        io.read_json(metrics, required=("history",))
+
+
+def test_stale_partials_of_the_output_are_removed_at_start(tmp_path):
+    target = tmp_path / "basis.zarr"
+    stale = [tmp_path / ".basis.zarr.partial-999999", tmp_path / ".basis.zarr.partial-1"]
+    stale[0].mkdir()
+    stale[1].write_text("half")
+    other = tmp_path / ".edges.zarr.partial-999999"
+    other.mkdir()
+    with io.atomic_path(target) as tmp:
+        assert not any(p.exists() for p in stale)
+        tmp.write_text("done")
+    assert target.read_text() == "done" and other.exists()
+    assert sorted(os.listdir(tmp_path)) == [".edges.zarr.partial-999999", "basis.zarr"]
