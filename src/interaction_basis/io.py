@@ -121,27 +121,32 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             weights = {k: data[k] for k in data.files}
     except Exception as err:  # zipfile/pickle/format errors all mean the same to a user
-        raise DamagedInputError(
-            path,
-            [
-                f"cannot read it as a .npz of arrays ({err}); expected a file written by "
-                "numpy.savez with one array per state-dict tensor"
-            ],
-            _writer_of(path),
-        ) from err
+        problem = (
+            f"cannot read it as a .npz of arrays ({err}); expected a file written by "
+            "numpy.savez with one array per state-dict tensor"
+        )
+        raise _bad_file(path, problem) from err
     bad = [k for k, v in weights.items() if v.dtype.kind in "fc" and not np.isfinite(v).all()]
     if bad:
-        raise DamagedInputError(path, [f"NaN or inf in {bad}"], _writer_of(path))
+        raise _bad_file(path, f"NaN or inf in {bad}")
     return weights
 
 
-def _writer_of(path: Path) -> str | None:
-    """The rule that writes a results file (``None`` for files outside ``results/``)."""
-    return None if "results" not in path.parts else _RESULT_WRITERS.get(path.name)
+def _bad_file(path: Path, problem: str) -> ValueError:
+    """A workflow output is damaged (rebuild it); a user's own file is just invalid."""
+    if "results" not in path.parts:
+        return ValueError(f"{path}: {problem[0].upper()}{problem[1:]}.")
+    return DamagedInputError(path, [problem], _RESULT_WRITERS.get(path.name))
 
 
-# Files without room for a record of their own: the rules that write them, for the error.
-_RESULT_WRITERS = {"weights.npz": "train_model", "metrics.json": "train_model"}
+# Files without room for an integrity record: the rules that write them, named in the error
+# (weights.npz and metrics.json come from train_model or import_model: the path says which).
+_RESULT_WRITERS = {
+    "modules.json": "cluster_graph",
+    "node_ablation.json": "ablate_nodes",
+    "edge_ablation.json": "ablate_edges",
+    "modules_by_resolution.json": "cluster_resolutions",
+}
 
 
 def write_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
@@ -161,10 +166,10 @@ def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:
     try:
         obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DamagedInputError(path, [f"not readable as JSON ({err})"], _writer_of(path)) from err
+        raise _bad_file(path, f"not readable as JSON ({err})") from err
     missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
     if missing:
-        raise DamagedInputError(path, [f"keys {missing} are missing"], _writer_of(path))
+        raise _bad_file(path, f"keys {missing} are missing")
     return obj
 
 

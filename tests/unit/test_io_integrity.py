@@ -133,13 +133,13 @@ def test_large_array_missing_chunk_is_refused_when_opened(tmp_path, monkeypatch)
         io.open_activation_batches(path, 4)
 
 
-def test_damaged_weights_and_json_name_the_rule_and_fix(tmp_path):
+def test_damaged_weights_and_json_name_the_fix(tmp_path):
     weights = tmp_path / "results" / "x" / "model" / "weights.npz"
     io.write_weights(weights, {"w": np.ones(3)})
     weights.write_bytes(weights.read_bytes()[:-30])
     with pytest.raises(io.DamagedInputError) as err:
         io.read_weights(weights)
-    assert "--forcerun train_model" in str(err.value) and str(weights) in str(err.value)
+    assert f"--forcerun {weights}`" in str(err.value), err.value
     io.write_weights(weights, {"w": np.array([1.0, np.inf])})
     with pytest.raises(io.DamagedInputError, match=r"NaN or inf in \['w'\]"):
         io.read_weights(weights)
@@ -164,3 +164,12 @@ def test_stale_partials_of_the_output_are_removed_at_start(tmp_path):
         tmp.write_text("done")
     assert target.read_text() == "done" and other.exists()
     assert sorted(os.listdir(tmp_path)) == [".edges.zarr.partial-999999", "basis.zarr"]
+
+
+def test_users_own_invalid_weights_are_not_called_a_result(tmp_path):
+    weights = tmp_path / "mine" / "weights.npz"
+    weights.parent.mkdir()
+    weights.write_text("not weights")
+    with pytest.raises(ValueError, match="Cannot read it as a .npz") as err:
+        io.read_weights(weights)
+    assert not isinstance(err.value, io.DamagedInputError)

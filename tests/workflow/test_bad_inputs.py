@@ -5,11 +5,21 @@ results/ appears); what only the model can judge (node layer names, weight files
 first job that reads it, with a message naming the problem.
 """
 
+import shutil
+import sys
 from typing import get_args
 
 import numpy as np
 import pytest
-from smk_helpers import REPO, snakemake, tiny_config, write_yaml
+from smk_helpers import (
+    REPO,
+    copy_workflow,
+    pythonpath_env,
+    run,
+    snakemake,
+    tiny_config,
+    write_yaml,
+)
 
 from factories import random_modadd_weights
 from interaction_basis.config import BasisConfig, Method
@@ -113,7 +123,7 @@ def test_malformed_weights_fail_the_import_job(tmp_path):
     )
     assert result.returncode != 0, result.describe()
     out = result.output
-    assert f"Cannot read {text} as a .npz of arrays" in out, result.describe()
+    assert f"{text}: Cannot read it as a .npz of arrays" in out, result.describe()
     assert "missing tensor 'unembed.b_U'" in out, result.describe()
     assert f"Invalid mod-add weights in {incomplete}" in out, result.describe()
     for name in ("bad_text", "bad_incomplete"):
@@ -147,3 +157,67 @@ def test_unknown_node_layer_fails_extraction_listing_the_valid_ones(tiny_run, tm
     for valid in ("ln1.0", "ln2.0", "unembed", "output"):
         assert valid in error.split("this model has")[-1], error
     assert not (tiny_run.results(workdir) / "activations.zarr").exists()
+
+
+def test_damaged_store_stops_the_jobs_that_read_it(tiny_run, tmp_path):
+    """One chunk file of lib/basis.zarr deleted (zarr would read it as fill values) and the
+    weights truncated: each job that reads one fails naming the file, what is wrong, the rule
+    that wrote it and the rebuild command, and writes nothing."""
+    workdir = tiny_run.copy_run(tmp_path / "run")
+    results = tiny_run.results(workdir)
+    chunk = results / "lib" / "basis.zarr" / "ln2.0" / "C" / "c" / "0" / "0"
+    chunk.unlink()
+    weights = results / "model" / "weights.npz"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    targets = ["results/tiny/lib/node_ablation.json", "results/tiny/activations.zarr"]
+    for target in targets:
+        path = workdir / target
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = tiny_run.smk(
+        "--cores", "2", "--keep-going", *targets, workdir=workdir, check=False, timeout=600
+    )
+    assert result.returncode != 0, result.describe()
+    out = result.output
+    expected = [
+        "results/tiny/lib/basis.zarr is damaged",
+        "ln2.0/C has 0 of its 1 chunks",
+        "--forcerun fit_basis",
+        "results/tiny/model/weights.npz is damaged",
+        "--forcerun results/tiny/model/weights.npz`",
+    ]
+    for text in expected:
+        assert text in out, f"{text!r} not in the output\n{result.describe()}"
+    for target in targets:
+        assert not (workdir / target).exists(), target
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    """Snakemake's own message for unparsable YAML names neither; the workflow's default config
+    is checked before Snakemake reads it, and `python -m interaction_basis.config --check`
+    checks any config file."""
+    workflow = tmp_path / "workflow"
+    copy_workflow(workflow)
+    default = workflow / "config" / "config.yaml"
+    lines = default.read_text().splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("reference_dir:"))
+    lines[i] = "reference_dir: ../shared: reference"  # a second ': ' in a plain value
+    default.write_text("\n".join(lines) + "\n")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    result = snakemake(
+        "-n",
+        "--directory",
+        str(workdir),
+        cwd=workflow,
+        env=pythonpath_env(workflow),
+        check=False,
+    )
+    assert result.returncode != 0, result.describe()
+    assert f"{default}, line {i + 1}" in result.output, result.describe()
+    check = run(
+        [sys.executable, "-m", "interaction_basis.config", "--check", str(default)],
+        cwd=workflow,
+        env=pythonpath_env(workflow),
+        check=False,
+    )
+    assert check.returncode != 0 and f"{default}, line {i + 1}" in check.output, check.describe()

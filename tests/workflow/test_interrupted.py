@@ -176,3 +176,37 @@ def _kill_strays(workdir: Path) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.slow
+def test_rerun_removes_a_killed_jobs_leftover(tiny_run, tmp_path):
+    """A killed fit_basis left `.basis.zarr.partial-<pid>`: the job that writes basis.zarr again
+    removes it, so no leftover survives the rerun."""
+    workdir = tiny_run.copy_run(tmp_path / "run")
+    lib = tiny_run.results(workdir) / "lib"
+    leftover = lib / ".basis.zarr.partial-4194304"
+    shutil.copytree(lib / "basis.zarr", leftover)
+    target = "results/tiny/lib/basis.zarr"
+    tiny_run.smk("--cores", "2", "--forcerun", target, "--", target, workdir=workdir)
+    assert partial_files(workdir) == []
+    assert (lib / "basis.zarr").is_dir()
+
+
+@pytest.mark.slow
+def test_emptied_directory_output_is_not_trusted(tiny_run, tmp_path):
+    """A job failed after Snakemake had removed its old directory output, leaving the empty
+    directory (with a fresh timestamp): the next dry run removes it as incomplete instead of
+    planning, from it, the jobs that would read it."""
+    workdir = tiny_run.copy_run(tmp_path / "run")
+    store = tiny_run.results(workdir) / "lib" / "basis.zarr"
+    shutil.rmtree(store)
+    store.mkdir()
+    (store / ".snakemake_timestamp").touch()
+    result = tiny_run.dry_run(workdir=workdir)
+    assert not store.exists(), result.describe()
+    assert f"Removed {Path('results/tiny/lib/basis.zarr')}" in result.output, result.describe()
+    counts = job_counts(result.output)
+    readers = {"compute_edges", "ablate_nodes", "ablate_edges", "cluster_graph"}
+    assert "fit_basis" in counts or not set(counts) & readers, result.describe()
+    tiny_run.smk("--cores", "2", workdir=workdir)
+    assert job_counts(tiny_run.dry_run(workdir=workdir).output) == {}

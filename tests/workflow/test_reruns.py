@@ -10,13 +10,15 @@ finished run, so that new downstream stages need no change here; the tests also 
 that must (and must not) be in it.
 """
 
+import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from smk_helpers import job_counts, reasons, tiny_config, write_yaml
+from smk_helpers import job_counts, pythonpath_env, reasons, snakemake, tiny_config, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +118,53 @@ def test_ablation_tolerance_reruns_only_the_ablation_and_report(tiny_run, tmp_pa
         "all": 1,
     }, result.describe()
     assert all("Params have changed" in r for r in reasons(result.output, "ablate_edges"))
+
+
+def test_moved_project_has_nothing_to_do(tiny_run, tmp_path):
+    """Workflow and run folder copied together elsewhere (mtimes kept, as a cluster clone or
+    `cp -a` does): Snakemake's record of inputs must not hold the old absolute paths."""
+    moved = tmp_path / "elsewhere"
+    workflow = moved / tiny_run.workflow.name
+    workdir = moved / tiny_run.workdir.name
+    shutil.copytree(tiny_run.workflow, workflow, symlinks=True)
+    shutil.copytree(tiny_run.workdir, workdir, symlinks=True)
+    result = snakemake(
+        "-n",
+        "--snakefile",
+        str(workflow / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workflow / tiny_run.configfile.name),
+        cwd=workflow,
+        env=pythonpath_env(workflow),
+    )
+    assert job_counts(result.output) == {}, result.describe()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [{"mlp": {"lr": 0.5}}, {"hub": {"source": "org/other"}, "data": {"split_seed": 3}}],
+    ids=["mlp_lr", "hub_source_and_data"],
+)
+def test_other_kinds_settings_rerun_nothing(tiny_run, tmp_path, model):
+    """The tiny experiment is mod-add: the MLP, image-data and hub sections are not its own."""
+    cfg = tiny_config()
+    cfg["experiments"][0]["model"].update(model)
+    result = tiny_run.dry_run(configfile=write_yaml(tmp_path / "tiny.yaml", cfg))
+    assert job_counts(result.output) == {}, result.describe()
+
+
+def test_stored_provenance_holds_only_the_kinds_settings(tiny_run):
+    for store in ("activations.zarr", "lib/basis.zarr"):
+        attrs = json.loads((tiny_run.results() / store / "zarr.json").read_text())["attributes"]
+        model = json.loads(attrs["config"])["model"]
+        assert set(model) == {"kind", "weights", "train"}, (store, model)
+
+
+def test_extract_batch_size_is_a_result_setting(tiny_run, tmp_path):
+    """Not a pure speed setting (batch-wise sums and per-batch sources change the last bits),
+    so it reruns extraction and what follows, but never training."""
+    cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(extract={"batch_size": 32}))
+    counts = job_counts(tiny_run.dry_run(configfile=cfg).output)
+    assert counts.get("extract_activations") == 1 and "train_model" not in counts, counts
