@@ -57,8 +57,8 @@ rule import_model:
 
 
 # Downloads stream files to disk, so their memory does not grow with the model. Snakemake does
-# not retry them: hub.py retries only what can pass (timeouts, HTTP 5xx) and fails at once on a
-# failed name lookup or offline.
+# not retry them (retries: 0 overrides a profile's): hub.py retries only what can pass
+# (timeouts, HTTP 429/5xx) and fails at once on a failed name lookup or offline.
 rule download_model:
     output:
         directory("resources/models/{experiment}"),
@@ -66,6 +66,7 @@ rule download_model:
         "results/logs/download_model/{experiment}.log",
     wildcard_constraints:
         experiment=HUB,
+    retries: 0
     localrule: True
     conda:
         "../envs/interaction_basis.yaml"
@@ -86,6 +87,7 @@ rule download_dataset:
         "results/logs/download_dataset/{experiment}.log",
     wildcard_constraints:
         experiment=HUB,
+    retries: 0
     localrule: True
     conda:
         "../envs/interaction_basis.yaml"

@@ -168,3 +168,12 @@ def test_extract_batch_size_is_a_result_setting(tiny_run, tmp_path):
     cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(extract={"batch_size": 32}))
     counts = job_counts(tiny_run.dry_run(configfile=cfg).output)
     assert counts.get("extract_activations") == 1 and "train_model" not in counts, counts
+
+
+def test_evaluate_batch_size_reruns_only_the_ablations(tiny_run, tmp_path):
+    """It defines ce_loss (a mean of per-batch means), so it is a result setting of the
+    ablation stages, and of nothing before them."""
+    cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(evaluate={"batch_size": 128}))
+    counts = job_counts(tiny_run.dry_run(configfile=cfg).output)
+    assert counts.get("ablate_nodes") == 2 and counts.get("ablate_edges") == 2, counts
+    assert not set(counts) & {*UPSTREAM_OF_BASIS, "fit_basis", "compute_edges"}, counts
