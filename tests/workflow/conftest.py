@@ -61,9 +61,15 @@ class TinyRun:
         return self.smk("-n", configfile=configfile, workdir=workdir)
 
     def copy_run(self, dest: Path) -> Path:
-        """A copy of the finished run folder (results and .snakemake metadata)."""
-        shutil.copytree(self.workdir, dest, symlinks=True)
-        return dest
+        """A copy of the finished run folder (results and .snakemake metadata); returns it.
+
+        The copy goes beside the run folder, named after ``dest`` (its folder and name), so that
+        its paths to the workflow snapshot are the run's: Snakemake records the code inputs
+        relative to the working directory (a run folder moved alone is a different project).
+        """
+        copy = self.workdir.parent / f"{dest.parent.name}-{dest.name}"
+        shutil.copytree(self.workdir, copy, symlinks=True)
+        return copy
 
 
 @pytest.fixture(scope="session")

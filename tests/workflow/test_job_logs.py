@@ -8,8 +8,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# A tqdm line as logged: "desc:  40%|####      | 4/10 [00:02<00:03,  1.98unit/s]".
-PROGRESS = re.compile(r"\d+/\d+ \[[\d:]+<[\d:?]+, +[\d.?]+ ?\w+/s\]")
+# A tqdm line as logged: "desc:  40%|####      | 4/10 [00:02<00:03,  1.98unit/s, loss=...]"
+# (slow work: "2.51s/unit").
+PROGRESS = re.compile(r"\d+/\d+ \[[\d:]+<[\d:?]+, +[\d.]+ ?(?:\w+/s|s/\w+)[],]")
 
 LOGS = {
     "train_model": "train_model/tiny.log",

@@ -2,8 +2,7 @@
 
 Each test plans with ``snakemake -n`` and reads the ``Job stats`` table; a dry run records
 nothing, so the tests do not disturb one another. Package edits are made to the run's own
-workflow snapshot (its code inputs are anchored at ``workflow.basedir``) and undone afterwards,
-content and mtime.
+workflow snapshot (its code inputs point into it) and undone afterwards, content and mtime.
 
 "Everything downstream of a rule" is what ``snakemake -n --forcerun <rule>`` plans on the
 finished run, so that new downstream stages need no change here; the tests also pin the stages
