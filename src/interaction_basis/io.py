@@ -493,15 +493,27 @@ class _StreamCheck:
             raise DamagedInputError(self.path, [problem], self.rule)
 
 
-def _batches_from_tree(path: Path, record: dict, tree: xr.DataTree, batch_size: int) -> BatchSource:
-    def batches(layer: str) -> Iterator[Tensor]:
-        var = tree[layer]["activations"]
-        n = var.sizes["sample"]
-        check = _StreamCheck(path, record, f"{layer}/activations")
-        for start in range(0, n, batch_size):
-            values = var.isel(sample=slice(start, start + batch_size)).values
-            check.update(start, values, n)
+class _LayerBatches:
+    """One layer's activations, a batch at a time (sized, so that progress bars show an ETA)."""
+
+    def __init__(self, var: xr.DataArray, batch_size: int, check: _StreamCheck):
+        self.var, self.batch_size, self.check = var, batch_size, check
+        self.n = var.sizes["sample"]
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for start in range(0, self.n, self.batch_size):
+            values = self.var.isel(sample=slice(start, start + self.batch_size)).values
+            self.check.update(start, values, self.n)
             yield torch.from_numpy(values)
+
+
+def _batches_from_tree(path: Path, record: dict, tree: xr.DataTree, batch_size: int) -> BatchSource:
+    def batches(layer: str) -> _LayerBatches:
+        check = _StreamCheck(path, record, f"{layer}/activations")
+        return _LayerBatches(tree[layer]["activations"], batch_size, check)
 
     return batches
 

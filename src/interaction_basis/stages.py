@@ -563,13 +563,21 @@ class _ProgressLog:
 
 def progress_to_log(interval: float = PROGRESS_INTERVAL) -> None:
     """Every tqdm bar of this process, the package's or a library's, writes into the log: a line
-    every ``interval`` seconds, so that ``tail -f`` on a rule log shows a long job advance."""
+    every ``interval`` seconds and its final state (also of bars made with ``leave=False``), so
+    that ``tail -f`` on a rule log shows a long job advance."""
     import tqdm.std
 
     init = getattr(tqdm.std.tqdm.__init__, "_to_log_of", tqdm.std.tqdm.__init__)
-    patched = functools.partialmethod(init, file=_ProgressLog(), mininterval=interval, ascii=True)
-    patched._to_log_of = init
-    tqdm.std.tqdm.__init__ = patched
+
+    @functools.wraps(init)
+    def to_log(self, *args, **kwargs):
+        kwargs.update(file=_ProgressLog(), mininterval=interval, ascii=True)
+        if len(args) < 4:  # leave is the fourth positional parameter
+            kwargs["leave"] = True
+        init(self, *args, **kwargs)
+
+    to_log._to_log_of = init
+    tqdm.std.tqdm.__init__ = to_log
 
 
 def set_threads(threads: int) -> None:

@@ -116,7 +116,7 @@ def test_large_array_checksum_is_checked_at_the_end_of_a_pass(tmp_path, monkeypa
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     zarr.open_group(path, mode="r+")["l/activations"][9, 1, 2] = 0.5
     io._verified.clear()
-    batches = io.open_activation_batches(path, 4)("l")  # opening: chunks and shapes are fine
+    batches = iter(io.open_activation_batches(path, 4)("l"))  # opening: chunks, shapes fine
     assert next(batches).shape == (4, 2, 3)
     with pytest.raises(io.DamagedInputError, match="values of l/activations differ"):
         list(batches)

@@ -5,7 +5,7 @@ results/ appears); what only the model can judge (node layer names, weight files
 first job that reads it, with a message naming the problem.
 """
 
-import shutil
+import os
 import sys
 from typing import get_args
 
@@ -14,6 +14,7 @@ import pytest
 from smk_helpers import (
     REPO,
     copy_workflow,
+    job_counts,
     pythonpath_env,
     run,
     snakemake,
@@ -161,32 +162,35 @@ def test_unknown_node_layer_fails_extraction_listing_the_valid_ones(tiny_run, tm
 
 def test_damaged_store_stops_the_jobs_that_read_it(tiny_run, tmp_path):
     """One chunk file of lib/basis.zarr deleted (zarr would read it as fill values) and the
-    weights truncated: each job that reads one fails naming the file, what is wrong, the rule
-    that wrote it and the rebuild command, and writes nothing."""
+    weights truncated (timestamps kept, as a disk fault would): each job that reads one fails
+    naming the file, what is wrong, the rule that wrote it and the rebuild command, and writes
+    nothing."""
     workdir = tiny_run.copy_run(tmp_path / "run")
     results = tiny_run.results(workdir)
-    chunk = results / "lib" / "basis.zarr" / "ln2.0" / "C" / "c" / "0" / "0"
-    chunk.unlink()
+    (results / "lib" / "basis.zarr" / "ln2.0" / "C" / "c" / "0" / "0").unlink()
     weights = results / "model" / "weights.npz"
+    st = weights.stat()
     weights.write_bytes(weights.read_bytes()[:-100])
-    targets = ["results/tiny/lib/node_ablation.json", "results/tiny/activations.zarr"]
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # ablate_nodes reads the basis first, then the weights: lib stops at its basis, pca (whose
+    # basis is intact) at the weights.
+    targets = [f"results/tiny/{method}/node_ablation.json" for method in ("lib", "pca")]
     for target in targets:
-        path = workdir / target
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        (workdir / target).unlink()
     result = tiny_run.smk(
         "--cores", "2", "--keep-going", *targets, workdir=workdir, check=False, timeout=600
     )
     assert result.returncode != 0, result.describe()
-    out = result.output
+    assert set(job_counts(result.output)) == {"ablate_nodes"}, result.describe()
     expected = [
-        "results/tiny/lib/basis.zarr is damaged",
+        "results/tiny/lib/basis.zarr is damaged, nothing was computed from it: "
         "ln2.0/C has 0 of its 1 chunks",
         "--forcerun fit_basis",
         "results/tiny/model/weights.npz is damaged",
         "--forcerun results/tiny/model/weights.npz`",
     ]
     for text in expected:
-        assert text in out, f"{text!r} not in the output\n{result.describe()}"
+        assert text in result.output, f"{text!r} not in the output\n{result.describe()}"
     for target in targets:
         assert not (workdir / target).exists(), target
 

@@ -187,7 +187,7 @@ def test_rerun_removes_a_killed_jobs_leftover(tiny_run, tmp_path):
     leftover = lib / ".basis.zarr.partial-4194304"
     shutil.copytree(lib / "basis.zarr", leftover)
     target = "results/tiny/lib/basis.zarr"
-    tiny_run.smk("--cores", "2", "--forcerun", target, "--", target, workdir=workdir)
+    tiny_run.smk(target, "--cores", "2", "--forcerun", target, workdir=workdir)
     assert partial_files(workdir) == []
     assert (lib / "basis.zarr").is_dir()
 

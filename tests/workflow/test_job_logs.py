@@ -9,8 +9,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 # A tqdm line as logged: "desc:  40%|####      | 4/10 [00:02<00:03,  1.98unit/s, loss=...]"
-# (slow work: "2.51s/unit").
-PROGRESS = re.compile(r"\d+/\d+ \[[\d:]+<[\d:?]+, +[\d.]+ ?(?:\w+/s|s/\w+)[],]")
+# (slow work: "2.51s/unit"), the count, time so far and left, and the rate.
+PROGRESS = re.compile(r"\d+/\d+ \[[\d:]+<[\d:]+, +[\d.]+ ?(?:\w+/s|s/\w+)[],]")
 
 LOGS = {
     "train_model": "train_model/tiny.log",
