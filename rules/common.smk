@@ -12,13 +12,13 @@ from interaction_basis.config import WorkflowConfig
 
 validate(config, schema="../config/schema.yaml")
 CONFIG = WorkflowConfig.model_validate(config)
+EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
+PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
 
 # A store without its integrity record (io.py writes it last) was left by a job that failed or
 # was killed, e.g. after Snakemake had removed the old output: absent, it is planned again.
-for store in io.remove_incomplete_stores("results"):
-    logger.warning(f"Removed {store}: an incomplete store (no integrity record).")
-EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
-PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
+for _store in io.remove_incomplete_stores("results"):
+    logger.warning(f"Removed {_store}: an incomplete store (no integrity record).")
 
 # Package modules each stage computes with: editing one reruns that stage and what follows.
 # Wiring (stages.py, io.py, config.py) is left out so that cosmetic edits rerun nothing.
