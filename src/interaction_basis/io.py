@@ -160,17 +160,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:
-    """A JSON file; with ``required``, an object that must hold those keys."""
+def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
-        obj = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _bad_file(path, f"not readable as JSON ({err})") from err
-    missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
-    if missing:
-        raise _bad_file(path, f"keys {missing} are missing")
-    return obj
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
