@@ -15,10 +15,10 @@ CONFIG = WorkflowConfig.model_validate(config)
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
 PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
 
-# A store without its integrity record (io.py writes it last) was left by a job that failed or
-# was killed, e.g. after Snakemake had removed the old output: absent, it is planned again.
+# A bare *.zarr directory (no store inside) was left by a job that failed after Snakemake had
+# removed its old output: absent, it is planned again instead of trusted.
 for _store in io.remove_incomplete_stores("results"):
-    logger.warning(f"Removed {_store}: an incomplete store (no integrity record).")
+    logger.warning(f"Removed {_store}: an incomplete store (no Zarr metadata).")
 
 # Package modules each stage computes with: editing one reruns that stage and what follows.
 # Wiring (stages.py, io.py, config.py) is left out so that cosmetic edits rerun nothing.

@@ -300,17 +300,20 @@ def is_complete_store(path: str | os.PathLike) -> bool:
 
 
 def remove_incomplete_stores(root: str | os.PathLike) -> list[Path]:
-    """Delete every ``*.zarr`` under ``root`` that lacks its integrity record; return them.
+    """Delete every ``*.zarr`` directory under ``root`` that holds no store; return them.
 
-    Such a directory is never a result: an interrupted job (or Snakemake's cleanup of a failed
-    one) left it. Removed, it is planned again, with everything computed from it.
+    Snakemake removes a directory output before its job runs; a job that then fails can leave
+    the bare directory (with a fresh timestamp) behind, which a later dry run would trust.
+    Removed, it is planned again, with everything computed from it. A store that has its root
+    metadata but no integrity record (written by an older version, or damaged) is kept: its
+    readers refuse it and name the command that rebuilds it, so a dry run never deletes data.
     """
     removed = []
     for dirpath, dirnames, _ in os.walk(root):
         for name in [d for d in dirnames if d.endswith(".zarr") and not d.startswith(".")]:
             dirnames.remove(name)  # never descend into a store
             store = Path(dirpath, name)
-            if not is_complete_store(store):
+            if not (store / "zarr.json").is_file():
                 _remove(store)
                 removed.append(store)
     return removed
