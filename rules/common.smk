@@ -172,7 +172,8 @@ def per_method(pattern):
 
 
 def final_targets():
-    """summary.json per experiment, plus evaluation.json where evaluation is enabled."""
+    """summary.json per experiment, plus evaluation.json where evaluation is enabled and
+    explorer.html where interpretation is."""
     targets = [f"results/{name}/summary.json" for name in EXPERIMENTS]
     targets += [
         f"results/{name}/evaluation.json" for name, e in EXPERIMENTS.items() if e.evaluate.enabled
