@@ -28,8 +28,8 @@ from torch import Tensor
 from interaction_basis.basis import Basis
 from interaction_basis.fourier import (
     compute_dominant_frequencies,
+    compute_dominant_terms,
     compute_frequency_power,
-    compute_top_terms,
 )
 
 Variables = dict[str, tuple[tuple[str, ...], np.ndarray]]
@@ -106,30 +106,42 @@ class FeatureAccumulator:
 
     def _add_quantile_rows(self, flat: Tensor) -> None:
         # The rows with the smallest random keys form a uniform sample without replacement.
+        # Once the sample is full, only the incoming rows are copied, into the evicted slots.
         keys = torch.rand(flat.shape[0], generator=self._gen, dtype=torch.float64)
-        keys = torch.cat([self._keys, keys])
-        rows = torch.cat([self._sample, flat])
-        if len(keys) > self.n_quantile_rows:
-            keep = torch.topk(keys, self.n_quantile_rows, largest=False).indices
-            keys, rows = keys[keep], rows[keep]
-        self._keys, self._sample = keys, rows
+        n_old, room = len(self._keys), self.n_quantile_rows - len(self._keys)
+        if room > 0:
+            self._keys = torch.cat([self._keys, keys[:room]])
+            self._sample = torch.cat([self._sample, flat[:room]])
+            keys, flat = keys[room:], flat[room:]
+            n_old = len(self._keys)
+        if not len(keys):
+            return
+        both = torch.cat([self._keys, keys])
+        kept = torch.zeros(len(both), dtype=torch.bool)
+        kept[torch.topk(both, n_old, largest=False).indices] = True
+        evicted = torch.nonzero(~kept[:n_old]).flatten()
+        incoming = torch.nonzero(kept[n_old:]).flatten()
+        self._keys[evicted] = keys[incoming]
+        self._sample[evicted] = flat[incoming]
 
     def _merge(self, cur, flat, feats, rows, tokens, sign) -> _Ranked:
+        # Only a batch's own top-k can enter the running top-k: merge (2k, feature), not the
+        # whole batch.
+        batch = torch.topk(flat * sign, min(self.top_k, flat.shape[0]), dim=0)
+        batch_rows = rows[batch.indices]
         k0 = 0 if cur is None else cur.values.shape[0]
-        vals = flat * sign if cur is None else torch.cat([cur.values, flat * sign])
-        all_rows = rows[:, None].expand_as(flat) if cur is None else None
-        if cur is not None:
-            all_rows = torch.cat([cur.rows, rows[:, None].expand_as(flat)])
+        vals = batch.values if cur is None else torch.cat([cur.values, batch.values])
+        all_rows = batch_rows if cur is None else torch.cat([cur.rows, batch_rows])
         top = torch.topk(vals, min(self.top_k, vals.shape[0]), dim=0)
-        src = top.indices
-        new_rows = torch.gather(all_rows, 0, src)
+        new_rows = torch.gather(all_rows, 0, top.indices)
         if self.window is None:
             return _Ranked(top.values, new_rows, None, None)
-        return _Ranked(top.values, new_rows, *self._windows(cur, k0, src, feats, tokens))
+        windows = self._windows(cur, k0, top.indices, batch.indices, feats, tokens)
+        return _Ranked(top.values, new_rows, *windows)
 
-    def _windows(self, cur, k0, src, feats, tokens):
+    def _windows(self, cur, k0, src, local, feats, tokens):
         """Window activations of the kept entries: copied when kept from before, else cut
-        out of this batch."""
+        out of this batch (``local``: the batch's top-k rows per feature)."""
         k, n = src.shape
         width = 2 * self.window + 1
         win_v = torch.full((k, n, width), torch.nan, dtype=torch.float64)
@@ -141,7 +153,7 @@ class FeatureAccumulator:
             win_t[old] = cur.window_tokens[src[old], feature[old]]
         new = ~old
         if new.any():
-            r = src[new] - k0
+            r = local[src[new] - k0, feature[new]]
             p = feats.shape[1]
             b, pos = r // p, r % p
             at = pos[:, None] + torch.arange(-self.window, self.window + 1)
@@ -287,13 +299,13 @@ def compute_fourier_evidence(
         feats = (acts[layer].to(torch.float64) @ basis.C.to(torch.float64)).sum(dim=1)
         power = compute_frequency_power(feats, modulus=modulus)
         freq, share = compute_dominant_frequencies(power)
-        terms = [compute_top_terms(power, i, n_terms=1) for i in range(len(freq))]
+        terms, term_share = compute_dominant_terms(power)
         out[layer] = {
             "frequency_power": (("feature", "frequency"), power.frequency),
             "mixed_power": (("feature",), power.mixed),
             "dominant_frequency": (("feature",), freq),
             "dominant_share": (("feature",), share),
-            "dominant_term": (("feature",), np.array([t[0][0] if t else "" for t in terms])),
-            "dominant_term_share": (("feature",), np.array([t[0][1] if t else 0.0 for t in terms])),
+            "dominant_term": (("feature",), np.array(terms)),
+            "dominant_term_share": (("feature",), term_share),
         }
     return out

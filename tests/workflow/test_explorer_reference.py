@@ -10,7 +10,7 @@ import json
 import re
 
 import pytest
-from smk_helpers import REPO, load_yaml, pythonpath_env, snakemake, write_yaml
+from smk_helpers import REPO, copy_workflow, load_yaml, pythonpath_env, snakemake, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -47,16 +47,19 @@ def seed3(tmp_path_factory, reference_dir):
     exp["evaluate"] = {"enabled": False}
     cfg = {**cfg, "reference_dir": str(reference_dir), "experiments": [exp]}
     workdir = tmp_path_factory.mktemp("seed3")
+    workflow = copy_workflow(tmp_path_factory.mktemp("workflow")).parent
     config = write_yaml(workdir / "seed3.yaml", cfg)
     snakemake(
         "--cores",
         "2",
+        "--snakefile",
+        str(workflow / "Snakefile"),
         "--directory",
         str(workdir),
         "--configfile",
         str(config),
-        cwd=REPO,
-        env=pythonpath_env(REPO),
+        cwd=workflow,
+        env=pythonpath_env(workflow),
         timeout=3600,
     )
     results = workdir / "results" / "modadd_seed3"
