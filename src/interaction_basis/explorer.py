@@ -80,7 +80,9 @@ def build_page(
     thumbnails: Mapping[int, str] | None = None,
 ) -> str:
     """The explorer's HTML text."""
+    from bokeh.document import Document
     from bokeh.embed import file_html
+    from bokeh.events import DocumentReady
     from bokeh.layouts import column, row
     from bokeh.models import (
         ColumnDataSource,
@@ -101,8 +103,10 @@ def build_page(
         m: _method_view(m, d, max_edges, page_examples, thumbnails or {}) for m, d in data.items()
     }
     first = views[methods[0]]
-    nodes = ColumnDataSource(dict(first.nodes), name="nodes")
-    edges = ColumnDataSource(dict(first.edges), name="edges")
+    # The shown sources start empty and are filled from the method's store when the page is
+    # ready (and on every switch), so that no method's data are in the page twice.
+    nodes = ColumnDataSource({k: [] for k in first.nodes}, name="nodes")
+    edges = ColumnDataSource({k: [] for k in first.edges}, name="edges")
     stores = {}
     for m, v in views.items():
         stores[f"nodes_{m}"] = ColumnDataSource(dict(v.nodes), name=f"nodes_{m}")
@@ -214,13 +218,6 @@ note.text = keep.length + ' edges drawn (the strongest, holding ' + mass.value +
         "if (i !== undefined) { card.text = nodes.data.card[i]; }",
     )
     nodes.selected.js_on_change("indices", show)
-    # Draw the first method's edges at the slider's start value before any interaction.
-    keep = first.edges["before"] < mass.value / 100
-    edges.data = {k: np.asarray(v)[keep] for k, v in first.edges.items()}
-    note.text = (
-        f"{int(keep.sum())} edges drawn (the strongest, holding {mass.value:g}% of the weight). "
-        + first.drawn_note
-    )
     title = Div(
         text=f"<h2>interaction-basis explorer: {html.escape(experiment)}</h2>"
         "<p>Layers left to right; nodes grouped by module within each layer (colour), sized by "
@@ -242,7 +239,10 @@ note.text = keep.length + ' edges drawn (the strongest, holding ' + mass.value +
         row(column(fig, legend, sizing_mode="stretch_width"), card, sizing_mode="stretch_width"),
         sizing_mode="stretch_width",
     )
-    text = file_html(page, resources=INLINE, title=f"explorer: {experiment}")
+    document = Document()
+    document.add_root(page)
+    document.js_on_event(DocumentReady, update)
+    text = file_html(document, resources=INLINE, title=f"explorer: {experiment}")
     if EXTERNAL.search(text):
         raise RuntimeError("internal: the explorer page loads an external resource")
     return text

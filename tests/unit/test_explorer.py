@@ -1,5 +1,6 @@
 """The explorer page built from small synthetic inputs: its data, and its answers to bad input."""
 
+import html
 import json
 import re
 
@@ -71,9 +72,10 @@ MODULES = {
 
 def _page(data, **kw):
     """The page's text, its embedded Bokeh document decoded (it escapes non-ASCII and tags)."""
-    html = build_page("x", data, summary=None, evaluation=None, max_edges=5, page_examples=3, **kw)
-    doc = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', html, re.S)
-    return json.dumps(json.loads(doc.group(1)), ensure_ascii=False)
+    text = build_page("x", data, summary=None, evaluation=None, max_edges=5, page_examples=3, **kw)
+    assert "<script" in text and not EXTERNAL.search(text)  # Bokeh inlined, nothing fetched
+    doc = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
+    return json.dumps(json.loads(html.unescape(doc.group(1))), ensure_ascii=False)
 
 
 def test_page_is_self_contained_and_holds_every_node(tmp_path):

@@ -59,7 +59,8 @@ def page(browser, tiny_run):
     pg.goto(html.as_uri())
     pg.wait_for_function(
         "() => window.Bokeh && Bokeh.documents.length"
-        " && Bokeh.documents[0].get_model_by_name('nodes')",
+        " && Bokeh.documents[0].get_model_by_name('nodes')"
+        " && Bokeh.documents[0].get_model_by_name('nodes').data.layer.length > 0",
         timeout=60_000,
     )
     pg.wait_for_timeout(300)

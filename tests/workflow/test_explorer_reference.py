@@ -6,6 +6,7 @@ The workflow runs only that experiment, evaluation off (the explorer then says s
 --directory; the page's data are read from the Bokeh document embedded in the HTML.
 """
 
+import html as html_module
 import json
 import re
 
@@ -36,7 +37,7 @@ def page_sources(html: str) -> dict[str, dict]:
             for v in obj:
                 walk(v)
 
-    walk(json.loads(found.group(1)))
+    walk(json.loads(html_module.unescape(found.group(1))))  # Bokeh escapes the JSON for HTML
     return out
 
 
