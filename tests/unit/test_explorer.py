@@ -12,6 +12,7 @@ import xarray as xr
 from interaction_basis import io
 from interaction_basis.basis import Basis
 from interaction_basis.explorer import (
+    EXTERNAL,
     MethodData,
     build_page,
     check_features,
