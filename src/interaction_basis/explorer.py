@@ -32,6 +32,7 @@ GREY = "#c8c8c8"
 # in strings, for optional extras such as MathJax, which the page never triggers).
 EXTERNAL = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
 N_CARD_EDGES = 10
+SHOWN_SLOTS = 45  # node slots per layer in view when the page opens
 
 
 class MethodData(NamedTuple):
@@ -118,6 +119,9 @@ def build_page(
         sizing_mode="stretch_width",
         tools="pan,wheel_zoom,box_zoom,reset,save",
         x_range=(-0.5, n_layers - 0.5),
+        # The top slots hold the modules and the most important features; pan or zoom out
+        # (reset) for the rest.
+        y_range=(-min(max(v.n_slots for v in views.values()), SHOWN_SLOTS) + 0.5, 0.8),
         toolbar_location="above",
     )
     fig.segment(
@@ -132,6 +136,8 @@ def build_page(
         line_color="#222",
         marker="marker",
         line_width=0.5,
+        nonselection_fill_alpha=0.45,
+        nonselection_line_alpha=0.45,
     )
     fig.add_tools(HoverTool(renderers=[glyph], tooltips="@label"), TapTool(renderers=[glyph]))
     fig.xaxis.ticker = list(range(n_layers))
@@ -222,7 +228,9 @@ note.text = keep.length + ' edges drawn (the strongest, holding ' + mass.value +
         text=f"<h2>interaction-basis explorer: {html.escape(experiment)}</h2>"
         "<p>Layers left to right; nodes grouped by module within each layer (colour), sized by "
         "importance; the constant feature is a square on top. Edge width and opacity follow "
-        "log10 of the edge weight. Click a node for its card; the buttons switch the basis.</p>",
+        "log10 of the edge weight. Click a node for its card; the buttons switch the basis. "
+        f"The view opens on the top {SHOWN_SLOTS} slots of each layer: zoom out or reset for "
+        "all.</p>",
         sizing_mode="stretch_width",
     )
     numbers = Div(
@@ -260,6 +268,7 @@ class _View(NamedTuple):
     legend: str
     headline: str
     drawn_note: str
+    n_slots: int
 
 
 def _method_view(
@@ -348,7 +357,8 @@ def _method_view(
     edges, drawn_note = _edge_columns(d, layers, slot, max_edges)
     legend = _legend(ranked, colour, labels, d.modules, empty)
     headline = _headline_method(method, d)
-    return _View(layers, cols, edges, legend, headline, drawn_note)
+    n_slots = max((d.bases[lay].C.shape[1] for lay in layers), default=1)
+    return _View(layers, cols, edges, legend, headline, drawn_note, n_slots)
 
 
 def _module_labels(modules: Mapping | None) -> dict[int, str]:
