@@ -13,7 +13,7 @@ import base64
 import html
 import io as _bytes
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -182,40 +182,38 @@ def build_page(
         layers={m: v.layers for m, v in views.items()},
         **stores,
     )
-    code = """
+    stores_js = ", ".join(f"{m}: [nodes_{m}, edges_{m}]" for m in methods)
+    # Bokeh may hand dict arguments to JavaScript as Map or as plain objects: get() reads both.
+    code = (
+        f"const stores = {{{stores_js}}};\n"
+        + """
+const get = (o, k) => (o instanceof Map ? o.get(k) : o[k]);
 const m = methods[method.active];
-const src = {nodes: eval('nodes_' + m), edges: eval('edges_' + m)};
-if (cb_obj === method || !window.ibMethod || window.ibMethod !== m) {
-  nodes.data = Object.assign({}, src.nodes.data);
+const [nodeStore, edgeStore] = stores[m];
+const t = get(texts, m);
+if (window.ibMethod !== m) {
+  nodes.data = Object.assign({}, nodeStore.data);
   nodes.selected.indices = [];
   card.text = '<i>Click a node to see its card.</i>';
-  const t = texts instanceof Map ? texts.get(m) : texts[m];
-  legend.text = t instanceof Map ? t.get('legend') : t.legend;
-  headline.text = t instanceof Map ? t.get('headline') : t.headline;
-  const lay = layers instanceof Map ? layers.get(m) : layers[m];
+  legend.text = get(t, 'legend');
+  headline.text = get(t, 'headline');
   const over = {};
-  lay.forEach((name, i) => { over[i] = name; });
+  get(layers, m).forEach((name, i) => { over[i] = name; });
   axis.major_label_overrides = over;
   window.ibMethod = m;
 }
-const e = src.edges.data;
+const e = edgeStore.data;
 const x = mass.value / 100;
 const keep = [];
 for (let i = 0; i < e.before.length; i++) { if (e.before[i] < x) keep.push(i); }
 const out = {};
 for (const k of Object.keys(e)) { out[k] = keep.map(i => e[k][i]); }
 edges.data = out;
-const t = texts instanceof Map ? texts.get(m) : texts[m];
-const drawn = t instanceof Map ? t.get('drawn') : t.drawn;
 note.text = keep.length + ' edges drawn (the strongest, holding ' + mass.value +
-  '% of the weight). ' + drawn;
+  '% of the weight). ' + get(t, 'drawn');
 """
-    update = CustomJS(
-        args=args,
-        code=code.replace("eval('nodes_' + m)", _pick("nodes", methods)).replace(
-            "eval('edges_' + m)", _pick("edges", methods)
-        ),
     )
+    update = CustomJS(args=args, code=code)
     method.js_on_change("active", update)
     mass.js_on_change("value", update)
     show = CustomJS(
@@ -254,11 +252,6 @@ note.text = keep.length + ' edges drawn (the strongest, holding ' + mass.value +
     if EXTERNAL.search(text):
         raise RuntimeError("internal: the explorer page loads an external resource")
     return text
-
-
-def _pick(kind: str, methods: Sequence[str]) -> str:
-    """A JavaScript expression choosing the store of method ``m``."""
-    return "({" + ", ".join(f"{m}: {kind}_{m}" for m in methods) + "})[m]"
 
 
 class _View(NamedTuple):
