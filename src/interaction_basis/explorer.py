@@ -90,6 +90,7 @@ def build_page(
         CustomJS,
         Div,
         HoverTool,
+        InlineStyleSheet,
         RadioButtonGroup,
         Slider,
         TapTool,
@@ -150,6 +151,7 @@ def build_page(
         text="<i>Click a node to see its card.</i>",
         width=460,
         styles={"overflow-y": "auto", "max-height": "760px", "font-size": "12px"},
+        stylesheets=[InlineStyleSheet(css=_thumbnail_css(thumbnails or {}))],
     )
     legend = Div(name="legend", text=first.legend, sizing_mode="stretch_width")
     note = Div(name="edge_note", text="", sizing_mode="stretch_width")
@@ -473,10 +475,10 @@ def _examples(g, i, n, thumbnails) -> str:
             elif f"{key}_window_text" in g:
                 items.append(f"<li>{_window(g, key, r, i)} <i>{_fmt(float(v))}</i></li>")
             elif int(s) in thumbnails:
+                # The image itself is in the card's style sheet, once per input.
                 items.append(
-                    f"<li style='display:inline-block;margin:2px'><img src='{thumbnails[int(s)]}' "
-                    f"width=40 height=40 style='image-rendering:pixelated' "
-                    f"title='input {s}: {_fmt(float(v))}'><br>{_fmt(float(v))}</li>"
+                    f"<li style='display:inline-block;margin:2px'><span class='thumb im{s}' "
+                    f"title='input {s}: {_fmt(float(v))}'></span><br>{_fmt(float(v))}</li>"
                 )
             else:
                 items.append(f"<li>input {s}, position {p}: {_fmt(float(v))}</li>")
@@ -607,6 +609,16 @@ def headline_html(summary: Mapping | None, evaluation: Mapping | None) -> str:
     for m, r in evaluation.get("node_ablation", {}).items():
         parts.append(f"{m.upper()} unablated {r['metric']} {r['base_score']:.4f}")
     return "<p>" + "<br>".join(html.escape(p) for p in parts) + "</p>"
+
+
+def _thumbnail_css(thumbnails: Mapping[int, str]) -> str:
+    """One CSS class per input image, so that cards sharing an example share its bytes."""
+    rules = [
+        ".thumb{display:inline-block;width:40px;height:40px;background-size:cover;"
+        "image-rendering:pixelated;border:1px solid #ccc}"
+    ]
+    rules += [f".im{s}{{background-image:url({uri})}}" for s, uri in thumbnails.items()]
+    return "\n".join(rules)
 
 
 def thumbnail_uri(image: np.ndarray) -> str:
