@@ -586,10 +586,17 @@ def _headline_method(method: str, d: MethodData) -> str:
         if d.modules
         else "no modules"
     )
+    direct = list(d.features.attrs.get("direct_effect_layers", []))
+    direct_text = (
+        f"direct effect on the outputs (cards) for the layers feeding the logits linearly: "
+        f"{', '.join(direct)}"
+        if direct
+        else "no layer feeds the logits linearly: no direct effects"
+    )
     return (
         f"<p><b>{method.upper()}</b>: features kept (constant included) {html.escape(kept)}<br>"
         f"non-constant edges holding 90% / 99% of the weight: {html.escape('; '.join(pairs))}<br>"
-        f"{mod}</p>"
+        f"{mod}<br>{html.escape(direct_text)}</p>"
     )
 
 
