@@ -33,8 +33,8 @@ CODE = {
     "cluster": ["clustering.py", "fourier.py", "summary.py"],
     "report": ["summary.py", "plotting.py", "ablation.py", "graph_layout.py"],
     "evaluate": ["ablation.py"],
-    "interpret": ["features.py", "fourier.py", "interpret.py"],
-    "explorer": ["explorer.py", "graph_layout.py", "interpret.py"],
+    "interpret": ["features.py", "fourier.py"],
+    "explorer": ["explorer.py", "graph_layout.py"],
 }
 
 
