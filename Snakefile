@@ -26,6 +26,7 @@ include: "rules/shards.smk"
 include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/interpret.smk"
 
 
 rule all:

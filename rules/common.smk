@@ -38,8 +38,10 @@ CODE = {
     "basis": ["linalg.py", "summation.py", "basis.py", "jacobians.py", "build.py"],
     "edges": ["summation.py", "jacobians.py", "build.py"],
     "cluster": ["clustering.py", "fourier.py", "summary.py"],
-    "report": ["summary.py", "plotting.py", "ablation.py"],
+    "report": ["summary.py", "plotting.py", "ablation.py", "graph_layout.py"],
     "evaluate": ["ablation.py"],
+    "interpret": ["features.py", "fourier.py"],
+    "explorer": ["explorer.py", "graph_layout.py"],
 }
 
 
@@ -167,6 +169,16 @@ def cluster_sweep_params(wildcards):
     return experiment(wildcards).cluster.model_dump(mode="json", exclude={"resolution"})
 
 
+def interpret_params(wildcards):
+    return experiment(wildcards).interpret.model_dump(mode="json")
+
+
+def evaluation_input(wildcards):
+    """evaluation.json where the evaluation runs: the explorer shows its ablation results."""
+    enabled = experiment(wildcards).evaluate.enabled
+    return f"results/{wildcards.experiment}/evaluation.json" if enabled else []
+
+
 def methods(wildcards):
     return experiment(wildcards).basis.methods
 
@@ -181,10 +193,14 @@ def per_method(pattern):
 
 
 def final_targets():
-    """summary.json per experiment, plus evaluation.json where evaluation is enabled."""
+    """summary.json per experiment, plus evaluation.json where evaluation is enabled and
+    explorer.html where interpretation is."""
     targets = [f"results/{name}/summary.json" for name in EXPERIMENTS]
     targets += [
         f"results/{name}/evaluation.json" for name, e in EXPERIMENTS.items() if e.evaluate.enabled
+    ]
+    targets += [
+        f"results/{name}/explorer.html" for name, e in EXPERIMENTS.items() if e.interpret.enabled
     ]
     return targets
 

@@ -287,6 +287,39 @@ class EvaluateConfig(_Frozen):
     )
 
 
+class InterpretConfig(_Frozen):
+    """Per-feature evidence (features.zarr) and the interactive explorer page."""
+
+    enabled: bool = Field(True, description="Make features.zarr and explorer.html.")
+    max_samples: int | None = Field(
+        None, ge=1, description="Describe features on at most this many held-out samples."
+    )
+    batch_size: int = Field(1024, ge=1, description="Held-out samples per batch.")
+    top_k: int = Field(20, ge=1, description="Top and bottom examples kept per feature.")
+    window: int = Field(8, ge=0, description="Language models: ± tokens around each example.")
+    quantiles: list[float] = Field(
+        [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99],
+        min_length=1,
+        description="Quantile levels of each feature's activation.",
+    )
+    n_quantile_rows: int = Field(
+        20000,
+        ge=10,
+        description="Quantiles come from a uniform random subsample of this many (sample, "
+        "position) rows (exact when the split has fewer).",
+    )
+    n_direct: int = Field(
+        10, ge=1, description="Top promoted and suppressed outputs per feature (direct effect)."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the quantile subsample.")
+    max_edges: int = Field(
+        5000, ge=1, description="Explorer: draw at most this many strongest edges per method."
+    )
+    page_examples: int = Field(
+        8, ge=1, description="Explorer: top examples shown on each feature's card."
+    )
+
+
 class ExperimentConfig(_Frozen):
     """One model analysed end to end."""
 
@@ -300,6 +333,7 @@ class ExperimentConfig(_Frozen):
     edges: EdgesConfig = Field(default_factory=EdgesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    interpret: InterpretConfig = Field(default_factory=InterpretConfig)
 
     @model_validator(mode="after")
     def _shards_fit_the_text_data(self) -> "ExperimentConfig":

@@ -227,3 +227,31 @@ def describe_feature(power: FrequencyPower, feature: int, *, n_terms: int = 2) -
         return "constant"
     terms = compute_top_terms(power, feature, n_terms=n_terms)
     return " + ".join(f"{name} ({100 * frac:.0f}%)" for name, frac in terms)
+
+
+def compute_dominant_terms(
+    power: FrequencyPower,
+) -> tuple[list[str], Float[np.ndarray, " feature"]]:
+    """Per feature, the strongest Fourier term (conjugate pairs merged), named as in
+    :func:`compute_top_terms`, and its power fraction; ``""`` and 0 without non-DC power.
+
+    The same answer as ``compute_top_terms(power, i, n_terms=1)`` for every feature at once."""
+    m = power.modulus
+    k = np.arange(m)
+    # A real feature's spectrum is conjugate-symmetric: the pair's power is twice the term's,
+    # except for self-conjugate terms (both components 0 or m/2).
+    partner = ((-k[:, None]) % m) * m + (-k[None, :]) % m
+    pair = power.spectrum + power.spectrum.reshape(len(power.total), -1)[:, partner]
+    self_conj = partner == (k[:, None] * m + k[None, :])
+    pair[:, self_conj] /= 2
+    flat = pair.reshape(len(pair), -1)
+    best = flat.argmax(axis=1)
+    share = flat[np.arange(len(best)), best]
+    signed = np.where(k <= m // 2, k, k - m)
+    names = []
+    for b, total in zip(best, power.total, strict=True):
+        sa, sb = int(signed[b // m]), int(signed[b % m])
+        if sa < 0 or (sa == 0 and sb < 0):
+            sa, sb = -sa, -sb
+        names.append(_term_name(sa, sb) if total > 0 else "")
+    return names, np.where(power.total > 0, share, 0.0)

@@ -662,3 +662,34 @@ def read_token_chunks(path: str | os.PathLike) -> dict[str, TokenRows]:
             f"{path} is not a token store (no group {sorted(missing)}); rerun tokenize_dataset."
         )
     return {name: TokenRows(tree[name]["tokens"]) for name in tree.children}
+
+
+def write_features(
+    path: str | os.PathLike,
+    layers: Mapping[str, Mapping[str, tuple[tuple[str, ...], np.ndarray]]],
+    attrs: dict,
+) -> None:
+    """Per-feature evidence (``interaction_basis.features``): one group per node layer, its
+    variables given as ``name: (dims, array)``; coordinates ``quantile`` where present."""
+    groups = {}
+    for layer, variables in layers.items():
+        coords = {k: v for k, v in variables.items() if k == "quantile"}
+        data = {k: v for k, v in variables.items() if k not in coords}
+        groups[layer] = xr.Dataset(data, coords=coords, attrs={"layer": layer})
+    with _text_arrays_quiet():
+        _write_tree(path, groups, {**attrs, "node_layers": list(layers)})
+
+
+def read_features(path: str | os.PathLike) -> xr.DataTree:
+    """The store written by :func:`write_features`, loaded (it is small)."""
+    with _text_arrays_quiet():
+        return _open_tree(path).load()
+
+
+@contextmanager
+def _text_arrays_quiet() -> Iterator[None]:
+    # Labels and tokens are fixed-width text, which zarr-python reads and writes but Zarr v3
+    # has no published spec for yet; zarr warns on every such array.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+        yield

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from interaction_basis.basis import Basis  # noqa: E402
+from interaction_basis.graph_layout import layout_layer, module_order  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 
@@ -73,9 +74,10 @@ def plot_interaction_graphs(
     path: Path,
     max_nodes: int = 40,
 ) -> None:
-    """Layers left to right, top features by importance (index) top-down, edge width by
-    log weight, nodes coloured by module (grey: singletons), modules with a Fourier frequency
-    labelled in the legend (below each panel, so that it hides no node)."""
+    """Layers left to right; each layer's top features by importance, grouped top-down into
+    module blocks (``graph_layout``, the explorer's order); edge width by log weight, nodes
+    coloured by module (grey: singletons), modules with a Fourier frequency labelled in the
+    legend (below each panel, so that it hides no node)."""
     methods = list(edges)
     fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 6), squeeze=False)
     for ax, m in zip(axes[0], methods, strict=True):
@@ -85,8 +87,13 @@ def plot_interaction_graphs(
         sizes = {}
         for c in cluster.values():
             sizes[c] = sizes.get(c, 0) + 1
-        big = sorted((c for c, s in sizes.items() if s > 1), key=lambda c: -sizes[c])
+        big = module_order(mod)
         color = {c: COLORS[i % len(COLORS)] for i, c in enumerate(big)}
+        slot = {}
+        for layer in layers:
+            n = 1 + max(i for (lay, i) in cluster if lay == layer)
+            shown = [i for i in layout_layer(mod, layer, n, True).order if 1 <= i < max_nodes]
+            slot |= {(layer, i): k + 1 for k, i in enumerate(shown)}
         pairs = [(a, b) for (a, b) in edges[m] if a in layers and b in layers]
         all_e = [edges[m][p][1:max_nodes, 1:max_nodes].flatten() for p in pairs]
         top = max(float(e.max()) for e in all_e) if all_e else 1.0
@@ -100,16 +107,16 @@ def plot_interaction_graphs(
                     if w > 0:
                         ax.plot(
                             [xa, xb],
-                            [-j, -i],
+                            [-slot[(a, j)], -slot[(b, i)]],
                             color="k",
                             alpha=0.15 + 0.2 * w / 4,
                             lw=0.3 + 1.2 * w / 4,
                             zorder=1,
                         )
         for x, layer in enumerate(layers):
-            n = min(max_nodes, 1 + max(i for (lay, i) in cluster if lay == layer))
-            ys = np.arange(1, n)
-            cs = [color.get(cluster.get((layer, int(i))), (0.8, 0.8, 0.8)) for i in ys]
+            idx = [i for (lay, i) in slot if lay == layer]
+            ys = np.array([slot[(layer, i)] for i in idx])
+            cs = [color.get(cluster.get((layer, i)), (0.8, 0.8, 0.8)) for i in idx]
             ax.scatter(
                 np.full(len(ys), x), -ys, c=cs, s=28, zorder=2, edgecolors="k", linewidths=0.3
             )
@@ -126,7 +133,7 @@ def plot_interaction_graphs(
         ax.set_title(
             f"{m}: Q = {mod['modularity']:.3f}, γ = {mod['resolution']:g}, {len(big)} modules"
         )
-        ax.set_ylabel(f"feature (top {max_nodes - 1} by importance, constant hidden)")
+        ax.set_ylabel(f"top {max_nodes - 1} features by importance, in module blocks")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")

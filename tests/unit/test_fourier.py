@@ -7,6 +7,7 @@ import torch
 from interaction_basis.fourier import (
     compute_cluster_labels,
     compute_dominant_frequencies,
+    compute_dominant_terms,
     compute_frequency_power,
     compute_top_terms,
     describe_feature,
@@ -112,3 +113,20 @@ def test_errors():
         compute_cluster_labels([{"z": [1]}], {"x": power})
     with pytest.raises(ValueError, match="out of range"):
         compute_cluster_labels([{"x": [99]}], {"x": power})
+
+
+def test_dominant_terms_agree_with_top_terms():
+    power = compute_frequency_power(synthetic_features())
+    names, shares = compute_dominant_terms(power)
+    for i, (name, share) in enumerate(zip(names, shares, strict=True)):
+        top = compute_top_terms(power, i, n_terms=1)
+        if not top:
+            assert (name, share) == ("", 0.0)
+            continue
+        # Ties (e.g. 36a and 36b at 50% each) may pick either: compare the share, and the name
+        # where the top term is unique.
+        assert share == pytest.approx(top[0][1], abs=1e-12)
+        if len(compute_top_terms(power, i, n_terms=2)) < 2 or not np.isclose(
+            compute_top_terms(power, i, n_terms=2)[1][1], share
+        ):
+            assert name == top[0][0]

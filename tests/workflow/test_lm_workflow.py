@@ -117,3 +117,21 @@ def test_download_rules_ran_offline(lm_run):
     _, work = lm_run
     assert (work / "resources" / "models" / "lm" / "config.json").exists()
     assert any((work / "resources" / "datasets" / "lm").iterdir())
+
+
+def test_features_and_explorer_of_a_language_model(lm_run):
+    results, _ = lm_run
+    feats = xr.open_datatree(results / "lib" / "features.zarr", engine="zarr", consolidated=False)
+    g = feats["attn_in.0"]
+    assert g["top_window_value"].dims == ("rank", "feature", "window")
+    assert g.sizes["window"] == 17  # interpret.window 8 on either side
+    # The window's centre is the example itself; beyond the 8-token chunk there is nothing.
+    np.testing.assert_array_equal(g["top_window_value"].values[:, :, 8], g["top_value"].values)
+    assert (g["top_window_token"].values == -1).any()
+    assert g["top_window_text"].shape == g["top_window_token"].shape
+    # The direct effect is defined where the section to the logits is linear: the unembedding.
+    assert list(feats.attrs["direct_effect_layers"]) == ["unembed"]
+    assert feats["unembed"]["promoted_label"].dims == ("direct_rank", "feature")
+    assert "promoted_output" not in feats["attn_in.0"]
+    html = (results / "explorer.html").read_text()
+    assert "direct effect on the outputs" in html and "class='window'" in html

@@ -12,6 +12,7 @@ FIGURES = (
     "edge_distribution.png",
     "modules.png",
     "training.png",
+    "explorer.html",
 )
 
 
@@ -27,6 +28,7 @@ def test_report_contains_every_figure(tiny_run):
         "Edge-weight distributions",
         "Importance spectra per node layer",
         "Training of the model analysed here",
+        "The interactive explorer of experiment",
     ):
         assert caption in html
 

@@ -71,8 +71,14 @@ def test_second_dry_run_has_nothing_to_do(tiny_run):
 
 
 def test_cluster_setting_reruns_only_clustering_and_report(tiny_run, downstream, tmp_path):
-    """Leiden's resolution reaches cluster_graph only; then what reads modules.json."""
-    assert downstream("cluster_graph") == {"cluster_graph": 2, "summarize_experiment": 1, "all": 1}
+    """Leiden's resolution reaches cluster_graph only; then what reads modules.json (the
+    summary and the explorer)."""
+    assert downstream("cluster_graph") == {
+        "cluster_graph": 2,
+        "summarize_experiment": 1,
+        "build_explorer": 1,
+        "all": 1,
+    }
     cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(cluster={"resolution": 0.5}))
     result = tiny_run.dry_run(configfile=cfg)
     assert job_counts(result.output) == downstream("cluster_graph"), result.describe()
@@ -107,13 +113,15 @@ def test_touching_a_package_module_reruns_nothing(tiny_run):
 
 
 def test_ablation_tolerance_reruns_only_the_ablation_and_report(tiny_run, tmp_path):
-    """edge_delta reaches ablate_edges; then the modules from its ε and the report figures."""
+    """edge_delta reaches ablate_edges; then the modules from its ε, the report figures and
+    the explorer (which shows evaluation.json)."""
     cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(evaluate={"edge_delta": 0.01}))
     result = tiny_run.dry_run(configfile=cfg)
     assert job_counts(result.output) == {
         "ablate_edges": 2,
         "cluster_resolutions": 2,
         "make_report_figures": 1,
+        "build_explorer": 1,
         "all": 1,
     }, result.describe()
     assert all("Params have changed" in r for r in reasons(result.output, "ablate_edges"))

@@ -122,6 +122,8 @@ def test_every_rule_wrote_its_log(tiny_run, method):
         f"compute_edges/tiny/{method}.log",
         f"cluster_graph/tiny/{method}.log",
         "summarize_experiment/tiny.log",
+        f"interpret_features/tiny/{method}.log",
+        "build_explorer/tiny.log",
     ):
         assert (logs / rel).is_file(), rel
 
@@ -279,6 +281,31 @@ def test_summary(out, bases, method):
         layer: b.C.shape[1] for layer, b in bases.items()
     }
     assert (out / "summary.md").read_text().strip()
+
+
+def test_features_store(out, method, basis_tree, bases, node_layers, experiment):
+    feats = open_tree(out / method / "features.zarr")
+    _check_provenance(feats.attrs)
+    assert feats.attrs["basis_config_sha256"] == basis_tree.attrs["config_sha256"]
+    assert list(feats.attrs["node_layers"]) == node_layers
+    p = experiment.model.train.modulus
+    for layer in node_layers:
+        g = feats[layer]
+        n = bases[layer].C.shape[1]
+        assert g.sizes["feature"] == n and g.sizes["rank"] == 20
+        np.testing.assert_array_equal(g["importance"].values, bases[layer].importance.numpy())
+        assert bool(g["is_constant"].values[0]) == (layer != "output")
+        assert not g["is_constant"].values[1:].any()
+        top, bottom = g["top_value"].values, g["bottom_value"].values
+        assert (np.diff(top, axis=0) <= 0).all() and (np.diff(bottom, axis=0) >= 0).all()
+        np.testing.assert_array_equal(top[0], g["max"].values)
+        np.testing.assert_array_equal(bottom[0], g["min"].values)
+        assert ((g["top_a"].values >= 0) & (g["top_a"].values < p)).all()
+        assert g["dominant_term"].dims == ("feature",)
+    assert list(feats.attrs["direct_effect_layers"]) == ["unembed", "output"]
+    # The logits layer keeps the neuron basis: each feature promotes its own output most.
+    promoted = feats["output"]["promoted_output"].values[0]
+    np.testing.assert_array_equal(promoted, np.arange(len(promoted)))
 
 
 def test_figures_are_valid_pngs(out):

@@ -1,0 +1,640 @@
+"""The explorer: one self-contained HTML page (Bokeh, its JavaScript inlined) per experiment.
+
+The page draws the layered interaction graph of every basis method (a button switches), nodes
+grouped by module (``graph_layout``), sized by importance, edges by log weight, and a card per
+feature: its strongest incoming and outgoing edges, activation summary, top examples and, where
+defined, its direct effect on the outputs and its Fourier term. Every card is rendered here as
+HTML, so the page needs no templating logic of its own; the few lines of JavaScript only swap
+data sources and show a card. Model names in the page (``nodes``, ``edges``, ``card``,
+``method``, ``mass``) are its interface for tests.
+"""
+
+import base64
+import html
+import io as _bytes
+import re
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import xarray as xr
+from torch import Tensor
+
+from interaction_basis.basis import Basis
+from interaction_basis.graph_layout import NO_MODULE, layout_layer, module_order
+
+PALETTE = (
+    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #bcbd22 #17becf #aec7e8 #ffbb78 "
+    "#98df8a #ff9896 #c5b0d5 #c49c94 #f7b6d2 #dbdb8d #9edae5"
+).split()
+GREY = "#c8c8c8"
+# A <script> or <link> element that loads from the network (Bokeh's inlined code mentions URLs
+# in strings, for optional extras such as MathJax, which the page never triggers).
+EXTERNAL = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
+N_CARD_EDGES = 10
+SHOWN_SLOTS = 45  # node slots per layer in view when the page opens
+
+
+class MethodData(NamedTuple):
+    """Everything the page shows for one basis method (``modules`` None: not clustered)."""
+
+    bases: Mapping[str, Basis]
+    edges: Mapping[tuple[str, str], Tensor]
+    modules: Mapping | None
+    features: xr.DataTree
+
+
+def check_features(features: xr.DataTree, bases: Mapping[str, Basis], basis_sha: str, path: str):
+    """Refuse a features store that does not describe these bases."""
+    made_from = features.attrs.get("basis_config_sha256")
+    if made_from != basis_sha:
+        raise ValueError(
+            f"{path} was computed from another basis (config hash {made_from}, the basis has "
+            f"{basis_sha}); rerun interpret_features (delete the store or run snakemake "
+            "with --rerun-triggers mtime input)."
+        )
+    for layer, b in bases.items():
+        n = features[layer].sizes.get("feature", 0) if layer in features.children else None
+        if n != b.C.shape[1]:
+            raise ValueError(
+                f"{path}: layer {layer!r} has {n} features, its basis {b.C.shape[1]}; "
+                "rerun interpret_features."
+            )
+
+
+def edge_mass_prefix(weights: np.ndarray, fraction: float) -> int:
+    """How many of the strongest edges together hold ``fraction`` of the total weight."""
+    w = np.sort(weights)[::-1]
+    if not w.size or w.sum() <= 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(w) / w.sum(), fraction - 1e-12) + 1)
+
+
+def build_page(
+    experiment: str,
+    data: Mapping[str, MethodData],
+    *,
+    summary: Mapping | None,
+    evaluation: Mapping | None,
+    max_edges: int,
+    page_examples: int,
+    thumbnails: Mapping[int, str] | None = None,
+) -> str:
+    """The explorer's HTML text."""
+    from bokeh.document import Document
+    from bokeh.embed import file_html
+    from bokeh.events import DocumentReady
+    from bokeh.layouts import column, row
+    from bokeh.models import (
+        ColumnDataSource,
+        CustomJS,
+        Div,
+        HoverTool,
+        InlineStyleSheet,
+        RadioButtonGroup,
+        Slider,
+        TapTool,
+    )
+    from bokeh.plotting import figure
+    from bokeh.resources import INLINE
+
+    if not data:
+        raise ValueError("No basis method to show.")
+    methods = list(data)
+    views = {
+        m: _method_view(m, d, max_edges, page_examples, thumbnails or {}) for m, d in data.items()
+    }
+    first = views[methods[0]]
+    # The shown sources start empty and are filled from the method's store when the page is
+    # ready (and on every switch), so that no method's data are in the page twice.
+    nodes = ColumnDataSource({k: [] for k in first.nodes}, name="nodes")
+    edges = ColumnDataSource({k: [] for k in first.edges}, name="edges")
+    stores = {}
+    for m, v in views.items():
+        stores[f"nodes_{m}"] = ColumnDataSource(dict(v.nodes), name=f"nodes_{m}")
+        stores[f"edges_{m}"] = ColumnDataSource(dict(v.edges), name=f"edges_{m}")
+    n_layers = max(len(v.layers) for v in views.values())
+    fig = figure(
+        name="graph",
+        height=720,
+        sizing_mode="stretch_width",
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+        x_range=(-0.5, n_layers - 0.5),
+        # The top slots hold the modules and the most important features; pan or zoom out
+        # (reset) for the rest.
+        y_range=(-min(max(v.n_slots for v in views.values()), SHOWN_SLOTS) + 0.5, 0.8),
+        toolbar_location="above",
+    )
+    fig.segment(
+        "x0", "y0", "x1", "y1", source=edges, line_width="lw", line_alpha="alpha", color="#333"
+    )
+    glyph = fig.scatter(
+        "x",
+        "y",
+        source=nodes,
+        size="size",
+        fill_color="color",
+        line_color="#222",
+        marker="marker",
+        line_width=0.5,
+        nonselection_fill_alpha=0.45,
+        nonselection_line_alpha=0.45,
+    )
+    fig.add_tools(HoverTool(renderers=[glyph], tooltips="@label"), TapTool(renderers=[glyph]))
+    fig.xaxis.ticker = list(range(n_layers))
+    fig.xaxis.major_label_overrides = {i: lay for i, lay in enumerate(first.layers)}
+    fig.yaxis.visible = False
+    fig.grid.visible = False
+
+    card = Div(
+        name="card",
+        text="<i>Click a node to see its card.</i>",
+        width=460,
+        styles={"overflow-y": "auto", "max-height": "760px", "font-size": "12px"},
+        stylesheets=[InlineStyleSheet(css=_thumbnail_css(thumbnails or {}))],
+    )
+    legend = Div(name="legend", text=first.legend, sizing_mode="stretch_width")
+    note = Div(name="edge_note", text="", sizing_mode="stretch_width")
+    headline = Div(name="headline", text=first.headline, sizing_mode="stretch_width")
+    method = RadioButtonGroup(name="method", labels=[m.upper() for m in methods], active=0)
+    mass = Slider(
+        name="mass",
+        title="edges holding this % of the weight",
+        start=50,
+        end=100,
+        step=0.5,
+        value=90,
+    )
+    texts = {
+        m: {"legend": v.legend, "headline": v.headline, "drawn": v.drawn_note}
+        for m, v in views.items()
+    }
+    args = dict(
+        nodes=nodes,
+        edges=edges,
+        card=card,
+        legend=legend,
+        note=note,
+        method=method,
+        mass=mass,
+        headline=headline,
+        axis=fig.xaxis[0],
+        texts=texts,
+        methods=methods,
+        layers={m: v.layers for m, v in views.items()},
+        **stores,
+    )
+    stores_js = ", ".join(f"{m}: [nodes_{m}, edges_{m}]" for m in methods)
+    # Bokeh may hand dict arguments to JavaScript as Map or as plain objects: get() reads both.
+    code = (
+        f"const stores = {{{stores_js}}};\n"
+        + """
+const get = (o, k) => (o instanceof Map ? o.get(k) : o[k]);
+const m = methods[method.active];
+const [nodeStore, edgeStore] = stores[m];
+const t = get(texts, m);
+if (window.ibMethod !== m) {
+  nodes.data = Object.assign({}, nodeStore.data);
+  nodes.selected.indices = [];
+  card.text = '<i>Click a node to see its card.</i>';
+  legend.text = get(t, 'legend');
+  headline.text = get(t, 'headline');
+  const over = {};
+  get(layers, m).forEach((name, i) => { over[i] = name; });
+  axis.major_label_overrides = over;
+  window.ibMethod = m;
+}
+const e = edgeStore.data;
+const x = mass.value / 100;
+const keep = [];
+for (let i = 0; i < e.before.length; i++) { if (e.before[i] < x) keep.push(i); }
+const out = {};
+for (const k of Object.keys(e)) { out[k] = keep.map(i => e[k][i]); }
+edges.data = out;
+note.text = keep.length + ' edges drawn (the strongest, holding ' + mass.value +
+  '% of the weight). ' + get(t, 'drawn');
+"""
+    )
+    update = CustomJS(args=args, code=code)
+    method.js_on_change("active", update)
+    mass.js_on_change("value", update)
+    show = CustomJS(
+        args=dict(nodes=nodes, card=card),
+        code="const i = nodes.selected.indices[0];"
+        "if (i !== undefined) { card.text = nodes.data.card[i]; }",
+    )
+    nodes.selected.js_on_change("indices", show)
+    title = Div(
+        text=f"<h2>interaction-basis explorer: {html.escape(experiment)}</h2>"
+        "<p>Layers left to right; nodes grouped by module within each layer (colour), sized by "
+        "importance; the constant feature is a square on top. Edge width and opacity follow "
+        "log10 of the edge weight. Click a node for its card; the buttons switch the basis. "
+        f"The view opens on the top {SHOWN_SLOTS} slots of each layer: zoom out or reset for "
+        "all.</p>",
+        sizing_mode="stretch_width",
+    )
+    numbers = Div(
+        name="experiment_numbers",
+        text=headline_html(summary, evaluation),
+        sizing_mode="stretch_width",
+    )
+    page = column(
+        title,
+        numbers,
+        headline,
+        row(method, mass, sizing_mode="stretch_width"),
+        note,
+        row(column(fig, legend, sizing_mode="stretch_width"), card, sizing_mode="stretch_width"),
+        sizing_mode="stretch_width",
+    )
+    document = Document()
+    document.add_root(page)
+    document.js_on_event(DocumentReady, update)
+    text = file_html(document, resources=INLINE, title=f"explorer: {experiment}")
+    if EXTERNAL.search(text):
+        raise RuntimeError("internal: the explorer page loads an external resource")
+    return text
+
+
+class _View(NamedTuple):
+    layers: list[str]
+    nodes: dict
+    edges: dict
+    legend: str
+    headline: str
+    drawn_note: str
+    n_slots: int
+
+
+def _method_view(
+    method: str, d: MethodData, max_edges: int, page_examples: int, thumbnails
+) -> _View:
+    all_layers = list(d.bases)
+    layers = (
+        list(d.modules["layers"])
+        if d.modules
+        else [lay for lay in all_layers if lay != "output"] or all_layers
+    )
+    ranked = module_order(d.modules)
+    colour = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(ranked)}
+    labels = _module_labels(d.modules)
+    feats = d.features
+    slot: dict[tuple[str, int], tuple[int, int]] = {}
+    module_of: dict[tuple[str, int], int] = {}
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "x",
+            "y",
+            "layer",
+            "index",
+            "importance",
+            "module",
+            "color",
+            "size",
+            "marker",
+            "label",
+            "card",
+        )
+    }
+    empty = []
+    imp_all = np.concatenate([d.bases[lay].importance.numpy() for lay in layers])
+    imp_pos = imp_all[imp_all > 0]
+    lo, hi = (np.log10(imp_pos.min()), np.log10(imp_pos.max())) if imp_pos.size else (0.0, 1.0)
+    for x, layer in enumerate(layers):
+        basis = d.bases[layer]
+        n = basis.C.shape[1]
+        if n == 0:
+            empty.append(layer)
+            continue
+        g = feats[layer].ds
+        constant = g["is_constant"].values
+        lay = layout_layer(d.modules, layer, n, bool(constant[0]))
+        for k, i in enumerate(lay.order):
+            slot[(layer, i)] = (x, -k)
+            module_of[(layer, i)] = lay.module[i]
+        for i in range(n):
+            imp = float(basis.importance[i])
+            c = lay.module[i]
+            size = 5 + 13 * (np.log10(imp) - lo) / max(hi - lo, 1e-9) if imp > 0 else 4
+            cols["x"].append(x)
+            cols["y"].append(slot[(layer, i)][1])
+            cols["layer"].append(layer)
+            cols["index"].append(i)
+            cols["importance"].append(imp)
+            cols["module"].append(int(c))
+            cols["color"].append("#000000" if constant[i] else colour.get(c, GREY))
+            cols["size"].append(10.0 if constant[i] else float(size))
+            cols["marker"].append("square" if constant[i] else "circle")
+            cols["label"].append(_short_label(method, layer, i, g, c, labels))
+    # Cards after all labels exist (they name the partners).
+    label_of = {(lay, i): lab for lay, i, lab in zip(cols["layer"], cols["index"], cols["label"])}
+    for layer in layers:
+        if layer in empty:
+            continue
+        g = feats[layer].ds
+        for i in range(d.bases[layer].C.shape[1]):
+            cols["card"].append(
+                _card(
+                    method,
+                    layer,
+                    i,
+                    g,
+                    d,
+                    module_of,
+                    labels,
+                    label_of,
+                    page_examples,
+                    thumbnails,
+                    all_layers,
+                )
+            )
+    edges, drawn_note = _edge_columns(d, layers, slot, max_edges)
+    legend = _legend(ranked, colour, labels, d.modules, empty)
+    headline = _headline_method(method, d)
+    n_slots = max((d.bases[lay].C.shape[1] for lay in layers), default=1)
+    return _View(layers, cols, edges, legend, headline, drawn_note, n_slots)
+
+
+def _module_labels(modules: Mapping | None) -> dict[int, str]:
+    out = {}
+    for c in (modules or {}).get("clusters", []):
+        freq = c.get("frequency")
+        if isinstance(freq, Mapping) and freq.get("frequency", -1) >= 0:
+            out[c["id"]] = f"freq {freq['frequency']}"
+        elif isinstance(freq, int | float) and freq >= 0:
+            out[c["id"]] = f"freq {freq}"
+    return out
+
+
+def _short_label(method, layer, i, g, module, labels) -> str:
+    text = f"{method} {layer} #{i}"
+    if bool(g["is_constant"].values[i]):
+        return text + " (constant)"
+    if module != NO_MODULE:
+        text += f" · module {module}" + (f" ({labels[module]})" if module in labels else "")
+    if "dominant_term" in g:
+        text += f" · {g['dominant_term'].values[i]}"
+    return text
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _card(method, layer, i, g, d, module_of, labels, label_of, n_ex, thumbnails, all_layers):
+    e = html.escape
+    imp_name = "Λ" if method == "lib" else ("eigenvalue" if method == "pca" else "importance")
+    module = module_of.get((layer, i), NO_MODULE)
+    parts = [f"<h3>{e(method.upper())} · {e(layer)} · feature {i}</h3>"]
+    if bool(g["is_constant"].values[i]):
+        parts.append("<p><b>constant feature</b> (the folded bias direction)</p>")
+    mod_text = (
+        "none (singleton)"
+        if module == NO_MODULE
+        else (f"{module}" + (f" — {labels[module]}" if module in labels else ""))
+    )
+    parts.append(
+        f"<p>{imp_name} = {_fmt(float(d.bases[layer].importance[i]))}; module: {e(mod_text)}</p>"
+    )
+    if "dominant_term" in g:
+        parts.append(
+            f"<p>Fourier: dominant term <b>{e(str(g['dominant_term'].values[i]))}</b> "
+            f"({100 * float(g['dominant_term_share'].values[i]):.0f}% of the power), frequency "
+            f"<b>{int(g['dominant_frequency'].values[i])}</b> "
+            f"({100 * float(g['dominant_share'].values[i]):.0f}%)</p>"
+        )
+    q = ", ".join(
+        f"q{100 * float(lev):g}={_fmt(float(v))}"
+        for lev, v in zip(g["quantile"].values, g["quantile_value"].values[:, i], strict=True)
+    )
+    parts.append(
+        "<p><b>activation</b> (held-out): mean "
+        f"{_fmt(float(g['mean'].values[i]))}, std {_fmt(float(g['std'].values[i]))}, "
+        f"min {_fmt(float(g['min'].values[i]))}, max {_fmt(float(g['max'].values[i]))}<br>"
+        f"{q}</p>"
+    )
+    parts.append(_edge_table(d, layer, i, label_of, all_layers))
+    if "promoted_output" in g:
+        parts.append(_direct_effect(g, i))
+    parts.append(_examples(g, i, n_ex, thumbnails))
+    return "".join(parts)
+
+
+def _edge_table(d: MethodData, layer, i, label_of, all_layers) -> str:
+    rows = []
+    k = all_layers.index(layer)
+    for title, pair, pick in (
+        ("incoming", (all_layers[k - 1], layer) if k > 0 else None, "row"),
+        ("outgoing", (layer, all_layers[k + 1]) if k + 1 < len(all_layers) else None, "col"),
+    ):
+        if pair is None or pair not in d.edges:
+            rows.append(f"<p><b>{title}</b>: none (no adjacent layer)</p>")
+            continue
+        mat = d.edges[pair].numpy()
+        w = mat[i, :] if pick == "row" else mat[:, i]
+        partner = pair[0] if pick == "row" else pair[1]
+        top = np.argsort(-w, kind="stable")[:N_CARD_EDGES]
+        items = "".join(
+            f"<tr><td>{html.escape(label_of.get((partner, int(j)), f'{partner} #{j}'))}</td>"
+            f"<td style='text-align:right'>{_fmt(float(w[j]))}</td></tr>"
+            for j in top
+        )
+        rows.append(
+            f"<p><b>top {len(top)} {title} edges</b> ({html.escape(partner)})</p>"
+            f"<table class='edges'>{items}</table>"
+        )
+    return "".join(rows)
+
+
+def _direct_effect(g, i) -> str:
+    def items(key):
+        name = f"{key}_label" if f"{key}_label" in g else f"{key}_output"
+        return ", ".join(
+            f"{html.escape(repr(str(lab)) if f'{key}_label' in g else str(lab))} ({_fmt(float(v))})"
+            for lab, v in zip(g[name].values[:, i], g[f"{key}_value"].values[:, i], strict=True)
+        )
+
+    return (
+        "<p><b>direct effect on the outputs</b> (the feature's direction through the "
+        f"unembedding): promotes {items('promoted')}; suppresses {items('suppressed')}</p>"
+    )
+
+
+def _examples(g, i, n, thumbnails) -> str:
+    out = []
+    for key in ("top", "bottom"):
+        vals = g[f"{key}_value"].values[:n, i]
+        samples = g[f"{key}_sample"].values[:n, i]
+        positions = g[f"{key}_position"].values[:n, i]
+        items = []
+        for r, (v, s, p) in enumerate(zip(vals, samples, positions, strict=True)):
+            if f"{key}_a" in g:
+                a, b = int(g[f"{key}_a"].values[r, i]), int(g[f"{key}_b"].values[r, i])
+                items.append(f"<li>(a, b) = ({a}, {b}), position {p}: {_fmt(float(v))}</li>")
+            elif f"{key}_window_text" in g:
+                items.append(f"<li>{_window(g, key, r, i)} <i>{_fmt(float(v))}</i></li>")
+            elif int(s) in thumbnails:
+                # The image itself is in the card's style sheet, once per input.
+                items.append(
+                    f"<li style='display:inline-block;margin:2px'><span class='thumb im{s}' "
+                    f"title='input {s}: {_fmt(float(v))}'></span><br>{_fmt(float(v))}</li>"
+                )
+            else:
+                items.append(f"<li>input {s}, position {p}: {_fmt(float(v))}</li>")
+        out.append(
+            f"<p><b>{key} {len(items)} examples</b></p><ul class='examples'>{''.join(items)}</ul>"
+        )
+    return "".join(out)
+
+
+def _window(g, key, r, i) -> str:
+    """Tokens of an example's window, each shaded by the feature's activation there."""
+    texts = g[f"{key}_window_text"].values[r, i]
+    vals = g[f"{key}_window_value"].values[r, i]
+    scale = max(float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 0.0, 1e-300)
+    centre = len(texts) // 2
+    spans = []
+    for j, (t, v) in enumerate(zip(texts, vals, strict=True)):
+        if not np.isfinite(v):
+            continue
+        a = min(1.0, abs(float(v)) / scale)
+        rgb = "255,120,0" if v >= 0 else "0,120,255"
+        border = "border-bottom:2px solid #000;" if j == centre else ""
+        spans.append(
+            f"<span title='{_fmt(float(v))}' style='background:rgba({rgb},{a:.2f});{border}'>"
+            f"{html.escape(str(t))}</span>"
+        )
+    return "<span class='window'>" + "".join(spans) + "</span>"
+
+
+def _edge_columns(d: MethodData, layers, slot, max_edges: int) -> tuple[dict, str]:
+    """The strongest edges between drawn, non-constant nodes, capped at ``max_edges``;
+    ``before`` is the weight fraction held by the stronger edges (for the mass slider)."""
+    rows = []
+    for a, b in zip(layers, layers[1:]):
+        if (a, b) not in d.edges:
+            continue
+        mat = d.edges[(a, b)].numpy()
+        out_i, in_i = np.nonzero(mat > 0)
+        for o, n, w in zip(out_i, in_i, mat[out_i, in_i], strict=True):
+            if (a, int(n)) in slot and (b, int(o)) in slot and o != 0 and n != 0:
+                rows.append((float(w), a, int(n), b, int(o)))
+    total = sum(r[0] for r in rows)
+    rows.sort(key=lambda r: -r[0])
+    shown = rows[:max_edges]
+    w = np.array([r[0] for r in shown])
+    before = (np.cumsum(w) - w) / total if total > 0 else np.zeros(len(w))
+    logw = np.log10(np.maximum(w, 1e-300))
+    lo, hi = (logw.min(), logw.max()) if len(w) else (0.0, 1.0)
+    t = (logw - lo) / max(hi - lo, 1e-9)
+    cols = {
+        "x0": np.array([slot[(r[1], r[2])][0] for r in shown], dtype=float),
+        "y0": np.array([slot[(r[1], r[2])][1] for r in shown], dtype=float),
+        "x1": np.array([slot[(r[3], r[4])][0] for r in shown], dtype=float),
+        "y1": np.array([slot[(r[3], r[4])][1] for r in shown], dtype=float),
+        "weight": w,
+        "before": before,
+        "lw": 0.3 + 2.7 * t,
+        "alpha": 0.08 + 0.72 * t,
+    }
+    if len(rows) > len(shown):
+        held = 100 * float(w.sum()) / total
+        note = (
+            f"<b>Capped:</b> only the {len(shown)} strongest of {len(rows)} non-constant edges "
+            f"are drawn (interpret.max_edges); they hold {held:.1f}% of the weight."
+        )
+    else:
+        note = f"All {len(rows)} non-constant edges with positive weight are available."
+    return cols, note
+
+
+def _legend(ranked, colour, labels, modules, empty) -> str:
+    if modules is None:
+        text = "<p><b>No modules</b> for this method: nodes are ordered by importance only.</p>"
+    elif not ranked:
+        text = "<p>No module of two or more nodes: every node is a singleton (grey).</p>"
+    else:
+        sizes: dict[int, int] = {}
+        for node in modules["nodes"]:
+            sizes[node["cluster"]] = sizes.get(node["cluster"], 0) + 1
+        items = "".join(
+            f"<span style='margin-right:12px;white-space:nowrap'>"
+            f"<span style='display:inline-block;width:11px;height:11px;background:{colour[c]}'>"
+            f"</span> module {c}{' · ' + labels[c] if c in labels else ''} ({sizes[c]} nodes)"
+            "</span> "
+            for c in ranked
+        )
+        text = f"<p><b>modules</b> (grey: singletons): {items}</p>"
+    if empty:
+        text += (
+            f"<p style='color:#a00'><b>Layer(s) {html.escape(', '.join(empty))} kept no "
+            "features</b>: nothing to draw there.</p>"
+        )
+    return text
+
+
+def _headline_method(method: str, d: MethodData) -> str:
+    kept = ", ".join(f"{lay}: {b.C.shape[1]}" for lay, b in d.bases.items())
+    pairs = []
+    for (a, b), mat in d.edges.items():
+        w = mat[1:, 1:].numpy().ravel()
+        pairs.append(f"{a}→{b}: {edge_mass_prefix(w, 0.9)} / {edge_mass_prefix(w, 0.99)}")
+    mod = (
+        f"modularity Q = {d.modules['modularity']:.3f} at γ = {d.modules['resolution']:g}, "
+        f"{d.modules['n_non_singleton']} modules of two or more nodes"
+        if d.modules
+        else "no modules"
+    )
+    direct = list(d.features.attrs.get("direct_effect_layers", []))
+    direct_text = (
+        f"direct effect on the outputs (cards) for the layers feeding the logits linearly: "
+        f"{', '.join(direct)}"
+        if direct
+        else "no layer feeds the logits linearly: no direct effects"
+    )
+    return (
+        f"<p><b>{method.upper()}</b>: features kept (constant included) {html.escape(kept)}<br>"
+        f"non-constant edges holding 90% / 99% of the weight: {html.escape('; '.join(pairs))}<br>"
+        f"{mod}<br>{html.escape(direct_text)}</p>"
+    )
+
+
+def headline_html(summary: Mapping | None, evaluation: Mapping | None) -> str:
+    """Experiment-wide numbers: accuracy and the ablation results where evaluated."""
+    parts = []
+    if summary and summary.get("test_accuracy") is not None:
+        parts.append(f"model test accuracy {summary['test_accuracy']:.4f}")
+    if not evaluation:
+        parts.append("ablations not evaluated (evaluate.enabled is false)")
+        return "<p>" + "; ".join(parts) + "</p>"
+    for m, r in evaluation.get("edge_ablation", {}).items():
+        need = ", ".join(
+            f"{p.replace('__', '→')}: {v['n_edges_required']}" for p, v in r["pairs"].items()
+        )
+        parts.append(f"{m.upper()} edges needed (score within {r['delta']:g}): {need}")
+    for m, r in evaluation.get("node_ablation", {}).items():
+        parts.append(f"{m.upper()} unablated {r['metric']} {r['base_score']:.4f}")
+    return "<p>" + "<br>".join(html.escape(p) for p in parts) + "</p>"
+
+
+def _thumbnail_css(thumbnails: Mapping[int, str]) -> str:
+    """One CSS class per input image, so that cards sharing an example share its bytes."""
+    rules = [
+        ".thumb{display:inline-block;width:40px;height:40px;background-size:cover;"
+        "image-rendering:pixelated;border:1px solid #ccc}"
+    ]
+    rules += [f".im{s}{{background-image:url({uri})}}" for s, uri in thumbnails.items()]
+    return "\n".join(rules)
+
+
+def thumbnail_uri(image: np.ndarray) -> str:
+    """A PNG data URI of one image ``(channels, height, width)``, min-max scaled."""
+    import matplotlib.image
+
+    img = np.asarray(image, dtype=np.float64)
+    img = (img - img.min()) / max(img.max() - img.min(), 1e-12)
+    img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
+    buf = _bytes.BytesIO()
+    matplotlib.image.imsave(buf, img, cmap="gray", format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

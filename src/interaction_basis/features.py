@@ -1,0 +1,311 @@
+"""Per-feature evidence for interpreting a basis: what each feature does on held-out data.
+
+For every node layer and feature ``f̂ = f C`` (features in basis order, the constant feature 0
+included), one streaming pass over the evaluation split gathers:
+
+- an activation summary over all (sample, position) rows: mean and standard deviation (Chan's
+  pairwise merge of per-batch moments in float64), exact minimum and maximum, and quantiles.
+  Quantiles are *approximate* for large splits: they are read from a uniform random subsample
+  of at most ``n_quantile_rows`` rows (bottom-k sampling on seeded random keys), and exact when
+  the split has no more rows than that;
+- the ``top_k`` largest and smallest activations with their sample index and position, and for
+  language models the feature's activation at every token of a ``±window`` token window around
+  the position (NaN and token -1 beyond the sequence ends).
+
+Memory is independent of the number of samples: ``(2 top_k (1 + window) + n_quantile_rows)``
+values per feature. :func:`compute_direct_effects` and :func:`compute_fourier_evidence` add the
+output-side and Fourier evidence.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interaction_basis.basis import Basis
+from interaction_basis.fourier import (
+    compute_dominant_frequencies,
+    compute_dominant_terms,
+    compute_frequency_power,
+)
+
+Variables = dict[str, tuple[tuple[str, ...], np.ndarray]]
+LINEARITY_RTOL = 1e-6  # float64 sections are linear to ~1e-15; a non-linear one is off by O(1)
+
+
+class _Ranked(NamedTuple):
+    """The running top-k of one sign: values and flat row ids ``sample * n_pos + position``."""
+
+    values: Float[Tensor, "rank feature"]
+    rows: Int[Tensor, "rank feature"]
+    window_values: Float[Tensor, "rank feature window"] | None
+    window_tokens: Int[Tensor, "rank feature window"] | None
+
+
+class FeatureAccumulator:
+    """Streams one layer's feature activations and keeps the summaries described above."""
+
+    def __init__(
+        self,
+        n_features: int,
+        *,
+        top_k: int,
+        n_quantile_rows: int,
+        window: int | None = None,
+        seed: int = 0,
+    ):
+        self.n_features, self.top_k, self.window = n_features, top_k, window
+        self.n_quantile_rows = n_quantile_rows
+        self._gen = torch.Generator().manual_seed(seed)
+        self.count = 0
+        self.mean = torch.zeros(n_features, dtype=torch.float64)
+        self.m2 = torch.zeros(n_features, dtype=torch.float64)
+        self.min = torch.full((n_features,), torch.inf, dtype=torch.float64)
+        self.max = torch.full((n_features,), -torch.inf, dtype=torch.float64)
+        self._keys = torch.empty(0, dtype=torch.float64)
+        self._sample = torch.empty(0, n_features, dtype=torch.float64)
+        self._top = self._bottom = None
+        self.n_pos: int | None = None
+
+    def add(
+        self,
+        feats: Float[Tensor, "batch pos feature"],
+        first_sample: int,
+        tokens: Int[Tensor, "batch pos"] | None = None,
+    ) -> None:
+        """One batch of features; ``first_sample`` is the batch's first sample index."""
+        feats = feats.to(torch.float64)
+        b, p, n = feats.shape
+        if n != self.n_features:
+            raise ValueError(f"Expected {self.n_features} features, got {n}.")
+        if self.n_pos is None:
+            self.n_pos = p
+        elif p != self.n_pos:
+            raise ValueError(f"Positions changed from {self.n_pos} to {p} between batches.")
+        flat = feats.reshape(b * p, n)
+        self._add_moments(flat)
+        self._add_quantile_rows(flat)
+        rows = first_sample * p + torch.arange(b * p)
+        self._top = self._merge(self._top, flat, feats, rows, tokens, 1.0)
+        self._bottom = self._merge(self._bottom, flat, feats, rows, tokens, -1.0)
+
+    def _add_moments(self, flat: Tensor) -> None:
+        nb = flat.shape[0]
+        mean_b = flat.mean(0)
+        m2_b = ((flat - mean_b) ** 2).sum(0)
+        total = self.count + nb
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (nb / total)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.count * nb / total)
+        self.count = total
+        self.min = torch.minimum(self.min, flat.min(0).values)
+        self.max = torch.maximum(self.max, flat.max(0).values)
+
+    def _add_quantile_rows(self, flat: Tensor) -> None:
+        # The rows with the smallest random keys form a uniform sample without replacement.
+        # Once the sample is full, only the incoming rows are copied, into the evicted slots.
+        keys = torch.rand(flat.shape[0], generator=self._gen, dtype=torch.float64)
+        n_old, room = len(self._keys), self.n_quantile_rows - len(self._keys)
+        if room > 0:
+            self._keys = torch.cat([self._keys, keys[:room]])
+            self._sample = torch.cat([self._sample, flat[:room]])
+            keys, flat = keys[room:], flat[room:]
+            n_old = len(self._keys)
+        if not len(keys):
+            return
+        both = torch.cat([self._keys, keys])
+        kept = torch.zeros(len(both), dtype=torch.bool)
+        kept[torch.topk(both, n_old, largest=False).indices] = True
+        evicted = torch.nonzero(~kept[:n_old]).flatten()
+        incoming = torch.nonzero(kept[n_old:]).flatten()
+        self._keys[evicted] = keys[incoming]
+        self._sample[evicted] = flat[incoming]
+
+    def _merge(self, cur, flat, feats, rows, tokens, sign) -> _Ranked:
+        # Only a batch's own top-k can enter the running top-k: merge (2k, feature), not the
+        # whole batch.
+        batch = torch.topk(flat * sign, min(self.top_k, flat.shape[0]), dim=0)
+        batch_rows = rows[batch.indices]
+        k0 = 0 if cur is None else cur.values.shape[0]
+        vals = batch.values if cur is None else torch.cat([cur.values, batch.values])
+        all_rows = batch_rows if cur is None else torch.cat([cur.rows, batch_rows])
+        top = torch.topk(vals, min(self.top_k, vals.shape[0]), dim=0)
+        new_rows = torch.gather(all_rows, 0, top.indices)
+        if self.window is None:
+            return _Ranked(top.values, new_rows, None, None)
+        windows = self._windows(cur, k0, top.indices, batch.indices, feats, tokens)
+        return _Ranked(top.values, new_rows, *windows)
+
+    def _windows(self, cur, k0, src, local, feats, tokens):
+        """Window activations of the kept entries: copied when kept from before, else cut
+        out of this batch (``local``: the batch's top-k rows per feature)."""
+        k, n = src.shape
+        width = 2 * self.window + 1
+        win_v = torch.full((k, n, width), torch.nan, dtype=torch.float64)
+        win_t = torch.full((k, n, width), -1, dtype=torch.long)
+        feature = torch.arange(n).expand(k, n)
+        old = src < k0
+        if old.any():
+            win_v[old] = cur.window_values[src[old], feature[old]]
+            win_t[old] = cur.window_tokens[src[old], feature[old]]
+        new = ~old
+        if new.any():
+            r = local[src[new] - k0, feature[new]]
+            p = feats.shape[1]
+            b, pos = r // p, r % p
+            at = pos[:, None] + torch.arange(-self.window, self.window + 1)
+            inside = (at >= 0) & (at < p)
+            at = at.clamp(0, p - 1)
+            v = feats[b[:, None], at, feature[new][:, None]]
+            win_v[new] = torch.where(inside, v, torch.nan)
+            if tokens is not None:
+                t = tokens.to(torch.long)[b[:, None], at]
+                win_t[new] = torch.where(inside, t, -1)
+        return win_v, win_t
+
+    def finish(self, quantiles: Iterable[float]) -> Variables:
+        """The summary as named variables (dims, array) for the layer's store group."""
+        if self.count == 0:
+            raise ValueError("No samples were streamed; the evaluation split is empty.")
+        q = np.asarray(list(quantiles), dtype=np.float64)
+        std = torch.sqrt(self.m2 / self.count)
+        out: Variables = {
+            "mean": (("feature",), self.mean.numpy()),
+            "std": (("feature",), std.numpy()),
+            "min": (("feature",), self.min.numpy()),
+            "max": (("feature",), self.max.numpy()),
+            "quantile_value": (("quantile", "feature"), np.quantile(self._sample.numpy(), q, 0)),
+        }
+        for name, ranked, sign in (("top", self._top, 1.0), ("bottom", self._bottom, -1.0)):
+            rows = ranked.rows.numpy()
+            out[f"{name}_value"] = (("rank", "feature"), sign * ranked.values.numpy())
+            out[f"{name}_sample"] = (("rank", "feature"), rows // self.n_pos)
+            out[f"{name}_position"] = (("rank", "feature"), rows % self.n_pos)
+            if ranked.window_values is not None:
+                dims = ("rank", "feature", "window")
+                out[f"{name}_window_value"] = (dims, ranked.window_values.numpy())
+                out[f"{name}_window_token"] = (dims, ranked.window_tokens.numpy())
+        return out
+
+
+def compute_activation_evidence(
+    activations: Callable[[Tensor], Mapping[str, Tensor]],
+    inputs: Tensor,
+    bases: Mapping[str, Basis],
+    *,
+    batch_size: int,
+    top_k: int,
+    n_quantile_rows: int,
+    quantiles: Iterable[float],
+    window: int | None = None,
+    seed: int = 0,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> dict[str, Variables]:
+    """Stream ``inputs`` through the model once; summaries and top examples per layer.
+
+    Args:
+        activations: raw inputs -> activations per node layer (``SectionedModel.activations``).
+        inputs: the evaluation split's raw inputs (tokens for mod-add and language models).
+        bases: the basis of every layer to describe.
+        window: language models: half-width of the token window kept around each example.
+        quantiles: the quantile levels to report.
+    """
+    quantiles = list(quantiles)
+    acc = {
+        layer: FeatureAccumulator(
+            b.C.shape[1], top_k=top_k, n_quantile_rows=n_quantile_rows, window=window, seed=seed
+        )
+        for layer, b in bases.items()
+    }
+    with torch.no_grad():
+        for start in progress(range(0, len(inputs), batch_size)):
+            batch = inputs[start : start + batch_size]
+            acts = activations(batch)
+            for layer, a in acc.items():
+                x = acts[layer].to("cpu", torch.float64)
+                tokens = batch if window is not None and batch.shape[1] == x.shape[1] else None
+                a.add(x @ bases[layer].C.to(torch.float64), start, tokens)
+    out = {}
+    for layer, a in acc.items():
+        out[layer] = a.finish(quantiles)
+        out[layer]["quantile"] = (("quantile",), np.asarray(quantiles, dtype=np.float64))
+    return out
+
+
+def compute_direct_effects(
+    section: Callable[[Tensor], Tensor],
+    basis: Basis,
+    n_top: int,
+    *,
+    chunk: int = 256,
+) -> Variables:
+    """Each feature's direct effect on the logits: the top promoted and suppressed outputs.
+
+    Defined for the node layer whose section to the logits is linear (the unembedding input of
+    a transformer, the last hidden layer of an MLP): feature ``i``'s direction ``C⁺[i]`` read
+    straight through it, ``section(C⁺[i]) - section(0)``. The logits layer itself passes
+    ``section = identity``.
+
+    Raises:
+        ValueError: if the section is not linear (the layer has no direct effect).
+    """
+    directions = basis.C_pinv.to(torch.float64)
+    d = directions.shape[1]
+    with torch.no_grad():
+        zero = section(torch.zeros(1, 1, d, dtype=torch.float64))[0, 0]
+        # Linear maps commute with negation and with sums of directions; ReLU-like maps,
+        # positively homogeneous, would pass a scaling check but fail these.
+        probe = directions[: min(4, len(directions))][:, None, :]
+        one = section(probe)[:, 0] - zero
+        neg = section(-probe)[:, 0] - zero
+        both = section(probe.sum(0, keepdim=True))[0, 0] - zero
+        scale = max(float(one.abs().max()), float(both.abs().max()), 1e-300)
+        error = max(float((neg + one).abs().max()), float((both - one.sum(0)).abs().max()))
+        if error > LINEARITY_RTOL * scale:
+            raise ValueError("The section to the logits is not linear: no direct effect.")
+        n_out = zero.shape[0]
+        k = min(n_top, n_out)
+        up_v, up_i, down_v, down_i = [], [], [], []
+        for s in range(0, len(directions), chunk):
+            eff = section(directions[s : s + chunk][:, None, :])[:, 0] - zero
+            up = torch.topk(eff, k, dim=1)
+            down = torch.topk(eff, k, dim=1, largest=False)
+            up_v.append(up.values), up_i.append(up.indices)
+            down_v.append(down.values), down_i.append(down.indices)
+    dims = ("direct_rank", "feature")
+    return {
+        "promoted_value": (dims, torch.cat(up_v).T.numpy()),
+        "promoted_output": (dims, torch.cat(up_i).T.numpy()),
+        "suppressed_value": (dims, torch.cat(down_v).T.numpy()),
+        "suppressed_output": (dims, torch.cat(down_i).T.numpy()),
+    }
+
+
+def compute_fourier_evidence(
+    acts: Mapping[str, Float[Tensor, "sample pos d"]],
+    bases: Mapping[str, Basis],
+    modulus: int,
+) -> dict[str, Variables]:
+    """Mod-add: each feature's power per frequency over all ``(a, b)`` and its dominant term.
+
+    ``acts`` are the activations on all ``modulus²`` inputs (``build_modadd_dataset`` order);
+    the features are summed over positions (lib_spec C.1.4), as for the module labels.
+    """
+    out = {}
+    for layer, basis in bases.items():
+        feats = (acts[layer].to(torch.float64) @ basis.C.to(torch.float64)).sum(dim=1)
+        power = compute_frequency_power(feats, modulus=modulus)
+        freq, share = compute_dominant_frequencies(power)
+        terms, term_share = compute_dominant_terms(power)
+        out[layer] = {
+            "frequency_power": (("feature", "frequency"), power.frequency),
+            "mixed_power": (("feature",), power.mixed),
+            "dominant_frequency": (("feature",), freq),
+            "dominant_share": (("feature",), share),
+            "dominant_term": (("feature",), np.array(terms)),
+            "dominant_term_share": (("feature",), term_share),
+        }
+    return out

@@ -1,0 +1,118 @@
+"""The explorer page built from small synthetic inputs: its data, and its answers to bad input."""
+
+import html
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from interaction_basis import io
+from interaction_basis.basis import Basis
+from interaction_basis.explorer import (
+    EXTERNAL,
+    MethodData,
+    build_page,
+    check_features,
+    edge_mass_prefix,
+)
+from interaction_basis.features import compute_activation_evidence
+
+LAYERS = {"a": 4, "b": 3, "output": 2}
+
+
+def _bases(counts=LAYERS):
+    out = {}
+    for layer, n in counts.items():
+        c = torch.eye(5, dtype=torch.float64)[:, :n]
+        out[layer] = Basis(c, c.T.clone(), torch.linspace(2.0, 0.5, n, dtype=torch.float64), 1)
+    return out
+
+
+def _features(tmp_path, bases, sha="abc"):
+    x = torch.randn(30, 2, 5, dtype=torch.float64)
+    ev = compute_activation_evidence(
+        lambda i: {layer: x[i] for layer in bases},
+        torch.arange(30),
+        bases,
+        batch_size=8,
+        top_k=5,
+        n_quantile_rows=100,
+        quantiles=[0.5],
+    )
+    for layer, b in bases.items():
+        n = b.C.shape[1]
+        ev[layer]["is_constant"] = (("feature",), np.arange(n) == 0)
+        ev[layer]["importance"] = (("feature",), b.importance.numpy())
+    path = tmp_path / f"features-{sha}.zarr"
+    io.write_features(path, ev, {"basis_config_sha256": sha, "method": "lib"})
+    return path
+
+
+def _edges(bases):
+    layers = list(bases)
+    g = torch.Generator().manual_seed(0)
+    return {
+        (a, b): torch.rand(bases[b].C.shape[1], bases[a].C.shape[1], generator=g).double()
+        for a, b in zip(layers, layers[1:])
+    }
+
+
+MODULES = {
+    "layers": ["a", "b"],
+    "modularity": 0.3,
+    "resolution": 1.0,
+    "n_non_singleton": 1,
+    "nodes": [{"layer": "a", "index": i, "cluster": c} for i, c in enumerate([0, 1, 2, 1])]
+    + [{"layer": "b", "index": i, "cluster": c} for i, c in enumerate([3, 1, 4])],
+    "clusters": [{"id": 1, "frequency": {"frequency": 7}}],
+}
+
+
+def _page(data, **kw):
+    """The page's text, its embedded Bokeh document decoded (it escapes non-ASCII and tags)."""
+    text = build_page("x", data, summary=None, evaluation=None, max_edges=5, page_examples=3, **kw)
+    assert "<script" in text and not EXTERNAL.search(text)  # Bokeh inlined, nothing fetched
+    doc = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
+    return json.dumps(json.loads(html.unescape(doc.group(1))), ensure_ascii=False)
+
+
+def test_page_is_self_contained_and_holds_every_node(tmp_path):
+    bases = _bases()
+    feats = io.read_features(_features(tmp_path, bases))
+    # The store opens as a plain DataTree with named dims.
+    tree = xr.open_datatree(tmp_path / "features-abc.zarr", engine="zarr", consolidated=False)
+    assert tree["a"]["top_value"].dims == ("rank", "feature")
+    html = _page({"lib": MethodData(bases, _edges(bases), MODULES, feats)})
+    assert "module 1 · freq 7 (3 nodes)" in html
+    # 4 + 3 drawn features: the 12 + 6 non-constant edges among a, b are capped at 5.
+    assert "only the 5 strongest of 6 non-constant edges" in html
+    assert "ablations not evaluated" in html
+
+
+def test_features_from_another_basis_are_refused(tmp_path):
+    bases = _bases()
+    feats = io.read_features(_features(tmp_path, bases, sha="old"))
+    with pytest.raises(ValueError, match="computed from another basis"):
+        check_features(feats, bases, "new", "features.zarr")
+    fewer = _bases({"a": 3, "b": 3, "output": 2})
+    with pytest.raises(ValueError, match="layer 'a' has 4 features, its basis 3"):
+        check_features(feats, fewer, "old", "features.zarr")
+
+
+def test_missing_modules_and_empty_layers_are_said_on_the_page(tmp_path):
+    bases = _bases()
+    feats = io.read_features(_features(tmp_path, bases))
+    html = _page({"lib": MethodData(bases, _edges(bases), None, feats)})
+    assert "No modules" in html
+    empty = {**bases, "b": Basis(torch.zeros(5, 0), torch.zeros(0, 5), torch.zeros(0), 0)}
+    html = _page({"lib": MethodData(empty, {}, MODULES, feats)})
+    assert "Layer(s) b kept no features" in html
+
+
+def test_edge_mass_prefix():
+    w = np.array([1.0, 6.0, 3.0])
+    assert [edge_mass_prefix(w, f) for f in (0.5, 0.6, 0.9, 0.95, 1.0)] == [1, 1, 2, 3, 3]
+    assert edge_mass_prefix(np.zeros(3), 0.9) == 0
