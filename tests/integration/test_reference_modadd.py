@@ -226,11 +226,11 @@ def test_a9_invariants_on_reference(reference_build):
     bases, m_dash, edges = reference_build["lib"]
     stats, acts = reference_build["stats"], reference_build["acts"]
     for layer in LAYERS:
-        # τ = 1e-15 keeps noise directions (Λ ~ 1e-12), so compare relative to the top Λ.
-        assert_uncorrelated(bases[layer], stats[layer], rtol=1e-9)
+        assert_uncorrelated(bases[layer], stats[layer])
         assert_constant_node(bases[layer], acts[layer], stats[layer], rtol=1e-9)
     for layer in LAYERS:
-        assert_whitened_gradients(bases[layer], m_dash[layer], atol=1e-9, min_relative_lambda=1e-8)
+        # τ = 1e-15 keeps noise directions (Λ ~ 1e-12 max Λ) whose bound exceeds 1: skip them.
+        assert_whitened_gradients(bases[layer], m_dash[layer], min_relative_lambda=1e-8)
     assert_final_linear_edges(edges[("unembed", "output")], bases["unembed"], acts["output"])
     for layer in LAYERS:  # the constant node carries the largest Λ in every mod-add layer
         assert int(bases[layer].importance.argmax()) == 0
