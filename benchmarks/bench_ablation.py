@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE_REVISION, help="git revision to compare")
     parser.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
     parser.add_argument("--results", help="results/<experiment> of a default-config run")
+    parser.add_argument("--no-seed0", action="store_true", help="only the --results case")
     parser.add_argument("--max-samples", type=int, help="evaluate on this many held-out samples")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -143,7 +144,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     baseline = _load_baseline(args.baseline)
-    cases = {"seed0": (_reference_case(Path(args.reference_dir), args.max_samples), 10_000)}
+    cases = {}
+    if not args.no_seed0:
+        cases["seed0"] = (_reference_case(Path(args.reference_dir), args.max_samples), 10_000)
     if args.results:
         cases["default"] = (_workflow_case(Path(args.results), args.max_samples), 4096)
     report = {"threads": torch.get_num_threads(), "baseline": args.baseline, "cases": {}}
