@@ -1,7 +1,7 @@
 """Benchmark: the edge ablation (``ablate_edges``, lib_spec E) against a previous implementation.
 
-Times :func:`compute_all_edges_required` — the workflow stage's computation: the bisect edge
-ablation of every adjacent layer pair — for LIB and PCA, in float32 on the held-out split, on
+Times :func:`compute_edges_required` for every adjacent layer pair — the workflow stage's
+computation, the bisect edge ablation — for LIB and PCA, in float32 on the held-out split, on
 
 - ``seed0``: the reference mod-add checkpoint (bases and edges built in float64 with τ = 1e-15
   absolute, as in lib_spec C.1.3);
@@ -10,9 +10,10 @@ ablation of every adjacent layer pair — for LIB and PCA, in float32 on the hel
 
 The previous implementation is ``src/interaction_basis/ablation.py`` at git revision
 ``--baseline`` (default: the last revision before the group reuse), loaded from git history into
-a temporary module; current and previous repetitions alternate in one process. Every repetition's
-results (edges required, ε, every bisect score) must equal the previous implementation's, or the
-script fails. The table shows the median time per case and the ratio previous / current.
+a temporary module; the two run each layer pair in turn, in alternating order, in one process.
+Every repetition's results (edges required, ε, every bisect score) must equal the previous
+implementation's, or the script fails. The table shows the median time per case and the ratio
+previous / current.
 
 Usage: ``python benchmarks/bench_ablation.py [--reps 3] [--threads 1] [--results DIR]
 [--json out.json]``.
@@ -106,23 +107,43 @@ def _workflow_case(results: Path, max_samples: int | None):
     return model, inputs[:max_samples], labels[:max_samples], methods
 
 
-def _run(ablation, case, batch_size: int) -> tuple[float, dict]:
-    model, inputs, labels, methods = case
+def _run_pair(ablation, model, inputs, labels, bases, pair, edges, base, batch_size):
+    a, b = pair
     t0 = time.perf_counter()
-    out = {}
-    for method, (bases, edges) in methods.items():
-        results = ablation.compute_all_edges_required(
-            model, bases, edges, inputs, labels, metric="accuracy", batch_size=batch_size
-        )
-        for (a, b), r in results.items():
-            out[f"{method} {a}->{b}"] = {
-                "n_edges_required": r.n_edges_required,
-                "epsilon": r.epsilon,
-                "epsilon_last": r.epsilon_last,
-                "score": r.score,
-                "bisect": {str(k): v for k, v in r.scores.items()},
-            }
-    return time.perf_counter() - t0, out
+    r = ablation.compute_edges_required(
+        model, a, bases[a], bases[b], edges, inputs, labels, batch_size=batch_size, base_score=base
+    )
+    result = {
+        "n_edges_required": r.n_edges_required,
+        "epsilon": r.epsilon,
+        "epsilon_last": r.epsilon_last,
+        "score": r.score,
+        "bisect": {str(k): v for k, v in r.scores.items()},
+    }
+    return time.perf_counter() - t0, result
+
+
+def _rep(implementations: dict, case, batch_size: int, rep: int) -> tuple[dict, dict]:
+    """One repetition: every layer pair of every method by each implementation in turn, the
+    order alternating between pairs and repetitions so that load drift hits both alike."""
+    model, inputs, labels, methods = case
+    base = implementations["current"].compute_unablated_score(
+        model, inputs, labels, batch_size=batch_size
+    )
+    seconds = dict.fromkeys(implementations, 0.0)
+    results = {name: {} for name in implementations}
+    order = list(implementations)
+    for method, (bases, all_edges) in methods.items():
+        for pair, edges in all_edges.items():
+            rep += 1
+            for name in order[:: 1 if rep % 2 else -1]:
+                t, result = _run_pair(
+                    implementations[name], model, inputs, labels, bases, pair, edges, base,
+                    batch_size,
+                )  # fmt: skip
+                seconds[name] += t
+                results[name][f"{method} {pair[0]}->{pair[1]}"] = result
+    return seconds, results
 
 
 def main() -> None:
@@ -152,12 +173,13 @@ def main() -> None:
     report = {"threads": torch.get_num_threads(), "baseline": args.baseline, "cases": {}}
     for name, (case, batch_size) in cases.items():
         times = {"previous": [], "current": []}
-        outputs = {}
-        for _ in range(args.reps):
-            for label, module in (("previous", baseline), ("current", ablation)):
-                seconds, outputs[label] = _run(module, case, batch_size)
-                times[label].append(seconds)
-                print(f"{name} {label}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        for rep in range(args.reps):
+            seconds, outputs = _rep(
+                {"previous": baseline, "current": ablation}, case, batch_size, rep
+            )
+            for label, t in seconds.items():
+                times[label].append(t)
+                print(f"{name} {label}: {t:.1f} s", file=sys.stderr, flush=True)
             if outputs["previous"] != outputs["current"]:
                 raise SystemExit(f"{name}: the results differ from the previous implementation")
         median = {k: statistics.median(v) for k, v in times.items()}
