@@ -458,8 +458,9 @@ class _EdgeAblation:
     What does not change between masks is computed once: the layer inputs in feature
     coordinates and, per group of output features (its mask row and its columns), the group's
     outputs over the evaluation set. Those are kept for the masks named by :meth:`retain` (a
-    bisection's two bounds: every later proposal lies between them, so a group equal at both
-    bounds is the same in every later mask), up to :data:`GROUP_CACHE_BYTES`.
+    bisection's two bounds: every later proposal lies between them, so a row that is the same
+    at both bounds stays so in every later mask), if they fit in :data:`GROUP_CACHE_BYTES`.
+    A group's outputs depend only on its key, never on what was evaluated before.
     """
 
     def __init__(
