@@ -1,4 +1,4 @@
-"""Test-wide setup: no network, seeded RNGs, the shared reference folder."""
+"""Test-wide setup: no network, seeded RNGs, the shared reference folder and its builds."""
 
 import os
 
@@ -34,3 +34,53 @@ def reference_dir() -> Path:
             "folder holding modadd_seed*/; they ship beside the checkout for developers and CI)"
         )
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def reference_builds(reference_dir):
+    """``reference_builds(seed)``: LIB and PCA on a reference mod-add checkpoint, built once per
+    test run and shared by every test that reproduces lib_spec §C and §G.
+
+    As the reference did: float64, the train split of ``modadd_train_split.npz`` in batches of
+    1024, absolute τ = 1e-15. Returns a dict with the ``weights``, the float64 ``model``, all
+    ``tokens``/``labels``, the ``train`` and ``test`` indices, the train ``acts`` and ``stats``,
+    and per method (``lib``, ``pca``) the tuple ``(bases, m_dash, edges)``. Treat it as
+    read-only.
+    """
+    from interaction_basis.basis import Truncation
+    from interaction_basis.build import (
+        batches_from_tensors,
+        compute_edges,
+        compute_layer_statistics,
+        fit_bases,
+    )
+    from interaction_basis.data import build_modadd_dataset, compute_modadd_split
+    from interaction_basis.models.modadd import build_modadd_sections
+
+    builds = {}
+
+    def build(seed: int) -> dict:
+        if seed in builds:
+            return builds[seed]
+        weights = dict(np.load(reference_dir / f"modadd_seed{seed}" / "weights.npz"))
+        split = np.load(reference_dir / "modadd_train_split.npz")["train_index"]
+        train = torch.as_tensor(split)
+        model = build_modadd_sections(weights)
+        tokens, labels = build_modadd_dataset()
+        with torch.no_grad():
+            acts = model.activations(tokens[train])
+        source = batches_from_tensors(acts, 1024)
+        stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
+        out = dict(
+            seed=seed, weights=weights, model=model, tokens=tokens, labels=labels, train=train,
+            test=compute_modadd_split(len(labels), 0.3, 0)[1], acts=acts, stats=stats,
+        )  # fmt: skip
+        for method in ("lib", "pca"):
+            bases, m_dash = fit_bases(
+                model, source, stats, method, truncation=Truncation(1e-15, relative=False)
+            )
+            out[method] = (bases, m_dash, compute_edges(model, source, bases))
+        builds[seed] = out
+        return out
+
+    return build

@@ -23,15 +23,19 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from interaction_basis.ablated_sections import make_group_output
 from interaction_basis.basis import Basis
 from interaction_basis.models.sectioned import SectionedModel
 
 Metric = Literal["accuracy", "ce_loss"]
 Scaling = Literal["linear", "logarithmic"]
 Labels = Int[Tensor, " batch"] | Int[Tensor, "batch pos"]
-Transform = Callable[[Tensor], Tensor]
+#: ``(batch index, cached layer input) -> activations at the start layer``
+Transform = Callable[[int, Tensor], Tensor]
 
 DEFAULT_BATCH_SIZE = 1024
+#: Memory for the group outputs an edge ablation reuses between masks (lib_spec E).
+GROUP_CACHE_BYTES = 512 * 2**20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,21 +167,23 @@ def _scores(
 ) -> list[float]:
     """Score the model run from ``start_layer`` after each transform, in one pass over the data.
 
-    Each transform maps the cached ``layer_inputs`` to activations at ``start_layer``; ``None``
-    means the inputs already are those activations. Batches of ``labels`` follow
-    ``layer_inputs``. Only what the metric needs is kept per batch (correct counts or batch-mean
-    losses), not the logits.
+    Each transform maps a batch of the cached ``layer_inputs`` (and its index) to activations
+    at ``start_layer``; ``None`` means the inputs already are those activations. Batches of
+    ``labels`` follow ``layer_inputs``. Only what the metric needs is kept per batch (correct
+    counts or batch-mean losses), not the logits.
     """
     if metric not in ("accuracy", "ce_loss"):
         raise ValueError(f"Unknown metric {metric!r}; use 'accuracy' or 'ce_loss'.")
     parts: list[list[float]] = [[] for _ in transforms]
     start = 0
     with torch.no_grad():
-        for x in layer_inputs:
+        for b, x in enumerate(layer_inputs):
             y = labels[start : start + x.shape[0]]
             start += x.shape[0]
             for i, transform in enumerate(transforms):
-                logits = model.forward_from(start_layer, x if transform is None else transform(x))
+                logits = model.forward_from(
+                    start_layer, x if transform is None else transform(b, x)
+                )
                 if metric == "accuracy":
                     parts[i].append(float(_count_correct(logits, y)))
                 else:
@@ -341,7 +347,7 @@ def compute_node_ablation_scores(
     ablating = [k for k in counts if k < C.shape[1]]
     transforms: list[Transform | None] = [None]
     for k in ablating:
-        transforms.append(lambda x, r=matrices[k]: x @ r)
+        transforms.append(lambda _, x, r=matrices[k]: x @ r)
     scores = _scores(model, layer, acts, labels, transforms, metric)
     base, ablated = scores[0], dict(zip(ablating, scores[1:], strict=True))
     return {k: ablated.get(k, base) for k in counts}
@@ -378,6 +384,29 @@ def compute_edge_mask(
     return mask
 
 
+def _mask_groups(mask: Bool[Tensor, "out in"]) -> list[tuple[bytes, Tensor, Tensor]]:
+    """Output features sharing a mask row: ``(key, kept inputs, output columns)`` per group.
+
+    The key identifies the group's work (its row and its columns), so it can be reused.
+    """
+    rows, group_of = torch.unique(mask, dim=0, return_inverse=True)
+    groups = []
+    for g, row in enumerate(rows):
+        kept = torch.nonzero(row).flatten()
+        cols = torch.nonzero(group_of == g).flatten()
+        groups.append((row.numpy().tobytes() + cols.numpy().tobytes(), kept, cols))
+    return groups
+
+
+def _assemble(parts: Sequence[tuple[Tensor, Tensor]], n_out: int) -> Tensor:
+    """``f_out`` with each group's columns in place."""
+    first = parts[0][1]
+    f_out = torch.zeros(*first.shape[:-1], n_out, dtype=first.dtype)
+    for cols, values in parts:
+        f_out[..., cols] = values
+    return f_out
+
+
 def compute_edge_ablated_output(
     section: Callable[[Tensor], Tensor],
     x: Float[Tensor, "batch pos_in d_in"],
@@ -391,8 +420,8 @@ def compute_edge_ablated_output(
 
     Output feature ``j`` is computed from the input features ``mask[j]`` only:
     ``f̂_out[j] = (section(where(mask[j], x C_in, 0) C_in⁺) C_out)[j]``, then mapped back with
-    ``C_out⁺``. Output features sharing a mask row share one section call over the whole batch,
-    and only the kept input features are mapped back, so the cost scales with the number of
+    ``C_out⁺``. Output features sharing a mask row share one evaluation over the whole batch
+    (see :mod:`~interaction_basis.ablated_sections`), so the cost scales with the number of
     distinct rows rather than output features.
     """
     if mask.shape != (C_out.shape[1], C_in.shape[1]):
@@ -400,19 +429,12 @@ def compute_edge_ablated_output(
             f"Mask {tuple(mask.shape)} does not match the bases: expected "
             f"({C_out.shape[1]}, {C_in.shape[1]}) = (out features, in features)."
         )
-    f_in = x @ C_in
-    rows, group_of = torch.unique(mask, dim=0, return_inverse=True)
-    f_out: Tensor | None = None
-    for g, row in enumerate(rows):
-        # Only the kept input features enter the map back (same as zeroing the others).
-        kept = torch.nonzero(row).flatten()
-        y = section(f_in[..., kept] @ C_in_pinv[kept])
-        if f_out is None:
-            f_out = torch.zeros(*y.shape[:-1], C_out.shape[1], dtype=y.dtype)
-        # Output features of group g read only the section output of their own group.
-        cols = torch.nonzero(group_of == g).flatten()
-        f_out[..., cols] = y @ C_out[:, cols]
-    return f_out @ C_out_pinv
+    group_output = make_group_output(section, C_in_pinv, C_out, x.dtype)
+    f_in = x @ C_in.to(x.dtype)
+    parts = [
+        (cols, group_output(f_in[..., kept], kept, cols)) for _, kept, cols in _mask_groups(mask)
+    ]
+    return _assemble(parts, C_out.shape[1]) @ C_out_pinv.to(x.dtype)
 
 
 def _edge_setup(
@@ -430,55 +452,90 @@ def _edge_setup(
     return idx, model.node_layers[idx + 1]
 
 
-class _EdgeAblation(NamedTuple):
-    """Cached layer inputs and cast bases for repeated edge-ablation scores of one layer pair."""
+class _EdgeAblation:
+    """Repeated edge-ablation scores of one layer pair (lib_spec E).
 
-    score: Callable[[int], float]
-    mask: Callable[[int], Tensor]
-    base: float
+    What does not change between masks is computed once: the layer inputs in feature
+    coordinates and, per group of output features (its mask row and its columns), the group's
+    outputs over the evaluation set. Those are kept for the masks named by :meth:`retain` (a
+    bisection's two bounds: every later proposal lies between them, so a row that is the same
+    at both bounds stays so in every later mask), if they fit in :data:`GROUP_CACHE_BYTES`.
+    A group's outputs depend only on its key, never on what was evaluated before.
+    """
 
+    def __init__(
+        self,
+        model: SectionedModel,
+        layer: str,
+        basis_in: Basis,
+        basis_out: Basis,
+        edges: Tensor,
+        inputs: Tensor,
+        labels: Tensor,
+        *,
+        metric: Metric,
+        batch_size: int,
+        keep_constant_input: bool,
+        base_score: float | None,
+    ):
+        _check_eval_set(inputs, labels, batch_size)
+        idx, self.out_layer = _edge_setup(model, layer, basis_in, basis_out, edges)
+        acts = compute_layer_inputs(model, layer, inputs, batch_size=batch_size)
+        dtype = acts[0].dtype
+        C_in, _ = _cast_basis(basis_in, dtype, acts[0].shape[-1], layer)
+        C_out, C_out_pinv = _cast_basis(basis_out, dtype, basis_out.C.shape[0], self.out_layer)
+        if base_score is None:
+            base_score = _scores(model, layer, acts, labels, [None], metric)[0]
+        self.base = float(base_score)
+        self.model, self.labels, self.metric = model, labels, metric
+        self.edges, self.keep_constant_input = edges, keep_constant_input
+        self.f_in = [x @ C_in for x in acts]
+        self.n_out, self.C_out_pinv = C_out.shape[1], C_out_pinv
+        section = model.sections[idx]
+        self.group_output = make_group_output(section, basis_in.C_pinv, basis_out.C, dtype)
+        with torch.no_grad():
+            pos_out = section(acts[0][:1]).shape[1]
+        f_out_bytes = inputs.shape[0] * pos_out * self.n_out * acts[0].element_size()
+        self.caching = 3 * f_out_bytes <= GROUP_CACHE_BYTES
+        self.cache: dict[bytes, list[Tensor]] = {}
+        self.used: dict[int, set[bytes]] = {}
 
-def _prepare_edge_ablation(
-    model: SectionedModel,
-    layer: str,
-    basis_in: Basis,
-    basis_out: Basis,
-    edges: Tensor,
-    inputs: Tensor,
-    labels: Tensor,
-    *,
-    metric: Metric,
-    batch_size: int,
-    keep_constant_input: bool,
-    base_score: float | None,
-) -> _EdgeAblation:
-    _check_eval_set(inputs, labels, batch_size)
-    idx, out_layer = _edge_setup(model, layer, basis_in, basis_out, edges)
-    acts = compute_layer_inputs(model, layer, inputs, batch_size=batch_size)
-    dtype = acts[0].dtype
-    C_in, C_in_pinv = _cast_basis(basis_in, dtype, acts[0].shape[-1], layer)
-    C_out, C_out_pinv = _cast_basis(basis_out, dtype, basis_out.C.shape[0], out_layer)
-    section = model.sections[idx]
-    if base_score is None:
-        base = _scores(model, layer, acts, labels, [None], metric)[0]
-    else:
-        base = float(base_score)
+    def mask(self, n_kept: int) -> Tensor:
+        return compute_edge_mask(self.edges, n_kept, keep_constant_input=self.keep_constant_input)
 
-    def mask(n_kept: int) -> Tensor:
-        return compute_edge_mask(edges, n_kept, keep_constant_input=keep_constant_input)
+    def _group_values(self, groups: list[tuple[bytes, Tensor, Tensor]], b: int) -> list:
+        parts = []
+        for key, kept, cols in groups:
+            values = self.cache.get(key)
+            if values is not None and len(values) > b:
+                parts.append((cols, values[b]))
+                continue
+            value = self.group_output(self.f_in[b][..., kept], kept, cols)
+            if self.caching:
+                self.cache.setdefault(key, []).append(value)
+            parts.append((cols, value))
+        return parts
 
-    def score(n_kept: int) -> float:
-        m = mask(n_kept)
+    def score(self, n_kept: int) -> float:
+        m = self.mask(n_kept)
         if bool(m.all()):
-            return base  # nothing ablated: the reference reuses the base score
+            return self.base  # nothing ablated: the reference reuses the base score
+        groups = _mask_groups(m)
+        self.used[n_kept] = {key for key, _, _ in groups}
 
-        def replace_section(x: Tensor) -> Tensor:
-            return compute_edge_ablated_output(section, x, m, C_in, C_in_pinv, C_out, C_out_pinv)
+        def replace_section(b: int, _: Tensor) -> Tensor:
+            return _assemble(self._group_values(groups, b), self.n_out) @ self.C_out_pinv
 
         # The transform replaces the section, so the model continues from the next layer.
-        return _scores(model, out_layer, acts, labels, [replace_section], metric)[0]
+        return _scores(
+            self.model, self.out_layer, self.f_in, self.labels, [replace_section], self.metric
+        )[0]
 
-    return _EdgeAblation(score, mask, base)
+    def retain(self, kept_counts: Iterable[int]) -> None:
+        """Keep the group outputs of these evaluated counts' masks only."""
+        self.used = {k: self.used[k] for k in kept_counts if k in self.used}
+        keep = set().union(*self.used.values())
+        self.cache = {key: v for key, v in self.cache.items() if key in keep}
 
 
 def compute_edge_ablation_scores(
@@ -511,7 +568,7 @@ def compute_edge_ablation_scores(
     Returns:
         ``{n_kept: score}``.
     """
-    ablator = _prepare_edge_ablation(
+    ablator = _EdgeAblation(
         model,
         layer,
         basis_in,
@@ -524,7 +581,11 @@ def compute_edge_ablation_scores(
         keep_constant_input=keep_constant_input,
         base_score=None,
     )
-    return {int(k): ablator.score(int(k)) for k in kept_counts}
+    scores = {}
+    for k in kept_counts:
+        scores[int(k)] = ablator.score(int(k))
+        ablator.retain([int(k)])  # neighbouring counts share most groups
+    return scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -683,7 +744,7 @@ def compute_edges_required(
     """
     if delta < 0:
         raise ValueError(f"delta must be ≥ 0, got {delta}.")
-    ablator = _prepare_edge_ablation(
+    ablator = _EdgeAblation(
         model,
         layer,
         basis_in,
@@ -697,13 +758,19 @@ def compute_edges_required(
         base_score=base_score,
     )
     total = basis_in.C.shape[0] * basis_out.C.shape[0]
+    bounds = {True: total, False: 0}  # the bisection's good and bad bounds
+
+    def is_good(score: float) -> bool:
+        return is_good_score(score, ablator.base, delta, metric)
+
+    def score_and_retain(n_kept: int) -> float:
+        score = ablator.score(n_kept)
+        bounds[is_good(score)] = n_kept
+        ablator.retain(bounds.values())
+        return score
+
     result = bisect_minimum(
-        ablator.score,
-        0,
-        total,
-        lambda s: is_good_score(s, ablator.base, delta, metric),
-        scaling=scaling,
-        tolerance=tolerance,
+        score_and_retain, 0, total, is_good, scaling=scaling, tolerance=tolerance
     )
     n_req = result.minimum
     mask = ablator.mask(n_req)

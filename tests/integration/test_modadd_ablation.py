@@ -4,7 +4,6 @@ The bases and edges are built in float64 with the reference's absolute τ = 1e-1
 split; ablations run in float32 on the 8939 test pairs, as the reference did.
 """
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,14 +14,6 @@ from interaction_basis.ablation import (
     compute_node_ablation_scores,
     compute_unablated_score,
 )
-from interaction_basis.basis import Truncation
-from interaction_basis.build import (
-    batches_from_tensors,
-    compute_edges,
-    compute_layer_statistics,
-    fit_bases,
-)
-from interaction_basis.data import build_modadd_dataset, compute_modadd_split
 from interaction_basis.models.modadd import build_modadd_sections
 
 pytestmark = pytest.mark.slow
@@ -44,27 +35,16 @@ EDGES_REQUIRED = {
 
 
 @pytest.fixture(scope="module")
-def seed0(reference_dir):
-    weights = dict(np.load(reference_dir / "modadd_seed0" / "weights.npz"))
-    train_index = torch.as_tensor(np.load(reference_dir / "modadd_train_split.npz")["train_index"])
-    tokens, labels = build_modadd_dataset()
-    model = build_modadd_sections(weights)
-    with torch.no_grad():
-        acts = model.activations(tokens[train_index])
-    source = batches_from_tensors(acts, 1024)
-    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
-    built = {}
-    for method in ("lib", "pca"):
-        bases, _ = fit_bases(model, source, stats, method, truncation=Truncation(1e-15, False))
-        built[method] = (bases, compute_edges(model, source, bases))
-    _, test = compute_modadd_split(N_PAIRS, 0.3, 0)
+def seed0(reference_builds):
+    ref = reference_builds(0)
+    test = ref["test"]
     return {
-        "model32": build_modadd_sections(weights, dtype=torch.float32),
-        "train_index": train_index,
+        "model32": build_modadd_sections(ref["weights"], dtype=torch.float32),
+        "train_index": ref["train"],
         "test": test,
-        "inputs": tokens[test],
-        "labels": labels[test],
-        **built,
+        "inputs": ref["tokens"][test],
+        "labels": ref["labels"][test],
+        **{method: (ref[method][0], ref[method][2]) for method in ("lib", "pca")},
     }
 
 

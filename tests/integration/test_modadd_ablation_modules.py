@@ -1,39 +1,23 @@
 """lib_spec C.1.4 through the evaluation path: on seed 3, ε per layer from the bisect edge
 ablation (the weakest edge still needed) and Leiden at γ = 1 give one module per key frequency."""
 
-import numpy as np
 import pytest
 import torch
 
 from interaction_basis import ablation
-from interaction_basis.basis import Truncation
-from interaction_basis.build import (
-    batches_from_tensors,
-    compute_edges,
-    compute_layer_statistics,
-    fit_bases,
-)
 from interaction_basis.clustering import build_interaction_graph, compute_modules
-from interaction_basis.data import build_modadd_dataset, compute_modadd_split
 from interaction_basis.models.modadd import build_modadd_sections
 from interaction_basis.summary import label_modadd_clusters
 
 pytestmark = pytest.mark.slow
 
 
-def test_seed3_modules_from_edge_ablation_threshold(reference_dir):
-    weights = dict(np.load(reference_dir / "modadd_seed3" / "weights.npz"))
-    model = build_modadd_sections(weights)
-    tokens, labels = build_modadd_dataset()
-    train, test = compute_modadd_split(len(labels), 0.3, 0)
-    with torch.no_grad():
-        acts = model.activations(tokens[train])
-    source = batches_from_tensors(acts, 1024)
-    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
-    bases, _ = fit_bases(model, source, stats, "lib", truncation=Truncation(1e-15, False))
-    edges = compute_edges(model, source, bases)
+def test_seed3_modules_from_edge_ablation_threshold(reference_builds):
+    ref = reference_builds(3)
+    model, tokens, labels, test = ref["model"], ref["tokens"], ref["labels"], ref["test"]
+    bases, _, edges = ref["lib"]
 
-    model32 = build_modadd_sections(weights, dtype=torch.float32)
+    model32 = build_modadd_sections(ref["weights"], dtype=torch.float32)
     base = ablation.compute_unablated_score(model32, tokens[test], labels[test])
     epsilon = {}
     for a, b in (("ln1.0", "ln2.0"), ("ln2.0", "unembed")):

@@ -6,26 +6,16 @@ qualitatively: which key frequencies share a module, and Q to a loose tolerance.
 
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
-from interaction_basis.basis import Truncation
-from interaction_basis.build import (
-    batches_from_tensors,
-    compute_edges,
-    compute_layer_statistics,
-    fit_bases,
-)
 from interaction_basis.clustering import build_interaction_graph, compute_modules
-from interaction_basis.data import build_modadd_dataset
 from interaction_basis.fourier import (
     compute_cluster_labels,
     compute_dominant_frequencies,
     compute_frequency_power,
     compute_top_terms,
 )
-from interaction_basis.models.modadd import build_modadd_sections
 
 pytestmark = pytest.mark.slow
 
@@ -38,24 +28,17 @@ KEY_FREQUENCIES = {36, 38, 49}
 
 
 @pytest.fixture(scope="module")
-def setup(reference_dir):
-    weights = dict(np.load(reference_dir / f"modadd_seed{SEED}" / "weights.npz"))
-    train = torch.as_tensor(np.load(reference_dir / "modadd_train_split.npz")["train_index"])
-    model = build_modadd_sections(weights, dtype=torch.float64)
-    tokens, _ = build_modadd_dataset()
+def setup(reference_builds):
+    ref = reference_builds(SEED)
     with torch.no_grad():
-        acts = model.activations(tokens[train])
-        full = model.activations(tokens)
-    src = batches_from_tensors(acts, 4000)
-    stats = {layer: compute_layer_statistics(src, layer) for layer in model.node_layers}
-    return model, src, stats, full
+        full = ref["model"].activations(ref["tokens"])
+    return ref, full
 
 
 def _build(setup, method):
     """Edges among LAYERS and Fourier powers of every feature, for one basis method."""
-    model, src, stats, full = setup
-    bases, _ = fit_bases(model, src, stats, method, truncation=Truncation(1e-15, relative=False))
-    edges = compute_edges(model, src, bases, layers=LAYERS[:-1])
+    ref, full = setup
+    bases, _, edges = ref[method]
     # LIB features on all 113² inputs; ln1.0 summed over its 3 positions (lib_spec C.1.4).
     powers = {
         layer: compute_frequency_power((full[layer] @ bases[layer].C).sum(dim=1))

@@ -24,6 +24,7 @@ from interaction_basis.ablation import (
     compute_unablated_score,
 )
 from interaction_basis.basis import Basis
+from interaction_basis.models.mlp import MLP, build_mlp_sections
 
 # ---------------------------------------------------------------------------------------------
 # Schedules
@@ -313,6 +314,44 @@ def test_edge_ablated_output_matches_the_per_feature_definition(tiny_lib, layer)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_edge_ablated_output_of_mlp_layers_matches_the_definition(activation):
+    """The folded path of hidden MLP layers (no residual, no W_out) and of the final linear."""
+    module = MLP(5, [7, 6], 4, activation=activation, seed=2).double()
+    model = build_mlp_sections(module.state_arrays(), activation=activation)
+    inputs = torch.randn(30, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        acts = model.activations(inputs)
+    gen = torch.Generator().manual_seed(4)
+    for idx, layer in enumerate(model.node_layers[:-1]):
+        x, out = acts[layer], acts[model.node_layers[idx + 1]]
+        b_in, b_out = _random_basis(x.shape[-1], 1), _random_basis(out.shape[-1], 2)
+        mask = torch.rand(b_out.C.shape[1], b_in.C.shape[1], generator=gen) < 0.5
+        mask[1::2] = mask[0]
+        with torch.no_grad():
+            got = compute_edge_ablated_output(
+                model.sections[idx], x, mask, b_in.C, b_in.C_pinv, b_out.C, b_out.C_pinv
+            )
+            expected = _naive_edge_ablation(model.sections[idx], x, mask, b_in, b_out)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_edge_ablation_scores_do_not_depend_on_what_was_evaluated_before(tiny_lib):
+    """Reused group outputs give the same scores as a fresh evaluation of each count."""
+    model, tokens, labels, bases, edges = tiny_lib
+    kw = dict(metric="ce_loss", batch_size=10)
+    for (a, b), e in edges.items():
+        counts = [20, 3, 12]
+        together = compute_edge_ablation_scores(
+            model, a, bases[a], bases[b], e, tokens, labels, counts, **kw
+        )
+        for k in counts:
+            alone = compute_edge_ablation_scores(
+                model, a, bases[a], bases[b], e, tokens, labels, [k], **kw
+            )
+            assert alone[k] == together[k], (a, k)
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "ce_loss"])
 def test_edge_ablation_keeping_all_edges_is_the_unablated_score(tiny_lib, metric):
     model, tokens, labels, bases, edges = tiny_lib
@@ -357,6 +396,11 @@ def test_edges_required_on_a_tiny_mlp():
     assert torch.equal(res.mask, compute_edge_mask(e, res.n_edges_required))
     assert res.epsilon == compute_edge_threshold(e, res.mask)
     assert res.n_kept_last == list(res.scores)[-1]
+    # the bisection reuses group outputs between its proposals: the scores are unchanged
+    again = compute_edge_ablation_scores(
+        model, pair[0], bases[pair[0]], bases[pair[1]], e, inputs, labels, list(res.scores), **kw
+    )
+    assert again == res.scores
     # an unlimited budget: one edge is enough; no budget beyond float noise: all or nearly all
     loose = compute_edges_required(
         model, pair[0], bases[pair[0]], bases[pair[1]], e, inputs, labels, delta=math.inf, **kw

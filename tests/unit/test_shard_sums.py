@@ -102,6 +102,7 @@ def test_shard_range_rejects_more_shards_than_batches():
         shard_range(36, BATCH, 3, 3)
 
 
+@pytest.mark.slow
 def test_sharded_m_dash_and_edges_with_stochastic_sources(tiny):
     """Sources are drawn per global batch, so shards reproduce the unsharded draws exactly."""
     model, acts = tiny

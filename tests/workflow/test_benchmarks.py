@@ -46,3 +46,19 @@ def test_modadd_build_benchmark_runs(tmp_path, reference_dir):
     build = result["results"]["current"]
     assert build["checks"]["dims"]["ln1.0"] == 115  # lib_spec C.1.1: constant + 114 directions
     assert result["loop"]["max_rel_diff"] < 1e-10  # the batched build agrees with the loop
+
+
+def test_ablation_benchmark_runs(tmp_path, reference_dir):
+    result = _run(
+        "bench_ablation.py",
+        *("--reps", "1", "--threads", "1", "--max-samples", "200"),
+        *("--reference-dir", str(reference_dir)),
+        tmp_path=tmp_path,
+    )
+    seed0 = result["cases"]["seed0"]
+    assert seed0["n_samples"] == 200
+    assert set(seed0["results"]) == {
+        f"{m} {a}->{b}"
+        for m in ("lib", "pca")
+        for a, b in (("ln1.0", "ln2.0"), ("ln2.0", "unembed"), ("unembed", "output"))
+    }
