@@ -22,6 +22,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interaction_basis.jacobians import SourceDraws
+
 Points = tuple[Sequence[float], Sequence[float]]
 
 #: Bytes of the largest per-chunk intermediate; bounds memory and keeps work in cache.
@@ -388,3 +390,119 @@ class LastPositionAttention:
             a += torch.bmm(weights, feature_mats).transpose(0, 1)  # Σ_h diag(f·a_h) C⁺N_h
             edges += a.square_().sum(0)
         return edges.T
+
+
+# --- per-token sections (language models) ------------------------------------------------------
+
+
+class PerToken:
+    """A section that maps each position on its own (``y_t = fn(x_t)``): a LayerNorm-in or -out,
+    an MLP block with its residual, an unembedding, or a chain of them.
+
+    Its Jacobian is block-diagonal over positions, ``J_{t,s} = δ_ts J̄_t``, so the generic path's
+    ``P_out · d_out`` autograd passes over all positions of a sample waste a factor ``P``. Here
+    the integrated per-token Jacobians ``J̄_t = Σ_α w_α ∂fn(α x_t)`` come from one batched
+    ``jacrev``/``jacfwd`` per integration point (``slopes`` replaces that where the section
+    knows its Jacobian, :class:`ResidualMLP`), and with ``R_t = J̄_t C_out``:
+
+    - ``M′ ∝ Σ_t R_t R_tᵀ`` (exact); stochastic sources contract ``R_t`` with the same ±1
+      draws the generic path uses. Over positions alone they are exact for this section (only
+      ``t = s`` survives, and ``φ² = 1``), so they cost nothing more;
+    - ``A_{t,i,j} = f̂_{t,j} (C⁺ R_t)_{j,i}`` for the edges, summed over positions with the
+      position sources' signs before squaring.
+    """
+
+    #: ``jacobians`` passes stochastic sources' draws to this closed form.
+    takes_sources = True
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        self.fn = fn
+
+    def __call__(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_out"]:
+        return self.fn(x)
+
+    def jacobians(
+        self, x: Float[Tensor, "rows d_in"], points: Points
+    ) -> Float[Tensor, "rows d_in d_out"]:
+        """Integrated per-token Jacobians (row convention: ``dy = dx J``), float64."""
+
+        def one(v: Tensor) -> Tensor:
+            return self.fn(v[None, None])[0, 0]
+
+        d_out = self.fn(x[:1, None]).shape[-1]
+        # jacrev takes one pass per output, jacfwd one per input: the fewer.
+        transform = torch.func.jacrev if d_out <= x.shape[-1] else torch.func.jacfwd
+        jac = torch.func.vmap(transform(one))
+        total = x.new_zeros(x.shape[0], x.shape[1], d_out, dtype=F64)
+        for alpha, weight in zip(*points, strict=True):
+            total += weight * jac(alpha * x).to(F64).transpose(1, 2)
+        return total
+
+    def _out_rows(
+        self, x: Float[Tensor, "rows d_in"], c_out: Tensor | None, points: Points
+    ) -> Float[Tensor, "rows d_in k_out"]:
+        jac = self.jacobians(x, points)
+        return jac if c_out is None else jac @ c_out.to(F64)
+
+    def _row_bytes(self, d_in: int, d_out: int, k: int) -> int:
+        return 8 * (d_in * d_out + 2 * d_in * k)
+
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "d_in d_in"]:
+        batch, n_pos, d_in = acts.shape
+        d_out = self.fn(acts[:1, :1]).shape[-1]
+        k_out = d_out if c_out is None else c_out.shape[1]
+        kind = "exact" if draws is None else draws.kind
+        m = acts.new_zeros(d_in, d_in, dtype=F64)
+        for b0, b1 in _chunks(batch, n_pos * self._row_bytes(d_in, d_out, k_out)):
+            x = acts[b0:b1].reshape(-1, d_in)
+            r = self._out_rows(x, c_out, points)  # (b·s, d_in, k)
+            if kind in ("hidden", "both"):
+                r = r.view(b1 - b0, n_pos, d_in, k_out)
+                if kind == "hidden":  # (r, s, b, k)
+                    signs = _signs(draws.draws[:, :, b0:b1]).to(r.device)
+                    r = torch.einsum("bsdk,rsbk->bsdr", r, signs)
+                else:  # (q, b, s, k)
+                    signs = _signs(draws.draws[:, b0:b1]).to(r.device)
+                    r = torch.einsum("bsdk,qbsk->bsdq", r, signs)
+            flat = r.movedim(-2, 0).reshape(d_in, -1)
+            m.addmm_(flat, flat.T)
+        if kind == "pos":  # every source gives the exact sum (see the class docstring)
+            m *= draws.draws.shape[0]
+        return m
+
+    def compute_edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos d_in"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "k_out k_in"]:
+        batch, n_pos, d_in = recon.shape
+        k_in = c_in_pinv.shape[0]
+        d_out = self.fn(recon[:1, :1]).shape[-1]
+        k_out = d_out if c_out is None else c_out.shape[1]
+        pinv = c_in_pinv.to(F64)
+        edges = recon.new_zeros(k_in, k_out, dtype=F64)
+        row = n_pos * (self._row_bytes(d_in, d_out, k_out) + 16 * k_in * k_out)
+        for b0, b1 in _chunks(batch, row):
+            x = recon[b0:b1].reshape(-1, d_in)
+            a = pinv @ self._out_rows(x, c_out, points)  # (b·s, k_in, k_out)
+            a *= feats[b0:b1].reshape(-1, k_in, 1).to(F64)
+            if draws is not None:  # positions: (r, i, b, t)
+                signs = _signs(draws.draws[:, :, b0:b1]).to(a.device)
+                a = torch.einsum("btji,ribt->brji", a.view(b1 - b0, n_pos, k_in, k_out), signs)
+            edges += a.square_().sum(dim=tuple(range(a.ndim - 2)))
+        return edges.T
+
+
+def _signs(draws: Tensor) -> Tensor:
+    """Boolean draws (True: +1) as float64 ±1."""
+    return draws.to(F64) * 2 - 1

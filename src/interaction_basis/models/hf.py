@@ -77,6 +77,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from interaction_basis.models.closed_form import PerToken
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoForCausalLM", "GPTNeoXForCausalLM")
@@ -615,25 +616,30 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
         x, y = h[..., 1 : 1 + big], h[..., 1 + big :]
         return torch.cat([_normalise(h[..., :1], x, d, blk.eps2), y], dim=-1)
 
+    # Every step but attention maps each position on its own: PerToken contracts its
+    # Jacobians per token (closed_form.py); chains of such steps stay PerToken (sectioned.py).
     steps = [
-        Step(f"resid_pre.{layer}", _identity),
-        Step(f"ln1.{layer}", ln1_in),
-        Step(f"ln1_out.{layer}", ln1_out),
+        Step(f"resid_pre.{layer}", PerToken(_identity)),
+        Step(f"ln1.{layer}", PerToken(ln1_in)),
+        Step(f"ln1_out.{layer}", PerToken(ln1_out)),
     ]
     if parallel:
         steps += [
             Step(f"attn_in.{layer}", attn_add_keep),
-            Step(f"ln2.{layer}", dual_ln2_in),
-            Step(f"ln2_out.{layer}", dual_ln2_out),
+            Step(f"ln2.{layer}", PerToken(dual_ln2_in)),
+            Step(f"ln2_out.{layer}", PerToken(dual_ln2_out)),
         ]
     else:
         steps += [
             Step(f"attn_in.{layer}", attn_add),
-            Step(f"resid_mid.{layer}", _identity),
-            Step(f"ln2.{layer}", ln2_in),
-            Step(f"ln2_out.{layer}", ln2_out),
+            Step(f"resid_mid.{layer}", PerToken(_identity)),
+            Step(f"ln2.{layer}", PerToken(ln2_in)),
+            Step(f"ln2_out.{layer}", PerToken(ln2_out)),
         ]
-    return steps + [Step(f"mlp_in.{layer}", mlp_add), Step(f"resid_post.{layer}", _identity)]
+    return steps + [
+        Step(f"mlp_in.{layer}", PerToken(mlp_add)),
+        Step(f"resid_post.{layer}", PerToken(_identity)),
+    ]
 
 
 def _build(
@@ -681,9 +687,9 @@ def _build(
         return nc @ w_u
 
     steps += [
-        Step("ln_final", ln_final_in),
-        Step("ln_final_out", ln_final_out),
-        Step("unembed", unembed),
+        Step("ln_final", PerToken(ln_final_in)),
+        Step("ln_final_out", PerToken(ln_final_out)),
+        Step("unembed", PerToken(unembed)),
     ]
     expected = _layer_names(len(raw.blocks), raw.parallel)
     if [s.name for s in steps] + ["output"] != expected:

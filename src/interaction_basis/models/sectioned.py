@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interaction_basis.models.closed_form import PerToken
+
 Activations = Float[Tensor, "batch pos d"]
 SectionFn = Callable[[Tensor], Tensor]
 CPU = torch.device("cpu")
@@ -37,6 +39,8 @@ def _compose(fns: Sequence[SectionFn]) -> SectionFn:
             x = fn(x)
         return x
 
+    if all(isinstance(fn, PerToken) for fn in fns):  # still one position at a time
+        return PerToken(composed)
     return composed
 
 
