@@ -219,3 +219,31 @@ def test_every_section_but_attention_has_a_closed_form(arch):
     resid = build_hf_sections(model, layers)
     for name, section in zip(layers, resid.sections, strict=False):
         assert isinstance(section, PerToken) == (not name.startswith("resid_pre.")), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_value_bias_folding_changes_only_the_constant_inputs_derivative(arch):
+    """Folding b_V into b_O (the default, as TransformerLens) leaves every activation as it was
+    but changes the attention section's derivative with respect to the constant input: M′
+    differs in the constant's row and column only, so only the constant feature's Λ and edges
+    move. (The difference is ~1e-3 relative here; rounding is ~1e-15.)"""
+    model = _model(arch)
+    layers = hf_node_layers(model, "ln")
+    folded = build_hf_sections(model, layers)
+    kept = build_hf_sections(model, layers, fold_value_biases=False)
+    tokens = torch.randint(0, VOCAB, (N_SAMPLES, SEQ), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        acts_folded, acts_kept = folded.activations(tokens), kept.activations(tokens)
+    for name in layers:
+        torch.testing.assert_close(acts_folded[name], acts_kept[name], rtol=1e-12, atol=1e-12)
+    attn = layers.index("attn_in.0")
+    acts = acts_folded["attn_in.0"]
+    m_folded = compute_m_dash_sum(folded.sections[attn], acts, None)
+    m_kept = compute_m_dash_sum(kept.sections[attn], acts, None)
+    scale = m_kept.abs().max()
+    const = D_MODEL  # the constant coordinate of the normalised half of (n, x)
+    diff = (m_folded - m_kept).abs()
+    assert diff[const].max() > 1e-6 * scale
+    others = torch.ones_like(diff, dtype=torch.bool)
+    others[const], others[:, const] = False, False
+    assert diff[others].max() <= 1e-12 * scale

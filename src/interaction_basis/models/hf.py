@@ -21,8 +21,12 @@ Weight processing (how this differs from the reference, which used TransformerLe
 - ``center_unembed`` (default on, as in TransformerLens): ``W_U`` and ``b_U`` have their mean
   over the vocabulary removed. This shifts each position's logits by a constant (softmax and
   loss are unchanged). Switch it off to reproduce the Hugging Face logits exactly.
-- ``fold_value_biases`` is not done: moving ``b_V`` into ``b_O`` changes no node-layer
-  activation (attention patterns sum to 1), only the inside of an attention section.
+- ``fold_value_biases`` (default on, as in TransformerLens): the value bias, LayerNorm bias
+  included (``β W_V + b_V``), moves into ``b_O`` as ``b_O + b_V W_O`` (attention patterns sum
+  to 1). No activation changes, but the attention section's derivative with respect to the
+  constant input does: kept inside, ``b_V`` is weighted by the pattern (whose derivative is
+  not zero); folded, it is a plain bias. So the constant feature's Λ and edges change (the
+  reference's Λ by ~1e-6 relative at ``ln1.0``). Switch it off to keep ``b_V`` in the values.
 - Rotary embeddings (GPT-NeoX) use the ``cos``/``sin`` tables of the model's own rotary module,
   which Hugging Face computes in float32 even for float64 models; TransformerLens computes the
   angles in float64. The difference is ~1e-7 relative; we reproduce Hugging Face.
@@ -238,6 +242,7 @@ def build_hf_sections(
     *,
     center_writing_weights: bool = True,
     center_unembed: bool = True,
+    fold_value_biases: bool = True,
 ) -> SectionedModel:
     """The bias-folded sectioned form of a GPT-2, GPT-Neo or GPT-NeoX causal LM.
 
@@ -250,6 +255,8 @@ def build_hf_sections(
             (TransformerLens default; the logits are unchanged).
         center_unembed: remove the vocabulary mean of ``W_U``/``b_U`` (TransformerLens default;
             shifts each position's logits by a constant).
+        fold_value_biases: move the value bias into the output bias (TransformerLens
+            default; changes the attention sections' Jacobians, not the activations).
 
     Returns:
         The sectioned model. ``embed`` takes integer tokens ``(batch, pos)``.
@@ -261,7 +268,9 @@ def build_hf_sections(
     _check_supported(model)
     with torch.no_grad():
         raw = _extract(model, dtype)
-        return _build(raw, node_layers, dtype, center_writing_weights, center_unembed)
+        return _build(
+            raw, node_layers, dtype, center_writing_weights, center_unembed, fold_value_biases
+        )
 
 
 # --- weight extraction -----------------------------------------------------------------------
@@ -495,16 +504,26 @@ class _FoldedBlock:
 
 
 def _fold_block(
-    blk: _RawBlock, n_heads: int, d_head: int, dtype: torch.dtype, center: bool
+    blk: _RawBlock,
+    n_heads: int,
+    d_head: int,
+    dtype: torch.dtype,
+    center: bool,
+    fold_value_biases: bool,
 ) -> _FoldedBlock:
     d = blk.w_q.shape[0]
     big = d + 1
-    w_v = _fold_ln(blk.ln1, blk.w_v, blk.b_v).reshape(big, n_heads, d_head)
+    w_v = _fold_ln(blk.ln1, blk.w_v, blk.b_v)
+    b_o = blk.b_o
+    if fold_value_biases:  # the value bias row (LN bias included) becomes part of b_O
+        b_o = b_o + w_v[-1] @ blk.w_o
+        w_v[-1] = 0.0
+    w_v = w_v.reshape(big, n_heads, d_head)
     w_v = _with_column(w_v.permute(1, 0, 2), 1.0)  # (H, D, dh + 1): v carries a trailing 1
     w_v = w_v.permute(1, 0, 2).reshape(big, n_heads * (d_head + 1))
     # W_O: b_O / n_heads as each head's constant row; patterns sum to 1, so heads add to b_O.
     w_o = blk.w_o.reshape(n_heads, d_head, d)
-    w_o = torch.cat([w_o, (blk.b_o / n_heads).expand(n_heads, 1, d)], dim=1)
+    w_o = torch.cat([w_o, (b_o / n_heads).expand(n_heads, 1, d)], dim=1)
     w_o = _zero_column(w_o).reshape(n_heads * (d_head + 1), big)
     r1 = _solve_r1(blk.act, dtype)
     w_in = _with_column(_fold_ln(blk.ln2, blk.w_in, blk.b_in), r1)
@@ -648,6 +667,7 @@ def _build(
     dtype: torch.dtype,
     center_writing_weights: bool,
     center_unembed: bool,
+    fold_value_biases: bool,
 ) -> SectionedModel:
     d = raw.w_e.shape[1]
     rotary_only = raw.w_pos is None
@@ -674,7 +694,9 @@ def _build(
 
     steps: list[Step] = []
     for layer, blk in enumerate(raw.blocks):
-        folded = _fold_block(blk, raw.n_heads, raw.d_head, dtype, center_writing_weights)
+        folded = _fold_block(
+            blk, raw.n_heads, raw.d_head, dtype, center_writing_weights, fold_value_biases
+        )
         steps += _block_steps(layer, folded, raw, raw.parallel)
 
     def ln_final_in(x: Tensor) -> Tensor:
