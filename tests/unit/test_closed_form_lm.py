@@ -29,7 +29,7 @@ from interaction_basis.jacobians import (
     compute_edges_sum,
     compute_m_dash_sum,
 )
-from interaction_basis.models.closed_form import PerToken
+from interaction_basis.models.closed_form import CausalAttention, PerToken
 from interaction_basis.models.hf import build_hf_sections, hf_node_layers
 from lm_fixtures import randomise_lm
 
@@ -157,11 +157,23 @@ def test_mlp_block_closed_form_matches_autograd():
     _check_against_autograd(mlp, Integration("gauss-legendre", 1), ("reverse",))
 
 
-def _check_against_autograd(sections, rule: Integration, modes=("reverse", "forward")) -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attention_closed_form_matches_autograd(arch):
+    """The quick subset for attention: GPT-2 (causal), GPT-Neo (global, then local) and
+    GPT-NeoX (rotary, parallel: the residual passed on), exact sources, against reverse mode."""
+    attention = [s for s in _sections(arch) if s[0].startswith("attn_in.")]
+    assert attention
+    rule = Integration("gauss-legendre", 1)
+    _check_against_autograd(attention, rule, ("reverse",), {"exact": Sources()})
+
+
+def _check_against_autograd(
+    sections, rule: Integration, modes=("reverse", "forward"), source_kinds=SOURCES
+) -> None:
     assert sections
     for name, section, acts in sections:
         c_in, c_pinv, c_out = _bases(section, acts)
-        for kind, sources in SOURCES.items():
+        for kind, sources in source_kinds.items():
             what = f"{name} {kind}"
             kw = dict(integration=rule, sources=sources)
             m_dash = compute_m_dash_sum(
@@ -206,19 +218,20 @@ def test_lm_closed_forms_match_a_per_coordinate_loop(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_section_but_attention_has_a_closed_form(arch):
+def test_every_single_step_section_has_a_closed_form(arch):
     model = _model(arch)
     layers = hf_node_layers(model, "all", final="output")
     sectioned = build_hf_sections(model, layers)
-    generic = [
-        a for a, s in zip(layers, sectioned.sections, strict=False) if not isinstance(s, ClosedForm)
-    ]
-    assert generic and all(name.startswith("attn_in.") for name in generic), generic
-    # Chains of per-token steps stay per-token; a chain through attention does not.
+    for name, section in zip(layers, sectioned.sections, strict=False):
+        want = CausalAttention if name.startswith("attn_in.") else PerToken
+        assert isinstance(section, want), name
+    # Alias steps drop out, chains of per-token steps stay per-token, and a chain through
+    # attention and more takes the generic path.
     layers = hf_node_layers(model, "resid", final="output")
     resid = build_hf_sections(model, layers)
     for name, section in zip(layers, resid.sections, strict=False):
         assert isinstance(section, PerToken) == (not name.startswith("resid_pre.")), name
+        assert isinstance(section, ClosedForm) == (not name.startswith("resid_pre.")), name
 
 
 @pytest.mark.parametrize("arch", ARCHS)

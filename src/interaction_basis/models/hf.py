@@ -81,8 +81,13 @@ from transformers import (
     PreTrainedModel,
 )
 
-from interaction_basis.models.closed_form import PerToken
-from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
+from interaction_basis.models.closed_form import CausalAttention, PerToken, rotate
+from interaction_basis.models.sectioned import (
+    SectionedModel,
+    Step,
+    build_sectioned_model,
+    identity,
+)
 
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoForCausalLM", "GPTNeoXForCausalLM")
 NodeLayerKind = Literal["ln", "resid", "all"]
@@ -553,16 +558,6 @@ def _normalise(var: Tensor, x: Tensor, d: int, eps: float) -> Tensor:
     return torch.cat([n, x[..., d:]], dim=-1)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """GPT-NeoX rotary on the first ``rotary_dim`` features of ``(batch, pos, head, d_head)``."""
-    rot_dim = cos.shape[-1]
-    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
-    half = rot_dim // 2
-    rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat([x_rot * c + rotated * s, x_pass], dim=-1)
-
-
 def _attention_fn(
     blk: _FoldedBlock, n_heads: int, d_head: int, rotary: tuple[Tensor, Tensor] | None
 ) -> Callable[[Tensor], Tensor]:
@@ -576,7 +571,8 @@ def _attention_fn(
         v = (nc @ blk.w_v).reshape(batch, n_pos, n_heads, d_head + 1)
         if rotary is not None:
             cos, sin = rotary[0][:n_pos], rotary[1][:n_pos]
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            c, s = cos[None, :, None, :], sin[None, :, None, :]
+            q, k = rotate(q, c, s), rotate(k, c, s)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * blk.scale
         scores = torch.where(blk.mask[:n_pos, :n_pos], scores, neg_inf)
         z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(dim=-1), v)
@@ -590,10 +586,6 @@ def _mlp_fn(blk: _FoldedBlock) -> Callable[[Tensor], Tensor]:
         return blk.act(nc @ blk.w_in) @ blk.w_out
 
     return mlp
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
 
 
 def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) -> list[Step]:
@@ -616,16 +608,15 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
         x = h[..., 1:]
         return torch.cat([_normalise(h[..., :1], x, d, blk.eps2), x], dim=-1)
 
-    def attn_add(h: Tensor) -> Tensor:  # (normalised, residual) -> residual
-        return h[..., big:] + attention(h[..., :big])
+    def attention_section(keep_input: bool) -> CausalAttention:
+        """(normalised, residual) -> residual (+ attention), and the residual if kept."""
+        return CausalAttention(
+            attention, blk.w_q, blk.w_k, blk.w_v, blk.w_o, blk.mask, blk.scale, raw.n_heads,
+            rotary=raw.rotary, keep_input=keep_input,
+        )  # fmt: skip
 
     def mlp_add(h: Tensor) -> Tensor:
         return h[..., big:] + mlp(h[..., :big])
-
-    # Parallel block: the raw input x travels next to y = x + attn so that LN2 can read x.
-    def attn_add_keep(h: Tensor) -> Tensor:  # (n1, x) -> (x + attn, x)
-        x = h[..., big:]
-        return torch.cat([x + attention(h[..., :big]), x], dim=-1)
 
     def dual_ln2_in(h: Tensor) -> Tensor:  # (y, x) -> (var(x), x, y)
         y, x = h[..., :big], h[..., big:]
@@ -637,27 +628,29 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
 
     # Every step but attention maps each position on its own: PerToken contracts its
     # Jacobians per token (closed_form.py); chains of such steps stay PerToken (sectioned.py).
+    # Attention has its own closed form; a chain through it takes the generic path.
     steps = [
-        Step(f"resid_pre.{layer}", PerToken(_identity)),
+        Step(f"resid_pre.{layer}", identity),
         Step(f"ln1.{layer}", PerToken(ln1_in)),
         Step(f"ln1_out.{layer}", PerToken(ln1_out)),
     ]
     if parallel:
         steps += [
-            Step(f"attn_in.{layer}", attn_add_keep),
+            # The raw input x travels next to y = x + attn so that LN2 can read x.
+            Step(f"attn_in.{layer}", attention_section(keep_input=True)),
             Step(f"ln2.{layer}", PerToken(dual_ln2_in)),
             Step(f"ln2_out.{layer}", PerToken(dual_ln2_out)),
         ]
     else:
         steps += [
-            Step(f"attn_in.{layer}", attn_add),
-            Step(f"resid_mid.{layer}", PerToken(_identity)),
+            Step(f"attn_in.{layer}", attention_section(keep_input=False)),
+            Step(f"resid_mid.{layer}", identity),
             Step(f"ln2.{layer}", PerToken(ln2_in)),
             Step(f"ln2_out.{layer}", PerToken(ln2_out)),
         ]
     return steps + [
         Step(f"mlp_in.{layer}", PerToken(mlp_add)),
-        Step(f"resid_post.{layer}", PerToken(_identity)),
+        Step(f"resid_post.{layer}", identity),
     ]
 
 
