@@ -581,7 +581,7 @@ class CausalAttention:
         self._w_v = v
         self._m = v @ self._w_o  # (h, dn, d)
 
-    def __call__(self, h: Float[Tensor, "batch pos in"]) -> Float[Tensor, "batch pos out"]:
+    def __call__(self, h: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos out"]:
         x = h[..., self.dn :]
         y = x + self.attention(h[..., : self.dn])
         return torch.cat([y, x], dim=-1) if self.keep_input else y
@@ -632,10 +632,10 @@ class CausalAttention:
 
     def compute_m_dash_sum(
         self,
-        acts: Float[Tensor, "batch pos in"],
+        acts: Float[Tensor, "batch pos width"],
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
-    ) -> Float[Tensor, "in in"]:
+    ) -> Float[Tensor, "width width"]:
         x_all = acts.to(F64)
         batch, n_pos, width = x_all.shape
         dn, heads, dh = self.dn, self.n_heads, self.d_head
@@ -685,9 +685,9 @@ class CausalAttention:
 
     def compute_edges_sum(
         self,
-        recon: Float[Tensor, "batch pos in"],
+        recon: Float[Tensor, "batch pos width"],
         feats: Float[Tensor, "batch pos k_in"],
-        c_in_pinv: Float[Tensor, "k_in in"],
+        c_in_pinv: Float[Tensor, "k_in width"],
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
     ) -> Float[Tensor, "k_out k_in"]:
@@ -717,3 +717,55 @@ class CausalAttention:
             a += f[..., None] * own
             edges += a.square_().sum((0, 1))
         return edges.T
+
+
+class ResidualMLP(PerToken):
+    """``(n, x) ↦ x + φ(n W_in) W_out``: an LM's MLP block, whose per-token Jacobian is
+    ``[W_in diag(d̄) W_out; I]`` with the integrated slopes ``d̄`` (as :class:`ElementwiseMLP`).
+
+    Exact (and position-source) M′ needs only ``S = Σ d̄ d̄ᵀ`` and ``Σ d̄``: with
+    ``P = W_out C`` its blocks are ``W_in ((P Pᵀ) ∘ S) W_inᵀ``, ``W_in diag(Σ d̄) P Cᵀ`` and
+    ``n C Cᵀ``; the rest uses the rows ``R = [W_in diag(d̄) P; C]`` per token.
+    """
+
+    def __init__(
+        self,
+        w_in: Float[Tensor, "dn hidden"],
+        w_out: Float[Tensor, "hidden d"],
+        activation: Callable[[Tensor], Tensor],
+    ):
+        self.mlp = ElementwiseMLP(w_in, w_out, activation)
+        self.dn = w_in.shape[0]
+        super().__init__(self._forward)
+
+    def _forward(self, h: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos d"]:
+        return h[..., self.dn :] + self.mlp(h[..., : self.dn])
+
+    def _out_rows(
+        self, x: Float[Tensor, "rows width"], c_out: Tensor | None, points: Points
+    ) -> Float[Tensor, "rows width k_out"]:
+        c, p = self.mlp._out_side(c_out, x)
+        slopes = self.mlp._slopes(x[:, : self.dn].to(F64), points)
+        r_n = (self.mlp.w_in.to(F64) * slopes[:, None, :]) @ p
+        return torch.cat([r_n, c.expand(x.shape[0], *c.shape)], dim=1)
+
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "width width"]:
+        if draws is not None and draws.kind != "pos":
+            return super().compute_m_dash_sum(acts, c_out, points, draws)
+        x = acts.reshape(-1, acts.shape[-1]).to(F64)
+        dn = self.dn
+        w_in = self.mlp.w_in.to(F64)
+        c, p = self.mlp._out_side(c_out, x)
+        slopes = self.mlp._slopes(x[:, :dn], points)
+        m = x.new_zeros(x.shape[1], x.shape[1])
+        m[:dn, :dn] = w_in @ ((p @ p.T) * (slopes.T @ slopes)) @ w_in.T
+        m[:dn, dn:] = (w_in * slopes.sum(0)) @ p @ c.T
+        m[dn:, :dn] = m[:dn, dn:].T
+        m[dn:, dn:] = x.shape[0] * (c @ c.T)
+        return m if draws is None else m * draws.draws.shape[0]

@@ -81,7 +81,12 @@ from transformers import (
     PreTrainedModel,
 )
 
-from interaction_basis.models.closed_form import CausalAttention, PerToken, rotate
+from interaction_basis.models.closed_form import (
+    CausalAttention,
+    PerToken,
+    ResidualMLP,
+    rotate,
+)
 from interaction_basis.models.sectioned import (
     SectionedModel,
     Step,
@@ -581,18 +586,10 @@ def _attention_fn(
     return attention
 
 
-def _mlp_fn(blk: _FoldedBlock) -> Callable[[Tensor], Tensor]:
-    def mlp(nc: Tensor) -> Tensor:
-        return blk.act(nc @ blk.w_in) @ blk.w_out
-
-    return mlp
-
-
 def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) -> list[Step]:
     d = blk.w_q.shape[0] - 1
     big = d + 1
     attention = _attention_fn(blk, raw.n_heads, raw.d_head, raw.rotary)
-    mlp = _mlp_fn(blk)
 
     def ln1_in(x: Tensor) -> Tensor:  # residual -> (var, residual)
         return torch.cat([_variance(x, d), x], dim=-1)
@@ -614,9 +611,6 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
             attention, blk.w_q, blk.w_k, blk.w_v, blk.w_o, blk.mask, blk.scale, raw.n_heads,
             rotary=raw.rotary, keep_input=keep_input,
         )  # fmt: skip
-
-    def mlp_add(h: Tensor) -> Tensor:
-        return h[..., big:] + mlp(h[..., :big])
 
     def dual_ln2_in(h: Tensor) -> Tensor:  # (y, x) -> (var(x), x, y)
         y, x = h[..., :big], h[..., big:]
@@ -649,7 +643,7 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
             Step(f"ln2_out.{layer}", PerToken(ln2_out)),
         ]
     return steps + [
-        Step(f"mlp_in.{layer}", PerToken(mlp_add)),
+        Step(f"mlp_in.{layer}", ResidualMLP(blk.w_in, blk.w_out, blk.act)),
         Step(f"resid_post.{layer}", identity),
     ]
 
