@@ -402,8 +402,8 @@ class PerToken:
     Its Jacobian is block-diagonal over positions, ``J_{t,s} = δ_ts J̄_t``, so the generic path's
     ``P_out · d_out`` autograd passes over all positions of a sample waste a factor ``P``. Here
     the integrated per-token Jacobians ``J̄_t = Σ_α w_α ∂fn(α x_t)`` come from one batched
-    ``jacrev``/``jacfwd`` per integration point (``slopes`` replaces that where the section
-    knows its Jacobian, :class:`ResidualMLP`), and with ``R_t = J̄_t C_out``:
+    forward-mode pass per integration point (:class:`ResidualMLP` knows its Jacobian instead),
+    and with ``R_t = J̄_t C_out``:
 
     - ``M′ ∝ Σ_t R_t R_tᵀ`` (exact); stochastic sources contract ``R_t`` with the same ±1
       draws the generic path uses. Over positions alone they are exact for this section (only
@@ -424,19 +424,20 @@ class PerToken:
     def jacobians(
         self, x: Float[Tensor, "rows d_in"], points: Points
     ) -> Float[Tensor, "rows d_in d_out"]:
-        """Integrated per-token Jacobians (row convention: ``dy = dx J``), float64."""
+        """Integrated per-token Jacobians (row convention: ``dy = dx J``), float64.
 
-        def one(v: Tensor) -> Tensor:
-            return self.fn(v[None, None])[0, 0]
-
-        d_out = self.fn(x[:1, None]).shape[-1]
-        # jacrev takes one pass per output, jacfwd one per input: the fewer.
-        transform = torch.func.jacrev if d_out <= x.shape[-1] else torch.func.jacfwd
-        jac = torch.func.vmap(transform(one))
-        total = x.new_zeros(x.shape[0], x.shape[1], d_out, dtype=F64)
+        One forward-mode pass over every (token, input coordinate) pair at once: each token
+        repeated ``d_in`` times with the one-hot tangents (no ``vmap``, whose per-op overhead
+        dominates on these small maps).
+        """
+        rows, d_in = x.shape
+        x_rep = x.repeat_interleave(d_in, dim=0)[:, None]
+        tangents = torch.eye(d_in, dtype=x.dtype, device=x.device).repeat(rows, 1)[:, None]
+        total = None
         for alpha, weight in zip(*points, strict=True):
-            total += weight * jac(alpha * x).to(F64).transpose(1, 2)
-        return total
+            jac = torch.func.jvp(self.fn, (alpha * x_rep,), (tangents,))[1].to(F64)
+            total = weight * jac if total is None else total + weight * jac
+        return total.view(rows, d_in, -1)
 
     def _out_rows(
         self, x: Float[Tensor, "rows d_in"], c_out: Tensor | None, points: Points
