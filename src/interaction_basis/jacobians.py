@@ -65,9 +65,10 @@ class ClosedForm(Protocol):
 
     ``points`` are the integration rule's α values and weights. Results are float64 sums over
     the batch, as :func:`compute_m_dash_sum` and :func:`compute_edges_sum` return them. A
-    closed form with a true ``takes_sources`` attribute also serves stochastic sources: it then
-    gets a fifth (sixth for edges) argument, the :class:`SourceDraws` the generic path would
-    use, and returns the sum over sources before dividing by their count.
+    closed form whose ``takes_sources`` attribute lists kinds of stochastic sources ("pos",
+    "hidden", "both") also serves those: it then gets a fifth (sixth for edges) argument, the
+    :class:`SourceDraws` the generic path would use, and returns the sum over sources before
+    dividing by their count.
     """
 
     def compute_m_dash_sum(
@@ -131,12 +132,17 @@ class Sources(NamedTuple):
 
 
 def _closed_form(section: Section, mode: Mode | None, sources: Sources) -> ClosedForm | None:
-    """The section's closed form where it applies: ``auto`` mode, and exact sources unless
-    the section takes stochastic ones (``takes_sources``)."""
-    exact = sources.n_pos is None and sources.n_hidden is None
+    """The section's closed form where it applies: ``auto`` mode, and exact sources or a kind
+    of stochastic sources the section lists in ``takes_sources``."""
     if (mode or DEFAULT_MODE) != "auto" or not isinstance(section, ClosedForm):
         return None
-    return section if exact or getattr(section, "takes_sources", False) else None
+    if sources.n_pos is None and sources.n_hidden is None:
+        kind = "exact"
+    elif sources.n_hidden is None:
+        kind = "pos"
+    else:
+        kind = "hidden" if sources.n_pos is None else "both"
+    return section if kind == "exact" or kind in getattr(section, "takes_sources", ()) else None
 
 
 # --- stochastic sources ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from interaction_basis.jacobians import (
     ClosedForm,
     Integration,
     Sources,
+    _closed_form,
     compute_edges_sum,
     compute_m_dash_sum,
 )
@@ -160,11 +161,25 @@ def test_mlp_block_closed_form_matches_autograd():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_attention_closed_form_matches_autograd(arch):
     """The quick subset for attention: GPT-2 (causal), GPT-Neo (global, then local) and
-    GPT-NeoX (rotary, parallel: the residual passed on), exact sources, against reverse mode."""
+    GPT-NeoX (rotary, parallel: the residual passed on), exact and position sources, against
+    reverse mode."""
     attention = [s for s in _sections(arch) if s[0].startswith("attn_in.")]
     assert attention
     rule = Integration("gauss-legendre", 1)
-    _check_against_autograd(attention, rule, ("reverse",), {"exact": Sources()})
+    kinds = {"exact": Sources(), "pos": Sources(n_pos=2)}
+    _check_against_autograd(attention, rule, ("reverse",), kinds)
+
+
+def test_closed_forms_serve_the_source_kinds_they_list():
+    """Per-token sections take every kind of stochastic source, attention those over
+    positions; the rest, and the explicit modes, run autograd."""
+    sections = dict((name.split("->")[0], section) for name, section, _ in _sections("gpt2"))
+    per_token, attention = sections["mlp_in.0"], sections["attn_in.0"]
+    for kind, sources in SOURCES.items():
+        assert _closed_form(per_token, None, sources) is per_token
+        want = attention if kind in ("exact", "pos") else None
+        assert _closed_form(attention, "auto", sources) is want
+        assert _closed_form(attention, "reverse", sources) is None
 
 
 def _check_against_autograd(

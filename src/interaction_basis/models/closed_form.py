@@ -412,8 +412,8 @@ class PerToken:
       position sources' signs before squaring.
     """
 
-    #: ``jacobians`` passes stochastic sources' draws to this closed form.
-    takes_sources = True
+    #: The kinds of stochastic sources whose draws ``jacobians`` passes to this closed form.
+    takes_sources = ("pos", "hidden", "both")
 
     def __init__(self, fn: Callable[[Tensor], Tensor]):
         self.fn = fn
@@ -556,8 +556,12 @@ class CausalAttention:
     - the edges take ``A_t = Σ_s diag(f̂_s) C⁺_n R_ts + diag(f̂_t) C⁺_x E`` per position, from the
       same pieces.
 
-    Exact sources only (stochastic ones take the generic path).
+    Exact sources and stochastic ones over positions (the LM configs' setting); sources over
+    hidden dimensions take the generic path.
     """
+
+    #: The kinds of stochastic sources whose draws ``jacobians`` passes to this closed form.
+    takes_sources = ("pos",)
 
     def __init__(
         self,
@@ -636,7 +640,12 @@ class CausalAttention:
         acts: Float[Tensor, "batch pos width"],
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
+        draws: SourceDraws | None = None,
     ) -> Float[Tensor, "width width"]:
+        if draws is not None:
+            if draws.kind != "pos":
+                raise NotImplementedError("attention takes position sources only")
+            return self._m_dash_position_sources(acts, c_out, points, draws)
         x_all = acts.to(F64)
         batch, n_pos, width = x_all.shape
         dn, heads, dh = self.dn, self.n_heads, self.d_head
@@ -684,6 +693,55 @@ class CausalAttention:
         m[dn:, dn:] = (batch * n_pos) * (e @ e.T)
         return m
 
+    def _m_dash_position_sources(
+        self,
+        acts: Float[Tensor, "batch pos width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws,
+    ) -> Float[Tensor, "width width"]:
+        """M′ with position sources: the row of source ``r`` and output feature ``i`` at ``s``
+        is ``Σ_t φ_rit R_ts[:, i] = Σ_h Ã^h_ris N_h[:, i] + U ζ_ris`` (and ``φ_ris E[:, i]`` on
+        ``x``) with ``Ã_ris = Σ_t φ_rit Ā_ts`` and
+        ``ζ_ris = [Σ_t φ_rit ḡ_tsi β_ts; φ_ris Γ_s[:, i]]``: the signs mix output positions per
+        feature, so ``ζ`` is formed per (r, i, s)."""
+        x_all = acts.to(F64)
+        batch, n_pos, width = x_all.shape
+        dn, heads, dh = self.dn, self.n_heads, self.d_head
+        c_y, e = self._c_y_and_e(c_out, width - dn, x_all)
+        k_out, n_src = c_y.shape[1], draws.draws.shape[0]
+        pattern_gram = x_all.new_zeros(heads, heads, k_out)
+        cross = x_all.new_zeros(heads, k_out, 2 * heads * dh)
+        low = x_all.new_zeros(2 * heads * dh, 2 * heads * dh)
+        col_a = x_all.new_zeros(heads, k_out)
+        col_z = x_all.new_zeros(2 * heads * dh, k_out)
+        row = self._row_bytes(n_pos, k_out) + 8 * n_src * k_out * n_pos * (2 * heads * dh + heads)
+        for b0, b1 in _chunks(batch, row):
+            t = self._terms(x_all[b0:b1, :, :dn], c_y, points)
+            phi = _signs(draws.draws[:, :, b0:b1]).to(x_all.device).permute(2, 0, 1, 3)
+            a_src = torch.einsum("brit,bhts->brish", phi, t.a)
+            z_key = torch.einsum("brit,bhtsi,btshe->brishe", phi, t.g, t.beta)
+            z_query = torch.einsum("bris,bhsei->brishe", phi, t.gamma_sum)
+            zeta = torch.stack([z_key, z_query], dim=4).flatten(4)  # (b, r, i, s, 2·h·e)
+            pattern_gram += torch.einsum("brish,brisg->hgi", a_src, a_src)
+            cross += torch.einsum("brish,brisz->hiz", a_src, zeta)
+            flat = zeta.reshape(-1, zeta.shape[-1])
+            low += flat.T @ flat
+            col_a += torch.einsum("bris,brish->hi", phi, a_src)
+            col_z += torch.einsum("bris,brisz->zi", phi, zeta)
+        n_mats = self._m @ c_y  # (h, dn, k)
+        u = torch.stack([self.w_k, self.w_q]).view(2, dn, heads, dh)
+        u = u.permute(1, 0, 2, 3).reshape(dn, -1)  # (dn, (K/Q, g, e))
+        dense = torch.einsum("hgi,hdi,gei->de", pattern_gram, n_mats, n_mats)
+        mixed = torch.einsum("hdi,hiz,mz->dm", n_mats, cross, u)
+        m = x_all.new_zeros(width, width)
+        m[:dn, :dn] = dense + mixed + mixed.T + u @ low @ u.T
+        columns = torch.einsum("hdi,hi->di", n_mats, col_a) + u @ col_z
+        m[:dn, dn:] = columns @ e.T
+        m[dn:, :dn] = m[:dn, dn:].T
+        m[dn:, dn:] = (batch * n_pos * n_src) * (e @ e.T)
+        return m
+
     def compute_edges_sum(
         self,
         recon: Float[Tensor, "batch pos width"],
@@ -691,6 +749,7 @@ class CausalAttention:
         c_in_pinv: Float[Tensor, "k_in width"],
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
+        draws: SourceDraws | None = None,
     ) -> Float[Tensor, "k_out k_in"]:
         x_all, f_all, pinv = recon.to(F64), feats.to(F64), c_in_pinv.to(F64)
         batch, n_pos, width = x_all.shape
@@ -716,6 +775,9 @@ class CausalAttention:
             )
             own = torch.einsum("jhe,bhtek->btjk", query_feats, t.gamma_sum) + residual
             a += f[..., None] * own
+            if draws is not None:  # position sources: (r, k, b, t)
+                signs = _signs(draws.draws[:, :, b0:b1]).to(a.device)
+                a = torch.einsum("btjk,rkbt->brjk", a, signs)
             edges += a.square_().sum((0, 1))
         return edges.T
 
