@@ -23,6 +23,11 @@ runs once, untimed. After the timings, the closed-form and generic bases and edg
 ``bench_modadd_build.py --bound`` does: FLOPs / rate is the time the contraction would take at
 the GEMM bound.
 
+``--per-section`` instead times M′ (``jacobians.compute_m_dash_sum``) of every section on
+``--n-samples`` chunks in this process, closed form and generic interleaved, with a random
+full-rank ``C_out`` (the stage's ``C_out`` is truncated, so this is an upper bound on the
+work): for sizes where the generic stage would take hours.
+
 Usage: ``python benchmarks/bench_lm_closed_form.py [--n-embd 64] [--n-layer 2] [--n-head 4]
 [--n-ctx 16] [--n-samples 32] [--reps 3] [--threads 2] [--sources exact] [--bound]
 [--json out.json]``. The issue-17 sizes: the default (tiny) and ``--n-embd 256 --n-layer 4
@@ -223,6 +228,69 @@ def _max_rel_diff(args: argparse.Namespace) -> dict[str, float]:
     return worst
 
 
+def _per_section(args: argparse.Namespace) -> None:
+    """Per-section M′ times, closed form and generic interleaved, medians over reps."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from interaction_basis import jacobians
+    from interaction_basis.jacobians import Sources
+    from interaction_basis.models.hf import build_hf_sections, hf_node_layers
+    from lm_fixtures import randomise_lm
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=args.vocab, n_positions=args.n_ctx, n_embd=args.n_embd,
+        n_layer=args.n_layer, n_head=args.n_head, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    hf = randomise_lm(GPT2LMHeadModel(cfg), seed=0).to(torch.float64)
+    layers = hf_node_layers(hf, "ln")
+    model = build_hf_sections(hf, layers)
+    tokens = torch.randint(0, args.vocab, (args.n_samples, args.n_ctx))
+    with torch.no_grad():
+        acts = model.activations(tokens)
+    sources = Sources(n_pos=1) if args.sources == "pos" else Sources()
+    closed_form = jacobians._closed_form
+    totals = {impl: 0.0 for impl in IMPLEMENTATIONS}
+    print(f"{'section':<28}{'closed s':>10}{'generic s':>11}{'ratio':>8}{'rel diff':>10}")
+    # One block and the head are enough: every block has the same shapes.
+    for name, nxt, section in zip(layers, layers[1:], model.sections, strict=False):
+        if not (name.endswith(".0") or not name[-1].isdigit()):
+            continue
+        x = acts[name]
+        d_out = acts[nxt].shape[-1]
+        c_out = torch.randn(d_out, d_out, dtype=torch.float64, generator=torch.Generator())
+        times = {impl: [] for impl in IMPLEMENTATIONS}
+        results = {}
+        for rep in range(args.reps):
+            for impl in IMPLEMENTATIONS if rep % 2 == 0 else IMPLEMENTATIONS[::-1]:
+                jacobians._closed_form = closed_form if impl == "closed" else lambda *_: None
+                t0 = time.perf_counter()
+                results[impl] = jacobians.compute_m_dash_sum(
+                    section, x, c_out, sources=sources, generator=torch.Generator().manual_seed(0)
+                )
+                times[impl].append(time.perf_counter() - t0)
+        jacobians._closed_form = closed_form
+        med = {impl: statistics.median(t) for impl, t in times.items()}
+        for impl in IMPLEMENTATIONS:
+            totals[impl] += med[impl]
+        diff = results["closed"] - results["generic"]
+        rel = float(diff.abs().max() / results["generic"].abs().max())
+        print(
+            f"{name + '->' + nxt:<28}{med['closed']:>10.3f}{med['generic']:>11.3f}"
+            f"{med['generic'] / med['closed']:>8.1f}{rel:>10.1e}",
+            flush=True,
+        )
+    print(
+        f"total (block 0 and head): closed {totals['closed']:.2f}s, generic "
+        f"{totals['generic']:.2f}s, ratio {totals['generic'] / totals['closed']:.1f}x; "
+        f"{args.n_samples * args.n_ctx / totals['closed']:.0f} tokens/s closed, "
+        f"{args.n_samples * args.n_ctx / totals['generic']:.1f} generic"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-embd", type=int, default=64)
@@ -236,6 +304,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sources", choices=("exact", "pos"), default="exact")
     parser.add_argument("--bound", action="store_true", help="FLOP count vs GEMM rate")
+    parser.add_argument("--per-section", action="store_true", help="per-section M′ times")
     parser.add_argument("--workdir", help="keep the model and stores here (default: a temp dir)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", choices=(*STAGES, "bound"), help=argparse.SUPPRESS)
@@ -244,6 +313,9 @@ def main() -> None:
 
     if args.child:
         print(json.dumps(_child(args)))
+        return
+    if args.per_section:
+        _per_section(args)
         return
     load_before = os.getloadavg()[0]
     tmp = None
