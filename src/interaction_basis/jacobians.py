@@ -131,10 +131,15 @@ class Sources(NamedTuple):
     n_hidden: int | None = None
 
 
-def _closed_form(section: Section, mode: Mode | None, sources: Sources) -> ClosedForm | None:
-    """The section's closed form where it applies: ``auto`` mode, and exact sources or a kind
-    of stochastic sources the section lists in ``takes_sources``."""
+def _closed_form(
+    section: Section, mode: Mode | None, sources: Sources, acts: Tensor | None = None
+) -> ClosedForm | None:
+    """The section's closed form where it applies: ``auto`` mode, exact sources or a kind of
+    stochastic sources the section lists in ``takes_sources``, and (if the section has a
+    ``fits`` method) a working set of one sample that it accepts for ``acts``' shape."""
     if (mode or DEFAULT_MODE) != "auto" or not isinstance(section, ClosedForm):
+        return None
+    if acts is not None and not getattr(section, "fits", lambda _: True)(acts.shape):
         return None
     if sources.n_pos is None and sources.n_hidden is None:
         kind = "exact"
@@ -571,7 +576,7 @@ def compute_m_dash_sum(
     coordinate) or, by default ("auto"), the section's closed form if it has one
     (:class:`ClosedForm`, exact sources only), else the cheaper of the two.
     """
-    closed = _closed_form(section, mode, sources)
+    closed = _closed_form(section, mode, sources, acts)
     if closed is not None and sources == Sources():
         return closed.compute_m_dash_sum(acts, c_out, integration.points())
     batch, p_in, d_in = acts.shape
@@ -674,7 +679,7 @@ def compute_edges_sum(
     k_in = c_in.shape[1]
     feats = acts @ c_in
     recon = feats @ c_in_pinv
-    closed = _closed_form(section, mode, sources)
+    closed = _closed_form(section, mode, sources, acts)
     rule_points = integration.points()
     if closed is not None and sources == Sources():
         return closed.compute_edges_sum(recon, feats, c_in_pinv, c_out, rule_points)

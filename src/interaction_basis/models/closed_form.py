@@ -31,6 +31,9 @@ CHUNK_BYTES = 16 * 2**20
 
 F64 = torch.float64
 
+#: Largest working set of one sample a closed form takes on (attention's pair terms).
+MAX_SAMPLE_BYTES = 2 * 2**30
+
 
 def _chunks(n: int, bytes_per_row: int) -> list[tuple[int, int]]:
     size = max(1, CHUNK_BYTES // max(1, bytes_per_row))
@@ -585,6 +588,18 @@ class CausalAttention:
         self._w_o = w_o.to(F64).view(n_heads, v.shape[-1], -1)  # (h, dv, d)
         self._w_v = v
         self._m = v @ self._w_o  # (h, dn, d)
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        """Whether one sample's pair terms (``H P² d`` floats and a few more; the output
+        feature count is at most ``2d``) stay within ``MAX_SAMPLE_BYTES``. Beyond that (e.g.
+        GPT-2 small: 1024 positions, about 90 GB) the generic path runs, until the pairs are
+        chunked over query positions."""
+        n_pos, width = shape[1], shape[2]
+        d = width - self.dn
+        heads = self.n_heads
+        pairs = n_pos * n_pos * heads * (2 * d + 3 * self.d_head + 2)
+        sources = n_pos * (2 * d) ** 2  # ζ of one position source
+        return 8 * (pairs + sources) <= MAX_SAMPLE_BYTES
 
     def __call__(self, h: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos out"]:
         x = h[..., self.dn :]
