@@ -24,9 +24,11 @@ Weight processing (how this differs from the reference, which used TransformerLe
 - ``fold_value_biases`` (default on, as in TransformerLens): the value bias, LayerNorm bias
   included (``β W_V + b_V``), moves into ``b_O`` as ``b_O + b_V W_O`` (attention patterns sum
   to 1). No activation changes, but the attention section's derivative with respect to the
-  constant input does: kept inside, ``b_V`` is weighted by the pattern (whose derivative is
-  not zero); folded, it is a plain bias. So the constant feature's Λ and edges change (the
-  reference's Λ by ~1e-6 relative at ``ln1.0``). Switch it off to keep ``b_V`` in the values.
+  constant input at each position does: kept in the values, each head's ``b_V W_O`` is
+  weighted by that head's pattern; folded, the sum over heads goes into ``b_O``, whose folded
+  row is spread equally over the heads' patterns (lib_spec A.1). So the constant feature's Λ
+  and edges change (by 2.9e-6 relative at ``ln1.0`` in the cross-check against the
+  reference). Switch it off to keep ``b_V`` in the values.
 - Rotary embeddings (GPT-NeoX) use the ``cos``/``sin`` tables of the model's own rotary module,
   which Hugging Face computes in float32 even for float64 models; TransformerLens computes the
   angles in float64. The difference is ~1e-7 relative; we reproduce Hugging Face.
