@@ -296,6 +296,28 @@ def _per_section(args: argparse.Namespace) -> None:
             + (f"  (generic: {columns} of {d_out} features, scaled)" if columns < d_out else ""),
             flush=True,
         )
+    if args.bound:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            for name, nxt, section in zip(layers, layers[1:], model.sections, strict=False):
+                if name.endswith(".0") or not name[-1].isdigit():
+                    d_out = acts[nxt].shape[-1]
+                    c_out = torch.randn(d_out, d_out, dtype=torch.float64)
+                    jacobians.compute_m_dash_sum(
+                        section, acts[name], c_out, sources=sources,
+                        generator=torch.Generator().manual_seed(0),
+                    )  # fmt: skip
+        gflop = counter.get_total_flops() / 1e9
+        d = args.n_embd + 1
+        rates = {"1024^3": _gemm_rate(1024, 1024, 1024), f"4096x{d}x{d}": _gemm_rate(4096, d, d)}
+        best = max(rates.values())
+        print(
+            f"matmul work of the closed forms (block 0 and head): {gflop:.2f} GFLOP; float64 "
+            "GEMM here " + ", ".join(f"{k}: {v:.1f}" for k, v in rates.items()) + " GFLOP/s -> "
+            f"{gflop / best:.2f}s at the GEMM bound ({totals['closed'] * best / gflop:.1f}x that "
+            "measured)"
+        )
     print(
         f"total (block 0 and head): closed {totals['closed']:.2f}s, generic "
         f"{totals['generic']:.2f}s, ratio {totals['generic'] / totals['closed']:.1f}x; "
