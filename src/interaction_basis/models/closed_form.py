@@ -2,8 +2,9 @@
 
 The generic path (:mod:`interaction_basis.jacobians`) takes one autograd pass per output
 coordinate or input direction. For the blocks of the mod-add transformer (attention, MLP,
-unembedding) and the layers of the MLPs, the Jacobian has a structure that makes M′ and the
-edges much cheaper to contract directly. The classes below are ordinary sections (callables on
+unembedding), the layers of the MLPs and the sections of the language models (per-token
+LayerNorm/unembedding sections, the MLP block, causal self-attention), the Jacobian has a
+structure that makes M′ and the edges much cheaper to contract directly. The classes below are ordinary sections (callables on
 ``(batch, pos, d)`` activations) that also implement
 :class:`~interaction_basis.jacobians.ClosedForm`; ``jacobians`` uses them for exact sources
 under ``mode="auto"``, while ``mode="forward"``/``"reverse"`` still run autograd, which the
