@@ -4,11 +4,12 @@ The generic path (:mod:`interaction_basis.jacobians`) takes one autograd pass pe
 coordinate or input direction. For the blocks of the mod-add transformer (attention, MLP,
 unembedding), the layers of the MLPs and the sections of the language models (per-token
 LayerNorm/unembedding sections, the MLP block, causal self-attention), the Jacobian has a
-structure that makes M′ and the edges much cheaper to contract directly. The classes below are ordinary sections (callables on
-``(batch, pos, d)`` activations) that also implement
-:class:`~interaction_basis.jacobians.ClosedForm`; ``jacobians`` uses them for exact sources
-under ``mode="auto"``, while ``mode="forward"``/``"reverse"`` still run autograd, which the
-tests use as the reference.
+structure that makes M′ and the edges much cheaper to contract directly. The classes below
+are ordinary sections (callables on ``(batch, pos, d)`` activations) that also implement
+:class:`~interaction_basis.jacobians.ClosedForm`; ``jacobians`` uses them under
+``mode="auto"`` for exact sources and the stochastic ones they list in ``takes_sources``,
+while ``mode="forward"``/``"reverse"`` still run autograd, which the tests use as the
+reference.
 
 Notation (row vectors, ``dx ↦ dx J``): ``J̄_s = Σ_α w_α ∂F(α x)/∂x_s`` is the integrated
 Jacobian of the section at input position ``s`` (lib_spec A.7), ``R_s = J̄_s C_out``
