@@ -18,9 +18,10 @@ samples along a chunk of directions (lib_spec F.4), ``vmap``-ed twice:
   the choice is cached per section and shapes.
 
 A section that knows its Jacobian's structure can skip all of this: one implementing
-:class:`ClosedForm` (the mod-add blocks, :mod:`interaction_basis.models.closed_form`)
-contracts M′ and the edges itself under ``mode="auto"`` with exact sources; the explicit modes
-always use autograd (the tests compare the two).
+:class:`ClosedForm` (the mod-add, MLP and language-model sections,
+:mod:`interaction_basis.models.closed_form`) contracts M′ and the edges itself under
+``mode="auto"`` with exact sources, and with the kinds of stochastic sources it lists (given
+the same draws); the explicit modes always use autograd (the tests compare the two).
 
 Samples go in sub-batches and directions in chunks sized to keep the working set in cache;
 integration points are stacked along the sample axis so that one call serves all of them.
