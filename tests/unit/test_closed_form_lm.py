@@ -158,6 +158,15 @@ def test_mlp_block_closed_form_matches_autograd():
     _check_against_autograd(mlp, Integration("gauss-legendre", 1), ("reverse",))
 
 
+def test_layer_norm_sections_match_autograd():
+    """The quick subset for the per-token forms: GPT-NeoX's LayerNorm sections (the parallel
+    block's dual LayerNorm-in and -out included) and the final ones, against reverse mode."""
+    norms = [s for s in _sections("gpt_neox") if s[0].startswith(("ln", "ln_final"))]
+    assert len(norms) == 6
+    kinds = {"exact": Sources(), "hidden": Sources(n_hidden=2)}
+    _check_against_autograd(norms, Integration("trapezoidal", 1), ("reverse",), kinds)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_attention_closed_form_matches_autograd(arch):
     """The quick subset for attention: GPT-2 (causal), GPT-Neo (global, then local) and
