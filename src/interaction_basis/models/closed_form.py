@@ -849,3 +849,66 @@ class ResidualMLP(PerToken):
         m[dn:, :dn] = m[:dn, dn:].T
         m[dn:, dn:] = x.shape[0] * (c @ c.T)
         return m if draws is None else m * draws.draws.shape[0]
+
+
+class LayerNormIn(PerToken):
+    """``x ↦ (var(x), x)``: a LayerNorm-in section (``fn``), the variance over the first ``d``
+    coordinates. Its per-token Jacobian is the identity plus one column, the integrated
+    gradient ``ḡ = Σ_α w_α α · 2 (x − mean) / d`` of the variance, so with ``C = (c₀; C_x)``
+    (the variance's row first) ``R_t = ḡ_t c₀ᵀ + C_x`` and
+
+    - ``Σ R Rᵀ = |c₀|² Σ ḡ ḡᵀ + (Σ ḡ)(C_x c₀)ᵀ + (…)ᵀ + n C_x C_xᵀ``;
+    - ``Σ_t A_t² = c₀² Σ_t f̂² (C⁺ḡ)² + 2 c₀ Q Σ_t f̂² C⁺ḡ + Q² Σ_t f̂²`` per (feature, output),
+      with ``Q = C⁺ C_x``.
+
+    Exact and position sources (the latter give the exact sum); hidden sources form rows.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], d: int):
+        super().__init__(fn)
+        self.d = d
+
+    def _gradients(self, x: Float[Tensor, "rows width"], points: Points) -> Tensor:
+        r = x[:, : self.d]
+        scale = 2 * sum(a * w for a, w in zip(*points, strict=True)) / self.d
+        g = torch.zeros_like(x)
+        g[:, : self.d] = scale * (r - r.mean(dim=1, keepdim=True))
+        return g
+
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "width width"]:
+        if draws is not None and draws.kind != "pos":
+            return super().compute_m_dash_sum(acts, c_out, points, draws)
+        x = acts.reshape(-1, acts.shape[-1]).to(F64)
+        c = _identity_if_none(c_out, x.shape[1] + 1, x)
+        c0, c_x = c[0], c[1:]
+        g = self._gradients(x, points)
+        cross = g.sum(0)[:, None] * (c_x @ c0)[None, :]
+        m = (c0 @ c0) * (g.T @ g) + cross + cross.T + x.shape[0] * (c_x @ c_x.T)
+        return m if draws is None else m * draws.draws.shape[0]
+
+    def compute_edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos width"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "k_out k_in"]:
+        if draws is not None:
+            return super().compute_edges_sum(recon, feats, c_in_pinv, c_out, points, draws)
+        x = recon.reshape(-1, recon.shape[-1]).to(F64)
+        f2 = feats.reshape(-1, feats.shape[-1]).to(F64).square()
+        pinv = c_in_pinv.to(F64)
+        c = _identity_if_none(c_out, x.shape[1] + 1, x)
+        c0, q = c[0], pinv @ c[1:]
+        pg = self._gradients(x, points) @ pinv.T  # (rows, k_in): C⁺ḡ per token
+        s0, s1, s2 = f2.sum(0), (f2 * pg).sum(0), (f2 * pg.square()).sum(0)
+        edges = s2[:, None] * c0.square() + 2 * s1[:, None] * (c0 * q) + s0[:, None] * q.square()
+        return edges.T

@@ -85,6 +85,7 @@ from transformers import (
 
 from interaction_basis.models.closed_form import (
     CausalAttention,
+    LayerNormIn,
     PerToken,
     ResidualMLP,
     rotate,
@@ -627,7 +628,7 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
     # Attention has its own closed form; a chain through it takes the generic path.
     steps = [
         Step(f"resid_pre.{layer}", identity),
-        Step(f"ln1.{layer}", PerToken(ln1_in)),
+        Step(f"ln1.{layer}", LayerNormIn(ln1_in, d)),
         Step(f"ln1_out.{layer}", PerToken(ln1_out)),
     ]
     if parallel:
@@ -641,7 +642,7 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
         steps += [
             Step(f"attn_in.{layer}", attention_section(keep_input=False)),
             Step(f"resid_mid.{layer}", identity),
-            Step(f"ln2.{layer}", PerToken(ln2_in)),
+            Step(f"ln2.{layer}", LayerNormIn(ln2_in, d)),
             Step(f"ln2_out.{layer}", PerToken(ln2_out)),
         ]
     return steps + [
@@ -698,7 +699,7 @@ def _build(
         return nc @ w_u
 
     steps += [
-        Step("ln_final", PerToken(ln_final_in)),
+        Step("ln_final", LayerNormIn(ln_final_in, d)),
         Step("ln_final_out", PerToken(ln_final_out)),
         Step("unembed", PerToken(unembed)),
     ]
