@@ -53,3 +53,18 @@ def write_tiny_gpt2(folder: Path, texts: list[str], n_layer: int = 1) -> Path:
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def randomise_lm(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Nonzero biases and LayerNorm affines (HF initialises them to 0 and 1): zero biases
+    would hide bias-folding bugs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
+        for name, p in model.named_parameters():
+            if "ln" not in name and "layernorm" not in name and "layer_norm" not in name:
+                p.copy_(0.25 * torch.randn(p.shape, generator=gen))
+    return model

@@ -53,6 +53,13 @@ class HubModelConfig(_Frozen):
     revision: str | None = Field(
         None, description="Hub commit SHA to pin (a branch name works but warns)."
     )
+    fold_value_biases: bool = Field(
+        True,
+        description="Move the attention value bias into the output bias, as TransformerLens "
+        "(and so the paper) does. No activation changes, but the attention sections' "
+        "derivative with respect to the constant input does, hence the constant feature's Λ "
+        "and edges.",
+    )
 
 
 class TextDataConfig(_Frozen):

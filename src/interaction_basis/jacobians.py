@@ -18,9 +18,10 @@ samples along a chunk of directions (lib_spec F.4), ``vmap``-ed twice:
   the choice is cached per section and shapes.
 
 A section that knows its Jacobian's structure can skip all of this: one implementing
-:class:`ClosedForm` (the mod-add blocks, :mod:`interaction_basis.models.closed_form`)
-contracts M′ and the edges itself under ``mode="auto"`` with exact sources; the explicit modes
-always use autograd (the tests compare the two).
+:class:`ClosedForm` (the mod-add, MLP and language-model sections,
+:mod:`interaction_basis.models.closed_form`) contracts M′ and the edges itself under
+``mode="auto"`` with exact sources, and with the kinds of stochastic sources it lists (given
+the same draws); the explicit modes always use autograd (the tests compare the two).
 
 Samples go in sub-batches and directions in chunks sized to keep the working set in cache;
 integration points are stacked along the sample axis so that one call serves all of them.
@@ -64,7 +65,11 @@ class ClosedForm(Protocol):
     """A section that contracts its own integrated Jacobians in closed form (exact sources).
 
     ``points`` are the integration rule's α values and weights. Results are float64 sums over
-    the batch, as :func:`compute_m_dash_sum` and :func:`compute_edges_sum` return them.
+    the batch, as :func:`compute_m_dash_sum` and :func:`compute_edges_sum` return them. A
+    closed form whose ``takes_sources`` attribute lists kinds of stochastic sources ("pos",
+    "hidden", "both") also serves those: it then gets a fifth (sixth for edges) argument, the
+    :class:`SourceDraws` the generic path would use, and returns the sum over sources before
+    dividing by their count.
     """
 
     def compute_m_dash_sum(
@@ -127,18 +132,29 @@ class Sources(NamedTuple):
     n_hidden: int | None = None
 
 
-def _closed_form(section: Section, mode: Mode | None, sources: Sources) -> ClosedForm | None:
-    """The section's closed form where it applies: ``auto`` mode and exact sources."""
-    exact = sources.n_pos is None and sources.n_hidden is None
-    if (mode or DEFAULT_MODE) == "auto" and exact and isinstance(section, ClosedForm):
-        return section
-    return None
+def _closed_form(
+    section: Section, mode: Mode | None, sources: Sources, acts: Tensor | None = None
+) -> ClosedForm | None:
+    """The section's closed form where it applies: ``auto`` mode, exact sources or a kind of
+    stochastic sources the section lists in ``takes_sources``, and (if the section has a
+    ``fits`` method) a working set of one sample that it accepts for ``acts``' shape."""
+    if (mode or DEFAULT_MODE) != "auto" or not isinstance(section, ClosedForm):
+        return None
+    if acts is not None and not getattr(section, "fits", lambda _: True)(acts.shape):
+        return None
+    if sources.n_pos is None and sources.n_hidden is None:
+        kind = "exact"
+    elif sources.n_hidden is None:
+        kind = "pos"
+    else:
+        kind = "hidden" if sources.n_pos is None else "both"
+    return section if kind == "exact" or kind in getattr(section, "takes_sources", ()) else None
 
 
 # --- stochastic sources ----------------------------------------------------------------------
 
 
-class _Phi(NamedTuple):
+class SourceDraws(NamedTuple):
     """The ±1 draws of one batch as booleans (True: +1), in the generator order of one
     cotangent per source. ``draws``: ``pos`` (n_pos, k_out, batch, p_out); ``hidden``
     (n_hidden, p_out, batch, k_out); ``both`` (n_pos · n_hidden, batch, p_out, k_out)."""
@@ -149,19 +165,23 @@ class _Phi(NamedTuple):
 
 def _draw_sources(
     sources: Sources, batch: int, p_out: int, k_out: int, generator: torch.Generator | None
-) -> _Phi:
+) -> SourceDraws:
     n_pos, n_hid = sources.n_pos, sources.n_hidden
 
     def draw(*shape: int) -> Tensor:
         return torch.rand(*shape, generator=generator) > 0.5
 
     if n_pos is None and n_hid is None:
-        return _Phi("exact", None)
+        return SourceDraws("exact", None)
     if n_hid is None:  # one sign per (source, output dim, sample, output position)
-        return _Phi("pos", draw(n_pos * k_out, batch, p_out).view(n_pos, k_out, batch, p_out))
+        return SourceDraws(
+            "pos", draw(n_pos * k_out, batch, p_out).view(n_pos, k_out, batch, p_out)
+        )
     if n_pos is None:  # one sign per (source, output position, sample, output dim)
-        return _Phi("hidden", draw(n_hid * p_out, batch, k_out).view(n_hid, p_out, batch, k_out))
-    return _Phi("both", draw(n_pos * n_hid, batch, p_out, k_out))
+        return SourceDraws(
+            "hidden", draw(n_hid * p_out, batch, k_out).view(n_hid, p_out, batch, k_out)
+        )
+    return SourceDraws("both", draw(n_pos * n_hid, batch, p_out, k_out))
 
 
 def _signs(draws: Tensor, like: Tensor) -> Tensor:
@@ -172,13 +192,13 @@ def _source_scale(sources: Sources) -> float:
     return 1.0 / ((sources.n_pos or 1) * (sources.n_hidden or 1))
 
 
-def _n_cotangents(phi: _Phi, p_out: int, k_out: int) -> int:
+def _n_cotangents(phi: SourceDraws, p_out: int, k_out: int) -> int:
     if phi.kind == "exact":
         return p_out * k_out
     return phi.draws.shape[0] * (1 if phi.kind == "both" else phi.draws.shape[1])
 
 
-def _apply_sources(out: Tensor, phi: _Phi, b0: int, b1: int) -> Tensor:
+def _apply_sources(out: Tensor, phi: SourceDraws, b0: int, b1: int) -> Tensor:
     """``(b, c, p_out, k_out)`` outputs -> ``(b, c, n_cot)``: every cotangent applied."""
     if phi.kind == "exact":
         return out.reshape(*out.shape[:2], -1)
@@ -472,7 +492,7 @@ def _choose(
 
 
 def _cotangents(
-    phi: _Phi,
+    phi: SourceDraws,
     start: int,
     stop: int,
     b0: int,
@@ -557,14 +577,17 @@ def compute_m_dash_sum(
     coordinate) or, by default ("auto"), the section's closed form if it has one
     (:class:`ClosedForm`, exact sources only), else the cheaper of the two.
     """
-    closed = _closed_form(section, mode, sources)
-    if closed is not None:
+    closed = _closed_form(section, mode, sources, acts)
+    if closed is not None and sources == Sources():
         return closed.compute_m_dash_sum(acts, c_out, integration.points())
     batch, p_in, d_in = acts.shape
     x1 = acts[:1]
     p_out, d_out = _out_shape(section, x1)
     k_out = d_out if c_out is None else c_out.shape[1]
     phi = _draw_sources(sources, batch, p_out, k_out, generator)
+    if closed is not None:  # the same draws as autograd would use
+        m_dash = closed.compute_m_dash_sum(acts, c_out, integration.points(), phi)
+        return m_dash * _source_scale(sources)
     n_cot = _n_cotangents(phi, p_out, k_out)
     points = _Points(*integration.points())
     nested = _nestable(section, acts)
@@ -657,13 +680,17 @@ def compute_edges_sum(
     k_in = c_in.shape[1]
     feats = acts @ c_in
     recon = feats @ c_in_pinv
-    closed = _closed_form(section, mode, sources)
-    if closed is not None:
-        return closed.compute_edges_sum(recon, feats, c_in_pinv, c_out, integration.points())
+    closed = _closed_form(section, mode, sources, acts)
+    rule_points = integration.points()
+    if closed is not None and sources == Sources():
+        return closed.compute_edges_sum(recon, feats, c_in_pinv, c_out, rule_points)
     x1 = recon[:1]
     p_out, d_out = _out_shape(section, x1)
     k_out = d_out if c_out is None else c_out.shape[1]
     phi = _draw_sources(sources, batch, p_out, k_out, generator)
+    if closed is not None:  # the same draws as autograd would use
+        edges = closed.compute_edges_sum(recon, feats, c_in_pinv, c_out, rule_points, phi)
+        return edges * _source_scale(sources)
     n_cot = _n_cotangents(phi, p_out, k_out)
     points = _Points(*integration.points())
     nested = _nestable(section, recon)

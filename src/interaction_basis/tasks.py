@@ -154,7 +154,12 @@ def build_model(
         from interaction_basis.models import DTYPES
         from interaction_basis.models.hf import build_hf_sections
 
-        return build_hf_sections(weights["__model__"].to(target), layers, DTYPES[dtype])
+        return build_hf_sections(
+            weights["__model__"].to(target),
+            layers,
+            DTYPES[dtype],
+            fold_value_biases=cfg.hub.fold_value_biases,
+        )
     return load_sectioned_model(cfg.kind, weights, layers, dtype, activation=cfg.mlp.activation)
 
 

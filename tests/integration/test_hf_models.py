@@ -33,6 +33,7 @@ from interaction_basis.jacobians import Sources
 from interaction_basis.linalg import compute_centering_matrices
 from interaction_basis.models.hf import build_hf_sections, hf_node_layers, load_hf_model
 from invariants import moment_error_and_bound, whitening_error_and_bound
+from lm_fixtures import randomise_lm
 
 VOCAB, D_MODEL, N_CTX, SEQ, WINDOW, N_SAMPLES = 61, 16, 16, 10, 3, 8
 ARCHS = ("gpt2", "gpt_neo", "gpt_neox", "gpt_neox_sequential")
@@ -59,20 +60,6 @@ def _make_model(arch: str) -> PreTrainedModel:
     return GPTNeoXForCausalLM(cfg)
 
 
-def _randomise(model: PreTrainedModel, seed: int) -> PreTrainedModel:
-    """Nonzero biases and LayerNorm affines (HF initialises them to 0 and 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
-        for name, p in model.named_parameters():
-            if "ln" not in name and "layernorm" not in name and "layer_norm" not in name:
-                p.copy_(0.25 * torch.randn(p.shape, generator=gen))
-    return model
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _single_thread():
     """The tensors here are tiny: intra-op threads only spin (40x slower on a busy machine)."""
@@ -87,7 +74,7 @@ def model_dirs(tmp_path_factory):
     dirs = {}
     for i, arch in enumerate(ARCHS):
         path = tmp_path_factory.mktemp(arch)
-        _randomise(_make_model(arch), seed=i).save_pretrained(path)
+        randomise_lm(_make_model(arch), seed=i).save_pretrained(path)
         dirs[arch] = path
     return dirs
 
@@ -176,7 +163,7 @@ def test_gpt_neo_local_attention_window():
         hidden_size=D_MODEL, num_layers=2, num_heads=2, attention_types=[[["local"], 2]],
         window_size=WINDOW, intermediate_size=2 * D_MODEL,
     )  # fmt: skip
-    model = _randomise(GPTNeoForCausalLM(cfg), seed=7).double()
+    model = randomise_lm(GPTNeoForCausalLM(cfg), seed=7).double()
     sectioned = build_hf_sections(model, ["ln1.0", "output"])
     a = torch.randint(1, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(3))
     b = a.clone()

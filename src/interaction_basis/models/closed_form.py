@@ -2,12 +2,14 @@
 
 The generic path (:mod:`interaction_basis.jacobians`) takes one autograd pass per output
 coordinate or input direction. For the blocks of the mod-add transformer (attention, MLP,
-unembedding) and the layers of the MLPs, the Jacobian has a structure that makes M′ and the
-edges much cheaper to contract directly. The classes below are ordinary sections (callables on
-``(batch, pos, d)`` activations) that also implement
-:class:`~interaction_basis.jacobians.ClosedForm`; ``jacobians`` uses them for exact sources
-under ``mode="auto"``, while ``mode="forward"``/``"reverse"`` still run autograd, which the
-tests use as the reference.
+unembedding), the layers of the MLPs and the sections of the language models (per-token
+LayerNorm/unembedding sections, the MLP block, causal self-attention), the Jacobian has a
+structure that makes M′ and the edges much cheaper to contract directly. The classes below
+are ordinary sections (callables on ``(batch, pos, d)`` activations) that also implement
+:class:`~interaction_basis.jacobians.ClosedForm`; ``jacobians`` uses them under
+``mode="auto"`` for exact sources and the stochastic ones they list in ``takes_sources``,
+while ``mode="forward"``/``"reverse"`` still run autograd, which the tests use as the
+reference.
 
 Notation (row vectors, ``dx ↦ dx J``): ``J̄_s = Σ_α w_α ∂F(α x)/∂x_s`` is the integrated
 Jacobian of the section at input position ``s`` (lib_spec A.7), ``R_s = J̄_s C_out``
@@ -19,8 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
+
+from interaction_basis.jacobians import SourceDraws
 
 Points = tuple[Sequence[float], Sequence[float]]
 
@@ -28,6 +32,9 @@ Points = tuple[Sequence[float], Sequence[float]]
 CHUNK_BYTES = 16 * 2**20
 
 F64 = torch.float64
+
+#: Largest working set of one sample a closed form takes on (attention's pair terms).
+MAX_SAMPLE_BYTES = 2 * 2**30
 
 
 def _chunks(n: int, bytes_per_row: int) -> list[tuple[int, int]]:
@@ -387,4 +394,521 @@ class LastPositionAttention:
             weights = torch.einsum("bsj,bsh->jbh", f, t.a)
             a += torch.bmm(weights, feature_mats).transpose(0, 1)  # Σ_h diag(f·a_h) C⁺N_h
             edges += a.square_().sum(0)
+        return edges.T
+
+
+# --- per-token sections (language models) ------------------------------------------------------
+
+
+class PerToken:
+    """A section that maps each position on its own (``y_t = fn(x_t)``): a LayerNorm-in or -out,
+    an MLP block with its residual, an unembedding, or a chain of them.
+
+    Its Jacobian is block-diagonal over positions, ``J_{t,s} = δ_ts J̄_t``, so the generic path's
+    ``P_out · d_out`` autograd passes over all positions of a sample waste a factor ``P``. Here
+    the integrated per-token Jacobians ``J̄_t = Σ_α w_α ∂fn(α x_t)`` come from one batched
+    forward-mode pass per integration point (:class:`ResidualMLP` knows its Jacobian instead),
+    and with ``R_t = J̄_t C_out``:
+
+    - ``M′ ∝ Σ_t R_t R_tᵀ`` (exact); stochastic sources contract ``R_t`` with the same ±1
+      draws the generic path uses. Over positions alone they are exact for this section (only
+      ``t = s`` survives, and ``φ² = 1``), so they cost nothing more;
+    - ``A_{t,i,j} = f̂_{t,j} (C⁺ R_t)_{j,i}`` for the edges, summed over positions with the
+      position sources' signs before squaring.
+    """
+
+    #: The kinds of stochastic sources whose draws ``jacobians`` passes to this closed form.
+    takes_sources = ("pos", "hidden", "both")
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        self.fn = fn
+
+    def __call__(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_out"]:
+        return self.fn(x)
+
+    def jacobians(
+        self, x: Float[Tensor, "rows d_in"], points: Points
+    ) -> Float[Tensor, "rows d_in d_out"]:
+        """Integrated per-token Jacobians (row convention: ``dy = dx J``), float64.
+
+        One forward-mode pass over every (token, input coordinate) pair at once: each token
+        repeated ``d_in`` times with the one-hot tangents (no ``vmap``, whose per-op overhead
+        dominates on these small maps).
+        """
+        rows, d_in = x.shape
+        x_rep = x.repeat_interleave(d_in, dim=0)[:, None]
+        tangents = torch.eye(d_in, dtype=x.dtype, device=x.device).repeat(rows, 1)[:, None]
+        total = None
+        for alpha, weight in zip(*points, strict=True):
+            jac = torch.func.jvp(self.fn, (alpha * x_rep,), (tangents,))[1].to(F64)
+            total = weight * jac if total is None else total + weight * jac
+        return total.view(rows, d_in, -1)
+
+    def _out_rows(
+        self, x: Float[Tensor, "rows d_in"], c_out: Tensor | None, points: Points
+    ) -> Float[Tensor, "rows d_in k_out"]:
+        jac = self.jacobians(x, points)
+        return jac if c_out is None else jac @ c_out.to(F64)
+
+    def _row_bytes(self, d_in: int, d_out: int, k: int) -> int:
+        return 8 * (d_in * d_out + 2 * d_in * k)
+
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "d_in d_in"]:
+        batch, n_pos, d_in = acts.shape
+        d_out = self.fn(acts[:1, :1]).shape[-1]
+        k_out = d_out if c_out is None else c_out.shape[1]
+        kind = "exact" if draws is None else draws.kind
+        m = acts.new_zeros(d_in, d_in, dtype=F64)
+        for b0, b1 in _chunks(batch, n_pos * self._row_bytes(d_in, d_out, k_out)):
+            x = acts[b0:b1].reshape(-1, d_in)
+            r = self._out_rows(x, c_out, points)  # (b·s, d_in, k)
+            if kind in ("hidden", "both"):
+                r = r.view(b1 - b0, n_pos, d_in, k_out)
+                if kind == "hidden":  # (r, s, b, k)
+                    signs = _signs(draws.draws[:, :, b0:b1]).to(r.device)
+                    r = torch.einsum("bsdk,rsbk->bsdr", r, signs)
+                else:  # (q, b, s, k)
+                    signs = _signs(draws.draws[:, b0:b1]).to(r.device)
+                    r = torch.einsum("bsdk,qbsk->bsdq", r, signs)
+            flat = r.movedim(-2, 0).reshape(d_in, -1)
+            m.addmm_(flat, flat.T)
+        if kind == "pos":  # every source gives the exact sum (see the class docstring)
+            m *= draws.draws.shape[0]
+        return m
+
+    def compute_edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos d_in"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "k_out k_in"]:
+        batch, n_pos, d_in = recon.shape
+        k_in = c_in_pinv.shape[0]
+        d_out = self.fn(recon[:1, :1]).shape[-1]
+        k_out = d_out if c_out is None else c_out.shape[1]
+        pinv = c_in_pinv.to(F64)
+        edges = recon.new_zeros(k_in, k_out, dtype=F64)
+        row = n_pos * (self._row_bytes(d_in, d_out, k_out) + 16 * k_in * k_out)
+        for b0, b1 in _chunks(batch, row):
+            x = recon[b0:b1].reshape(-1, d_in)
+            a = pinv @ self._out_rows(x, c_out, points)  # (b·s, k_in, k_out)
+            a *= feats[b0:b1].reshape(-1, k_in, 1).to(F64)
+            if draws is not None:  # positions: (r, i, b, t)
+                signs = _signs(draws.draws[:, :, b0:b1]).to(a.device)
+                a = torch.einsum("btji,ribt->brji", a.view(b1 - b0, n_pos, k_in, k_out), signs)
+            edges += a.square_().sum(dim=tuple(range(a.ndim - 2)))
+        return edges.T
+
+
+def _signs(draws: Tensor) -> Tensor:
+    """Boolean draws (True: +1) as float64 ±1."""
+    return draws.to(F64) * 2 - 1
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """GPT-NeoX rotary on the first ``rotary_dim`` features of the last axis; ``cos``/``sin``
+    broadcast against ``x``. ``rotate(x, cos, -sin)`` is the transposed (inverse) rotation."""
+    rot_dim = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
+    half = rot_dim // 2
+    rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+    out = x_rot * cos + rotated * sin
+    return torch.cat([out, x_pass.expand(*out.shape[:-1], x_pass.shape[-1])], dim=-1)
+
+
+class _PairTerms(NamedTuple):
+    """Per chunk of samples, the pieces of ``J̄_{t,s}`` (see :class:`CausalAttention`):
+    ``a`` (batch, head, t, s) integrated patterns, ``g`` (batch, head, t, s, k_out) the
+    integrated softmax partners ``c Σ_α w_α α² A_ts(α) (v_s W_O − z_t(α)) C``, ``beta``
+    (batch, t, s, head, d_head) key-side codes ``rot_sᵀ q_t`` and ``gamma_sum`` (batch, head,
+    t, d_head, k_out) the query-side ``Γ_t = Σ_r rot_tᵀ(k_r) ⊗ g_tr``."""
+
+    a: Tensor
+    g: Tensor
+    beta: Tensor
+    gamma_sum: Tensor
+
+
+class CausalAttention:
+    """Masked multi-head self-attention over every position plus the residual, on the input
+    ``(n, x)`` (the normalised residual with its constant, and the residual):
+    ``y_t = x_t + Σ_h Σ_s A^h_ts v^h_s W_O^h`` with ``A^h_t = softmax_s(c q^h_t · k^h_s)`` over
+    the mask (causal; GPT-Neo's local layers: a window), ``q = rot(n W_Q)``, ``k = rot(n W_K)``
+    (rotary for GPT-NeoX, else none), ``v = n W_V``. ``keep_input`` also passes ``x`` on
+    (parallel blocks: output ``(y, x)``).
+
+    Differentiating (row vectors, at ``α (n, x)``: q, k and v scale with α, the scores with
+    α²), the Jacobian of ``y_t`` with respect to ``n_s`` is, with ``M_h = W_V^h W_O^h``,
+    ``J_ts = Σ_h A_ts M_h + Σ_h W_K^h (rot_sᵀ q_t) ⊗ G_ts + δ_ts Σ_h W_Q^h Σ_r (rot_tᵀ k_r) ⊗ G_tr``
+    with ``G_tr = c α² A_tr (v_r W_O − Σ_r' A_tr' v_r' W_O)``; with respect to ``x_s`` it is
+    ``δ_ts I``. Only ``A`` and ``G`` depend on α, so the integration rule sums them. With
+    ``N_h = M_h C`` and ``U = [W_K | W_Q]`` the part on ``n`` is
+    ``R_ts = Σ_h Ā_ts N_h + U Z_ts``, ``Z_ts = [β_ts ⊗ ḡ_ts (per head); δ_ts Γ_t]``, and
+
+    - ``Σ R Rᵀ = Σ_{h,g} (Σ Ā^h Ā^g) N_h N_gᵀ + Σ_h N_h (Σ Ā^h Zᵀ) Uᵀ + (…)ᵀ + U (Σ Z Zᵀ) Uᵀ``,
+      where the sums over pairs use the rank-1 structure of ``Z`` (scalar products of the
+      ``ḡ``, weighted outer products of the ``d_head``-sized codes): no ``d × k`` matrix per
+      pair is formed;
+    - the edges take ``A_t = Σ_s diag(f̂_s) C⁺_n R_ts + diag(f̂_t) C⁺_x E`` per position, from the
+      same pieces.
+
+    Exact sources and stochastic ones over positions (the LM configs' setting); sources over
+    hidden dimensions take the generic path.
+    """
+
+    #: The kinds of stochastic sources whose draws ``jacobians`` passes to this closed form.
+    takes_sources = ("pos",)
+
+    def __init__(
+        self,
+        attention: Callable[[Tensor], Tensor],
+        w_q: Float[Tensor, "dn heads_dh"],
+        w_k: Float[Tensor, "dn heads_dh"],
+        w_v: Float[Tensor, "dn heads_dv"],
+        w_o: Float[Tensor, "heads_dv d"],
+        mask: Bool[Tensor, "ctx ctx"],
+        scale: float,
+        n_heads: int,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        keep_input: bool = False,
+    ):
+        self.attention, self.keep_input = attention, keep_input
+        self.mask, self.scale, self.n_heads, self.rotary = mask, scale, n_heads, rotary
+        dn = w_q.shape[0]
+        self.dn, self.d_head = dn, w_q.shape[1] // n_heads
+        self.w_q, self.w_k = w_q.to(F64), w_k.to(F64)
+        v = w_v.to(F64).view(dn, n_heads, -1).permute(1, 0, 2)  # (h, dn, dv)
+        self._w_o = w_o.to(F64).view(n_heads, v.shape[-1], -1)  # (h, dv, d)
+        self._w_v = v
+        self._m = v @ self._w_o  # (h, dn, d)
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        """Whether one sample's pair terms (``H P² d`` floats and a few more; the output
+        feature count is at most ``2d``) stay within ``MAX_SAMPLE_BYTES``. Beyond that (e.g.
+        GPT-2 small: 1024 positions, about 90 GB) the generic path runs, until the pairs are
+        chunked over query positions."""
+        n_pos, width = shape[1], shape[2]
+        d = width - self.dn
+        heads = self.n_heads
+        pairs = n_pos * n_pos * heads * (2 * d + 3 * self.d_head + 2)
+        sources = n_pos * (2 * d) ** 2  # ζ of one position source
+        return 8 * (pairs + sources) <= MAX_SAMPLE_BYTES
+
+    def __call__(self, h: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos out"]:
+        x = h[..., self.dn :]
+        y = x + self.attention(h[..., : self.dn])
+        return torch.cat([y, x], dim=-1) if self.keep_input else y
+
+    def _c_y_and_e(self, c_out: Tensor | None, d: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``C`` on ``y`` and ``E``, the residual's path (``C_y``, plus ``C_x`` if kept)."""
+        c = _identity_if_none(c_out, 2 * d if self.keep_input else d, like)
+        return (c[:d], c[:d] + c[d:]) if self.keep_input else (c, c)
+
+    def _terms(self, n: Float[Tensor, "batch pos dn"], c_y: Tensor, points: Points) -> _PairTerms:
+        batch, n_pos, _ = n.shape
+        heads, dh = self.n_heads, self.d_head
+        q = (n @ self.w_q).view(batch, n_pos, heads, dh)
+        k = (n @ self.w_k).view(batch, n_pos, heads, dh)
+        if self.rotary is None:
+            beta = q[:, :, None].expand(batch, n_pos, n_pos, heads, dh)
+            gamma = k[:, None].expand(batch, n_pos, n_pos, heads, dh)
+        else:
+            cos, sin = (r[:n_pos].to(F64)[:, None] for r in self.rotary)  # (pos, 1, rot)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            # β_ts = rot_sᵀ q_t, γ_tr = rot_tᵀ k_r
+            beta = rotate(q[:, :, None], cos[None], -sin[None])
+            gamma = rotate(k[:, None], cos[:, None], -sin[:, None])
+        scores = torch.einsum("bthe,bshe->bhts", q, k) * self.scale
+        mask = self.mask[:n_pos, :n_pos].to(n.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        v = torch.einsum("bsd,hde->bhse", n, self._w_v)
+        y = torch.einsum("bhse,hek->bhsk", v, self._w_o @ c_y)  # v_s W_O C per head
+        a = torch.zeros_like(scores)
+        g = n.new_zeros(batch, heads, n_pos, n_pos, c_y.shape[1])
+        for alpha, weight in zip(*points, strict=True):
+            pattern = (alpha**2 * scores).softmax(dim=-1)
+            z = pattern @ y  # (b, h, t, k)
+            g += (pattern[..., None] * (y[:, :, None] - z[:, :, :, None])) * (
+                self.scale * weight * alpha**2
+            )
+            a += weight * pattern
+        gamma_sum = torch.einsum("btrhe,bhtrk->bhtek", gamma, g)
+        return _PairTerms(a, g, beta, gamma_sum)
+
+    def _row_bytes(self, n_pos: int, k: int, k_in: int = 0) -> int:
+        heads, dh = self.n_heads, self.d_head
+        return (
+            8
+            * n_pos
+            * (n_pos * heads * (3 * k + 3 * dh + 2) + heads * dh * k + 2 * k_in * k + n_pos * k_in)
+        )
+
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "width width"]:
+        if draws is not None:
+            if draws.kind != "pos":
+                raise NotImplementedError("attention takes position sources only")
+            return self._m_dash_position_sources(acts, c_out, points, draws)
+        x_all = acts.to(F64)
+        batch, n_pos, width = x_all.shape
+        dn, heads, dh = self.dn, self.n_heads, self.d_head
+        d = width - dn
+        c_y, e = self._c_y_and_e(c_out, d, x_all)
+        k_out = c_y.shape[1]
+        pattern_gram = x_all.new_zeros(heads, heads)
+        cross = x_all.new_zeros(heads, k_out, 2, heads, dh)  # Σ Ā^h Zᵀ: (h, k, K/Q, g, e)
+        low = x_all.new_zeros(2, heads, dh, 2, heads, dh)  # Σ Z Zᵀ
+        diag_a = x_all.new_zeros(heads)
+        diag_z = x_all.new_zeros(2, heads, dh, k_out)  # Σ_t Z_tt
+        for b0, b1 in _chunks(batch, self._row_bytes(n_pos, k_out)):
+            t = self._terms(x_all[b0:b1, :, :dn], c_y, points)
+            pattern_gram += torch.einsum("bhts,bgts->hg", t.a, t.a)
+            a_diag = t.a.diagonal(dim1=2, dim2=3)  # (b, h, t)
+            g_diag = t.g.diagonal(dim1=2, dim2=3)  # (b, h, k, t)
+            beta_diag = t.beta.diagonal(dim1=1, dim2=2)  # (b, h, e, t)
+            products = torch.einsum("bhtsk,bgtsk->bhgts", t.g, t.g)
+            for h in range(heads):
+                weighted = t.a[:, h, None, :, :, None] * t.g  # (b, g, t, s, k)
+                cross[h, :, 0] += torch.einsum("bgtsk,btsge->kge", weighted, t.beta)
+                scaled = products[:, h, :, :, :, None] * t.beta.permute(0, 3, 1, 2, 4)
+                low[0, h, :, 0] += torch.einsum("btse,bgtsf->egf", t.beta[..., h, :], scaled)
+            cross[:, :, 1] += torch.einsum("bht,bgtek->hkge", a_diag, t.gamma_sum)
+            key_query = torch.einsum("bgtfk,bhkt->bhgtf", t.gamma_sum, g_diag)
+            kq = torch.einsum("bhet,bhgtf->hegf", beta_diag, key_query)
+            low[0, :, :, 1] += kq
+            low[1, :, :, 0] += kq.permute(2, 3, 0, 1)
+            low[1, :, :, 1] += torch.einsum("bhtek,bgtfk->hegf", t.gamma_sum, t.gamma_sum)
+            diag_a += a_diag.sum((0, 2))
+            diag_z[0] += torch.einsum("bhet,bhkt->hek", beta_diag, g_diag)
+            diag_z[1] += t.gamma_sum.sum((0, 2))
+        n_mats = self._m @ c_y  # (h, dn, k)
+        u = torch.stack([self.w_k, self.w_q]).view(2, dn, heads, dh)  # (K/Q, dn, g, e)
+        dense = torch.einsum("hg,hdk,gek->de", pattern_gram, n_mats, n_mats)
+        mixed = torch.einsum("hdk,hkcge,cmge->dm", n_mats, cross, u)
+        low_rank = torch.einsum("chedgf,cmhe,dngf->mn", low, u, u)
+        m = x_all.new_zeros(width, width)
+        m[:dn, :dn] = dense + mixed + mixed.T + low_rank
+        r_diag = torch.einsum("h,hdk->dk", diag_a, n_mats) + torch.einsum(
+            "chek,cmhe->mk", diag_z, u
+        )
+        m[:dn, dn:] = r_diag @ e.T
+        m[dn:, :dn] = m[:dn, dn:].T
+        m[dn:, dn:] = (batch * n_pos) * (e @ e.T)
+        return m
+
+    def _m_dash_position_sources(
+        self,
+        acts: Float[Tensor, "batch pos width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws,
+    ) -> Float[Tensor, "width width"]:
+        """M′ with position sources: the row of source ``r`` and output feature ``i`` at ``s``
+        is ``Σ_t φ_rit R_ts[:, i] = Σ_h Ã^h_ris N_h[:, i] + U ζ_ris`` (and ``φ_ris E[:, i]`` on
+        ``x``) with ``Ã_ris = Σ_t φ_rit Ā_ts`` and
+        ``ζ_ris = [Σ_t φ_rit ḡ_tsi β_ts; φ_ris Γ_s[:, i]]``: the signs mix output positions per
+        feature, so ``ζ`` is formed per (r, i, s)."""
+        x_all = acts.to(F64)
+        batch, n_pos, width = x_all.shape
+        dn, heads, dh = self.dn, self.n_heads, self.d_head
+        c_y, e = self._c_y_and_e(c_out, width - dn, x_all)
+        k_out, n_src = c_y.shape[1], draws.draws.shape[0]
+        pattern_gram = x_all.new_zeros(heads, heads, k_out)
+        cross = x_all.new_zeros(heads, k_out, 2 * heads * dh)
+        low = x_all.new_zeros(2 * heads * dh, 2 * heads * dh)
+        col_a = x_all.new_zeros(heads, k_out)
+        col_z = x_all.new_zeros(2 * heads * dh, k_out)
+        row = self._row_bytes(n_pos, k_out) + 8 * n_src * k_out * n_pos * (2 * heads * dh + heads)
+        for b0, b1 in _chunks(batch, row):
+            t = self._terms(x_all[b0:b1, :, :dn], c_y, points)
+            phi = _signs(draws.draws[:, :, b0:b1]).to(x_all.device).permute(2, 0, 1, 3)
+            a_src = torch.einsum("brit,bhts->brish", phi, t.a)
+            z_key = torch.einsum("brit,bhtsi,btshe->brishe", phi, t.g, t.beta)
+            z_query = torch.einsum("bris,bhsei->brishe", phi, t.gamma_sum)
+            zeta = torch.stack([z_key, z_query], dim=4).flatten(4)  # (b, r, i, s, 2·h·e)
+            pattern_gram += torch.einsum("brish,brisg->hgi", a_src, a_src)
+            cross += torch.einsum("brish,brisz->hiz", a_src, zeta)
+            flat = zeta.reshape(-1, zeta.shape[-1])
+            low += flat.T @ flat
+            col_a += torch.einsum("bris,brish->hi", phi, a_src)
+            col_z += torch.einsum("bris,brisz->zi", phi, zeta)
+        n_mats = self._m @ c_y  # (h, dn, k)
+        u = torch.stack([self.w_k, self.w_q]).view(2, dn, heads, dh)
+        u = u.permute(1, 0, 2, 3).reshape(dn, -1)  # (dn, (K/Q, g, e))
+        dense = torch.einsum("hgi,hdi,gei->de", pattern_gram, n_mats, n_mats)
+        mixed = torch.einsum("hdi,hiz,mz->dm", n_mats, cross, u)
+        m = x_all.new_zeros(width, width)
+        m[:dn, :dn] = dense + mixed + mixed.T + u @ low @ u.T
+        columns = torch.einsum("hdi,hi->di", n_mats, col_a) + u @ col_z
+        m[:dn, dn:] = columns @ e.T
+        m[dn:, :dn] = m[:dn, dn:].T
+        m[dn:, dn:] = (batch * n_pos * n_src) * (e @ e.T)
+        return m
+
+    def compute_edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos width"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "k_out k_in"]:
+        x_all, f_all, pinv = recon.to(F64), feats.to(F64), c_in_pinv.to(F64)
+        batch, n_pos, width = x_all.shape
+        dn, heads, dh = self.dn, self.n_heads, self.d_head
+        c_y, e = self._c_y_and_e(c_out, width - dn, x_all)
+        k_in, k_out = pinv.shape[0], c_y.shape[1]
+        p_n = pinv[:, :dn]
+        feature_mats = p_n @ (self._m @ c_y)  # (h, k_in, k): C⁺_n N_h
+        key_feats = (p_n @ self.w_k).view(k_in, heads, dh)
+        query_feats = (p_n @ self.w_q).view(k_in, heads, dh)
+        residual = pinv[:, dn:] @ e  # (k_in, k)
+        edges = x_all.new_zeros(k_in, k_out)
+        for b0, b1 in _chunks(batch, self._row_bytes(n_pos, k_out, k_in)):
+            t = self._terms(x_all[b0:b1, :, :dn], c_y, points)
+            f = f_all[b0:b1]
+            b = b1 - b0
+            weights = torch.einsum("bhts,bsj->bthj", t.a, f)
+            a = torch.einsum("bthj,hjk->btjk", weights, feature_mats)
+            kappa = torch.einsum("btshe,jhe->btshj", t.beta, key_feats) * f[:, None, :, None]
+            g = t.g.permute(0, 2, 3, 1, 4).reshape(b * n_pos, n_pos * heads, k_out)
+            a += torch.bmm(kappa.reshape(b * n_pos, n_pos * heads, k_in).transpose(1, 2), g).view(
+                b, n_pos, k_in, k_out
+            )
+            own = torch.einsum("jhe,bhtek->btjk", query_feats, t.gamma_sum) + residual
+            a += f[..., None] * own
+            if draws is not None:  # position sources: (r, k, b, t)
+                signs = _signs(draws.draws[:, :, b0:b1]).to(a.device)
+                a = torch.einsum("btjk,rkbt->brjk", a, signs)
+            edges += a.square_().sum((0, 1))
+        return edges.T
+
+
+class ResidualMLP(PerToken):
+    """``(n, x) ↦ x + φ(n W_in) W_out``: an LM's MLP block, whose per-token Jacobian is
+    ``[W_in diag(d̄) W_out; I]`` with the integrated slopes ``d̄`` (as :class:`ElementwiseMLP`).
+
+    Exact (and position-source) M′ needs only ``S = Σ d̄ d̄ᵀ`` and ``Σ d̄``: with
+    ``P = W_out C`` its blocks are ``W_in ((P Pᵀ) ∘ S) W_inᵀ``, ``W_in diag(Σ d̄) P Cᵀ`` and
+    ``n C Cᵀ``; the rest uses the rows ``R = [W_in diag(d̄) P; C]`` per token.
+    """
+
+    def __init__(
+        self,
+        w_in: Float[Tensor, "dn hidden"],
+        w_out: Float[Tensor, "hidden d"],
+        activation: Callable[[Tensor], Tensor],
+    ):
+        self.mlp = ElementwiseMLP(w_in, w_out, activation)
+        self.dn = w_in.shape[0]
+        super().__init__(self._forward)
+
+    def _forward(self, h: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos d"]:
+        return h[..., self.dn :] + self.mlp(h[..., : self.dn])
+
+    def _out_rows(
+        self, x: Float[Tensor, "rows width"], c_out: Tensor | None, points: Points
+    ) -> Float[Tensor, "rows width k_out"]:
+        c, p = self.mlp._out_side(c_out, x)
+        slopes = self.mlp._slopes(x[:, : self.dn].to(F64), points)
+        r_n = (self.mlp.w_in.to(F64) * slopes[:, None, :]) @ p
+        return torch.cat([r_n, c.expand(x.shape[0], *c.shape)], dim=1)
+
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "width width"]:
+        if draws is not None and draws.kind != "pos":
+            return super().compute_m_dash_sum(acts, c_out, points, draws)
+        x = acts.reshape(-1, acts.shape[-1]).to(F64)
+        dn = self.dn
+        w_in = self.mlp.w_in.to(F64)
+        c, p = self.mlp._out_side(c_out, x)
+        slopes = self.mlp._slopes(x[:, :dn], points)
+        m = x.new_zeros(x.shape[1], x.shape[1])
+        m[:dn, :dn] = w_in @ ((p @ p.T) * (slopes.T @ slopes)) @ w_in.T
+        m[:dn, dn:] = (w_in * slopes.sum(0)) @ p @ c.T
+        m[dn:, :dn] = m[:dn, dn:].T
+        m[dn:, dn:] = x.shape[0] * (c @ c.T)
+        return m if draws is None else m * draws.draws.shape[0]
+
+
+class LayerNormIn(PerToken):
+    """``x ↦ (var(x), x)``: a LayerNorm-in section (``fn``), the variance over the first ``d``
+    coordinates. Its per-token Jacobian is the identity plus one column, the integrated
+    gradient ``ḡ = Σ_α w_α α · 2 (x − mean) / d`` of the variance, so with ``C = (c₀; C_x)``
+    (the variance's row first) ``R_t = ḡ_t c₀ᵀ + C_x`` and
+
+    - ``Σ R Rᵀ = |c₀|² Σ ḡ ḡᵀ + (Σ ḡ)(C_x c₀)ᵀ + (…)ᵀ + n C_x C_xᵀ``;
+    - ``Σ_t A_t² = c₀² Σ_t f̂² (C⁺ḡ)² + 2 c₀ Q Σ_t f̂² C⁺ḡ + Q² Σ_t f̂²`` per (feature, output),
+      with ``Q = C⁺ C_x``.
+
+    Exact and position sources (the latter give the exact sum); hidden sources form rows.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], d: int):
+        super().__init__(fn)
+        self.d = d
+
+    def _gradients(self, x: Float[Tensor, "rows width"], points: Points) -> Tensor:
+        r = x[:, : self.d]
+        scale = 2 * sum(a * w for a, w in zip(*points, strict=True)) / self.d
+        g = torch.zeros_like(x)
+        g[:, : self.d] = scale * (r - r.mean(dim=1, keepdim=True))
+        return g
+
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "width width"]:
+        if draws is not None and draws.kind != "pos":
+            return super().compute_m_dash_sum(acts, c_out, points, draws)
+        x = acts.reshape(-1, acts.shape[-1]).to(F64)
+        c = _identity_if_none(c_out, x.shape[1] + 1, x)
+        c0, c_x = c[0], c[1:]
+        g = self._gradients(x, points)
+        cross = g.sum(0)[:, None] * (c_x @ c0)[None, :]
+        m = (c0 @ c0) * (g.T @ g) + cross + cross.T + x.shape[0] * (c_x @ c_x.T)
+        return m if draws is None else m * draws.draws.shape[0]
+
+    def compute_edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos width"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "k_out k_in"]:
+        if draws is not None:
+            return super().compute_edges_sum(recon, feats, c_in_pinv, c_out, points, draws)
+        x = recon.reshape(-1, recon.shape[-1]).to(F64)
+        f2 = feats.reshape(-1, feats.shape[-1]).to(F64).square()
+        pinv = c_in_pinv.to(F64)
+        c = _identity_if_none(c_out, x.shape[1] + 1, x)
+        c0, q = c[0], pinv @ c[1:]
+        pg = self._gradients(x, points) @ pinv.T  # (rows, k_in): C⁺ḡ per token
+        s0, s1, s2 = f2.sum(0), (f2 * pg).sum(0), (f2 * pg.square()).sum(0)
+        edges = s2[:, None] * c0.square() + 2 * s1[:, None] * (c0 * q) + s0[:, None] * q.square()
         return edges.T

@@ -21,8 +21,14 @@ Weight processing (how this differs from the reference, which used TransformerLe
 - ``center_unembed`` (default on, as in TransformerLens): ``W_U`` and ``b_U`` have their mean
   over the vocabulary removed. This shifts each position's logits by a constant (softmax and
   loss are unchanged). Switch it off to reproduce the Hugging Face logits exactly.
-- ``fold_value_biases`` is not done: moving ``b_V`` into ``b_O`` changes no node-layer
-  activation (attention patterns sum to 1), only the inside of an attention section.
+- ``fold_value_biases`` (default on, as in TransformerLens): the value bias, LayerNorm bias
+  included (``β W_V + b_V``), moves into ``b_O`` as ``b_O + b_V W_O`` (attention patterns sum
+  to 1). No activation changes, but the attention section's derivative with respect to the
+  constant input at each position does: kept in the values, each head's ``b_V W_O`` is
+  weighted by that head's pattern; folded, the sum over heads goes into ``b_O``, whose folded
+  row is spread equally over the heads' patterns (lib_spec A.1). So the constant feature's Λ
+  and edges change (by 2.9e-6 relative at ``ln1.0`` in the cross-check against the
+  reference). Switch it off to keep ``b_V`` in the values.
 - Rotary embeddings (GPT-NeoX) use the ``cos``/``sin`` tables of the model's own rotary module,
   which Hugging Face computes in float32 even for float64 models; TransformerLens computes the
   angles in float64. The difference is ~1e-7 relative; we reproduce Hugging Face.
@@ -77,7 +83,19 @@ from transformers import (
     PreTrainedModel,
 )
 
-from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
+from interaction_basis.models.closed_form import (
+    CausalAttention,
+    LayerNormIn,
+    PerToken,
+    ResidualMLP,
+    rotate,
+)
+from interaction_basis.models.sectioned import (
+    SectionedModel,
+    Step,
+    build_sectioned_model,
+    identity,
+)
 
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoForCausalLM", "GPTNeoXForCausalLM")
 NodeLayerKind = Literal["ln", "resid", "all"]
@@ -237,6 +255,7 @@ def build_hf_sections(
     *,
     center_writing_weights: bool = True,
     center_unembed: bool = True,
+    fold_value_biases: bool = True,
 ) -> SectionedModel:
     """The bias-folded sectioned form of a GPT-2, GPT-Neo or GPT-NeoX causal LM.
 
@@ -249,6 +268,8 @@ def build_hf_sections(
             (TransformerLens default; the logits are unchanged).
         center_unembed: remove the vocabulary mean of ``W_U``/``b_U`` (TransformerLens default;
             shifts each position's logits by a constant).
+        fold_value_biases: move the value bias into the output bias (TransformerLens
+            default; changes the attention sections' Jacobians, not the activations).
 
     Returns:
         The sectioned model. ``embed`` takes integer tokens ``(batch, pos)``.
@@ -260,7 +281,9 @@ def build_hf_sections(
     _check_supported(model)
     with torch.no_grad():
         raw = _extract(model, dtype)
-        return _build(raw, node_layers, dtype, center_writing_weights, center_unembed)
+        return _build(
+            raw, node_layers, dtype, center_writing_weights, center_unembed, fold_value_biases
+        )
 
 
 # --- weight extraction -----------------------------------------------------------------------
@@ -494,16 +517,26 @@ class _FoldedBlock:
 
 
 def _fold_block(
-    blk: _RawBlock, n_heads: int, d_head: int, dtype: torch.dtype, center: bool
+    blk: _RawBlock,
+    n_heads: int,
+    d_head: int,
+    dtype: torch.dtype,
+    center: bool,
+    fold_value_biases: bool,
 ) -> _FoldedBlock:
     d = blk.w_q.shape[0]
     big = d + 1
-    w_v = _fold_ln(blk.ln1, blk.w_v, blk.b_v).reshape(big, n_heads, d_head)
+    w_v = _fold_ln(blk.ln1, blk.w_v, blk.b_v)
+    b_o = blk.b_o
+    if fold_value_biases:  # the value bias row (LN bias included) becomes part of b_O
+        b_o = b_o + w_v[-1] @ blk.w_o
+        w_v[-1] = 0.0
+    w_v = w_v.reshape(big, n_heads, d_head)
     w_v = _with_column(w_v.permute(1, 0, 2), 1.0)  # (H, D, dh + 1): v carries a trailing 1
     w_v = w_v.permute(1, 0, 2).reshape(big, n_heads * (d_head + 1))
     # W_O: b_O / n_heads as each head's constant row; patterns sum to 1, so heads add to b_O.
     w_o = blk.w_o.reshape(n_heads, d_head, d)
-    w_o = torch.cat([w_o, (blk.b_o / n_heads).expand(n_heads, 1, d)], dim=1)
+    w_o = torch.cat([w_o, (b_o / n_heads).expand(n_heads, 1, d)], dim=1)
     w_o = _zero_column(w_o).reshape(n_heads * (d_head + 1), big)
     r1 = _solve_r1(blk.act, dtype)
     w_in = _with_column(_fold_ln(blk.ln2, blk.w_in, blk.b_in), r1)
@@ -533,16 +566,6 @@ def _normalise(var: Tensor, x: Tensor, d: int, eps: float) -> Tensor:
     return torch.cat([n, x[..., d:]], dim=-1)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """GPT-NeoX rotary on the first ``rotary_dim`` features of ``(batch, pos, head, d_head)``."""
-    rot_dim = cos.shape[-1]
-    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
-    half = rot_dim // 2
-    rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat([x_rot * c + rotated * s, x_pass], dim=-1)
-
-
 def _attention_fn(
     blk: _FoldedBlock, n_heads: int, d_head: int, rotary: tuple[Tensor, Tensor] | None
 ) -> Callable[[Tensor], Tensor]:
@@ -556,7 +579,8 @@ def _attention_fn(
         v = (nc @ blk.w_v).reshape(batch, n_pos, n_heads, d_head + 1)
         if rotary is not None:
             cos, sin = rotary[0][:n_pos], rotary[1][:n_pos]
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            c, s = cos[None, :, None, :], sin[None, :, None, :]
+            q, k = rotate(q, c, s), rotate(k, c, s)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * blk.scale
         scores = torch.where(blk.mask[:n_pos, :n_pos], scores, neg_inf)
         z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(dim=-1), v)
@@ -565,22 +589,10 @@ def _attention_fn(
     return attention
 
 
-def _mlp_fn(blk: _FoldedBlock) -> Callable[[Tensor], Tensor]:
-    def mlp(nc: Tensor) -> Tensor:
-        return blk.act(nc @ blk.w_in) @ blk.w_out
-
-    return mlp
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
 def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) -> list[Step]:
     d = blk.w_q.shape[0] - 1
     big = d + 1
     attention = _attention_fn(blk, raw.n_heads, raw.d_head, raw.rotary)
-    mlp = _mlp_fn(blk)
 
     def ln1_in(x: Tensor) -> Tensor:  # residual -> (var, residual)
         return torch.cat([_variance(x, d), x], dim=-1)
@@ -596,16 +608,12 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
         x = h[..., 1:]
         return torch.cat([_normalise(h[..., :1], x, d, blk.eps2), x], dim=-1)
 
-    def attn_add(h: Tensor) -> Tensor:  # (normalised, residual) -> residual
-        return h[..., big:] + attention(h[..., :big])
-
-    def mlp_add(h: Tensor) -> Tensor:
-        return h[..., big:] + mlp(h[..., :big])
-
-    # Parallel block: the raw input x travels next to y = x + attn so that LN2 can read x.
-    def attn_add_keep(h: Tensor) -> Tensor:  # (n1, x) -> (x + attn, x)
-        x = h[..., big:]
-        return torch.cat([x + attention(h[..., :big]), x], dim=-1)
+    def attention_section(keep_input: bool) -> CausalAttention:
+        """(normalised, residual) -> residual (+ attention), and the residual if kept."""
+        return CausalAttention(
+            attention, blk.w_q, blk.w_k, blk.w_v, blk.w_o, blk.mask, blk.scale, raw.n_heads,
+            rotary=raw.rotary, keep_input=keep_input,
+        )  # fmt: skip
 
     def dual_ln2_in(h: Tensor) -> Tensor:  # (y, x) -> (var(x), x, y)
         y, x = h[..., :big], h[..., big:]
@@ -615,25 +623,32 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
         x, y = h[..., 1 : 1 + big], h[..., 1 + big :]
         return torch.cat([_normalise(h[..., :1], x, d, blk.eps2), y], dim=-1)
 
+    # Every step but attention maps each position on its own: PerToken contracts its
+    # Jacobians per token (closed_form.py); chains of such steps stay PerToken (sectioned.py).
+    # Attention has its own closed form; a chain through it takes the generic path.
     steps = [
-        Step(f"resid_pre.{layer}", _identity),
-        Step(f"ln1.{layer}", ln1_in),
-        Step(f"ln1_out.{layer}", ln1_out),
+        Step(f"resid_pre.{layer}", identity),
+        Step(f"ln1.{layer}", LayerNormIn(ln1_in, d)),
+        Step(f"ln1_out.{layer}", PerToken(ln1_out)),
     ]
     if parallel:
         steps += [
-            Step(f"attn_in.{layer}", attn_add_keep),
-            Step(f"ln2.{layer}", dual_ln2_in),
-            Step(f"ln2_out.{layer}", dual_ln2_out),
+            # The raw input x travels next to y = x + attn so that LN2 can read x.
+            Step(f"attn_in.{layer}", attention_section(keep_input=True)),
+            Step(f"ln2.{layer}", PerToken(dual_ln2_in)),
+            Step(f"ln2_out.{layer}", PerToken(dual_ln2_out)),
         ]
     else:
         steps += [
-            Step(f"attn_in.{layer}", attn_add),
-            Step(f"resid_mid.{layer}", _identity),
-            Step(f"ln2.{layer}", ln2_in),
-            Step(f"ln2_out.{layer}", ln2_out),
+            Step(f"attn_in.{layer}", attention_section(keep_input=False)),
+            Step(f"resid_mid.{layer}", identity),
+            Step(f"ln2.{layer}", LayerNormIn(ln2_in, d)),
+            Step(f"ln2_out.{layer}", PerToken(ln2_out)),
         ]
-    return steps + [Step(f"mlp_in.{layer}", mlp_add), Step(f"resid_post.{layer}", _identity)]
+    return steps + [
+        Step(f"mlp_in.{layer}", ResidualMLP(blk.w_in, blk.w_out, blk.act)),
+        Step(f"resid_post.{layer}", identity),
+    ]
 
 
 def _build(
@@ -642,6 +657,7 @@ def _build(
     dtype: torch.dtype,
     center_writing_weights: bool,
     center_unembed: bool,
+    fold_value_biases: bool,
 ) -> SectionedModel:
     d = raw.w_e.shape[1]
     rotary_only = raw.w_pos is None
@@ -668,7 +684,9 @@ def _build(
 
     steps: list[Step] = []
     for layer, blk in enumerate(raw.blocks):
-        folded = _fold_block(blk, raw.n_heads, raw.d_head, dtype, center_writing_weights)
+        folded = _fold_block(
+            blk, raw.n_heads, raw.d_head, dtype, center_writing_weights, fold_value_biases
+        )
         steps += _block_steps(layer, folded, raw, raw.parallel)
 
     def ln_final_in(x: Tensor) -> Tensor:
@@ -681,9 +699,9 @@ def _build(
         return nc @ w_u
 
     steps += [
-        Step("ln_final", ln_final_in),
-        Step("ln_final_out", ln_final_out),
-        Step("unembed", unembed),
+        Step("ln_final", LayerNormIn(ln_final_in, d)),
+        Step("ln_final_out", PerToken(ln_final_out)),
+        Step("unembed", PerToken(unembed)),
     ]
     expected = _layer_names(len(raw.blocks), raw.parallel)
     if [s.name for s in steps] + ["output"] != expected:

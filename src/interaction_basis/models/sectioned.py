@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interaction_basis.models.closed_form import PerToken
+
 Activations = Float[Tensor, "batch pos d"]
 SectionFn = Callable[[Tensor], Tensor]
 CPU = torch.device("cpu")
@@ -28,7 +30,14 @@ class Step:
     fn: SectionFn
 
 
+def identity(x: Tensor) -> Tensor:
+    """An alias step (a second name for the same activations): it drops out of compositions,
+    so that the step next to it keeps its closed form."""
+    return x
+
+
 def _compose(fns: Sequence[SectionFn]) -> SectionFn:
+    fns = [fn for fn in fns if fn is not identity] or [PerToken(identity)]
     if len(fns) == 1:  # the step itself, so that its closed-form Jacobians stay visible
         return fns[0]
 
@@ -37,6 +46,8 @@ def _compose(fns: Sequence[SectionFn]) -> SectionFn:
             x = fn(x)
         return x
 
+    if all(isinstance(fn, PerToken) for fn in fns):  # still one position at a time
+        return PerToken(composed)
     return composed
 
 
