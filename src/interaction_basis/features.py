@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interaction_basis import io
 from interaction_basis.basis import Basis
 from interaction_basis.fourier import (
     compute_dominant_frequencies,
@@ -32,7 +33,8 @@ from interaction_basis.fourier import (
     compute_frequency_power,
 )
 
-Variables = dict[str, tuple[tuple[str, ...], np.ndarray]]
+# name: (dims, values) or (dims, values, attrs)
+Variables = dict[str, tuple]
 LINEARITY_RTOL = 1e-6  # float64 sections are linear to ~1e-15; a non-linear one is off by O(1)
 
 
@@ -186,7 +188,11 @@ class FeatureAccumulator:
             out[f"{name}_position"] = (("rank", "feature"), rows % self.n_pos)
             if ranked.window_values is not None:
                 dims = ("rank", "feature", "window")
-                out[f"{name}_window_value"] = (dims, ranked.window_values.numpy())
+                out[f"{name}_window_value"] = (
+                    dims,
+                    ranked.window_values.numpy(),
+                    {io.NAN_IS_DATA_ATTR: "window positions beyond the sequence ends"},
+                )
                 out[f"{name}_window_token"] = (dims, ranked.window_tokens.numpy())
         return out
 

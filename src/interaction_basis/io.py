@@ -8,14 +8,16 @@ Every Zarr store gets an integrity record in its root attributes (``integrity``)
 just before the rename: per array its shape, dtype, number of stored chunks, whether all values
 are finite and, for arrays up to :data:`FULL_CHECK_BYTES`, a CRC-32 of the values. Opening a
 store checks all of it (Zarr fills a missing chunk with the fill value without a word, so the
-chunk count is what catches a deleted chunk file). Larger arrays (activations) are only
-counted and shape-checked when opened, so that opening stays cheap; their CRC-32, computed while
-streaming them in at write time, is checked at the end of every full pass over them, before
-anything computed from them is written. A store without the record is incomplete (or from an
-older version): :func:`remove_incomplete_stores` deletes such leftovers at planning time so that
-Snakemake rebuilds them instead of trusting them. A damaged input stops the job with
-:class:`DamagedInputError`, which names the file, what is wrong, the rule that wrote it and the
-command that rebuilds it.
+chunk count is what catches a deleted chunk file). A non-finite array is refused unless its
+attribute :data:`NAN_IS_DATA_ATTR` says why its NaNs are data (token windows past a sequence
+end). Larger arrays (activations) are only counted and shape-checked when opened, so that
+opening stays cheap; their CRC-32, computed while streaming them in at write time, is checked
+at the end of every full pass over them, before anything computed from them is written. A
+store without the record is incomplete or from an older version, and refused;
+:func:`remove_incomplete_stores` deletes the bare directories that failed jobs leave, at
+planning time, so that Snakemake rebuilds them instead of trusting them. A damaged input stops
+the job with :class:`DamagedInputError`, which names the file, what is wrong, the rule that
+wrote it and the command that rebuilds it.
 """
 
 import json
@@ -48,6 +50,8 @@ warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
 #: opened; larger ones are checksummed at the end of each full streamed pass (see above).
 FULL_CHECK_BYTES = 64 << 20
 INTEGRITY_ATTR = "integrity"
+# An array attribute: why this array's NaNs are data (e.g. token windows past a sequence end).
+NAN_IS_DATA_ATTR = "nan_is_data"
 
 
 class DamagedInputError(ValueError):
@@ -108,9 +112,14 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+# TransformerLens state-dict buffers that are not parameters: the causal mask and its fill
+# value (-inf), as in the paper authors' checkpoints.
+NON_PARAMETER_BUFFERS = ("attn.mask", "attn.IGNORE")
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Arrays of a ``weights.npz`` (no pickles), each read in full (the zip CRC is checked)
-    and finite."""
+    and finite (except :data:`NON_PARAMETER_BUFFERS`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -126,7 +135,13 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
             "numpy.savez with one array per state-dict tensor"
         )
         raise _bad_file(path, problem) from err
-    bad = [k for k, v in weights.items() if v.dtype.kind in "fc" and not np.isfinite(v).all()]
+    bad = [
+        k
+        for k, v in weights.items()
+        if v.dtype.kind in "fc"
+        and not k.endswith(NON_PARAMETER_BUFFERS)
+        and not np.isfinite(v).all()
+    ]
     if bad:
         raise _bad_file(path, f"NaN or inf in {bad}")
     return weights
@@ -202,6 +217,8 @@ def _array_record(arr: zarr.Array, crc: int | None = None, finite: bool | None =
         record["crc32"] = crc
     if finite is not None:
         record["finite"] = finite
+    if NAN_IS_DATA_ATTR in arr.attrs:
+        record[NAN_IS_DATA_ATTR] = True
     return record
 
 
@@ -274,7 +291,7 @@ def _verify(path: Path) -> dict:
             problems.append(f"{name} has {chunks} of its {want['chunks']} chunks")
         elif got and "crc32" in want and got.get("crc32") != want["crc32"]:
             problems.append(f"the values of {name} differ from those written (CRC-32)")
-        if want.get("finite") is False:
+        if want.get("finite") is False and not want.get(NAN_IS_DATA_ATTR):
             problems.append(f"{name} holds NaN or inf")
     if problems:
         raise DamagedInputError(path, problems, record.get("rule"))
@@ -666,11 +683,12 @@ def read_token_chunks(path: str | os.PathLike) -> dict[str, TokenRows]:
 
 def write_features(
     path: str | os.PathLike,
-    layers: Mapping[str, Mapping[str, tuple[tuple[str, ...], np.ndarray]]],
+    layers: Mapping[str, Mapping[str, tuple]],
     attrs: dict,
 ) -> None:
     """Per-feature evidence (``interaction_basis.features``): one group per node layer, its
-    variables given as ``name: (dims, array)``; coordinates ``quantile`` where present."""
+    variables given as ``name: (dims, array[, attrs])``; coordinates ``quantile`` where
+    present."""
     groups = {}
     for layer, variables in layers.items():
         coords = {k: v for k, v in variables.items() if k == "quantile"}

@@ -88,8 +88,7 @@ def import_model(
     """Validate existing weights, copy them into results and record their accuracy."""
     weights = io.read_weights(weights_in)
     tasks.validate_weights(model_cfg, weights, weights_in)
-    # TransformerLens buffers (causal mask, fill value) are not parameters.
-    weights = {k: v for k, v in weights.items() if not k.endswith(("attn.mask", "attn.IGNORE"))}
+    weights = {k: v for k, v in weights.items() if not k.endswith(io.NON_PARAMETER_BUFFERS)}
     io.write_weights(weights_out, weights)
     data = tasks.load_task_data(model_cfg)
     metrics = {

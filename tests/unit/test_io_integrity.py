@@ -96,6 +96,28 @@ def test_non_finite_values_are_refused_on_read(tmp_path):
         io.read_stats(path)
 
 
+def test_nans_declared_as_data_are_kept_and_others_refused(tmp_path):
+    window = np.ones((2, 3, 4))
+    window[0, 0, 0] = np.nan  # a token window past the end of its sequence
+    dims = ("rank", "feature", "window")
+    declared = {io.NAN_IS_DATA_ATTR: "past the sequence end"}
+    io.write_features(tmp_path / "ok.zarr", {"l": {"v": (dims, window, declared)}}, {})
+    assert np.isnan(io.read_features(tmp_path / "ok.zarr")["l"]["v"].values[0, 0, 0])
+    io.write_features(tmp_path / "bad.zarr", {"l": {"v": (dims, window)}}, {})
+    with pytest.raises(io.DamagedInputError, match="l/v holds NaN or inf"):
+        io.read_features(tmp_path / "bad.zarr")
+
+
+def test_weights_may_hold_transformer_lens_fill_values_but_no_nan_parameters(tmp_path):
+    weights = tmp_path / "weights.npz"
+    w = {"blocks.0.attn.IGNORE": np.array(-np.inf, np.float32), "w": np.ones(3)}
+    np.savez(weights, **w)
+    assert set(io.read_weights(weights)) == set(w)
+    np.savez(weights, **{**w, "w": np.array([1.0, np.nan, 1.0])})
+    with pytest.raises(ValueError, match=r"NaN or inf in \['w'\]"):
+        io.read_weights(weights)
+
+
 def _activation_store(path, n_batches=3):
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(4, 2, 3, dtype=torch.float64, generator=g) for _ in range(n_batches)]
