@@ -40,6 +40,10 @@ def _same(f: Tensor) -> Tensor:
     return f
 
 
+def _transposed(f: Float[Tensor, "... k"]) -> tuple[Float[Tensor, "k rows"], torch.Size]:
+    return f.reshape(-1, f.shape[-1]).T.contiguous(), f.shape
+
+
 def _fold(left: Tensor, right: Tensor, dtype: torch.dtype) -> Tensor:
     return (left.to(torch.float64) @ right.to(torch.float64)).to(dtype)
 
@@ -86,12 +90,17 @@ def _mlp(
     w_out = C_out.to(dtype) if section.w_out is None else _fold(section.w_out, C_out, dtype)
     residual = _fold(C_in_pinv, C_out, dtype) if section.residual else None
 
-    def group(f: Tensor, kept: Tensor, cols: Tensor) -> Tensor:
-        f = f[..., kept]
-        out = section.activation(f @ w_in[kept]) @ w_out[:, cols]
-        return out if residual is None else f @ residual[kept][:, cols] + out
+    def group(features: tuple[Tensor, torch.Size], kept: Tensor, cols: Tensor) -> Tensor:
+        # Transposed, so that a group's few output columns are one wide product, not a
+        # hidden-wide product with a thin right-hand side (much slower in BLAS).
+        f_t, shape = features
+        f_t = f_t[kept]
+        out_t = w_out[:, cols].T @ section.activation(w_in[kept].T @ f_t)
+        if residual is not None:
+            out_t += residual[kept][:, cols].T @ f_t
+        return out_t.T.reshape(*shape[:-1], len(cols))
 
-    return GroupOutput(_same, group)
+    return GroupOutput(_transposed, group)
 
 
 def unique_rows(f: Float[Tensor, "batch pos k"]) -> list[tuple[Tensor, Tensor]]:
