@@ -13,7 +13,7 @@ The previous implementation is ``src/interaction_basis/ablation.py`` at git revi
 a temporary module; the two run each layer pair in turn, in alternating order, in one process.
 Every repetition's results (edges required, ε, every bisect score) must equal the previous
 implementation's, or the script fails. The table shows the median time per case and the ratio
-previous / current.
+previous / current; ``--json`` also holds the median per layer pair.
 
 Usage: ``python benchmarks/bench_ablation.py [--reps 3] [--threads 1] [--results DIR]
 [--json out.json]``.
@@ -123,7 +123,7 @@ def _run_pair(ablation, model, inputs, labels, bases, pair, edges, base, batch_s
     return time.perf_counter() - t0, result
 
 
-def _rep(implementations: dict, case, batch_size: int, rep: int) -> tuple[dict, dict]:
+def _rep(implementations: dict, case, batch_size: int, rep: int) -> tuple[dict, dict, dict]:
     """One repetition: every layer pair of every method by each implementation in turn, the
     order alternating between pairs and repetitions so that load drift hits both alike."""
     model, inputs, labels, methods = case
@@ -132,6 +132,7 @@ def _rep(implementations: dict, case, batch_size: int, rep: int) -> tuple[dict, 
     )
     seconds = dict.fromkeys(implementations, 0.0)
     results = {name: {} for name in implementations}
+    per_pair = {name: {} for name in implementations}
     order = list(implementations)
     for method, (bases, all_edges) in methods.items():
         for pair, edges in all_edges.items():
@@ -143,7 +144,8 @@ def _rep(implementations: dict, case, batch_size: int, rep: int) -> tuple[dict, 
                 )  # fmt: skip
                 seconds[name] += t
                 results[name][f"{method} {pair[0]}->{pair[1]}"] = result
-    return seconds, results
+                per_pair[name][f"{method} {pair[0]}->{pair[1]}"] = t
+    return seconds, results, per_pair
 
 
 def main() -> None:
@@ -173,13 +175,16 @@ def main() -> None:
     report = {"threads": torch.get_num_threads(), "baseline": args.baseline, "cases": {}}
     for name, (case, batch_size) in cases.items():
         times = {"previous": [], "current": []}
+        pair_times = {"previous": {}, "current": {}}
         for rep in range(args.reps):
-            seconds, outputs = _rep(
+            seconds, outputs, per_pair = _rep(
                 {"previous": baseline, "current": ablation}, case, batch_size, rep
             )
             for label, t in seconds.items():
                 times[label].append(t)
                 print(f"{name} {label}: {t:.1f} s", file=sys.stderr, flush=True)
+                for pair, t_pair in per_pair[label].items():
+                    pair_times[label].setdefault(pair, []).append(t_pair)
             if outputs["previous"] != outputs["current"]:
                 raise SystemExit(f"{name}: the results differ from the previous implementation")
         median = {k: statistics.median(v) for k, v in times.items()}
@@ -188,6 +193,10 @@ def main() -> None:
             "seconds": times,
             "median_s": median,
             "speedup": median["previous"] / median["current"],
+            "median_s_per_pair": {
+                label: {pair: statistics.median(v) for pair, v in pairs.items()}
+                for label, pairs in pair_times.items()
+            },
             "results": outputs["current"],
         }
     print(f"{'case':<8} {'previous (s)':>13} {'current (s)':>12} {'speed-up':>9}  identical")

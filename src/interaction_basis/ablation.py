@@ -430,9 +430,9 @@ def compute_edge_ablated_output(
             f"({C_out.shape[1]}, {C_in.shape[1]}) = (out features, in features)."
         )
     group_output = make_group_output(section, C_in_pinv, C_out, x.dtype)
-    f_in = x @ C_in.to(x.dtype)
+    f_in = group_output.prepare(x @ C_in.to(x.dtype))
     parts = [
-        (cols, group_output(f_in[..., kept], kept, cols)) for _, kept, cols in _mask_groups(mask)
+        (cols, group_output.evaluate(f_in, kept, cols)) for _, kept, cols in _mask_groups(mask)
     ]
     return _assemble(parts, C_out.shape[1]) @ C_out_pinv.to(x.dtype)
 
@@ -493,6 +493,7 @@ class _EdgeAblation:
         self.n_out, self.C_out_pinv = C_out.shape[1], C_out_pinv
         section = model.sections[idx]
         self.group_output = make_group_output(section, basis_in.C_pinv, basis_out.C, dtype)
+        self.prepared = [self.group_output.prepare(f) for f in self.f_in]
         with torch.no_grad():
             pos_out = section(acts[0][:1]).shape[1]
         f_out_bytes = inputs.shape[0] * pos_out * self.n_out * acts[0].element_size()
@@ -510,7 +511,7 @@ class _EdgeAblation:
             if values is not None and len(values) > b:
                 parts.append((cols, values[b]))
                 continue
-            value = self.group_output(self.f_in[b][..., kept], kept, cols)
+            value = self.group_output.evaluate(self.prepared[b], kept, cols)
             if self.caching:
                 self.cache.setdefault(key, []).append(value)
             parts.append((cols, value))

@@ -24,6 +24,7 @@ from interaction_basis.ablation import (
     compute_unablated_score,
 )
 from interaction_basis.basis import Basis
+from interaction_basis.models.closed_form import LastPositionAttention
 from interaction_basis.models.mlp import MLP, build_mlp_sections
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +335,24 @@ def test_edge_ablated_output_of_mlp_layers_matches_the_definition(activation):
             )
             expected = _naive_edge_ablation(model.sections[idx], x, mask, b_in, b_out)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("repeated", [False, True])
+def test_edge_ablated_attention_matches_the_definition_with_and_without_repeated_rows(repeated):
+    """Attention's per-position distinct rows: all distinct (scores per sample) or few (scores
+    from a table of distinct queries and keys)."""
+    gen = torch.Generator().manual_seed(5)
+    w = [torch.randn(6, 8, dtype=torch.float64, generator=gen) for _ in range(3)]
+    section = LastPositionAttention(*w, torch.randn(8, 6, dtype=torch.float64, generator=gen), 2)
+    x = torch.randn(40, 3, 6, dtype=torch.float64, generator=gen)
+    if repeated:
+        x = x[torch.randint(0, 4, (40,), generator=gen)]
+    b_in, b_out = _random_basis(6, 1), _random_basis(6, 2)
+    mask = torch.rand(6, 6, generator=gen) < 0.5
+    mask[1::2] = mask[0]
+    got = compute_edge_ablated_output(section, x, mask, b_in.C, b_in.C_pinv, b_out.C, b_out.C_pinv)
+    expected = _naive_edge_ablation(section, x, mask, b_in, b_out)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_edge_ablation_scores_do_not_depend_on_what_was_evaluated_before(tiny_lib):

@@ -62,3 +62,4 @@ def test_ablation_benchmark_runs(tmp_path, reference_dir):
         for m in ("lib", "pca")
         for a, b in (("ln1.0", "ln2.0"), ("ln2.0", "unembed"), ("unembed", "output"))
     }
+    assert set(seed0["median_s_per_pair"]["current"]) == set(seed0["results"])
