@@ -38,8 +38,14 @@ CODE = {
     "basis": ["linalg.py", "summation.py", "basis.py", "jacobians.py", "build.py"],
     "edges": ["summation.py", "jacobians.py", "build.py"],
     "cluster": ["clustering.py", "fourier.py", "summary.py"],
-    "report": ["summary.py", "plotting.py", "ablation.py", "graph_layout.py"],
-    "evaluate": ["ablation.py"],
+    "report": [
+        "summary.py",
+        "plotting.py",
+        "ablation.py",
+        "ablated_sections.py",
+        "graph_layout.py",
+    ],
+    "evaluate": ["ablation.py", "ablated_sections.py"],
     "interpret": ["features.py", "fourier.py"],
     "explorer": ["explorer.py", "graph_layout.py"],
 }
