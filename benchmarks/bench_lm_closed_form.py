@@ -38,21 +38,17 @@ Usage: ``python benchmarks/bench_lm_closed_form.py [--n-embd 64] [--n-layer 2] [
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import gemm_rate, peak_rss_mib, run_child
+
 IMPLEMENTATIONS = ("closed", "generic")
 STAGES = ("basis", "edges")
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _paths(args: argparse.Namespace) -> dict[str, str]:
@@ -137,7 +133,7 @@ def _child(args: argparse.Namespace) -> dict:
     stages.set_threads(args.threads)
     model_cfg, extract_cfg, basis_cfg, edges_cfg = _configs(args)
     p = _paths(args)
-    rss_imports = _peak_rss_mib()
+    rss_imports = peak_rss_mib()
     if args.child == "bound":
         return _bound(args, model_cfg, extract_cfg, basis_cfg, edges_cfg, p)
     t0 = time.perf_counter()
@@ -152,24 +148,10 @@ def _child(args: argparse.Namespace) -> dict:
         )  # fmt: skip
     return dict(
         seconds=time.perf_counter() - t0,
-        peak_rss_mib=_peak_rss_mib(),
+        peak_rss_mib=peak_rss_mib(),
         rss_after_imports_mib=rss_imports,
         threads=torch.get_num_threads(),
     )
-
-
-def _gemm_rate(n_rows: int, k: int, n: int, reps: int = 9) -> float:
-    """Median float64 GEMM rate (GFLOP/s) of ``(n_rows × k) @ (k × n)``."""
-    import torch
-
-    a = torch.randn(n_rows, k, dtype=torch.float64)
-    b = torch.randn(k, n, dtype=torch.float64)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n_rows * k * n / statistics.median(times) / 1e9
 
 
 def _bound(args, model_cfg, extract_cfg, basis_cfg, edges_cfg, p) -> dict:
@@ -192,8 +174,8 @@ def _bound(args, model_cfg, extract_cfg, basis_cfg, edges_cfg, p) -> dict:
     flops["edges"] = counter.get_total_flops()
     d = args.n_embd + 1
     rates = {
-        "1024^3": _gemm_rate(1024, 1024, 1024),
-        f"{args.n_ctx * 64}x{d}x{d}": _gemm_rate(args.n_ctx * 64, d, d),
+        "1024^3": gemm_rate(1024, 1024, 1024),
+        f"{args.n_ctx * 64}x{d}x{d}": gemm_rate(args.n_ctx * 64, d, d),
     }
     return dict(gflop={k: v / 1e9 for k, v in flops.items()}, gemm_gflops=rates)
 
@@ -202,11 +184,7 @@ def _run_child(args: argparse.Namespace, stage: str, impl: str) -> dict:
     cmd = [sys.executable, __file__, "--child", stage, "--impl", impl]
     for flag in ("workdir", "n_ctx", "n_samples", "batch_size", "threads", "n_embd", "sources"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"benchmark child failed: {' '.join(cmd)}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(cmd)
 
 
 def _max_rel_diff(args: argparse.Namespace) -> dict[str, float]:
@@ -310,7 +288,7 @@ def _per_section(args: argparse.Namespace) -> None:
                     )  # fmt: skip
         gflop = counter.get_total_flops() / 1e9
         d = args.n_embd + 1
-        rates = {"1024^3": _gemm_rate(1024, 1024, 1024), f"4096x{d}x{d}": _gemm_rate(4096, d, d)}
+        rates = {"1024^3": gemm_rate(1024, 1024, 1024), f"4096x{d}x{d}": gemm_rate(4096, d, d)}
         best = max(rates.values())
         print(
             f"matmul work of the closed forms (block 0 and head): {gflop:.2f} GFLOP; float64 "

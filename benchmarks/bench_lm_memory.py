@@ -36,22 +36,18 @@ Usage: ``python benchmarks/bench_lm_memory.py [--n-samples 32] [--factor 4] [--r
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import peak_rss_mib, run_child
+
 STAGES = ("extract", "basis", "edges")
 FLAT_TOLERANCE = 0.10
 N_EVAL = 8
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _node_layers(n_layer: int) -> list[str]:
@@ -154,7 +150,7 @@ def _child(args: argparse.Namespace) -> dict:
     n = args.n_samples
     model_cfg, extract_cfg, basis_cfg, edges_cfg = _configs(args, n)
     p = _paths(args, n)
-    rss_imports = _peak_rss_mib()
+    rss_imports = peak_rss_mib()
     t0, c0 = time.perf_counter(), time.process_time()
     if args.child == "extract":
         stages.extract_activations(model_cfg, extract_cfg, p["model"], p["acts"], p["tokens"])
@@ -169,7 +165,7 @@ def _child(args: argparse.Namespace) -> dict:
     return dict(
         seconds=time.perf_counter() - t0,
         cpu_seconds=time.process_time() - c0,
-        peak_rss_mib=_peak_rss_mib(),
+        peak_rss_mib=peak_rss_mib(),
         rss_after_imports_mib=rss_imports,
         threads=torch.get_num_threads(),
     )
@@ -179,11 +175,7 @@ def _run_child(args: argparse.Namespace, stage: str, n_samples: int) -> dict:
     cmd = [sys.executable, __file__, "--child", stage, "--n-samples", str(n_samples)]
     for flag in ("workdir", "n_ctx", "batch_size", "threads", "seed", "n_layer"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"benchmark child failed: {' '.join(cmd)}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(cmd)
 
 
 def _store_mib(path: str) -> float:

@@ -23,22 +23,18 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import gemm_rate, peak_rss_mib, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = Path(os.environ.get("IB_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
 STAGES = ("activations", "statistics", "basis", "edges")
 TARGET_SECONDS = 2.0
 TARGET_RSS_MIB = 1024.0
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _setup(args: argparse.Namespace):
@@ -103,7 +99,7 @@ def _full_build(build, model, tokens, batch_size: int):
 
 def _child_build(args: argparse.Namespace) -> dict:
     build, model, tokens = _setup(args)
-    rss_after_imports = _peak_rss_mib()
+    rss_after_imports = peak_rss_mib()
     times, cpu_times, _, bases, m_dash, edges = _full_build(build, model, tokens, args.batch_size)
     checks = {
         "dims": {layer: int(b.C.shape[1]) for layer, b in bases.items()},
@@ -114,7 +110,7 @@ def _child_build(args: argparse.Namespace) -> dict:
         times=times,
         cpu_times=cpu_times,
         import_seconds=args.import_seconds,
-        peak_rss_mib=_peak_rss_mib(),
+        peak_rss_mib=peak_rss_mib(),
         rss_after_imports_mib=rss_after_imports,
         checks=checks,
     )
@@ -198,20 +194,6 @@ def _child_loop(args: argparse.Namespace) -> dict:
     )
 
 
-def _gemm_rate(n_rows: int, k: int, n: int, reps: int = 9) -> float:
-    """Median float64 GEMM rate (GFLOP/s) of ``(n_rows × k) @ (k × n)``."""
-    import torch
-
-    a = torch.randn(n_rows, k, dtype=torch.float64)
-    b = torch.randn(k, n, dtype=torch.float64)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n_rows * k * n / statistics.median(times) / 1e9
-
-
 def _child_bound(args: argparse.Namespace) -> dict:
     """Matmul FLOPs of the LIB build (basis + edges) and this machine's float64 GEMM rate."""
     import torch
@@ -231,7 +213,7 @@ def _child_bound(args: argparse.Namespace) -> dict:
         basis_flops = counter.get_total_flops()
         build.compute_edges(model, source, bases)
     total = counter.get_total_flops()
-    rates = {"1024^3": _gemm_rate(1024, 1024, 1024), "12000x129x129": _gemm_rate(12000, 129, 129)}
+    rates = {"1024^3": gemm_rate(1024, 1024, 1024), "12000x129x129": gemm_rate(12000, 129, 129)}
     return dict(
         basis_gflop=basis_flops / 1e9,
         edges_gflop=(total - basis_flops) / 1e9,
@@ -257,11 +239,7 @@ def _run_child(args: argparse.Namespace, task: str, jacobians: str | None) -> di
         cmd += ["--threads", str(args.threads)]
     if jacobians:
         cmd += ["--jacobians", jacobians]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"benchmark child failed: {' '.join(cmd)}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(cmd)
 
 
 def _summary(runs: list[dict]) -> dict:
