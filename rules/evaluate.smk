@@ -45,7 +45,7 @@ rule ablate_edges:
     threads: COMPUTE_THREADS
     resources:
         gpu=GPUS,
-        mem_mb=mem_mb(4000),
+        mem_mb=mem_mb(6000),
         runtime=runtime(120),
     params:
         model=model_params,
