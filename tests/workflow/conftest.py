@@ -11,9 +11,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from slurm_cluster import BACKGROUND, BackgroundSlurm
 from smk_helpers import TINY, Result, copy_workflow, pythonpath_env, snakemake
 
 E2E_TIMEOUT = 2400  # seconds; the run takes 3-10 minutes on 2 shared cores
+
+
+def pytest_collection_finish(session):
+    """Start the SLURM runs now when a SLURM test is selected: they spend most of their time
+    waiting for the scheduler, so they overlap the other tests (``slurm_cluster.py``)."""
+    if session.config.option.collectonly:
+        return
+    if any(item.get_closest_marker("slurm") for item in session.items):
+        session.config.stash[BACKGROUND] = BackgroundSlurm().start()
+
+
+def pytest_sessionfinish(session):
+    background = session.config.stash.get(BACKGROUND, None)
+    if background is not None:
+        background.stop()
 
 
 @dataclass

@@ -34,194 +34,33 @@ the plugin's polling (5, 20, 45, 80 s after a submission with the test profile):
 per level on quiet cores, 35-55 s on 2 cores shared with a load of ~8. The sharded tiny run up
 to ``summary.json`` has 15 levels and 29 jobs: 8.5 minutes on 2 otherwise idle cores. The
 failing run (one job) runs alongside it and adds nothing. apt-get install adds ~25 s the first
-time.
+time. The runs start in the background as soon as collection selects a test of this module
+(``tests/workflow/conftest.py``), so in a full test run these minutes, mostly spent waiting for
+the polling, overlap the other tests.
 """
 
 import os
 import re
-import signal
-import subprocess
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from smk_helpers import (
-    REPO,
-    SNAKEMAKE,
-    TINY,
-    copy_workflow,
-    load_yaml,
-    sharded_job_counts,
-    write_yaml,
-)
+from slurm_cluster import BACKGROUND, N_SHARDS
+from smk_helpers import sharded_job_counts
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-SETUP = REPO / "tests" / "slurm" / "setup_slurm.sh"
-STOP = REPO / "tests" / "slurm" / "stop_slurm.sh"
-PROFILE = REPO / "tests" / "slurm" / "profile"
-SKIP_CODE = 77  # setup_slurm.sh: the prerequisites are missing
-RUN_TIMEOUT = 2400  # seconds per Snakemake run; `timeout -s INT` ends it (SIGTERM is ignored)
-N_SHARDS = 2  # the tiny run on SLURM is sharded: one job per shard for extraction, M', edges
-
-# The core pipeline up to the summary, sharded (model, shard activations, gathered statistics,
-# per-layer M' shards and solves, edge shards and gathers, modules: 15 DAG levels, 29 SLURM
-# jobs); the evaluation stages are rules of the same kind, left out to save minutes.
-TINY_TARGETS = ("results/tiny/summary.json",)
-SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """os.environ without SLURM_* (e.g. when pytest itself runs inside an allocation)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(extra)
-    return env
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """The local test cluster, started for the session and stopped after it (if started here)."""
-    pytest.importorskip(
-        "snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm is not installed"
-    )
-    try:
-        proc = subprocess.run(
-            ["bash", str(SETUP)], capture_output=True, text=True, timeout=600, env=_clean_env()
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"{SETUP} did not finish in {err.timeout} s")
-    if proc.returncode == SKIP_CODE:
-        reason = f"no SLURM test cluster: {proc.stderr.strip().splitlines()[-1]}"
-        if os.environ.get("IB_REQUIRE_SLURM") == "1":
-            pytest.fail(f"{reason} (IB_REQUIRE_SLURM=1)")
-        pytest.skip(reason)
-    if proc.returncode != 0:
-        pytest.fail(f"{SETUP} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    started_here = proc.stdout.strip().splitlines()[-1] == "started"
-    yield
-    if started_here:  # leave a cluster that someone else started running
-        subprocess.run(
-            ["bash", str(STOP)], capture_output=True, text=True, timeout=120, env=_clean_env()
-        )
-
-
-@dataclass
-class SlurmRun:
-    """One ``snakemake --executor slurm`` run, in the background, output to a file."""
-
-    workdir: Path
-    configfile: Path
-    workflow: Path
-    targets: tuple[str, ...] = ()
-    proc: subprocess.Popen | None = None
-    returncode: int | None = None
-    seconds: float = 0.0
-
-    @property
-    def logfile(self) -> Path:
-        return self.workdir.with_suffix(".out")
-
-    @property
-    def output(self) -> str:
-        return self.logfile.read_text(errors="replace")
-
-    def start(self) -> "SlurmRun":
-        self.workdir.mkdir(parents=True)
-        args = [
-            "timeout",
-            "-s",
-            "INT",
-            "-k",
-            "60",
-            str(RUN_TIMEOUT),
-            *SNAKEMAKE,
-            "--snakefile",
-            str(self.workflow / "Snakefile"),
-            "--workflow-profile",
-            str(PROFILE),
-            "--configfile",
-            str(self.configfile),
-            "--directory",
-            str(self.workdir),
-            *self.targets,
-        ]
-        env = _clean_env(
-            PYTHONPATH=os.pathsep.join(
-                p for p in (str(self.workflow / "src"), os.environ.get("PYTHONPATH", "")) if p
-            )
-        )
-        self._t0 = time.monotonic()
-        with self.logfile.open("w") as out:
-            out.write(" ".join(args) + "\n")
-            out.flush()
-            self.proc = subprocess.Popen(
-                args,
-                cwd=self.workflow,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def wait(self) -> "SlurmRun":
-        try:
-            self.returncode = self.proc.wait(timeout=RUN_TIMEOUT + 120)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.returncode = self.proc.wait()
-        self.seconds = time.monotonic() - self._t0
-        return self
-
-    def describe(self, n: int = 60) -> str:
-        lines = self.output.strip().splitlines()
-        return (
-            f"exit status {self.returncode} after {self.seconds:.0f} s; log {self.logfile}\n"
-            f"--- last {n} lines ---\n" + "\n".join(lines[-n:])
-        )
-
-    def submissions(self) -> list[tuple[str, str, Path]]:
-        """(rule, SLURM job id, SLURM log) of every submitted job."""
-        subs = []
-        for _, slurm_id, log in SUBMITTED.findall(self.output):
-            log = Path(log)
-            rule = re.fullmatch(
-                r"rule_(\w+)", log.relative_to(self.workdir / ".snakemake" / "slurm_logs").parts[0]
-            ).group(1)
-            subs.append((rule, slurm_id, log))
-        return subs
-
-
-def squeue_records(job_ids) -> dict[str, tuple[str, str]]:
-    """SLURM job id -> (state, comment) for jobs slurmctld still knows (MinJobAge=600 s)."""
-    args = ["squeue", "--states=all", "-h", "-o", "%i|%T|%k", "-j", ",".join(job_ids)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=30, env=_clean_env()).stdout
-    return {
-        i: (state, comment)
-        for i, state, comment in (line.split("|", 2) for line in out.strip().splitlines())
-    }
-
 
 @pytest.fixture(scope="module")
-def slurm_runs(slurm_cluster, tmp_path_factory):
-    """The tiny experiment and a failing one (a corrupt weights file), run side by side."""
-    root = tmp_path_factory.mktemp("slurm")
-    workflow = root / "workflow"
-    copy_workflow(workflow)  # a snapshot: edits to the checkout cannot disturb the runs
-
-    bad_weights = root / "bad.npz"
-    bad_weights.write_bytes(b"this is not a zip archive")
-    tiny = load_yaml(TINY)
-    bad_experiment = {**tiny["experiments"][0], "name": "bad"}
-    bad_experiment["model"] = {**bad_experiment["model"], "weights": str(bad_weights)}
-    bad_config = write_yaml(root / "bad.yaml", {"experiments": [bad_experiment]})
-
-    tiny["experiments"][0]["extract"]["n_shards"] = N_SHARDS
-    tiny_config = write_yaml(root / "tiny.yaml", tiny)  # a snapshot too
-    good = SlurmRun(root / "tiny", tiny_config, workflow, TINY_TARGETS).start()
-    bad = SlurmRun(root / "bad", bad_config, workflow).start()
-    return good.wait(), bad.wait()
+def slurm_runs(pytestconfig):
+    """The tiny experiment and a failing one (a corrupt weights file), run side by side on the
+    local cluster; started at collection (``conftest.pytest_collection_finish``)."""
+    outcome = pytestconfig.stash[BACKGROUND].outcome()
+    if outcome.status == "skip":
+        if os.environ.get("IB_REQUIRE_SLURM") == "1":
+            pytest.fail(f"{outcome.message} (IB_REQUIRE_SLURM=1)")
+        pytest.skip(outcome.message)
+    if outcome.status != "ready":
+        pytest.fail(outcome.message)
+    return outcome.runs
 
 
 def test_tiny_runs_as_slurm_jobs(slurm_runs):
@@ -247,7 +86,7 @@ def test_tiny_runs_as_slurm_jobs(slurm_runs):
     }, run.describe()
 
     # each ran inside its SLURM job (the job's log shows the rule finishing), which completed
-    records = squeue_records([slurm_id for _, slurm_id, _ in subs])
+    records = run.records
     for rule, slurm_id, log in subs:
         assert log.is_file(), f"no SLURM log {log} for rule {rule}"
         text = log.read_text(errors="replace")
@@ -277,4 +116,4 @@ def test_failed_slurm_job_fails_the_workflow(slurm_runs):
     assert slurm_log.is_file()
     assert "Cannot read" in slurm_log.read_text(errors="replace"), slurm_log.read_text()[-3000:]
     assert "Cannot read" in out, run.describe()
-    assert squeue_records([slurm_id]).get(slurm_id, ("missing",))[0] == "FAILED"
+    assert run.records.get(slurm_id, ("missing",))[0] == "FAILED"
