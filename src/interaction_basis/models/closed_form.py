@@ -120,10 +120,14 @@ class ElementwiseMLP:
 
     def _slopes(self, x: Float[Tensor, "rows d_in"], points: Points) -> Float[Tensor, "rows h"]:
         z = x @ self.w_in.to(F64)
-        ones = torch.ones_like(z)
         total = torch.zeros_like(z)
         for alpha, weight in zip(*points, strict=True):
-            total += weight * torch.func.jvp(self.activation, (alpha * z,), (ones,))[1]
+            # φ is elementwise: the gradient of Σ φ(α z) is φ'(α z). Reverse mode, because
+            # forward mode's first use costs about a second of start-up (decompositions).
+            with torch.enable_grad():
+                point = (alpha * z).requires_grad_()
+                (slope,) = torch.autograd.grad(self.activation(point).sum(), point)
+            total += weight * slope
         return total
 
     def compute_m_dash_sum(
@@ -663,8 +667,7 @@ class CausalAttention:
         q = (n @ self.w_q).view(batch, n_pos, heads, dh)
         k = (n @ self.w_k).view(batch, n_pos, heads, dh)
         if self.rotary is None:
-            beta = q[:, :, None].expand(batch, n_pos, n_pos, heads, dh)
-            gamma = k[:, None].expand(batch, n_pos, n_pos, heads, dh)
+            beta, gamma = q[:, :, None].expand(batch, n_pos, n_pos, heads, dh), None
         else:
             cos, sin = (r[:n_pos].to(F64)[:, None] for r in self.rotary)  # (pos, 1, rot)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
@@ -681,11 +684,14 @@ class CausalAttention:
         for alpha, weight in zip(*points, strict=True):
             pattern = (alpha**2 * scores).softmax(dim=-1)
             z = pattern @ y  # (b, h, t, k)
-            g += (pattern[..., None] * (y[:, :, None] - z[:, :, :, None])) * (
-                self.scale * weight * alpha**2
-            )
+            term = y[:, :, None] - z[:, :, :, None]
+            term *= pattern[..., None] * (self.scale * weight * alpha**2)
+            g += term
             a += weight * pattern
-        gamma_sum = torch.einsum("btrhe,bhtrk->bhtek", gamma, g)
+        if gamma is None:  # γ_tr = k_r for every t
+            gamma_sum = torch.einsum("brhe,bhtrk->bhtek", k, g)
+        else:
+            gamma_sum = torch.einsum("btrhe,bhtrk->bhtek", gamma, g)
         return _PairTerms(a, g, beta, gamma_sum)
 
     def _row_bytes(self, n_pos: int, k: int, k_in: int = 0) -> int:
@@ -724,12 +730,15 @@ class CausalAttention:
             a_diag = t.a.diagonal(dim1=2, dim2=3)  # (b, h, t)
             g_diag = t.g.diagonal(dim1=2, dim2=3)  # (b, h, k, t)
             beta_diag = t.beta.diagonal(dim1=1, dim2=2)  # (b, h, e, t)
-            products = torch.einsum("bhtsk,bgtsk->bhgts", t.g, t.g)
-            for h in range(heads):
-                weighted = t.a[:, h, None, :, :, None] * t.g  # (b, g, t, s, k)
-                cross[h, :, 0] += torch.einsum("bgtsk,btsge->kge", weighted, t.beta)
-                scaled = products[:, h, :, :, :, None] * t.beta.permute(0, 3, 1, 2, 4)
-                low[0, h, :, 0] += torch.einsum("btse,bgtsf->egf", t.beta[..., h, :], scaled)
+            if self.rotary is None:
+                self._key_terms_unrotated(t, cross, low)
+            else:
+                products = torch.einsum("bhtsk,bgtsk->bhgts", t.g, t.g)
+                for h in range(heads):
+                    weighted = t.a[:, h, None, :, :, None] * t.g  # (b, g, t, s, k)
+                    cross[h, :, 0] += torch.einsum("bgtsk,btsge->kge", weighted, t.beta)
+                    scaled = products[:, h, :, :, :, None] * t.beta.permute(0, 3, 1, 2, 4)
+                    low[0, h, :, 0] += torch.einsum("btse,bgtsf->egf", t.beta[..., h, :], scaled)
             cross[:, :, 1] += torch.einsum("bht,bgtek->hkge", a_diag, t.gamma_sum)
             key_query = torch.einsum("bgtfk,bhkt->bhgtf", t.gamma_sum, g_diag)
             kq = torch.einsum("bhet,bhgtf->hegf", beta_diag, key_query)
@@ -753,6 +762,19 @@ class CausalAttention:
         m[dn:, :dn] = m[:dn, dn:].T
         m[dn:, dn:] = (batch * n_pos) * (e @ e.T)
         return m
+
+    @staticmethod
+    def _key_terms_unrotated(t: _PairTerms, cross: Tensor, low: Tensor) -> None:
+        """The key-side parts of ``Σ Ā^h Zᵀ`` and ``Σ Z Zᵀ`` without rotary: ``β_ts = q_t`` for
+        every ``s``, so the sums over ``s`` come first and cost ``O(H² P² k)`` per sample
+        instead of ``O(H² P² k d_head)``."""
+        q = t.beta[:, :, 0]  # (b, t, h, e)
+        g = t.g.transpose(1, 2)  # (b, t, h, s, k)
+        summed = torch.einsum("bths,btgsk->bthgk", t.a.transpose(1, 2), g)  # Σ_s Ā^h ḡ^g
+        cross[:, :, 0] += torch.einsum("bthgk,btge->hkge", summed, q)
+        flat = g.reshape(*g.shape[:3], -1)
+        dots = flat @ flat.transpose(-1, -2)  # (b, t, h, g): Σ_s ḡ^h_ts · ḡ^g_ts
+        low[0, :, :, 0] += torch.einsum("bthe,bthgf->hegf", q, dots[..., None] * q[:, :, None])
 
     def _m_dash_position_sources(
         self,
