@@ -136,6 +136,9 @@ def _child(args: argparse.Namespace) -> dict:
     rss_imports = peak_rss_mib()
     if args.child == "bound":
         return _bound(args, model_cfg, extract_cfg, basis_cfg, edges_cfg, p)
+    # Snakemake removes a job's outputs before it runs: the previous rep's store is not the
+    # stage's cost.
+    shutil.rmtree(p[f"{args.child}_{args.impl}"], ignore_errors=True)
     t0 = time.perf_counter()
     if args.child == "basis":
         stages.fit_basis(

@@ -679,17 +679,16 @@ class CausalAttention:
         scores = scores.masked_fill(~mask, float("-inf"))
         v = torch.einsum("bsd,hde->bhse", n, self._w_v)
         y = torch.einsum("bhse,hek->bhsk", v, self._w_o @ c_y)  # v_s W_O C per head
-        a = torch.zeros_like(scores)
-        g = n.new_zeros(batch, heads, n_pos, n_pos, c_y.shape[1])
+        a = g = None
         for alpha, weight in zip(*points, strict=True):
             pattern = (alpha**2 * scores).softmax(dim=-1)
             z = pattern @ y  # (b, h, t, k)
             term = y[:, :, None] - z[:, :, :, None]
             term *= pattern[..., None] * (self.scale * weight * alpha**2)
-            g += term
-            a += weight * pattern
-        if gamma is None:  # γ_tr = k_r for every t
-            gamma_sum = torch.einsum("brhe,bhtrk->bhtek", k, g)
+            g = term if g is None else g.add_(term)
+            a = weight * pattern if a is None else a.add_(pattern, alpha=weight)
+        if gamma is None:  # γ_tr = k_r for every t; matmul reads g in place (einsum copies it)
+            gamma_sum = k.permute(0, 2, 3, 1)[:, :, None] @ g
         else:
             gamma_sum = torch.einsum("btrhe,bhtrk->bhtek", gamma, g)
         return _PairTerms(a, g, beta, gamma_sum)
@@ -739,12 +738,18 @@ class CausalAttention:
                     cross[h, :, 0] += torch.einsum("bgtsk,btsge->kge", weighted, t.beta)
                     scaled = products[:, h, :, :, :, None] * t.beta.permute(0, 3, 1, 2, 4)
                     low[0, h, :, 0] += torch.einsum("btse,bgtsf->egf", t.beta[..., h, :], scaled)
-            cross[:, :, 1] += torch.einsum("bht,bgtek->hkge", a_diag, t.gamma_sum)
-            key_query = torch.einsum("bgtfk,bhkt->bhgtf", t.gamma_sum, g_diag)
-            kq = torch.einsum("bhet,bhgtf->hegf", beta_diag, key_query)
+            # Γ laid out as ((g, e), (b, t), k) once: matmuls read it in place, einsum would
+            # copy it for every product.
+            flat = t.gamma_sum.permute(1, 3, 0, 2, 4).reshape(heads * dh, -1)
+            low[1, :, :, 1] += (flat @ flat.T).view(heads, dh, heads, dh)
+            a_flat = a_diag.permute(1, 0, 2).reshape(heads, -1)  # (h, (b, t))
+            a_gamma = a_flat @ flat.view(heads * dh, a_flat.shape[1], k_out)  # ((g, e), h, k)
+            cross[:, :, 1] += a_gamma.view(heads, dh, heads, k_out).permute(2, 3, 0, 1)
+            # Σ_k Γ^g_t[f, k] ḡ^h_tt[k] as (b, g, t, f, h), then against β^h_tt
+            key_query = t.gamma_sum @ g_diag.permute(0, 3, 2, 1)[:, None]
+            kq = torch.einsum("bhet,bgtfh->hegf", beta_diag, key_query)
             low[0, :, :, 1] += kq
             low[1, :, :, 0] += kq.permute(2, 3, 0, 1)
-            low[1, :, :, 1] += torch.einsum("bhtek,bgtfk->hegf", t.gamma_sum, t.gamma_sum)
             diag_a += a_diag.sum((0, 2))
             diag_z[0] += torch.einsum("bhet,bhkt->hek", beta_diag, g_diag)
             diag_z[1] += t.gamma_sum.sum((0, 2))
@@ -770,8 +775,8 @@ class CausalAttention:
         instead of ``O(H² P² k d_head)``."""
         q = t.beta[:, :, 0]  # (b, t, h, e)
         g = t.g.transpose(1, 2)  # (b, t, h, s, k)
-        summed = torch.einsum("bths,btgsk->bthgk", t.a.transpose(1, 2), g)  # Σ_s Ā^h ḡ^g
-        cross[:, :, 0] += torch.einsum("bthgk,btge->hkge", summed, q)
+        summed = t.a.transpose(1, 2)[:, None] @ t.g  # (b, g, t, h, k): Σ_s Ā^h ḡ^g
+        cross[:, :, 0] += torch.einsum("bgthk,btge->hkge", summed, q)
         flat = g.reshape(*g.shape[:3], -1)
         dots = flat @ flat.transpose(-1, -2)  # (b, t, h, g): Σ_s ḡ^h_ts · ḡ^g_ts
         low[0, :, :, 0] += torch.einsum("bthe,bthgf->hegf", q, dots[..., None] * q[:, :, None])
