@@ -80,7 +80,7 @@ class Linear:
 
 class ElementwiseMLP:
     """``x ↦ [x +] φ(x W_in) [W_out]``: an MLP block, or one hidden layer (``w_out=None``),
-    with an elementwise activation φ (any: its slopes come from forward-mode autograd).
+    with an elementwise activation φ (any: its slopes come from autograd).
 
     Its integrated Jacobian is ``J̄ = [I +] W_in diag(d̄) W_out`` with the slopes
     ``d̄ = Σ_α w_α φ'(α x W_in)`` (folded biases scale with α too), so
@@ -411,14 +411,17 @@ class PerToken:
     Its Jacobian is block-diagonal over positions, ``J_{t,s} = δ_ts J̄_t``, so the generic path's
     ``P_out · d_out`` autograd passes over all positions of a sample waste a factor ``P``. Here
     the integrated per-token Jacobians ``J̄_t = Σ_α w_α ∂fn(α x_t)`` come from one batched
-    forward-mode pass per integration point (:class:`ResidualMLP` knows its Jacobian instead),
-    and with ``R_t = J̄_t C_out``:
+    forward-mode pass per integration point, and with ``R_t = J̄_t C_out``:
 
     - ``M′ ∝ Σ_t R_t R_tᵀ`` (exact); stochastic sources contract ``R_t`` with the same ±1
       draws the generic path uses. Over positions alone they are exact for this section (only
       ``t = s`` survives, and ``φ² = 1``), so they cost nothing more;
     - ``A_{t,i,j} = f̂_{t,j} (C⁺ R_t)_{j,i}`` for the edges, summed over positions with the
       position sources' signs before squaring.
+
+    Subclasses that know their Jacobian's structure (:class:`ResidualMLP`, :class:`LayerNormIn`,
+    :class:`LayerNormOut`) override the steps of this template: the rows ``R_t``
+    (``_out_rows``), exact M′ (``_m_dash_exact``) and exact edges (``_edges_exact``).
     """
 
     #: The kinds of stochastic sources whose draws ``jacobians`` passes to this closed form.
