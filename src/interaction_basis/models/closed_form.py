@@ -121,13 +121,11 @@ class ElementwiseMLP:
     def _slopes(self, x: Float[Tensor, "rows d_in"], points: Points) -> Float[Tensor, "rows h"]:
         z = x @ self.w_in.to(F64)
         total = torch.zeros_like(z)
+        # φ is elementwise: the gradient of Σ φ at α z is φ'(α z). Reverse mode, because forward
+        # mode's first use in a process costs about a second of start-up (decompositions).
+        slopes = torch.func.grad(lambda u: self.activation(u).sum())
         for alpha, weight in zip(*points, strict=True):
-            # φ is elementwise: the gradient of Σ φ(α z) is φ'(α z). Reverse mode, because
-            # forward mode's first use costs about a second of start-up (decompositions).
-            with torch.enable_grad():
-                point = (alpha * z).requires_grad_()
-                (slope,) = torch.autograd.grad(self.activation(point).sum(), point)
-            total += weight * slope
+            total += weight * slopes(alpha * z)
         return total
 
     def compute_m_dash_sum(
