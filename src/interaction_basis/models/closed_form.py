@@ -122,10 +122,14 @@ class ElementwiseMLP:
         z = x @ self.w_in.to(F64)
         total = torch.zeros_like(z)
         # φ is elementwise: the gradient of Σ φ at α z is φ'(α z). Reverse mode, because forward
-        # mode's first use in a process costs about a second of start-up (decompositions).
-        slopes = torch.func.grad(lambda u: self.activation(u).sum())
-        for alpha, weight in zip(*points, strict=True):
-            total += weight * slopes(alpha * z)
+        # mode's first use in a process costs about a second of start-up (decompositions). The
+        # point is not a leaf: module backward hooks (FlopCounterMode's) reject leaf inputs.
+        with torch.enable_grad():
+            base = z.detach().requires_grad_()
+            for alpha, weight in zip(*points, strict=True):
+                point = alpha * base
+                (slope,) = torch.autograd.grad(self.activation(point).sum(), point)
+                total += weight * slope
         return total
 
     def compute_m_dash_sum(
