@@ -475,22 +475,7 @@ class PerToken:
         if draws is None or draws.kind == "pos":
             m = self._m_dash_exact(acts, c_out, points)
             return m if draws is None else m * draws.draws.shape[0]
-        batch, n_pos, d_in = acts.shape
-        d_out = self.fn(acts[:1, :1]).shape[-1]
-        k_out = d_out if c_out is None else c_out.shape[1]
-        m = acts.new_zeros(d_in, d_in, dtype=F64)
-        for b0, b1 in _chunks(batch, n_pos * self._row_bytes(d_in, d_out, k_out)):
-            r = self._out_rows(acts[b0:b1].reshape(-1, d_in), c_out, points)
-            r = r.view(b1 - b0, n_pos, d_in, k_out)
-            if draws.kind == "hidden":  # (r, s, b, k)
-                signs = _signs(draws.draws[:, :, b0:b1]).to(r.device)
-                r = torch.einsum("bsdk,rsbk->bsdr", r, signs)
-            else:  # (q, b, s, k)
-                signs = _signs(draws.draws[:, b0:b1]).to(r.device)
-                r = torch.einsum("bsdk,qbsk->bsdq", r, signs)
-            flat = r.movedim(-2, 0).reshape(d_in, -1)
-            m.addmm_(flat, flat.T)
-        return m
+        return self._m_dash_from_rows(acts, c_out, points, draws)
 
     def _m_dash_exact(
         self,
@@ -498,14 +483,30 @@ class PerToken:
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
     ) -> Float[Tensor, "d_in d_in"]:
-        """``Σ_t R_t R_tᵀ`` from the rows; subclasses that know their Jacobian's structure
-        contract it directly."""
+        return self._m_dash_from_rows(acts, c_out, points, None)
+
+    def _m_dash_from_rows(
+        self,
+        acts: Float[Tensor, "batch pos d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None,
+    ) -> Float[Tensor, "d_in d_in"]:
+        """``Σ_t R_t R_tᵀ`` from the rows, or with hidden sources their signed sums."""
         batch, n_pos, d_in = acts.shape
         d_out = self.fn(acts[:1, :1]).shape[-1]
         k_out = d_out if c_out is None else c_out.shape[1]
         m = acts.new_zeros(d_in, d_in, dtype=F64)
         for b0, b1 in _chunks(batch, n_pos * self._row_bytes(d_in, d_out, k_out)):
             r = self._out_rows(acts[b0:b1].reshape(-1, d_in), c_out, points)  # (b·s, d_in, k)
+            if draws is not None:
+                r = r.view(b1 - b0, n_pos, d_in, k_out)
+                if draws.kind == "hidden":  # (r, s, b, k)
+                    signs = _signs(draws.draws[:, :, b0:b1]).to(r.device)
+                    r = torch.einsum("bsdk,rsbk->bsdr", r, signs)
+                else:  # both: (q, b, s, k)
+                    signs = _signs(draws.draws[:, b0:b1]).to(r.device)
+                    r = torch.einsum("bsdk,qbsk->bsdq", r, signs)
             flat = r.movedim(-2, 0).reshape(d_in, -1)
             m.addmm_(flat, flat.T)
         return m
