@@ -31,8 +31,10 @@ generic path is timed on K output features and scaled to all (an estimate, marke
 
 Usage: ``python benchmarks/bench_lm_closed_form.py [--n-embd 64] [--n-layer 2] [--n-head 4]
 [--n-ctx 16] [--n-samples 32] [--reps 3] [--threads 2] [--sources exact] [--bound]
-[--json out.json]``. The issue-17 sizes: the default (tiny) and ``--n-embd 256 --n-layer 4
---n-ctx 64``.
+[--impls closed,generic] [--stages basis,edges] [--json out.json]``. The issue-17 sizes: the
+default (tiny) and ``--n-embd 256 --n-layer 4 --n-ctx 64`` (where the generic stage takes days:
+``--impls closed``). On a loaded shared machine use ``--threads 1``: with two threads every small
+operation waits for the busy second core.
 """
 
 import argparse
