@@ -80,7 +80,7 @@ class Linear:
 
 class ElementwiseMLP:
     """``x ↦ [x +] φ(x W_in) [W_out]``: an MLP block, or one hidden layer (``w_out=None``),
-    with an elementwise activation φ (any: its slopes come from forward-mode autograd).
+    with an elementwise activation φ (any: its slopes come from autograd).
 
     Its integrated Jacobian is ``J̄ = [I +] W_in diag(d̄) W_out`` with the slopes
     ``d̄ = Σ_α w_α φ'(α x W_in)`` (folded biases scale with α too), so
@@ -120,10 +120,16 @@ class ElementwiseMLP:
 
     def _slopes(self, x: Float[Tensor, "rows d_in"], points: Points) -> Float[Tensor, "rows h"]:
         z = x @ self.w_in.to(F64)
-        ones = torch.ones_like(z)
         total = torch.zeros_like(z)
-        for alpha, weight in zip(*points, strict=True):
-            total += weight * torch.func.jvp(self.activation, (alpha * z,), (ones,))[1]
+        # φ is elementwise: the gradient of Σ φ at α z is φ'(α z). Reverse mode, because forward
+        # mode's first use in a process costs about a second of start-up (decompositions). The
+        # point is not a leaf: module backward hooks (FlopCounterMode's) reject leaf inputs.
+        with torch.enable_grad():
+            base = z.detach().requires_grad_()
+            for alpha, weight in zip(*points, strict=True):
+                point = alpha * base
+                (slope,) = torch.autograd.grad(self.activation(point).sum(), point)
+                total += weight * slope
         return total
 
     def compute_m_dash_sum(
@@ -407,14 +413,17 @@ class PerToken:
     Its Jacobian is block-diagonal over positions, ``J_{t,s} = δ_ts J̄_t``, so the generic path's
     ``P_out · d_out`` autograd passes over all positions of a sample waste a factor ``P``. Here
     the integrated per-token Jacobians ``J̄_t = Σ_α w_α ∂fn(α x_t)`` come from one batched
-    forward-mode pass per integration point (:class:`ResidualMLP` knows its Jacobian instead),
-    and with ``R_t = J̄_t C_out``:
+    forward-mode pass per integration point, and with ``R_t = J̄_t C_out``:
 
     - ``M′ ∝ Σ_t R_t R_tᵀ`` (exact); stochastic sources contract ``R_t`` with the same ±1
       draws the generic path uses. Over positions alone they are exact for this section (only
       ``t = s`` survives, and ``φ² = 1``), so they cost nothing more;
     - ``A_{t,i,j} = f̂_{t,j} (C⁺ R_t)_{j,i}`` for the edges, summed over positions with the
       position sources' signs before squaring.
+
+    Subclasses that know their Jacobian's structure (:class:`ResidualMLP`, :class:`LayerNormIn`,
+    :class:`LayerNormOut`) override the steps of this template: the rows ``R_t``
+    (``_out_rows``), exact M′ (``_m_dash_exact``) and exact edges (``_edges_exact``).
     """
 
     #: The kinds of stochastic sources whose draws ``jacobians`` passes to this closed form.
@@ -460,26 +469,46 @@ class PerToken:
         points: Points,
         draws: SourceDraws | None = None,
     ) -> Float[Tensor, "d_in d_in"]:
+        """Exact and position sources: :meth:`_m_dash_exact` (every position source gives the
+        exact sum, see the class docstring); hidden sources contract the rows with their signs.
+        """
+        if draws is None or draws.kind == "pos":
+            m = self._m_dash_exact(acts, c_out, points)
+            return m if draws is None else m * draws.draws.shape[0]
+        return self._m_dash_from_rows(acts, c_out, points, draws)
+
+    def _m_dash_exact(
+        self,
+        acts: Float[Tensor, "batch pos d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+    ) -> Float[Tensor, "d_in d_in"]:
+        return self._m_dash_from_rows(acts, c_out, points, None)
+
+    def _m_dash_from_rows(
+        self,
+        acts: Float[Tensor, "batch pos d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None,
+    ) -> Float[Tensor, "d_in d_in"]:
+        """``Σ_t R_t R_tᵀ`` from the rows, or with hidden sources their signed sums."""
         batch, n_pos, d_in = acts.shape
         d_out = self.fn(acts[:1, :1]).shape[-1]
         k_out = d_out if c_out is None else c_out.shape[1]
-        kind = "exact" if draws is None else draws.kind
         m = acts.new_zeros(d_in, d_in, dtype=F64)
         for b0, b1 in _chunks(batch, n_pos * self._row_bytes(d_in, d_out, k_out)):
-            x = acts[b0:b1].reshape(-1, d_in)
-            r = self._out_rows(x, c_out, points)  # (b·s, d_in, k)
-            if kind in ("hidden", "both"):
+            r = self._out_rows(acts[b0:b1].reshape(-1, d_in), c_out, points)  # (b·s, d_in, k)
+            if draws is not None:
                 r = r.view(b1 - b0, n_pos, d_in, k_out)
-                if kind == "hidden":  # (r, s, b, k)
+                if draws.kind == "hidden":  # (r, s, b, k)
                     signs = _signs(draws.draws[:, :, b0:b1]).to(r.device)
                     r = torch.einsum("bsdk,rsbk->bsdr", r, signs)
-                else:  # (q, b, s, k)
+                else:  # both: (q, b, s, k)
                     signs = _signs(draws.draws[:, b0:b1]).to(r.device)
                     r = torch.einsum("bsdk,qbsk->bsdq", r, signs)
             flat = r.movedim(-2, 0).reshape(d_in, -1)
             m.addmm_(flat, flat.T)
-        if kind == "pos":  # every source gives the exact sum (see the class docstring)
-            m *= draws.draws.shape[0]
         return m
 
     def compute_edges_sum(
@@ -490,6 +519,31 @@ class PerToken:
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
         draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "k_out k_in"]:
+        """Exact sources: :meth:`_edges_exact`; position sources sum ``A_t`` with their signs
+        over positions before squaring."""
+        if draws is None:
+            return self._edges_exact(recon, feats, c_in_pinv, c_out, points)
+        return self._edges_from_rows(recon, feats, c_in_pinv, c_out, points, draws)
+
+    def _edges_exact(
+        self,
+        recon: Float[Tensor, "batch pos d_in"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+    ) -> Float[Tensor, "k_out k_in"]:
+        return self._edges_from_rows(recon, feats, c_in_pinv, c_out, points, None)
+
+    def _edges_from_rows(
+        self,
+        recon: Float[Tensor, "batch pos d_in"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+        draws: SourceDraws | None,
     ) -> Float[Tensor, "k_out k_in"]:
         batch, n_pos, d_in = recon.shape
         k_in = c_in_pinv.shape[0]
@@ -619,8 +673,7 @@ class CausalAttention:
         q = (n @ self.w_q).view(batch, n_pos, heads, dh)
         k = (n @ self.w_k).view(batch, n_pos, heads, dh)
         if self.rotary is None:
-            beta = q[:, :, None].expand(batch, n_pos, n_pos, heads, dh)
-            gamma = k[:, None].expand(batch, n_pos, n_pos, heads, dh)
+            beta, gamma = q[:, :, None].expand(batch, n_pos, n_pos, heads, dh), None
         else:
             cos, sin = (r[:n_pos].to(F64)[:, None] for r in self.rotary)  # (pos, 1, rot)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
@@ -632,16 +685,18 @@ class CausalAttention:
         scores = scores.masked_fill(~mask, float("-inf"))
         v = torch.einsum("bsd,hde->bhse", n, self._w_v)
         y = torch.einsum("bhse,hek->bhsk", v, self._w_o @ c_y)  # v_s W_O C per head
-        a = torch.zeros_like(scores)
-        g = n.new_zeros(batch, heads, n_pos, n_pos, c_y.shape[1])
+        a = g = None
         for alpha, weight in zip(*points, strict=True):
             pattern = (alpha**2 * scores).softmax(dim=-1)
             z = pattern @ y  # (b, h, t, k)
-            g += (pattern[..., None] * (y[:, :, None] - z[:, :, :, None])) * (
-                self.scale * weight * alpha**2
-            )
-            a += weight * pattern
-        gamma_sum = torch.einsum("btrhe,bhtrk->bhtek", gamma, g)
+            term = y[:, :, None] - z[:, :, :, None]
+            term *= pattern[..., None] * (self.scale * weight * alpha**2)
+            g = term if g is None else g.add_(term)
+            a = weight * pattern if a is None else a.add_(pattern, alpha=weight)
+        if gamma is None:  # γ_tr = k_r for every t; matmul reads g in place (einsum copies it)
+            gamma_sum = k.permute(0, 2, 3, 1)[:, :, None] @ g
+        else:
+            gamma_sum = torch.einsum("btrhe,bhtrk->bhtek", gamma, g)
         return _PairTerms(a, g, beta, gamma_sum)
 
     def _row_bytes(self, n_pos: int, k: int, k_in: int = 0) -> int:
@@ -680,18 +735,27 @@ class CausalAttention:
             a_diag = t.a.diagonal(dim1=2, dim2=3)  # (b, h, t)
             g_diag = t.g.diagonal(dim1=2, dim2=3)  # (b, h, k, t)
             beta_diag = t.beta.diagonal(dim1=1, dim2=2)  # (b, h, e, t)
-            products = torch.einsum("bhtsk,bgtsk->bhgts", t.g, t.g)
-            for h in range(heads):
-                weighted = t.a[:, h, None, :, :, None] * t.g  # (b, g, t, s, k)
-                cross[h, :, 0] += torch.einsum("bgtsk,btsge->kge", weighted, t.beta)
-                scaled = products[:, h, :, :, :, None] * t.beta.permute(0, 3, 1, 2, 4)
-                low[0, h, :, 0] += torch.einsum("btse,bgtsf->egf", t.beta[..., h, :], scaled)
-            cross[:, :, 1] += torch.einsum("bht,bgtek->hkge", a_diag, t.gamma_sum)
-            key_query = torch.einsum("bgtfk,bhkt->bhgtf", t.gamma_sum, g_diag)
-            kq = torch.einsum("bhet,bhgtf->hegf", beta_diag, key_query)
+            if self.rotary is None:
+                self._key_terms_unrotated(t, cross, low)
+            else:
+                products = torch.einsum("bhtsk,bgtsk->bhgts", t.g, t.g)
+                for h in range(heads):
+                    weighted = t.a[:, h, None, :, :, None] * t.g  # (b, g, t, s, k)
+                    cross[h, :, 0] += torch.einsum("bgtsk,btsge->kge", weighted, t.beta)
+                    scaled = products[:, h, :, :, :, None] * t.beta.permute(0, 3, 1, 2, 4)
+                    low[0, h, :, 0] += torch.einsum("btse,bgtsf->egf", t.beta[..., h, :], scaled)
+            # Γ laid out as ((g, e), (b, t), k) once: matmuls read it in place, einsum would
+            # copy it for every product.
+            flat = t.gamma_sum.permute(1, 3, 0, 2, 4).reshape(heads * dh, -1)
+            low[1, :, :, 1] += (flat @ flat.T).view(heads, dh, heads, dh)
+            a_flat = a_diag.permute(1, 0, 2).reshape(heads, -1)  # (h, (b, t))
+            a_gamma = a_flat @ flat.view(heads * dh, a_flat.shape[1], k_out)  # ((g, e), h, k)
+            cross[:, :, 1] += a_gamma.view(heads, dh, heads, k_out).permute(2, 3, 0, 1)
+            # Σ_k Γ^g_t[f, k] ḡ^h_tt[k] as (b, g, t, f, h), then against β^h_tt
+            key_query = t.gamma_sum @ g_diag.permute(0, 3, 2, 1)[:, None]
+            kq = torch.einsum("bhet,bgtfh->hegf", beta_diag, key_query)
             low[0, :, :, 1] += kq
             low[1, :, :, 0] += kq.permute(2, 3, 0, 1)
-            low[1, :, :, 1] += torch.einsum("bhtek,bgtfk->hegf", t.gamma_sum, t.gamma_sum)
             diag_a += a_diag.sum((0, 2))
             diag_z[0] += torch.einsum("bhet,bhkt->hek", beta_diag, g_diag)
             diag_z[1] += t.gamma_sum.sum((0, 2))
@@ -709,6 +773,19 @@ class CausalAttention:
         m[dn:, :dn] = m[:dn, dn:].T
         m[dn:, dn:] = (batch * n_pos) * (e @ e.T)
         return m
+
+    @staticmethod
+    def _key_terms_unrotated(t: _PairTerms, cross: Tensor, low: Tensor) -> None:
+        """The key-side parts of ``Σ Ā^h Zᵀ`` and ``Σ Z Zᵀ`` without rotary: ``β_ts = q_t`` for
+        every ``s``, so the sums over ``s`` come first and cost ``O(H² P² k)`` per sample
+        instead of ``O(H² P² k d_head)``."""
+        q = t.beta[:, :, 0]  # (b, t, h, e)
+        g = t.g.transpose(1, 2)  # (b, t, h, s, k)
+        summed = t.a.transpose(1, 2)[:, None] @ t.g  # (b, g, t, h, k): Σ_s Ā^h ḡ^g
+        cross[:, :, 0] += torch.einsum("bgthk,btge->hkge", summed, q)
+        flat = g.reshape(*g.shape[:3], -1)
+        dots = flat @ flat.transpose(-1, -2)  # (b, t, h, g): Σ_s ḡ^h_ts · ḡ^g_ts
+        low[0, :, :, 0] += torch.einsum("bthe,bthgf->hegf", q, dots[..., None] * q[:, :, None])
 
     def _m_dash_position_sources(
         self,
@@ -829,15 +906,12 @@ class ResidualMLP(PerToken):
         r_n = (self.mlp.w_in.to(F64) * slopes[:, None, :]) @ p
         return torch.cat([r_n, c.expand(x.shape[0], *c.shape)], dim=1)
 
-    def compute_m_dash_sum(
+    def _m_dash_exact(
         self,
         acts: Float[Tensor, "batch pos width"],
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
-        draws: SourceDraws | None = None,
     ) -> Float[Tensor, "width width"]:
-        if draws is not None and draws.kind != "pos":
-            return super().compute_m_dash_sum(acts, c_out, points, draws)
         x = acts.reshape(-1, acts.shape[-1]).to(F64)
         dn = self.dn
         w_in = self.mlp.w_in.to(F64)
@@ -848,7 +922,7 @@ class ResidualMLP(PerToken):
         m[:dn, dn:] = (w_in * slopes.sum(0)) @ p @ c.T
         m[dn:, :dn] = m[:dn, dn:].T
         m[dn:, dn:] = x.shape[0] * (c @ c.T)
-        return m if draws is None else m * draws.draws.shape[0]
+        return m
 
 
 class LayerNormIn(PerToken):
@@ -875,34 +949,27 @@ class LayerNormIn(PerToken):
         g[:, : self.d] = scale * (r - r.mean(dim=1, keepdim=True))
         return g
 
-    def compute_m_dash_sum(
+    def _m_dash_exact(
         self,
         acts: Float[Tensor, "batch pos width"],
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
-        draws: SourceDraws | None = None,
     ) -> Float[Tensor, "width width"]:
-        if draws is not None and draws.kind != "pos":
-            return super().compute_m_dash_sum(acts, c_out, points, draws)
         x = acts.reshape(-1, acts.shape[-1]).to(F64)
         c = _identity_if_none(c_out, x.shape[1] + 1, x)
         c0, c_x = c[0], c[1:]
         g = self._gradients(x, points)
         cross = g.sum(0)[:, None] * (c_x @ c0)[None, :]
-        m = (c0 @ c0) * (g.T @ g) + cross + cross.T + x.shape[0] * (c_x @ c_x.T)
-        return m if draws is None else m * draws.draws.shape[0]
+        return (c0 @ c0) * (g.T @ g) + cross + cross.T + x.shape[0] * (c_x @ c_x.T)
 
-    def compute_edges_sum(
+    def _edges_exact(
         self,
         recon: Float[Tensor, "batch pos width"],
         feats: Float[Tensor, "batch pos k_in"],
         c_in_pinv: Float[Tensor, "k_in width"],
         c_out: Float[Tensor, "d_out k_out"] | None,
         points: Points,
-        draws: SourceDraws | None = None,
     ) -> Float[Tensor, "k_out k_in"]:
-        if draws is not None:
-            return super().compute_edges_sum(recon, feats, c_in_pinv, c_out, points, draws)
         x = recon.reshape(-1, recon.shape[-1]).to(F64)
         f2 = feats.reshape(-1, feats.shape[-1]).to(F64).square()
         pinv = c_in_pinv.to(F64)
@@ -911,4 +978,112 @@ class LayerNormIn(PerToken):
         pg = self._gradients(x, points) @ pinv.T  # (rows, k_in): C⁺ḡ per token
         s0, s1, s2 = f2.sum(0), (f2 * pg).sum(0), (f2 * pg.square()).sum(0)
         edges = s2[:, None] * c0.square() + 2 * s1[:, None] * (c0 * q) + s0[:, None] * q.square()
+        return edges.T
+
+
+class _NormPieces(NamedTuple):
+    """Per token ``κ`` and ``s̄`` (rows,) and ``a = x_c C_n`` (rows, k); fixed ``Q``, ``B``
+    (width, k): ``R_t = e₀ κ_t a_t + s̄_t Q + B`` (see :class:`LayerNormOut`)."""
+
+    kappa: Tensor
+    s_bar: Tensor
+    a: Tensor
+    q: Tensor
+    b: Tensor
+
+
+class LayerNormOut(PerToken):
+    """``(v, x[, y]) ↦ (n, x or y or nothing)`` with ``n = ((x − mean) / √(relu(v) + ε), x_c)``
+    over the first ``d`` coordinates of ``x`` (``x_c`` its constant): a LayerNorm-out section
+    (``fn``), which passes on the input from coordinate ``passthrough`` (``None``: nothing).
+
+    At ``α (v, x)`` the normalised part scales as ``s(α) = (relu(α v) + ε)^{-1/2}``, so the
+    integrated per-token Jacobian is a scaled projection on ``x``, one row on ``v`` and fixed
+    pass-through rows: with ``P = I − 11ᵀ/d``, ``s̄ = Σ_α w_α s(α)``,
+    ``κ = −½ Σ_α w_α α s(α)³ [v > 0]``, ``C = (C_n; C_p)`` and ``a_t = x_c,t C_n``,
+    ``R_t = e₀ κ_t a_t + s̄_t Q + B`` where ``Q = P C_n`` on the rows of ``x`` and ``B`` holds
+    the constant's and the pass-through's rows of ``C``. So
+
+    - ``Σ R Rᵀ = e₀e₀ᵀ Σ κ²|a|² + (e₀ ((Σ κ s̄ a) Qᵀ + (Σ κ a) Bᵀ) + transpose)
+      + Σ s̄² Q Qᵀ + Σ s̄ (Q Bᵀ + B Qᵀ) + n B Bᵀ``: ``O(n d k)`` instead of the rows'
+      ``O(n d² k)``;
+    - ``Σ_t A_t²`` expands the square ``f̂²(p₀ κ a + s̄ C⁺Q + C⁺B)²`` (``p₀`` the variance's
+      column of ``C⁺``) into one product of ``f̂²`` with ``[κ²a², κ s̄ a, κ a]`` and three
+      weighted sums.
+
+    Exact and position sources (M′: the exact sum); the rest forms the rows ``R_t``.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], d: int, eps: float, passthrough: int | None):
+        super().__init__(fn)
+        self.d, self.eps, self.passthrough = d, eps, passthrough
+
+    def _pieces(self, x: Float[Tensor, "rows width"], c_out: Tensor | None, points: Points):
+        d, big = self.d, self.d + 1
+        width = x.shape[1]
+        d_out = big + (0 if self.passthrough is None else width - self.passthrough)
+        c = _identity_if_none(c_out, d_out, x)
+        var = x[:, 0]
+        kappa, s_bar = torch.zeros_like(var), torch.zeros_like(var)
+        for alpha, weight in zip(*points, strict=True):
+            s = (torch.relu(alpha * var) + self.eps).rsqrt()
+            s_bar += weight * s
+            kappa += (-0.5 * weight * alpha) * s.pow(3) * (var > 0)
+        r = x[:, 1 : 1 + d]
+        c_n = c[:d]
+        a = (r - r.mean(dim=1, keepdim=True)) @ c_n
+        q = x.new_zeros(width, c.shape[1])
+        q[1 : 1 + d] = c_n - c_n.mean(dim=0, keepdim=True)
+        b = x.new_zeros(width, c.shape[1])
+        b[1 + d] = c[d]
+        if self.passthrough is not None:
+            b[self.passthrough :] += c[big:]
+        return _NormPieces(kappa, s_bar, a, q, b)
+
+    def _out_rows(
+        self, x: Float[Tensor, "rows width"], c_out: Tensor | None, points: Points
+    ) -> Float[Tensor, "rows width k_out"]:
+        t = self._pieces(x.to(F64), c_out, points)
+        rows = t.s_bar[:, None, None] * t.q + t.b
+        rows[:, 0] = t.kappa[:, None] * t.a
+        return rows
+
+    def _m_dash_exact(
+        self,
+        acts: Float[Tensor, "batch pos width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+    ) -> Float[Tensor, "width width"]:
+        x = acts.reshape(-1, acts.shape[-1]).to(F64)
+        t = self._pieces(x, c_out, points)
+        ka = t.kappa[:, None] * t.a
+        first = (t.s_bar @ ka) @ t.q.T + ka.sum(0) @ t.b.T
+        qb = t.q @ t.b.T
+        m = t.s_bar.square().sum() * (t.q @ t.q.T) + t.s_bar.sum() * (qb + qb.T)
+        m += x.shape[0] * (t.b @ t.b.T)
+        m[0] += first
+        m[:, 0] += first
+        m[0, 0] += ka.square().sum()
+        return m
+
+    def _edges_exact(
+        self,
+        recon: Float[Tensor, "batch pos width"],
+        feats: Float[Tensor, "batch pos k_in"],
+        c_in_pinv: Float[Tensor, "k_in width"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: Points,
+    ) -> Float[Tensor, "k_out k_in"]:
+        x = recon.reshape(-1, recon.shape[-1]).to(F64)
+        f2 = feats.reshape(-1, feats.shape[-1]).to(F64).square()
+        pinv = c_in_pinv.to(F64)
+        t = self._pieces(x, c_out, points)
+        k = t.a.shape[1]
+        ka = t.kappa[:, None] * t.a
+        sums = f2.T @ torch.cat([ka.square(), t.s_bar[:, None] * ka, ka], dim=1)
+        s_aa, s_qa, s_ba = sums[:, :k], sums[:, k : 2 * k], sums[:, 2 * k :]
+        s0, s1, s2 = f2.sum(0)[:, None], (f2.T @ t.s_bar)[:, None], (f2.T @ t.s_bar.square())
+        p0, q, b = pinv[:, :1], pinv @ t.q, pinv @ t.b
+        edges = p0.square() * s_aa + 2 * p0 * (q * s_qa + b * s_ba)
+        edges += q.square() * s2[:, None] + 2 * (q * b) * s1 + b.square() * s0
         return edges.T

@@ -86,6 +86,7 @@ from transformers import (
 from interaction_basis.models.closed_form import (
     CausalAttention,
     LayerNormIn,
+    LayerNormOut,
     PerToken,
     ResidualMLP,
     rotate,
@@ -629,21 +630,21 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
     steps = [
         Step(f"resid_pre.{layer}", identity),
         Step(f"ln1.{layer}", LayerNormIn(ln1_in, d)),
-        Step(f"ln1_out.{layer}", PerToken(ln1_out)),
+        Step(f"ln1_out.{layer}", LayerNormOut(ln1_out, d, blk.eps1, passthrough=1)),
     ]
     if parallel:
         steps += [
             # The raw input x travels next to y = x + attn so that LN2 can read x.
             Step(f"attn_in.{layer}", attention_section(keep_input=True)),
             Step(f"ln2.{layer}", PerToken(dual_ln2_in)),
-            Step(f"ln2_out.{layer}", PerToken(dual_ln2_out)),
+            Step(f"ln2_out.{layer}", LayerNormOut(dual_ln2_out, d, blk.eps2, 1 + big)),
         ]
     else:
         steps += [
             Step(f"attn_in.{layer}", attention_section(keep_input=False)),
             Step(f"resid_mid.{layer}", identity),
             Step(f"ln2.{layer}", LayerNormIn(ln2_in, d)),
-            Step(f"ln2_out.{layer}", PerToken(ln2_out)),
+            Step(f"ln2_out.{layer}", LayerNormOut(ln2_out, d, blk.eps2, passthrough=1)),
         ]
     return steps + [
         Step(f"mlp_in.{layer}", ResidualMLP(blk.w_in, blk.w_out, blk.act)),
@@ -700,7 +701,7 @@ def _build(
 
     steps += [
         Step("ln_final", LayerNormIn(ln_final_in, d)),
-        Step("ln_final_out", PerToken(ln_final_out)),
+        Step("ln_final_out", LayerNormOut(ln_final_out, d, eps_f, passthrough=None)),
         Step("unembed", PerToken(unembed)),
     ]
     expected = _layer_names(len(raw.blocks), raw.parallel)
