@@ -77,9 +77,7 @@ IMPORTED = _alternation(
 # Planted-module MLPs: scored against their planted blocks (rules/ground_truth.smk).
 PLANTED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "modular_mlp")
 SHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards > 1)
-UN# Planted-module MLPs: scored against their planted blocks (rules/ground_truth.smk).
-PLANTED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "modular_mlp")
-SHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards == 1)
+UNSHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards == 1)
 
 
 def code_files(*stages):

@@ -5,6 +5,7 @@ rule score_ground_truth:
     input:
         weights="results/{experiment}/model/weights.npz",
         basis=per_method("results/{experiment}/{method}/basis.zarr"),
+        edges=per_method("results/{experiment}/{method}/edges.zarr"),
         modules=per_method("results/{experiment}/{method}/modules.json"),
         code=code_files("model", "ground_truth"),
     output:

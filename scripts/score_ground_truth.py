@@ -15,6 +15,7 @@ stages.score_ground_truth(
     list(snakemake.params.methods),
     snakemake.input.weights,
     list(snakemake.input.basis),
+    list(snakemake.input.edges),
     list(snakemake.input.modules),
     snakemake.output.json,
 )

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from jaxtyping import Float, Int
 from sklearn.metrics import adjusted_rand_score
+from torch import Tensor
 
 from interaction_basis.basis import Basis
 from interaction_basis.build import has_constant
@@ -63,8 +64,28 @@ def important_features(basis: Basis, threshold: float = ARI_IMPORTANCE_THRESHOLD
     return [basis.n_masked + int(i) for i in np.flatnonzero(rest > threshold * rest.max())]
 
 
+def compute_cross_block_share(
+    edges: Mapping[tuple[str, str], Tensor],
+    shares: Mapping[str, np.ndarray],
+    layers: list[str],
+) -> float:
+    """The share of the non-constant edge weight between the clustered layers that joins
+    features of different dominant blocks (0 when the blocks never interact in the basis)."""
+    cross = total = 0.0
+    for a, b in zip(layers, layers[1:], strict=False):
+        e = edges[(a, b)].to("cpu").double().numpy()
+        dom_in, dom_out = (np.nanargmax(np.nan_to_num(shares[x], nan=-1.0), 1) for x in (a, b))
+        keep_in = ~np.isnan(shares[a][:, 0])
+        keep_out = ~np.isnan(shares[b][:, 0])
+        e = e[np.ix_(keep_out, keep_in)]
+        total += e.sum()
+        cross += e[dom_out[keep_out][:, None] != dom_in[keep_in][None, :]].sum()
+    return cross / total if total > 0 else float("nan")
+
+
 def score_method(
     bases: Mapping[str, Basis],
+    edges: Mapping[tuple[str, str], Tensor],
     modules: Mapping,
     blocks: Int[np.ndarray, " width"],
     mixings: Mapping[str, np.ndarray | None],
@@ -74,8 +95,9 @@ def score_method(
 
     Returns a JSON-ready dict: ``purity`` (per layer, one value per feature, ``None`` for the
     constant), ``layers`` (per layer: features scored, min/mean purity, how many are pure),
-    and over the clustered layers: ``min_purity``, ``mean_purity``, ``fraction_pure``, ``ari``,
-    ``n_ari_features`` and ``modules_spanning_both_blocks``.
+    and over the clustered layers: ``min_purity``, ``mean_purity``, ``fraction_pure``,
+    ``cross_block_edge_share``, ``ari``, ``n_ari_features`` and
+    ``modules_spanning_both_blocks``.
     """
     shares = {
         layer: compute_block_weights(b, layer, blocks, mixings.get(layer))
@@ -120,6 +142,7 @@ def score_method(
         "min_purity": overall["min"],
         "mean_purity": overall["mean"],
         "fraction_pure": overall["n_pure"] / overall["n"] if overall["n"] else None,
+        "cross_block_edge_share": compute_cross_block_share(edges, shares, clustered),
         "ari": float(adjusted_rand_score(block_labels, module_labels)) if block_labels else None,
         "n_ari_features": len(block_labels),
         "n_ari_modules": len(set(module_labels)),
@@ -134,13 +157,15 @@ def render_ground_truth(scores: Mapping[str, Mapping]) -> list[str]:
         "## Ground truth: planted blocks",
         "",
         "Purity: a feature's largest share of squared direction weight on one planted block "
-        f"(constant feature aside; pure: ≥ {PURE}), over the clustered layers. ARI: planted "
+        f"(constant feature aside; pure: ≥ {PURE}), over the clustered layers. Cross-block "
+        "edge weight: the share of the edge weight between them joining features of different "
+        "(dominant) blocks. ARI: planted "
         "block (dominant) against Leiden module, for the features with importance above "
         f"{threshold:g} of their layer's largest.",
         "",
-        "| method | min purity | mean purity | pure features | ARI | features (modules) "
-        "| modules spanning both blocks |",
-        "|---|---|---|---|---|---|---|",
+        "| method | min purity | mean purity | pure features | cross-block edge weight | ARI "
+        "| features (modules) | modules spanning both blocks |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, s in scores.items():
         n = sum(s["layers"][layer]["n"] for layer in s["clustered_layers"])
@@ -148,7 +173,8 @@ def render_ground_truth(scores: Mapping[str, Mapping]) -> list[str]:
         ari = "-" if s["ari"] is None else f"{s['ari']:.3f}"
         lines.append(
             f"| {method} | {_fmt(s['min_purity'])} | {_fmt(s['mean_purity'])} | "
-            f"{n_pure} / {n} | {ari} | {s['n_ari_features']} ({s['n_ari_modules']}) | "
+            f"{n_pure} / {n} | {s['cross_block_edge_share']:.2e} | {ari} | "
+            f"{s['n_ari_features']} ({s['n_ari_modules']}) | "
             f"{s['modules_spanning_both_blocks']} |"
         )
     return [*lines, ""]

@@ -557,10 +557,12 @@ def score_ground_truth(
     methods: list[str],
     weights_path: str,
     basis_paths: list[str],
+    edges_paths: list[str],
     modules_paths: list[str],
     out_json: str,
 ) -> None:
-    """Block purity and module ARI of every method against the planted blocks (lib_spec H)."""
+    """Block purity, cross-block edges and module ARI of every method against the planted
+    blocks (lib_spec H)."""
     from interaction_basis.ground_truth import score_method
     from interaction_basis.models.modular_mlp import compute_block_labels, mixing_of
 
@@ -569,10 +571,13 @@ def score_ground_truth(
     weights = io.read_weights(weights_path)
     tasks.validate_weights(model_cfg, weights, weights_path)
     scores = {}
-    for method, basis_path, modules_path in zip(methods, basis_paths, modules_paths, strict=True):
+    paths = zip(methods, basis_paths, edges_paths, modules_paths, strict=True)
+    for method, basis_path, edges_path, modules_path in paths:
         bases = io.read_bases(basis_path)
         mixings = {layer: mixing_of(weights, layer) for layer in bases}
-        scores[method] = score_method(bases, io.read_json(modules_path), blocks, mixings)
+        modules = io.read_json(modules_path)
+        edges = io.read_edges(edges_path)
+        scores[method] = score_method(bases, edges, modules, blocks, mixings)
         log.info(
             "%s: min purity %s, ARI %s", method, scores[method]["min_purity"], scores[method]["ari"]
         )

@@ -174,7 +174,7 @@ def _scores(weights, x, method):
     ]
     blocks = compute_block_labels(6, 3)
     mixings = {layer: mixing_of(weights, layer) for layer in bases}
-    return score_method(bases, {"layers": layers, "nodes": nodes}, blocks, mixings), bases
+    return score_method(bases, edges, {"layers": layers, "nodes": nodes}, blocks, mixings), bases
 
 
 def test_plain_neuron_basis_sees_the_blocks():
@@ -188,6 +188,7 @@ def test_plain_neuron_basis_sees_the_blocks():
         assert all(p == 1.0 for p in purity[int(constant) :]), (layer, purity)
     assert scores["min_purity"] == 1.0 and scores["fraction_pure"] == 1.0
     assert scores["modules_spanning_both_blocks"] == 0
+    assert scores["cross_block_edge_share"] == 0.0  # block-diagonal weights: exact zeros
     assert scores["n_ari_features"] == 3 * 6  # 3 clustered layers, every neuron
 
 
