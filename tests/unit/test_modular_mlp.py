@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from factories import full_build
 from interaction_basis.basis import compute_neuron_basis
 from interaction_basis.block_vectors import BlockVectorConfig, generate_block_vectors
 from interaction_basis.clustering import build_interaction_graph, compute_modules
@@ -20,7 +21,6 @@ from interaction_basis.models.modular_mlp import (
     validate_modular_mlp_weights,
 )
 from interaction_basis.summary import compute_epsilon_from_mass
-from factories import full_build
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -57,7 +57,9 @@ def test_weights_are_the_references_draws(equal_columns, dtype):
     )
     weights = build_modular_mlp_weights(cfg)
     with torch.random.fork_rng():
-        expected = _reference_block_matrix(7, 3, [2.0, 0.5], equal_columns, 5, getattr(torch, dtype))
+        expected = _reference_block_matrix(
+            7, 3, [2.0, 0.5], equal_columns, 5, getattr(torch, dtype)
+        )
     assert sorted(weights) == sorted(f"layers.{i}.{p}" for i in range(4) for p in ("W", "b"))
     for i in range(4):  # re-seeded before every layer: all layers are the same matrix
         np.testing.assert_array_equal(weights[f"layers.{i}.W"], expected.numpy())
@@ -135,7 +137,10 @@ def test_hidden_variant_computes_the_same_function(activation):
         q = torch.as_tensor(mixing_of(hidden, layer))
         scale = float(a_plain[layer].abs().max())
         torch.testing.assert_close(
-            a_hidden[layer][..., :-1], a_plain[layer][..., :-1] @ q, rtol=0, atol=1e3 * EPS64 * scale
+            a_hidden[layer][..., :-1],
+            a_plain[layer][..., :-1] @ q,
+            rtol=0,
+            atol=1e3 * EPS64 * scale,
         )
         torch.testing.assert_close(a_hidden[layer][..., -1], a_plain[layer][..., -1])
 

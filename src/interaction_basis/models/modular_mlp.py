@@ -235,7 +235,9 @@ def modular_mlp_forward(
     reference's forward pass, for tests."""
     n_linear, _, _ = validate_modular_mlp_weights(weights)
     for i in range(n_linear):
-        x = x @ torch.as_tensor(weights[f"layers.{i}.W"]) + torch.as_tensor(weights[f"layers.{i}.b"])
+        x = x @ torch.as_tensor(weights[f"layers.{i}.W"]) + torch.as_tensor(
+            weights[f"layers.{i}.b"]
+        )
         if i < n_linear - 1:
             x = _ACT_FNS[activation](x)
     return x
