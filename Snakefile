@@ -27,6 +27,7 @@ include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 include: "rules/interpret.smk"
+include: "rules/ground_truth.smk"
 
 
 rule all:

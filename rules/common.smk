@@ -32,6 +32,8 @@ CODE = {
         "models/closed_form.py",
         "models/modadd.py",
         "models/mlp.py",
+        "models/modular_mlp.py",
+        "block_vectors.py",
     ],
     "train": ["train.py", "train_mlp.py"],
     "extract": ["linalg.py", "summation.py", "build.py"],
@@ -48,6 +50,7 @@ CODE = {
     "evaluate": ["ablation.py", "ablated_sections.py"],
     "interpret": ["features.py", "fourier.py"],
     "explorer": ["explorer.py", "graph_layout.py"],
+    "ground_truth": ["ground_truth.py"],
 }
 
 
@@ -71,6 +74,8 @@ TRAINED = _alternation(
 IMPORTED = _alternation(
     n for n, e in EXPERIMENTS.items() if e.model.kind != "hf" and e.model.weights is not None
 )
+# Planted-module MLPs: scored against their planted blocks (rules/ground_truth.smk).
+PLANTED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "modular_mlp")
 SHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards > 1)
 UNSHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards == 1)
 
@@ -106,6 +111,12 @@ def tokens_input(wildcards):
 
 def metrics_input(wildcards):
     return [] if is_hub(wildcards) else f"results/{wildcards.experiment}/model/metrics.json"
+
+
+def ground_truth_input(wildcards):
+    """ground_truth.json where the model has planted modules (kind modular_mlp)."""
+    planted = experiment(wildcards).model.kind == "modular_mlp"
+    return f"results/{wildcards.experiment}/ground_truth.json" if planted else []
 
 
 def model_targets():

@@ -7,6 +7,7 @@ rule summarize_experiment:
         basis=per_method("results/{experiment}/{method}/basis.zarr"),
         edges=per_method("results/{experiment}/{method}/edges.zarr"),
         modules=per_method("results/{experiment}/{method}/modules.json"),
+        ground_truth=ground_truth_input,
         code=code_files("report"),
     output:
         md="results/{experiment}/summary.md",

@@ -21,4 +21,5 @@ stages.summarize(
     snakemake.output.json,
     snakemake.output.spectra,
     snakemake.output.graph,
+    snakemake.input.ground_truth or None,
 )

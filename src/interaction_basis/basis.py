@@ -177,7 +177,15 @@ def fix_signs(basis: Basis) -> Basis:
     return basis._replace(C=c * signs, C_pinv=basis.C_pinv * signs[:, None])
 
 
-def compute_neuron_basis(d: int) -> Basis:
-    """The identity basis (also the unrotated final layer, lib_spec A.4)."""
+def compute_neuron_basis(d: int, constant_last: bool = False) -> Basis:
+    """The identity basis (also the unrotated final layer, lib_spec A.4).
+
+    With ``constant_last`` (a layer whose last coordinate is the folded constant), the features
+    are the neurons with the constant moved to feature 0 and masked, as in every other basis:
+    the graph and the summaries treat feature 0 as the constant.
+    """
     eye = torch.eye(d, dtype=torch.float64)
-    return Basis(eye, eye.clone(), torch.ones(d, dtype=torch.float64), 0)
+    if not constant_last:
+        return Basis(eye, eye.clone(), torch.ones(d, dtype=torch.float64), 0)
+    perm = eye[:, [d - 1, *range(d - 1)]]
+    return Basis(perm, perm.T.clone(), torch.ones(d, dtype=torch.float64), 1)

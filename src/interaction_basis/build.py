@@ -261,7 +261,7 @@ def fit_layer_basis(
     """The basis of one non-final node layer; LIB needs its ``M′``."""
     kw = dict(truncation=truncation, center=center, isolate_var=isolates_var(layer))
     if method == "neuron":
-        return compute_neuron_basis(stats.gram.shape[0])
+        return compute_neuron_basis(stats.gram.shape[0], constant_last=has_constant(layer))
     if method == "pca":
         return compute_pca_basis(stats.gram, stats.mean, **kw)
     if method == "lib":

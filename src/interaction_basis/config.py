@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from interaction_basis.block_vectors import BlockVectorConfig
+from interaction_basis.models.modular_mlp import ModularMLPConfig
 from interaction_basis.train import ModAddTrainConfig
 from interaction_basis.train_mlp import MLPTrainConfig
 
@@ -97,10 +99,11 @@ class TextDataConfig(_Frozen):
 class ModelConfig(_Frozen):
     """Where the model comes from."""
 
-    kind: Literal["modadd", "mlp", "hf"] = Field(
+    kind: Literal["modadd", "mlp", "hf", "modular_mlp"] = Field(
         "modadd",
         description="Architecture: 'modadd' (the paper's 1-layer transformer), 'mlp' (an "
-        "image-classifier MLP) or 'hf' (a GPT-2/GPT-Neo/GPT-NeoX causal LM from the hub).",
+        "image-classifier MLP), 'hf' (a GPT-2/GPT-Neo/GPT-NeoX causal LM from the hub) or "
+        "'modular_mlp' (the planted-module MLP of lib_spec H, constructed, on block vectors).",
     )
     weights: str | None = Field(
         None,
@@ -125,6 +128,31 @@ class ModelConfig(_Frozen):
     text: TextDataConfig = Field(
         default_factory=TextDataConfig, description="kind hf: the text dataset."
     )
+    # kind modular_mlp (the planted-module MLP, lib_spec H).
+    modular_mlp: ModularMLPConfig = Field(
+        default_factory=ModularMLPConfig,
+        description="kind modular_mlp: the reference's modular_mlp_config, plus `hidden`.",
+    )
+    block_vector: BlockVectorConfig = Field(
+        default_factory=BlockVectorConfig,
+        description="kind modular_mlp: the reference's block_vector dataset (no labels).",
+    )
+
+    @model_validator(mode="after")
+    def _modular_mlp_is_constructed(self) -> "ModelConfig":
+        if self.kind != "modular_mlp":
+            return self
+        if self.weights is not None:
+            raise ValueError(
+                "model.kind 'modular_mlp' is constructed from model.modular_mlp; remove "
+                "model.weights."
+            )
+        if self.block_vector.length != self.modular_mlp.width:
+            raise ValueError(
+                f"block_vector.length ({self.block_vector.length}) must equal "
+                f"modular_mlp.width ({self.modular_mlp.width}): the vectors are the inputs."
+            )
+        return self
 
     def settings(self, *sections: str) -> dict:
         """The settings of this kind (JSON types): ``kind`` and the sections it reads, or of
@@ -142,6 +170,7 @@ _KIND_SECTIONS = {
     "modadd": ("weights", "train"),
     "mlp": ("weights", "mlp", "data"),
     "hf": ("hub", "text"),
+    "modular_mlp": ("modular_mlp", "block_vector"),
 }
 
 
@@ -341,6 +370,15 @@ class ExperimentConfig(_Frozen):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     interpret: InterpretConfig = Field(default_factory=InterpretConfig)
+
+    @model_validator(mode="after")
+    def _modular_mlp_has_no_labels(self) -> "ExperimentConfig":
+        if self.model.kind == "modular_mlp" and (self.evaluate.enabled or self.interpret.enabled):
+            raise ValueError(
+                "model.kind 'modular_mlp' has no labels or held-out split: set "
+                "evaluate.enabled and interpret.enabled to false."
+            )
+        return self
 
     @model_validator(mode="after")
     def _shards_fit_the_text_data(self) -> "ExperimentConfig":

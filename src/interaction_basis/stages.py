@@ -520,8 +520,10 @@ def summarize(
     out_json: str,
     spectra_png: str,
     graph_png: str,
+    ground_truth: str | None = None,
 ) -> None:
-    """The LIB-vs-PCA comparison: summary.md, summary.json and figures."""
+    """The LIB-vs-PCA comparison: summary.md, summary.json and figures; with
+    ``ground_truth`` (ground_truth.json), the scores against the planted modules too."""
     from interaction_basis.plotting import plot_interaction_graphs, plot_spectra
 
     bases = {m: io.read_bases(p) for m, p in zip(methods, basis_paths, strict=True)}
@@ -535,13 +537,51 @@ def summarize(
         edges,
         modules,
     )
+    markdown = render_markdown(summary)
+    if ground_truth:
+        from interaction_basis.ground_truth import render_ground_truth
+
+        summary["ground_truth"] = io.read_json(ground_truth)
+        markdown += "\n".join(["", *render_ground_truth(summary["ground_truth"])])
     io.write_json(out_json, summary)
-    io.write_text(out_md, render_markdown(summary))
+    io.write_text(out_md, markdown)
     with io.atomic_figure_path(spectra_png) as path:
         plot_spectra(bases, path)
     with io.atomic_figure_path(graph_png) as path:
         title = "Leiden modules, log edge norm with ε from the edge mass"
         plot_interaction_graphs(edges, modules, title, path)
+
+
+def score_ground_truth(
+    model_cfg: ModelConfig,
+    methods: list[str],
+    weights_path: str,
+    basis_paths: list[str],
+    edges_paths: list[str],
+    modules_paths: list[str],
+    out_json: str,
+) -> None:
+    """Block purity, cross-block edges and module ARI of every method against the planted
+    blocks (lib_spec H)."""
+    from interaction_basis.ground_truth import score_method
+    from interaction_basis.models.modular_mlp import compute_block_labels, mixing_of
+
+    cfg = model_cfg.modular_mlp
+    blocks = compute_block_labels(cfg.width, cfg.first_block)
+    weights = io.read_weights(weights_path)
+    tasks.validate_weights(model_cfg, weights, weights_path)
+    scores = {}
+    paths = zip(methods, basis_paths, edges_paths, modules_paths, strict=True)
+    for method, basis_path, edges_path, modules_path in paths:
+        bases = io.read_bases(basis_path)
+        mixings = {layer: mixing_of(weights, layer) for layer in bases}
+        modules = io.read_json(modules_path)
+        edges = io.read_edges(edges_path)
+        scores[method] = score_method(bases, edges, modules, blocks, mixings)
+        log.info(
+            "%s: min purity %s, ARI %s", method, scores[method]["min_purity"], scores[method]["ari"]
+        )
+    io.write_json(out_json, scores)
 
 
 #: Seconds between two progress lines in a rule log.

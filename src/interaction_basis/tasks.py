@@ -94,6 +94,8 @@ def load_task_data(cfg: ModelConfig, tokens_path: str | None = None) -> TaskData
             f"{cfg.text.source} ({len(fit)} chunks of {cfg.text.n_ctx} tokens)",
             LazyInputs(chunks["stats"]) if "stats" in chunks else None,
         )
+    if cfg.kind == "modular_mlp":
+        return _modular_mlp_task_data(cfg)
     if cfg.kind == "modadd":
         t = cfg.train
         tokens, labels = build_modadd_dataset(t.modulus)
@@ -119,6 +121,8 @@ def load_task_data(cfg: ModelConfig, tokens_path: str | None = None) -> TaskData
 
 
 def default_node_layers(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> list[str]:
+    if cfg.kind == "modular_mlp":
+        return [f"layers.{i}" for i in range(cfg.modular_mlp.n_hidden_layers + 1)] + ["output"]
     if cfg.kind == "modadd":
         return list(MODADD_NODE_LAYERS)
     if cfg.kind == "hf":
@@ -132,6 +136,10 @@ def default_node_layers(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> 
 def validate_weights(cfg: ModelConfig, weights: Mapping[str, np.ndarray], source: str) -> None:
     if cfg.kind == "modadd":
         validate_modadd_weights(weights, source=source)
+    elif cfg.kind == "modular_mlp":
+        from interaction_basis.models.modular_mlp import validate_modular_mlp_weights
+
+        validate_modular_mlp_weights(weights, source=source)
     else:
         validate_mlp_weights(weights, source=source)
 
@@ -160,7 +168,8 @@ def build_model(
             DTYPES[dtype],
             fold_value_biases=cfg.hub.fold_value_biases,
         )
-    return load_sectioned_model(cfg.kind, weights, layers, dtype, activation=cfg.mlp.activation)
+    activation = cfg.modular_mlp.activation_fn if cfg.kind == "modular_mlp" else cfg.mlp.activation
+    return load_sectioned_model(cfg.kind, weights, layers, dtype, activation=activation)
 
 
 def load_weights(cfg: ModelConfig, path: str) -> Mapping:
@@ -178,7 +187,7 @@ def compute_accuracies(
     cfg: ModelConfig, weights: Mapping[str, np.ndarray], data: TaskData
 ) -> dict[str, float]:
     """Train and test accuracy of the bias-folded model in float32 (as the paper evaluates)."""
-    if cfg.kind == "hf":
+    if cfg.kind in ("hf", "modular_mlp"):  # no labels here
         return {}
     model = build_model(cfg, weights, None, "float32")
     out = {}
@@ -193,6 +202,11 @@ def compute_accuracies(
 
 
 def train(cfg: ModelConfig, data: TaskData, threads: int) -> TrainedModel:
+    if cfg.kind == "modular_mlp":  # constructed from its settings, not trained
+        from interaction_basis.models.modular_mlp import build_modular_mlp_weights
+
+        nan = float("nan")
+        return TrainedModel(build_modular_mlp_weights(cfg.modular_mlp), [], nan, nan)
     if cfg.kind == "modadd":
         from interaction_basis.train import train_modadd
 
@@ -218,3 +232,15 @@ def train(cfg: ModelConfig, data: TaskData, threads: int) -> TrainedModel:
         for h in r.history
     ]
     return TrainedModel(dict(r.state), history, r.train_accuracy, r.test_accuracy)
+
+
+# --- kind modular_mlp (lib_spec H): block vectors, no labels, no held-out split -------------
+
+
+def _modular_mlp_task_data(cfg: ModelConfig) -> TaskData:
+    from interaction_basis.block_vectors import generate_block_vectors
+
+    x = generate_block_vectors(cfg.block_vector)
+    none = torch.empty(0, dtype=torch.long)
+    b = cfg.block_vector
+    return TaskData(x, x, none, x, none, f"{b.size} block vectors of length {b.length}")

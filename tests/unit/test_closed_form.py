@@ -180,3 +180,17 @@ def test_binary_slopes_take_the_shorter_neuron_sum():
     counts = slopes.sum(1)
     assert (counts <= hidden // 2).any() and (counts > hidden // 2).any()
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_binary_slopes_with_a_block_of_rows_without_neurons_to_sum(value):
+    """Rows with every neuron inactive (or every one active, summed as the full product) fill
+    whole blocks of rows with nothing to sum: they give ``base`` (or ``base + w p``)."""
+    gen = torch.Generator().manual_seed(6)
+    slopes = torch.full((40, 6), value, dtype=F64)
+    args = (slopes, _randn(gen, 4, 6), _randn(gen, 6, 3), _randn(gen, 4, 3))
+    want = torch.cat([a for _, a in _dense_blocks(*args)])
+    got = torch.zeros_like(want)
+    for rows, a in _binary_blocks(*args):
+        got[rows] = a
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -48,4 +48,8 @@ def load_sectioned_model(
         return build_modadd_sections(weights, node_layers, DTYPES[dtype])
     if kind == "mlp":
         return build_mlp_sections(weights, node_layers, DTYPES[dtype], activation=activation)
-    raise ValueError(f"Unknown model kind {kind!r}; supported: modadd, mlp.")
+    if kind == "modular_mlp":
+        from interaction_basis.models.modular_mlp import build_modular_mlp_sections
+
+        return build_modular_mlp_sections(weights, node_layers, DTYPES[dtype], activation)
+    raise ValueError(f"Unknown model kind {kind!r}; supported: modadd, mlp, modular_mlp.")

@@ -220,8 +220,9 @@ def _binary_blocks(
             stop = min(start + _MLP_ROWS, len(selected))
             width = int(counts[stop - 1])
             index = neurons[start:stop, :width].reshape(-1)
-            p_rows = p_pad.index_select(0, index).view(stop - start, width, -1)
-            w_rows = w_pad.index_select(0, index).view(stop - start, width, -1)
+            # Explicit last sizes: a block of rows with no neuron to sum (width 0) stays valid.
+            p_rows = p_pad.index_select(0, index).view(stop - start, width, p_pad.shape[1])
+            w_rows = w_pad.index_select(0, index).view(stop - start, width, w_pad.shape[1])
             a = torch.baddbmm(
                 start_value, w_rows.transpose(1, 2), p_rows, alpha=-1.0 if complement else 1.0
             )
