@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from interaction_basis import io
+from interaction_basis import planning
 from interaction_basis.config import WorkflowConfig
 
 validate(config, schema="../config/schema.yaml")
@@ -17,7 +17,7 @@ PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
 
 # A bare *.zarr directory (no store inside) was left by a job that failed after Snakemake had
 # removed its old output: absent, it is planned again instead of trusted.
-for _store in io.remove_incomplete_stores("results"):
+for _store in planning.remove_incomplete_stores("results"):
     logger.warning(f"Removed {_store}: an incomplete store (no Zarr metadata).")
 
 # Package modules each stage computes with: editing one reruns that stage and what follows.
@@ -263,7 +263,7 @@ def shard_paths(pattern):
 
 @functools.cache
 def _stored_node_layers(path, mtime_ns):
-    return io.read_node_layers(path)
+    return planning.read_node_layers(path)
 
 
 def node_layers(wildcards):

@@ -12,17 +12,17 @@ input, ``layers.{i>0}`` the post-activation of hidden layer ``i``, and ``output`
 import math
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from interaction_basis.config import Activation
 from interaction_basis.models.closed_form import ElementwiseMLP, Linear
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
-Activation = Literal["relu", "gelu", "tanh"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 
 _ACT_FNS = {"relu": torch.relu, "gelu": nn.functional.gelu, "tanh": torch.tanh}
