@@ -159,7 +159,7 @@ def test_more_shards_than_text_batches_is_a_config_error(key):
 
 
 def test_planning_imports_no_heavy_library():
-    """The Snakefile imports these while it plans; torch alone would add seconds to `snakemake -n`."""
+    """The Snakefile imports these while it plans: torch alone adds seconds to `snakemake -n`."""
     code = (
         "import sys, interaction_basis.config, interaction_basis.planning; "
         "print(sorted({'torch', 'xarray', 'zarr', 'transformers'} & set(sys.modules)))"
