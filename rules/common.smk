@@ -9,46 +9,16 @@ from snakemake.utils import validate
 
 from interaction_basis import planning
 from interaction_basis.config import WorkflowConfig
+from interaction_basis.kinds import KINDS
 
 validate(config, schema="../config/schema.yaml")
 CONFIG = WorkflowConfig.model_validate(config)
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
-PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
 
 # A bare *.zarr directory (no store inside) was left by a job that failed after Snakemake had
 # removed its old output: absent, it is planned again instead of trusted.
 for _store in planning.remove_incomplete_stores("results"):
     logger.warning(f"Removed {_store}: an incomplete store (no Zarr metadata).")
-
-# Package modules each stage computes with: editing one reruns that stage and what follows.
-# Wiring (stages.py, io.py, config.py) is left out so that cosmetic edits rerun nothing.
-CODE = {
-    "model": [
-        "data.py",
-        "images.py",
-        "tasks.py",
-        "models/__init__.py",
-        "models/sectioned.py",
-        "models/closed_form.py",
-        "models/modadd.py",
-        "models/mlp.py",
-    ],
-    "train": ["train.py", "train_mlp.py"],
-    "extract": ["linalg.py", "summation.py", "build.py"],
-    "basis": ["linalg.py", "summation.py", "basis.py", "jacobians.py", "build.py"],
-    "edges": ["summation.py", "jacobians.py", "build.py"],
-    "cluster": ["clustering.py", "fourier.py", "summary.py"],
-    "report": [
-        "summary.py",
-        "plotting.py",
-        "ablation.py",
-        "ablated_sections.py",
-        "graph_layout.py",
-    ],
-    "evaluate": ["ablation.py", "ablated_sections.py"],
-    "interpret": ["features.py", "fourier.py"],
-    "explorer": ["explorer.py", "graph_layout.py"],
-}
 
 
 def _alternation(names):
@@ -64,25 +34,33 @@ wildcard_constraints:
     layer=r"[A-Za-z0-9_.]+",
 
 
-HUB = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "hf")
+HUB = _alternation(n for n, e in EXPERIMENTS.items() if e.model.downloaded)
 TRAINED = _alternation(
-    n for n, e in EXPERIMENTS.items() if e.model.kind != "hf" and e.model.weights is None
+    n for n, e in EXPERIMENTS.items() if not e.model.downloaded and e.model.weights is None
 )
 IMPORTED = _alternation(
-    n for n, e in EXPERIMENTS.items() if e.model.kind != "hf" and e.model.weights is not None
+    n for n, e in EXPERIMENTS.items() if not e.model.downloaded and e.model.weights is not None
 )
 SHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards > 1)
 UNSHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards == 1)
 
 
-def code_files(*stages):
-    """Package modules used by the given stages, as input files (checksummed by Snakemake).
+def stage_code(rule):
+    """Input function: the package modules that ``scripts/<rule>.py`` imports, transitively, and
+    the experiment's model-kind module with its imports where the stage uses one (see
+    ``interaction_basis.planning``). Editing any of them reruns the rule and what follows.
 
     Relative to the working directory, so that Snakemake's record of a job's inputs does not
     change when the project (workflow and results together) moves to another path.
     """
-    files = {os.path.relpath(PACKAGE / f) for stage in stages for f in CODE[stage]}
-    return sorted(files)
+    script = Path(workflow.basedir) / "scripts" / f"{rule}.py"
+    package = Path(workflow.basedir) / "src" / "interaction_basis"
+
+    def inputs(wildcards):
+        kind = KINDS[experiment(wildcards).model.kind]
+        return [os.path.relpath(f) for f in planning.stage_code(script, kind, package)]
+
+    return inputs
 
 
 def experiment(wildcards):
@@ -90,7 +68,7 @@ def experiment(wildcards):
 
 
 def is_hub(wildcards):
-    return experiment(wildcards).model.kind == "hf"
+    return experiment(wildcards).model.downloaded
 
 
 def model_input(wildcards):
@@ -110,7 +88,7 @@ def metrics_input(wildcards):
 
 def model_targets():
     return [
-        f"resources/models/{name}" if e.model.kind == "hf" else f"results/{name}/model/weights.npz"
+        f"resources/models/{name}" if e.model.downloaded else f"results/{name}/model/weights.npz"
         for name, e in EXPERIMENTS.items()
     ]
 

@@ -6,9 +6,9 @@ rule ablate_nodes:
         weights=model_input,
         tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
-        code=code_files("model", "evaluate"),
+        code=stage_code("ablate_nodes"),
     output:
-        "results/{experiment}/{method}/node_ablation.json",
+        node_ablation="results/{experiment}/{method}/node_ablation.json",
     log:
         "results/logs/ablate_nodes/{experiment}/{method}.log",
     benchmark:
@@ -33,9 +33,9 @@ rule ablate_edges:
         tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
-        code=code_files("model", "evaluate"),
+        code=stage_code("ablate_edges"),
     output:
-        "results/{experiment}/{method}/edge_ablation.json",
+        edge_ablation="results/{experiment}/{method}/edge_ablation.json",
     log:
         "results/logs/ablate_edges/{experiment}/{method}.log",
     benchmark:
@@ -61,9 +61,9 @@ rule cluster_resolutions:
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
         ablation="results/{experiment}/{method}/edge_ablation.json",
-        code=code_files("model", "cluster"),
+        code=stage_code("cluster_resolutions"),
     output:
-        "results/{experiment}/{method}/modules_by_resolution.json",
+        modules_by_resolution="results/{experiment}/{method}/modules_by_resolution.json",
     log:
         "results/logs/cluster_resolutions/{experiment}/{method}.log",
     conda:

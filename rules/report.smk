@@ -7,7 +7,7 @@ rule summarize_experiment:
         basis=per_method("results/{experiment}/{method}/basis.zarr"),
         edges=per_method("results/{experiment}/{method}/edges.zarr"),
         modules=per_method("results/{experiment}/{method}/modules.json"),
-        code=code_files("report"),
+        code=stage_code("summarize_experiment"),
     output:
         md="results/{experiment}/summary.md",
         json="results/{experiment}/summary.json",
@@ -43,16 +43,16 @@ rule make_report_figures:
         edge_ablation=per_method("results/{experiment}/{method}/edge_ablation.json"),
         modules=per_method("results/{experiment}/{method}/modules_by_resolution.json"),
         edges=per_method("results/{experiment}/{method}/edges.zarr"),
-        code=code_files("report"),
+        code=stage_code("make_report_figures"),
     output:
         json="results/{experiment}/evaluation.json",
-        nodes=report(
+        nodes_png=report(
             "results/{experiment}/node_ablation.png",
             caption="../report/node_ablation.rst",
             category="{experiment}",
             subcategory="node ablation",
         ),
-        edges=report(
+        edges_png=report(
             "results/{experiment}/edge_ablation.png",
             caption="../report/edge_ablation.rst",
             category="{experiment}",
@@ -64,7 +64,7 @@ rule make_report_figures:
             category="{experiment}",
             subcategory="edge weights",
         ),
-        modules=report(
+        modules_png=report(
             "results/{experiment}/modules.png",
             caption="../report/modules.rst",
             category="{experiment}",

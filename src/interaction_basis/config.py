@@ -207,6 +207,12 @@ class ModelConfig(_Frozen):
             raise ValueError(f"kind {self.kind!r} does not use {sorted(unknown)}")
         return self.model_dump(mode="json", include={"kind", *(sections or used)})
 
+    @property
+    def downloaded(self) -> bool:
+        """Whether the model and its data come from the hub (rules download_model,
+        download_dataset, tokenize_dataset) instead of results/<experiment>/model/."""
+        return "hub" in _KIND_SECTIONS[self.kind]
+
 
 # The sections of `model` each kind reads (`weights`: an existing weights.npz to import).
 _KIND_SECTIONS = {
@@ -415,7 +421,7 @@ class ExperimentConfig(_Frozen):
 
     @model_validator(mode="after")
     def _shards_fit_the_text_data(self) -> "ExperimentConfig":
-        if self.model.kind != "hf":
+        if not self.model.downloaded:
             return self  # other tasks' sample counts are known only when their data loads
         t, e = self.model.text, self.extract
         sets = {"text.n_samples": t.n_samples, "text.n_stats_samples": t.n_stats_samples}

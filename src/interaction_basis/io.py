@@ -22,6 +22,7 @@ wrote it and the command that rebuilds it.
 
 import json
 import os
+import shutil
 import sys
 import warnings
 import zlib
@@ -36,9 +37,8 @@ import xarray as xr
 import zarr
 from torch import Tensor
 
-from interaction_basis.basis import Basis
-from interaction_basis.build import BatchSource, LayerStats, MomentSums, Partial
-from interaction_basis.planning import remove_path as _remove
+from interaction_basis.moments import MomentSums
+from interaction_basis.records import Basis, BatchSource, LayerStats, Partial
 from interaction_basis.summation import CompensatedSum
 
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
@@ -103,6 +103,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 # TransformerLens state-dict buffers that are not parameters: the causal mask and its fill

@@ -6,9 +6,10 @@ Code inputs: a rule's stage function lives in one package module; that module an
 package module it imports, transitively, are the rule's code, so editing any of them reruns the
 rule (Snakemake checksums inputs). Imports are read from the source (``ast``), never executed:
 top-level and function-level ``import``/``from`` statements both count, since a module a stage
-imports lazily is still code it runs. Model kinds are not imported by the stages (they are
-looked up by name, see ``models/__init__.py``): each rule adds its experiment's kind module and
-its imports, so that editing one kind reruns only that kind's experiments.
+imports lazily is still code it runs (those under ``if TYPE_CHECKING:`` never run and do not).
+Model kinds are not imported by the stages (they are looked up by name, see ``kinds``): each
+rule that uses one adds its experiment's kind module and its imports, so that editing one kind
+reruns only that kind's experiments.
 """
 
 import ast
@@ -21,13 +22,6 @@ from pathlib import Path
 
 PACKAGE = "interaction_basis"
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def remove_incomplete_stores(root: str | os.PathLike) -> list[Path]:
@@ -45,7 +39,7 @@ def remove_incomplete_stores(root: str | os.PathLike) -> list[Path]:
             dirnames.remove(name)  # never descend into a store
             store = Path(dirpath, name)
             if not (store / "zarr.json").is_file():
-                remove_path(store)
+                shutil.rmtree(store)
                 removed.append(store)
     return removed
 
@@ -72,7 +66,7 @@ def _imported_modules(path: Path, module: str) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_package = path.name == "__init__.py"
     found = set()
-    for node in ast.walk(tree):
+    for node in _walk_run_time(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -86,6 +80,18 @@ def _imported_modules(path: Path, module: str) -> set[str]:
             # `from pkg import mod` imports a submodule when `mod` is one.
             found |= {f"{base}.{a.name}" for a in node.names}
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+
+
+def _walk_run_time(tree: ast.AST):
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
 
 
 @functools.cache
@@ -109,3 +115,17 @@ def module_closure(modules: Iterable[str], package_dir: Path = PACKAGE_DIR) -> l
     for m in modules:
         files |= {module_file(x, package_dir) for x in _closure(m, package_dir.resolve())}
     return sorted(files)
+
+
+def stage_code(
+    script: str | os.PathLike, kind_module: str, package_dir: Path = PACKAGE_DIR
+) -> list[Path]:
+    """A rule's code: the package modules its ``script`` imports, transitively, and where those
+    use a model kind (they import ``kinds``), the experiment's ``kind_module`` (``kinds.KINDS``)
+    with its imports."""
+    path = Path(script)
+    modules = _imported_modules(path, "__main__")
+    files = module_closure(modules, package_dir)
+    if module_file(f"{PACKAGE}.kinds", package_dir) in files:
+        files = sorted({*files, *module_closure([kind_module], package_dir)})
+    return files

@@ -10,8 +10,7 @@ import torch
 import zarr
 
 from interaction_basis import io, planning
-from interaction_basis.basis import Basis
-from interaction_basis.build import LayerStats
+from interaction_basis.records import Basis, LayerStats
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,125 @@
+"""Stage 8: per-feature evidence of each basis on held-out data (features.zarr). The math is in
+``features``; what a model kind adds (Fourier spectra, token windows, class names) comes from
+its ``kinds`` module."""
+
+import logging
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from interaction_basis import io, kinds
+from interaction_basis.config import ExtractConfig, InterpretConfig, ModelConfig
+from interaction_basis.features import compute_activation_evidence, compute_direct_effects
+from interaction_basis.stages.common import provenance
+
+log = logging.getLogger(__name__)
+
+
+def interpret_features(
+    model: ModelConfig,
+    extract: ExtractConfig,
+    interpret: InterpretConfig,
+    method: str,
+    weights: str,
+    basis: str,
+    features: str,
+    tokens: str | None = None,
+) -> None:
+    """Per-feature evidence of one basis on the held-out split (see ``features``)."""
+    model_cfg, extract_cfg, interpret_cfg = model, extract, interpret
+    weights_path, basis_path, out_path, tokens_path = weights, basis, features, tokens
+    kind = kinds.get(model_cfg.kind)
+    bases = io.read_bases(basis_path)
+    layers = list(bases)
+    empty = [layer for layer, b in bases.items() if b.C.shape[1] == 0]
+    if empty:
+        raise ValueError(
+            f"{basis_path}: layer(s) {empty} kept no features, so there is nothing to describe. "
+            "Lower basis.truncation or drop the layer from extract.node_layers."
+        )
+    with_output = layers if layers[-1] == "output" else [*layers, "output"]
+    model = kinds.load_model(
+        model_cfg, weights_path, with_output, extract_cfg.dtype, extract_cfg.device
+    )
+    inputs, split, labels = kind.held_out(model_cfg, tokens_path, interpret_cfg.max_samples)
+    log.info("%s: %d held-out samples (%s)", method, len(inputs), split)
+    evidence = compute_activation_evidence(
+        model.activations,
+        inputs,
+        bases,
+        batch_size=interpret_cfg.batch_size,
+        top_k=interpret_cfg.top_k,
+        n_quantile_rows=interpret_cfg.n_quantile_rows,
+        quantiles=interpret_cfg.quantiles,
+        window=interpret_cfg.window if kind.TEXT else None,
+        seed=interpret_cfg.seed,
+        progress=lambda r: tqdm(r, desc="features", unit="batch"),
+    )
+    direct_layers = _add_direct_effects(model, bases, evidence, interpret_cfg.n_direct)
+    kind.add_feature_evidence(model_cfg, model, bases, evidence, inputs)
+    tokenizer = kind.tokenizer(model_cfg, weights_path)
+    for layer, b in bases.items():
+        v = evidence[layer]
+        v["importance"] = (("feature",), b.importance.numpy())
+        constant = np.zeros(b.C.shape[1], dtype=bool)
+        constant[0] = extract_cfg.center and b.n_masked >= 1
+        v["is_constant"] = (("feature",), constant)
+        _add_labels(v, labels, tokenizer)
+    attrs = provenance(
+        model=model_cfg.model_dump(),
+        extract=extract_cfg.model_dump(),
+        interpret=interpret_cfg.model_dump(),
+    )
+    attrs.update(
+        method=method,
+        model_kind=model_cfg.kind,
+        split=split,
+        n_samples=len(inputs),
+        basis_config_sha256=io.read_attrs(basis_path)["config_sha256"],
+        direct_effect_layers=direct_layers,
+    )
+    io.write_features(out_path, evidence, attrs)
+
+
+def _add_direct_effects(model, bases, evidence, n_direct: int) -> list[str]:
+    """Direct effects for the layer feeding the logits linearly, and for the logits."""
+    before = model.node_layers[model.node_layers.index("output") - 1]
+    sections = {before: model.sections[model.node_layers.index(before)]}
+    sections["output"] = lambda x: x
+    done = []
+    for layer, section in sections.items():
+        if layer not in bases:
+            continue
+        try:
+            evidence[layer] |= compute_direct_effects(section, bases[layer], n_direct)
+            done.append(layer)
+        except ValueError as err:
+            log.info("%s: %s", layer, err)
+    return done
+
+
+def _add_labels(v: dict, labels, tokenizer) -> None:
+    """Readable names of the direct effects' outputs and of the windows' tokens."""
+    if tokenizer is not None:
+
+        def name(ids: np.ndarray) -> np.ndarray:
+            uniq, inverse = np.unique(ids, return_inverse=True)
+            text = np.array([tokenizer.decode([int(i)]) if i >= 0 else "" for i in uniq])
+            return text[inverse].reshape(ids.shape)
+
+    elif labels is not None:
+
+        def name(ids: np.ndarray) -> np.ndarray:
+            text = [labels[i] if 0 <= i < len(labels) else str(i) for i in ids.flat]
+            return np.array(text).reshape(ids.shape)
+
+    else:
+        return
+    for key in ("promoted", "suppressed"):
+        if f"{key}_output" in v:
+            dims, ids = v[f"{key}_output"]
+            v[f"{key}_label"] = (dims, name(ids))
+    for key in ("top", "bottom"):
+        if f"{key}_window_token" in v and tokenizer is not None:
+            dims, ids = v[f"{key}_window_token"]
+            v[f"{key}_window_text"] = (dims, name(ids))
