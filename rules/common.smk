@@ -8,7 +8,12 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from interaction_basis import planning
-from interaction_basis.config import WorkflowConfig
+from interaction_basis.config import (
+    EdgeAblationConfig,
+    NodeAblationConfig,
+    ResolutionsConfig,
+    WorkflowConfig,
+)
 from interaction_basis.kinds import KINDS
 
 validate(config, schema="../config/schema.yaml")
@@ -93,6 +98,15 @@ def model_targets():
     ]
 
 
+def download_targets():
+    return [
+        f"resources/{what}/{name}"
+        for name, e in EXPERIMENTS.items()
+        if e.model.downloaded
+        for what in ("models", "datasets")
+    ]
+
+
 def imported_weights(wildcards):
     path = experiment(wildcards).model.weights
     return path.replace("{reference_dir}", CONFIG.reference_dir)
@@ -128,22 +142,12 @@ def cluster_params(wildcards):
     return experiment(wildcards).cluster.model_dump(mode="json")
 
 
-_EVALUATE_SHARED = {"enabled", "metric", "dtype", "batch_size", "max_samples"}
-_EVALUATE_SLICES = {
-    "nodes": _EVALUATE_SHARED
-    | {"node_schedule", "ablate_every_vec_cutoff", "exp_base", "n_points"},
-    "edges": _EVALUATE_SHARED | {"edge_delta", "edge_scaling"},
-    "modules": {"resolutions"},
-}
-
-
 def evaluate_params(part):
-    """The evaluate settings one rule uses, so that other changes do not rerun it."""
+    """The evaluate settings one rule uses (``part``, a sub-model of EvaluateConfig), so that
+    other changes do not rerun it."""
 
     def params(wildcards):
-        return experiment(wildcards).evaluate.model_dump(
-            mode="json", include=_EVALUATE_SLICES[part]
-        )
+        return experiment(wildcards).evaluate.part(part).model_dump(mode="json")
 
     return params
 

@@ -22,7 +22,7 @@ rule ablate_nodes:
         runtime=runtime(60),
     params:
         model=model_params,
-        evaluate=evaluate_params("nodes"),
+        evaluate=evaluate_params(NodeAblationConfig),
     script:
         "../scripts/ablate_nodes.py"
 
@@ -49,7 +49,7 @@ rule ablate_edges:
         runtime=runtime(120),
     params:
         model=model_params,
-        evaluate=evaluate_params("edges"),
+        evaluate=evaluate_params(EdgeAblationConfig),
     script:
         "../scripts/ablate_edges.py"
 
@@ -76,6 +76,6 @@ rule cluster_resolutions:
         model=model_params,
         extract=extract_params,
         cluster=cluster_sweep_params,
-        evaluate=evaluate_params("modules"),
+        evaluate=evaluate_params(ResolutionsConfig),
     script:
         "../scripts/cluster_resolutions.py"

@@ -4,7 +4,7 @@
 interaction_basis.config``) and a test keeps the two in sync. Building a config never does IO.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -335,8 +335,11 @@ class ClusterConfig(_Frozen):
     n_iterations: int = Field(10, description="Leiden iterations (paper: 10; -1: to convergence).")
 
 
-class EvaluateConfig(_Frozen):
-    """Ablations on held-out data and modules from the ablation threshold (lib_spec D, E)."""
+_Part = TypeVar("_Part", bound=BaseModel)
+
+
+class _EvaluationSettings(_Frozen):
+    """What both ablation stages read."""
 
     enabled: bool = Field(True, description="Run the evaluation stages and the report.")
     metric: Literal["accuracy", "ce_loss"] = Field(
@@ -347,6 +350,11 @@ class EvaluateConfig(_Frozen):
     max_samples: int | None = Field(
         None, ge=1, description="Evaluate on at most this many held-out samples (null: all)."
     )
+
+
+class NodeAblationConfig(_EvaluationSettings):
+    """The evaluate settings of rule ablate_nodes."""
+
     node_schedule: Literal["exponential", "linear"] = Field(
         "exponential", description="Kept-feature counts to score (lib_spec E)."
     )
@@ -355,6 +363,11 @@ class EvaluateConfig(_Frozen):
     )
     exp_base: float = Field(1.05, gt=1, description="... then step down by base**x.")
     n_points: int = Field(20, ge=2, description="linear: number of kept counts.")
+
+
+class EdgeAblationConfig(_EvaluationSettings):
+    """The evaluate settings of rule ablate_edges."""
+
     edge_delta: float = Field(
         0.001,
         gt=0,
@@ -364,11 +377,27 @@ class EvaluateConfig(_Frozen):
     edge_scaling: Literal["linear", "logarithmic"] = Field(
         "linear", description="Bisection midpoint (paper: linear for mod-add, log for LMs)."
     )
+
+
+class ResolutionsConfig(_Frozen):
+    """The evaluate settings of rule cluster_resolutions."""
+
     resolutions: list[float] = Field(
         [0.5, 1.0],
         min_length=1,
         description="Leiden resolutions γ for the modules with ε from the edge ablation.",
     )
+
+
+# One flat config section made of one sub-model per rule: each rule gets (and reruns for) only
+# its own part, and its stage function can read nothing else.
+class EvaluateConfig(ResolutionsConfig, EdgeAblationConfig, NodeAblationConfig):
+    """Ablations on held-out data and modules from the ablation threshold (lib_spec D, E)."""
+
+    def part(self, model: type[_Part]) -> _Part:
+        """The settings of one rule: ``NodeAblationConfig``, ``EdgeAblationConfig`` or
+        ``ResolutionsConfig``."""
+        return model.model_validate(self.model_dump(include=set(model.model_fields)))
 
 
 class InterpretConfig(_Frozen):

@@ -41,7 +41,7 @@ class MomentSums(NamedTuple):
     shift: Float[Tensor, " d"]
     total: CompensatedSum
     gram: CompensatedSum
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count)
     centred: bool
 
     @classmethod

@@ -24,7 +24,7 @@ PACKAGE = "interaction_basis"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def remove_incomplete_stores(root: str | os.PathLike) -> list[Path]:
+def remove_incomplete_stores(root: str | os.PathLike[str]) -> list[Path]:
     """Delete every ``*.zarr`` directory under ``root`` that holds no store; return them.
 
     Snakemake removes a directory output before its job runs; a job that then fails can leave
@@ -34,7 +34,7 @@ def remove_incomplete_stores(root: str | os.PathLike) -> list[Path]:
     readers refuse it and name the command that rebuilds it, so a dry run never deletes data.
     """
     removed = []
-    for dirpath, dirnames, _ in os.walk(root):
+    for dirpath, dirnames, _ in os.walk(os.fspath(root)):
         for name in [d for d in dirnames if d.endswith(".zarr") and not d.startswith(".")]:
             dirnames.remove(name)  # never descend into a store
             store = Path(dirpath, name)

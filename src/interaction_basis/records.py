@@ -34,14 +34,14 @@ class LayerStats(NamedTuple):
 
     mean: Float[Tensor, " d"]
     gram: Float[Tensor, "d d"]
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count)
 
 
 class Partial(NamedTuple):
     """A compensated sum over (sample, position) pairs and their count, before the division."""
 
     total: CompensatedSum
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count)
 
     def mean(self) -> Tensor:
         return self.total.value() / self.count

@@ -33,14 +33,16 @@ def load_image_dataset(cfg: ImageDataConfig):
         return images.load_digits_dataset(
             test_fraction=cfg.test_fraction, seed=cfg.split_seed, normalize=cfg.normalize
         )
-    if cfg.source in ("cifar10", "mnist") and cfg.path is None:
-        raise ValueError(f"data.source {cfg.source!r} needs data.path (a local folder or file).")
-    if cfg.source == "cifar10":
-        md5 = images.CIFAR10_MD5 if cfg.verify_checksum else None
-        return images.load_cifar10_archive(cfg.path, md5=md5, normalize=cfg.normalize)
-    if cfg.source == "mnist":
-        md5 = images.MNIST_FILES if cfg.verify_checksum else None
-        return images.load_mnist_idx(cfg.path, md5=md5, normalize=cfg.normalize)
+    if cfg.source in ("cifar10", "mnist"):
+        if cfg.path is None:
+            raise ValueError(
+                f"data.source {cfg.source!r} needs data.path (a local folder or file)."
+            )
+        if cfg.source == "cifar10":
+            md5 = images.CIFAR10_MD5 if cfg.verify_checksum else None
+            return images.load_cifar10_archive(cfg.path, md5=md5, normalize=cfg.normalize)
+        files = images.MNIST_FILES if cfg.verify_checksum else None
+        return images.load_mnist_idx(cfg.path, md5=files, normalize=cfg.normalize)
     if cfg.name is None:
         raise ValueError("data.source 'hub' needs data.name (a datasets id, e.g. uoft-cs/cifar10).")
     return images.load_hub_image_dataset(cfg.name, revision=cfg.revision, normalize=cfg.normalize)

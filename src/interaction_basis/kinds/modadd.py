@@ -78,7 +78,8 @@ def held_out(cfg: ModelConfig, tokens_path, max_samples) -> HeldOut:
 
 
 def label_modules(cfg: ModelConfig, network, modules) -> list[dict]:
-    labels = label_modadd_clusters(*network(), modules, cfg.train.modulus)
+    model, bases = network()
+    labels = label_modadd_clusters(model, bases, modules, cfg.train.modulus)
     return [{"frequency": label} for label in labels]
 
 

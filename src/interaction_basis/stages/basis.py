@@ -3,6 +3,8 @@ layer from the pooled statistics and the shards' M′ sums."""
 
 import logging
 
+from torch import Tensor
+
 from interaction_basis import io, kinds
 from interaction_basis.basis import Truncation
 from interaction_basis.build import (
@@ -12,20 +14,20 @@ from interaction_basis.build import (
     fit_layer_basis,
     next_basis_matrix,
 )
-from interaction_basis.config import BasisConfig, ExtractConfig, ModelConfig
+from interaction_basis.config import BasisConfig, ExtractConfig, Method, ModelConfig
 from interaction_basis.jacobians import Integration, Sources
-from interaction_basis.records import add_partials
+from interaction_basis.records import Basis, add_partials
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
 
 
-def _m_dash_settings(basis_cfg: BasisConfig) -> dict:
+def _m_dash_settings(basis: BasisConfig) -> dict:
     """The M′ settings, shared by the unsharded and the sharded paths so that they agree."""
     return dict(
-        integration=Integration(basis_cfg.integration.method, basis_cfg.integration.n_intervals),
-        sources=Sources(basis_cfg.sources.n_pos, basis_cfg.sources.n_hidden),
-        seed=basis_cfg.seed,
+        integration=Integration(basis.integration.method, basis.integration.n_intervals),
+        sources=Sources(basis.sources.n_pos, basis.sources.n_hidden),
+        seed=basis.seed,
     )
 
 
@@ -33,37 +35,32 @@ def fit_basis(
     model: ModelConfig,
     extract: ExtractConfig,
     basis: BasisConfig,
-    method: str,
+    method: Method,
     weights: str,
     acts: str,
     basis_out: str,
 ) -> None:
     """Bases of every node layer for one method, backwards from the output."""
-    model_cfg, extract_cfg, basis_cfg = model, extract, basis
-    network = kinds.load_model(
-        model_cfg, weights, io.read_node_layers(acts), extract_cfg.dtype, extract_cfg.device
-    )
+    net = kinds.load_model(model, weights, io.read_node_layers(acts), extract.dtype, extract.device)
     bases, m_dash = fit_bases(
-        network,
-        io.open_activation_batches(acts, extract_cfg.batch_size),
+        net,
+        io.open_activation_batches(acts, extract.batch_size),
         io.read_stats(acts),
         method,
-        truncation=Truncation(basis_cfg.truncation, basis_cfg.relative),
-        center=extract_cfg.center,
-        rotate_final=basis_cfg.rotate_final,
-        **_m_dash_settings(basis_cfg),
+        truncation=Truncation(basis.truncation, basis.relative),
+        center=extract.center,
+        rotate_final=basis.rotate_final,
+        **_m_dash_settings(basis),
         progress=True,
     )
     for layer, b in bases.items():
         log.info("%s %s: %d of %d directions kept", method, layer, b.C.shape[1], b.C.shape[0])
-    io.write_bases(
-        basis_out, bases, m_dash, method, _basis_attrs(model_cfg, extract_cfg, basis_cfg)
-    )
+    io.write_bases(basis_out, bases, m_dash, method, _basis_attrs(model, extract, basis))
 
 
-def _basis_attrs(model_cfg, extract_cfg, basis_cfg) -> dict:
+def _basis_attrs(model: ModelConfig, extract: ExtractConfig, basis: BasisConfig) -> dict:
     return provenance(
-        model=model_cfg.settings(), extract=extract_cfg.model_dump(), basis=basis_cfg.model_dump()
+        model=model.settings(), extract=extract.model_dump(), basis=basis.model_dump()
     )
 
 
@@ -78,79 +75,76 @@ def shard_m_dash(
     m_dash: str,
 ) -> None:
     """One shard's sum behind a layer's ``M′``, given the next layer's (gathered) basis."""
-    extract_cfg, basis_cfg, out_path = extract, basis, m_dash
-    model = kinds.load_model(
-        model, weights, io.read_node_layers(acts), extract_cfg.dtype, extract_cfg.device
-    )
-    nxt = model.node_layers[model.node_layers.index(layer) + 1]
+    net = kinds.load_model(model, weights, io.read_node_layers(acts), extract.dtype, extract.device)
+    nxt = net.node_layers[net.node_layers.index(layer) + 1]
     c_next = next_basis_matrix(
-        model.node_layers, layer, io.read_bases(next_basis), basis_cfg.rotate_final
+        net.node_layers, layer, io.read_bases(next_basis), basis.rotate_final
     )
     part = compute_m_dash(
-        model,
-        io.open_activation_batches(acts, extract_cfg.batch_size),
+        net,
+        io.open_activation_batches(acts, extract.batch_size),
         layer,
         c_next,
-        **_m_dash_settings(basis_cfg),
+        **_m_dash_settings(basis),
         first_batch=int(io.read_attrs(acts)["first_batch"]),
         progress=True,
     )
     log.info("M' %s (next %s): %d (sample, position) pairs", layer, nxt, part.count)
-    io.write_partial_sums(out_path, {layer: part}, provenance(layer=layer))
+    io.write_partial_sums(m_dash, {layer: part}, provenance(layer=layer))
 
 
 def fit_layer(
     model: ModelConfig,
     extract: ExtractConfig,
     basis: BasisConfig,
-    method: str,
+    method: Method,
     layer: str,
     stats: str,
     m_dash: list[str],
     basis_out: str,
 ) -> None:
     """One layer's basis from the pooled statistics and, for LIB, the shards' ``M′`` sums."""
-    model_cfg, extract_cfg, basis_cfg = model, extract, basis
-    stats_path, m_dash_paths, out_path = stats, m_dash, basis_out
-    layers = io.read_node_layers(stats_path)
-    stats = io.read_stats(stats_path)[layer]
-    truncation = Truncation(basis_cfg.truncation, basis_cfg.relative)
-    m_dash = {}
+    layers = io.read_node_layers(stats)
+    layer_stats = io.read_stats(stats)[layer]
+    truncation = Truncation(basis.truncation, basis.relative)
+    pooled: dict[str, Tensor] = {}
     if layer == layers[-1]:
-        basis = fit_final_basis(
-            stats,
+        fitted = fit_final_basis(
+            layer_stats,
             layer,
             truncation=truncation,
-            center=extract_cfg.center,
-            rotate_final=basis_cfg.rotate_final,
+            center=extract.center,
+            rotate_final=basis.rotate_final,
         )
     else:
         if method == "lib":
-            parts = [io.read_partial_sums(p)[layer] for p in m_dash_paths]
-            m_dash[layer] = add_partials(parts).mean()
-        basis = fit_layer_basis(
-            stats,
+            parts = [io.read_partial_sums(p)[layer] for p in m_dash]
+            pooled[layer] = add_partials(parts).mean()
+        fitted = fit_layer_basis(
+            layer_stats,
             layer,
             method,
-            m_dash.get(layer),
+            pooled.get(layer),
             truncation=truncation,
-            center=extract_cfg.center,
+            center=extract.center,
         )
-    log.info("%s %s: %d of %d directions kept", method, layer, basis.C.shape[1], basis.C.shape[0])
-    attrs = _basis_attrs(model_cfg, extract_cfg, basis_cfg)
-    io.write_bases(out_path, {layer: basis}, m_dash, method, attrs)
+    n_kept, n_orig = fitted.C.shape[1], fitted.C.shape[0]
+    log.info("%s %s: %d of %d directions kept", method, layer, n_kept, n_orig)
+    attrs = _basis_attrs(model, extract, basis)
+    io.write_bases(basis_out, {layer: fitted}, pooled, method, attrs)
 
 
 def assemble_basis(
     model: ModelConfig,
     extract: ExtractConfig,
     basis: BasisConfig,
-    method: str,
+    method: Method,
     layers: list[str],
     basis_out: str,
 ) -> None:
     """The per-layer bases of a sharded run as one basis.zarr, in forward order."""
-    bases, m_dash = {}, {}
+    bases: dict[str, Basis] = {}
+    m_dash: dict[str, Tensor] = {}
     for path in layers:
         bases |= io.read_bases(path)
         m_dash |= io.read_m_dash(path)

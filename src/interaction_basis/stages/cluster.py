@@ -7,7 +7,7 @@ import logging
 
 from interaction_basis import io, kinds
 from interaction_basis.clustering import Modules, build_interaction_graph, compute_modules
-from interaction_basis.config import ClusterConfig, EvaluateConfig, ExtractConfig, ModelConfig
+from interaction_basis.config import ClusterConfig, ExtractConfig, ModelConfig, ResolutionsConfig
 from interaction_basis.edge_mass import compute_epsilon_from_mass
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def cluster_resolutions(
     model: ModelConfig,
     extract: ExtractConfig,
     cluster: ClusterConfig,
-    evaluate: EvaluateConfig,
+    evaluate: ResolutionsConfig,
     weights: str,
     basis: str,
     edges: str,

@@ -58,7 +58,7 @@ def progress_to_log(interval: float = PROGRESS_INTERVAL) -> None:
             kwargs["leave"] = True
         init(self, *args, **kwargs)
 
-    to_log._to_log_of = init
+    to_log._to_log_of = init  # type: ignore[attr-defined]
     tqdm.std.tqdm.__init__ = to_log
 
 

@@ -5,14 +5,14 @@ import logging
 from tqdm.auto import tqdm
 
 from interaction_basis import ablation, io, kinds
-from interaction_basis.config import EvaluateConfig, ModelConfig
+from interaction_basis.config import EdgeAblationConfig, ModelConfig, NodeAblationConfig
 from interaction_basis.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
 
 log = logging.getLogger(__name__)
 
 
-def _eval_set(model_cfg: ModelConfig, cfg: EvaluateConfig, tokens_path: str | None):
-    data = kinds.get(model_cfg.kind).load_data(model_cfg, tokens_path)
+def _eval_set(model_cfg: ModelConfig, cfg: NodeAblationConfig | EdgeAblationConfig, tokens):
+    data = kinds.get(model_cfg.kind).load_data(model_cfg, tokens)
     n = cfg.max_samples or len(data.test_labels)
     return data.test_inputs[:n], data.test_labels[:n]
 
@@ -27,22 +27,21 @@ def _model(model_cfg: ModelConfig, weights_path: str, basis_path: str, dtype: st
 
 def ablate_nodes(
     model: ModelConfig,
-    evaluate: EvaluateConfig,
+    evaluate: NodeAblationConfig,
     weights: str,
     basis: str,
     node_ablation: str,
     tokens: str | None = None,
 ) -> None:
     """Score with the k most important features kept, per node layer (lib_spec E)."""
-    model_cfg, cfg = model, evaluate
-    weights_path, basis_path, out_json, tokens_path = weights, basis, node_ablation, tokens
-    model, bases = _model(model_cfg, weights_path, basis_path, cfg.dtype)
-    inputs, labels = _eval_set(model_cfg, cfg, tokens_path)
+    cfg = evaluate
+    net, bases = _model(model, weights, basis, cfg.dtype)
+    inputs, labels = _eval_set(model, cfg, tokens)
     base = ablation.compute_unablated_score(
-        model, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
+        net, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
     )
     layers = {}
-    for layer in tqdm(model.node_layers[:-1], desc="node ablation", unit="layer"):
+    for layer in tqdm(net.node_layers[:-1], desc="node ablation", unit="layer"):
         n = bases[layer].C.shape[0]
         if cfg.node_schedule == "exponential":
             counts = ablation.compute_exponential_schedule(
@@ -53,7 +52,7 @@ def ablate_nodes(
         else:
             counts = ablation.compute_linear_schedule(n, n_points=min(cfg.n_points, n + 1))
         scores = ablation.compute_node_ablation_scores(
-            model,
+            net,
             layer,
             bases[layer],
             inputs,
@@ -70,14 +69,14 @@ def ablate_nodes(
         }
         log.info("node ablation %s: %s", layer, scores)
     io.write_json(
-        out_json,
+        node_ablation,
         {"metric": cfg.metric, "base_score": base, "n_samples": len(labels), "layers": layers},
     )
 
 
 def ablate_edges(
     model: ModelConfig,
-    evaluate: EvaluateConfig,
+    evaluate: EdgeAblationConfig,
     weights: str,
     basis: str,
     edges: str,
@@ -85,28 +84,34 @@ def ablate_edges(
     tokens: str | None = None,
 ) -> None:
     """Fewest edges per layer pair that keep the score within ``edge_delta`` (lib_spec E)."""
-    model_cfg, cfg = model, evaluate
-    weights_path, basis_path, edges_path = weights, basis, edges
-    out_json, tokens_path = edge_ablation, tokens
-    model, bases = _model(model_cfg, weights_path, basis_path, cfg.dtype)
-    edges = io.read_edges(edges_path)
-    inputs, labels = _eval_set(model_cfg, cfg, tokens_path)
-    settings = dict(
-        metric=cfg.metric, delta=cfg.edge_delta, scaling=cfg.edge_scaling, batch_size=cfg.batch_size
-    )
+    cfg = evaluate
+    net, bases = _model(model, weights, basis, cfg.dtype)
+    pair_edges = io.read_edges(edges)
+    inputs, labels = _eval_set(model, cfg, tokens)
     base = ablation.compute_unablated_score(
-        model, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
+        net, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
     )
     # One pair at a time (what compute_all_edges_required does), for a progress line per pair.
     results = {
         (a, b): ablation.compute_edges_required(
-            model, a, bases[a], bases[b], e, inputs, labels, base_score=base, **settings
+            net,
+            a,
+            bases[a],
+            bases[b],
+            e,
+            inputs,
+            labels,
+            metric=cfg.metric,
+            delta=cfg.edge_delta,
+            scaling=cfg.edge_scaling,
+            batch_size=cfg.batch_size,
+            base_score=base,
         )
-        for (a, b), e in tqdm(edges.items(), desc="edge ablation", unit="pair")
+        for (a, b), e in tqdm(pair_edges.items(), desc="edge ablation", unit="pair")
     }
     pairs = {}
     for (a, b), r in results.items():
-        mass = compute_edge_mass_counts(edges[(a, b)], (*MASS_FRACTIONS, 0.999))
+        mass = compute_edge_mass_counts(pair_edges[(a, b)], (*MASS_FRACTIONS, 0.999))
         pairs[f"{a}__{b}"] = {
             "in_layer": a,
             "out_layer": b,
@@ -116,13 +121,13 @@ def ablate_edges(
             "epsilon": r.epsilon,
             "epsilon_last": r.epsilon_last,
             "search_space": r.total,
-            "n_non_constant_edges": int(edges[(a, b)][:, 1:].numel()),
+            "n_non_constant_edges": int(pair_edges[(a, b)][:, 1:].numel()),
             "edges_for_mass": {f"{f:g}": n for f, n in mass.items()},
             "bisect": {str(k): v for k, v in dict(r.scores).items()},
         }
         log.info("edge ablation %s->%s: %d edges (eps %.4g)", a, b, r.n_edges_required, r.epsilon)
     io.write_json(
-        out_json,
+        edge_ablation,
         {
             "metric": cfg.metric,
             "delta": cfg.edge_delta,

@@ -25,31 +25,25 @@ def build_explorer(
     explorer: str,
 ) -> None:
     """explorer.html from each method's basis, edges, modules and features."""
-    model_cfg, interpret_cfg = model, interpret
-    basis_paths, edges_paths, modules_paths, features_paths = basis, edges, modules, features
-    summary_path, evaluation_path, out_path = summary, evaluation, explorer
     data = {}
-    for m, bp, ep, mp, fp in zip(
-        methods, basis_paths, edges_paths, modules_paths, features_paths, strict=True
-    ):
+    for m, bp, ep, mp, fp in zip(methods, basis, edges, modules, features, strict=True):
         bases = io.read_bases(bp)
-        features = io.read_features(fp)
-        check_features(features, bases, io.read_attrs(bp)["config_sha256"], fp)
-        modules = io.read_json(mp) if mp else None
-        data[m] = MethodData(bases, io.read_edges(ep), modules, features)
+        described = io.read_features(fp)
+        check_features(described, bases, io.read_attrs(bp)["config_sha256"], fp)
+        data[m] = MethodData(bases, io.read_edges(ep), io.read_json(mp), described)
     page = build_page(
         experiment,
         data,
-        summary=io.read_json(summary_path) if summary_path else None,
-        evaluation=io.read_json(evaluation_path) if evaluation_path else None,
-        max_edges=interpret_cfg.max_edges,
-        page_examples=interpret_cfg.page_examples,
-        thumbnails=kinds.get(model_cfg.kind).thumbnails(
-            model_cfg, _shown_samples(data, interpret_cfg.page_examples)
+        summary=io.read_json(summary) if summary else None,
+        evaluation=io.read_json(evaluation) if evaluation else None,
+        max_edges=interpret.max_edges,
+        page_examples=interpret.page_examples,
+        thumbnails=kinds.get(model.kind).thumbnails(
+            model, _shown_samples(data, interpret.page_examples)
         ),
     )
     log.info("explorer page: %.2f MB", len(page.encode()) / 1e6)
-    io.write_text(out_path, page)
+    io.write_text(explorer, page)
 
 
 def _shown_samples(data: dict, n: int) -> set[int]:

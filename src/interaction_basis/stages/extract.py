@@ -27,11 +27,14 @@ def extract_activations(
     and its raw moment sums in place of the statistics."""
     model_cfg, extract_cfg = model, extract
     kind = kinds.get(model_cfg.kind)
-    network = kind.load_weights(model_cfg, weights)
-    model = kinds.build_model(
-        model_cfg, network, extract_cfg.node_layers, extract_cfg.dtype, extract_cfg.device
+    net = kinds.build_model(
+        model_cfg,
+        kind.load_weights(model_cfg, weights),
+        extract_cfg.node_layers,
+        extract_cfg.dtype,
+        extract_cfg.device,
     )
-    log.info("device: %s", model.device)
+    log.info("device: %s", net.device)
     data = kind.load_data(model_cfg, tokens)
     size = extract_cfg.batch_size
     start, stop = _shard_bounds(len(data.fit_inputs), extract_cfg, shard)
@@ -46,25 +49,25 @@ def extract_activations(
     stats_inputs = data.stats_inputs if separate else data.fit_inputs
     with torch.no_grad():
         # Every shard centres its sums on the first batch of the whole run, so they add up.
-        first = model.activations(stats_inputs[:size].to(model.device))
+        first = net.activations(stats_inputs[:size].to(net.device))
     moments = {layer: MomentSums.start(x, layer, extract_cfg.center) for layer, x in first.items()}
 
-    def add(acts):
-        return {layer: m.add(acts[layer], layer) for layer, m in moments.items()}
+    def add(batch_acts):
+        return {layer: m.add(batch_acts[layer], layer) for layer, m in moments.items()}
 
     def run(inputs, b0: int, batch):
         # The run's first statistics batch has already been through the model, for the shift.
         if inputs is stats_inputs and b0 == 0:
             return first
-        return model.activations(batch.to(model.device))
+        return net.activations(batch.to(net.device))
 
     with io.activation_writer(acts, attrs, chunk_samples=size) as store:
         with torch.no_grad():
             for b0, batch in _batches(data.fit_inputs, start, stop, size, "extract"):
-                acts = run(data.fit_inputs, b0, batch)
-                store.append({layer: x.cpu() for layer, x in acts.items()})
+                batch_acts = run(data.fit_inputs, b0, batch)
+                store.append({layer: x.cpu() for layer, x in batch_acts.items()})
                 if not separate:
-                    moments = add(acts)
+                    moments = add(batch_acts)
             if separate:
                 bounds = _shard_bounds(len(stats_inputs), extract_cfg, shard)
                 log.info("statistics over separate samples %d..%d", bounds[0], bounds[1] - 1)

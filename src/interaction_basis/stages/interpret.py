@@ -26,59 +26,55 @@ def interpret_features(
     tokens: str | None = None,
 ) -> None:
     """Per-feature evidence of one basis on the held-out split (see ``features``)."""
-    model_cfg, extract_cfg, interpret_cfg = model, extract, interpret
-    weights_path, basis_path, out_path, tokens_path = weights, basis, features, tokens
-    kind = kinds.get(model_cfg.kind)
-    bases = io.read_bases(basis_path)
+    kind = kinds.get(model.kind)
+    bases = io.read_bases(basis)
     layers = list(bases)
     empty = [layer for layer, b in bases.items() if b.C.shape[1] == 0]
     if empty:
         raise ValueError(
-            f"{basis_path}: layer(s) {empty} kept no features, so there is nothing to describe. "
+            f"{basis}: layer(s) {empty} kept no features, so there is nothing to describe. "
             "Lower basis.truncation or drop the layer from extract.node_layers."
         )
     with_output = layers if layers[-1] == "output" else [*layers, "output"]
-    model = kinds.load_model(
-        model_cfg, weights_path, with_output, extract_cfg.dtype, extract_cfg.device
-    )
-    inputs, split, labels = kind.held_out(model_cfg, tokens_path, interpret_cfg.max_samples)
+    net = kinds.load_model(model, weights, with_output, extract.dtype, extract.device)
+    inputs, split, labels = kind.held_out(model, tokens, interpret.max_samples)
     log.info("%s: %d held-out samples (%s)", method, len(inputs), split)
     evidence = compute_activation_evidence(
-        model.activations,
+        net.activations,
         inputs,
         bases,
-        batch_size=interpret_cfg.batch_size,
-        top_k=interpret_cfg.top_k,
-        n_quantile_rows=interpret_cfg.n_quantile_rows,
-        quantiles=interpret_cfg.quantiles,
-        window=interpret_cfg.window if kind.TEXT else None,
-        seed=interpret_cfg.seed,
+        batch_size=interpret.batch_size,
+        top_k=interpret.top_k,
+        n_quantile_rows=interpret.n_quantile_rows,
+        quantiles=interpret.quantiles,
+        window=interpret.window if kind.TEXT else None,
+        seed=interpret.seed,
         progress=lambda r: tqdm(r, desc="features", unit="batch"),
     )
-    direct_layers = _add_direct_effects(model, bases, evidence, interpret_cfg.n_direct)
-    kind.add_feature_evidence(model_cfg, model, bases, evidence, inputs)
-    tokenizer = kind.tokenizer(model_cfg, weights_path)
+    direct_layers = _add_direct_effects(net, bases, evidence, interpret.n_direct)
+    kind.add_feature_evidence(model, net, bases, evidence, inputs)
+    tokenizer = kind.tokenizer(model, weights)
     for layer, b in bases.items():
         v = evidence[layer]
         v["importance"] = (("feature",), b.importance.numpy())
         constant = np.zeros(b.C.shape[1], dtype=bool)
-        constant[0] = extract_cfg.center and b.n_masked >= 1
+        constant[0] = extract.center and b.n_masked >= 1
         v["is_constant"] = (("feature",), constant)
         _add_labels(v, labels, tokenizer)
     attrs = provenance(
-        model=model_cfg.model_dump(),
-        extract=extract_cfg.model_dump(),
-        interpret=interpret_cfg.model_dump(),
+        model=model.model_dump(),
+        extract=extract.model_dump(),
+        interpret=interpret.model_dump(),
     )
     attrs.update(
         method=method,
-        model_kind=model_cfg.kind,
+        model_kind=model.kind,
         split=split,
         n_samples=len(inputs),
-        basis_config_sha256=io.read_attrs(basis_path)["config_sha256"],
+        basis_config_sha256=io.read_attrs(basis)["config_sha256"],
         direct_effect_layers=direct_layers,
     )
-    io.write_features(out_path, evidence, attrs)
+    io.write_features(features, evidence, attrs)
 
 
 def _add_direct_effects(model, bases, evidence, n_direct: int) -> list[str]:

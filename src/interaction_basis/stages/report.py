@@ -1,6 +1,8 @@
 """Stage 7 (report): evaluation.json, every number behind the evaluation figures, and the
 figures."""
 
+from collections.abc import Callable
+
 from interaction_basis import io
 from interaction_basis.plotting import (
     plot_edge_ablation,
@@ -48,11 +50,12 @@ def make_report_figures(
             "modules": partitions,
         },
     )
-    for path, plot, args in (
+    figures: list[tuple[str, Callable[..., None], tuple]] = [
         (nodes_png, plot_node_ablation, (node_abl,)),
         (edges_png, plot_edge_ablation, (edge_abl,)),
         (distribution, plot_edge_distributions, (weights,)),
         (modules_png, plot_interaction_graphs, (weights, graph_modules, MODULES_TITLE)),
-    ):
+    ]
+    for path, plot, args in figures:
         with io.atomic_figure_path(path) as tmp:
             plot(*args, tmp)

@@ -14,7 +14,7 @@ def tokenize_dataset(model: ModelConfig, model_dir: str, dataset: str, out: str)
     last documents) for evaluation."""
     t = model.text
     tokenizer = text_data.load_tokenizer(model_dir)
-    kw = dict(split=t.split, text_column=t.text_column, txt_separator=t.txt_separator)
+    kw: dict = dict(split=t.split, text_column=t.text_column, txt_separator=t.txt_separator)
     texts = text_data.load_texts(dataset, max_documents=t.max_documents, **kw)
     stream = text_data.tokenize_texts(texts, tokenizer)
     chunks = {"fit": text_data.pack_token_chunks(stream, t.n_ctx, t.n_samples, seed=t.seed)}
