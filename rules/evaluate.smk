@@ -57,7 +57,6 @@ rule ablate_edges:
 rule cluster_resolutions:
     input:
         weights=model_input,
-        tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
         ablation="results/{experiment}/{method}/edge_ablation.json",
