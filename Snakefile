@@ -41,6 +41,13 @@ rule all_models:
         model_targets(),
 
 
+# Everything the language-model experiments fetch (models and datasets): run it on a node
+# with internet before the rest.
+rule all_downloads:
+    input:
+        download_targets(),
+
+
 rule all_basis:
     input:
         basis_targets(),

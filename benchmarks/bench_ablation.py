@@ -56,14 +56,10 @@ def _reference_case(reference_dir: Path, max_samples: int | None):
     import torch
 
     from interaction_basis.basis import Truncation
-    from interaction_basis.build import (
-        batches_from_tensors,
-        compute_edges,
-        compute_layer_statistics,
-        fit_bases,
-    )
+    from interaction_basis.build import batches_from_tensors, compute_edges, fit_bases
     from interaction_basis.data import build_modadd_dataset, compute_modadd_split
     from interaction_basis.models.modadd import build_modadd_sections
+    from interaction_basis.moments import compute_layer_statistics
 
     weights = dict(np.load(reference_dir / "modadd_seed0" / "weights.npz"))
     train = torch.as_tensor(np.load(reference_dir / "modadd_train_split.npz")["train_index"])
@@ -89,7 +85,7 @@ def _workflow_case(results: Path, max_samples: int | None):
 
     from interaction_basis import io
     from interaction_basis.config import WorkflowConfig
-    from interaction_basis.evaluation import _eval_set, _model
+    from interaction_basis.stages.evaluate import _eval_set, _model
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     experiment = WorkflowConfig.model_validate(config).experiments[0]

@@ -6,8 +6,8 @@ section through the generic autograd path (``jacobians.py``). This script times 
 same model and activations, interleaved (closed, generic, closed, …) so that drift on a shared
 machine hits both, each run in a fresh subprocess (its peak RSS its own):
 
-- basis: ``stages.fit_basis`` with method ``lib``;
-- edges: ``stages.compute_edges`` (on the closed-form run's basis, for both).
+- basis: ``stages.basis.fit_basis`` with method ``lib``;
+- edges: ``stages.edges.compute_edges`` (on the closed-form run's basis, for both).
 
 The generic runs monkeypatch ``jacobians._closed_form`` to return ``None`` in their process,
 which is exactly the old dispatch. The model is ``transformers.GPT2Config`` with random init
@@ -105,7 +105,8 @@ def _prepare(args: argparse.Namespace) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from interaction_basis import io, stages
+    from interaction_basis import io
+    from interaction_basis.stages import extract
     from lm_fixtures import randomise_lm
 
     torch.manual_seed(0)
@@ -120,7 +121,7 @@ def _prepare(args: argparse.Namespace) -> None:
     held_out = rng.integers(0, args.vocab, size=(8, args.n_ctx + 1), dtype=np.int64)
     io.write_token_chunks(p["tokens"], {"fit": fit, "eval": held_out}, {"source": "random"})
     model_cfg, extract_cfg, _, _ = _configs(args)
-    stages.extract_activations(model_cfg, extract_cfg, p["model"], p["acts"], p["tokens"])
+    extract.extract_activations(model_cfg, extract_cfg, p["model"], p["acts"], p["tokens"])
 
 
 def _child(args: argparse.Namespace) -> dict:
@@ -128,11 +129,12 @@ def _child(args: argparse.Namespace) -> dict:
     import torch
     import torch._dynamo  # noqa: F401  (torch.func imports it on first use: count it as start-up)
 
-    from interaction_basis import jacobians, stages
+    from interaction_basis import jacobians
+    from interaction_basis.stages import basis, common, edges
 
     if args.impl == "generic":  # the dispatch before the closed forms
         jacobians._closed_form = lambda *_: None
-    stages.set_threads(args.threads)
+    common.set_threads(args.threads)
     model_cfg, extract_cfg, basis_cfg, edges_cfg = _configs(args)
     p = _paths(args)
     rss_imports = peak_rss_mib()
@@ -143,11 +145,11 @@ def _child(args: argparse.Namespace) -> dict:
     shutil.rmtree(p[f"{args.child}_{args.impl}"], ignore_errors=True)
     t0 = time.perf_counter()
     if args.child == "basis":
-        stages.fit_basis(
+        basis.fit_basis(
             model_cfg, extract_cfg, basis_cfg, "lib", p["model"], p["acts"], p[f"basis_{args.impl}"]
         )
     else:
-        stages.compute_edges(
+        edges.compute_edges(
             model_cfg, extract_cfg, edges_cfg, p["model"], p["acts"], p["basis_closed"],
             p[f"edges_{args.impl}"],
         )  # fmt: skip
@@ -163,18 +165,18 @@ def _bound(args, model_cfg, extract_cfg, basis_cfg, edges_cfg, p) -> dict:
     """Matmul FLOPs of the closed-form basis and edges stages, and the GEMM rate."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from interaction_basis import stages
+    from interaction_basis.stages import basis, edges
 
     flops = {}
     if "basis" in args.stages:
         with FlopCounterMode(display=False) as counter:
-            stages.fit_basis(
+            basis.fit_basis(
                 model_cfg, extract_cfg, basis_cfg, "lib", p["model"], p["acts"], p["basis_closed"]
             )
         flops["basis"] = counter.get_total_flops()
     if "edges" in args.stages:
         with FlopCounterMode(display=False) as counter:
-            stages.compute_edges(
+            edges.compute_edges(
                 model_cfg, extract_cfg, edges_cfg, p["model"], p["acts"], p["basis_closed"],
                 p["edges_closed"],
             )  # fmt: skip

@@ -8,13 +8,13 @@ functions the workflow runs are called as the rules call them, with the settings
 ``config/tinystories_quick.yaml`` (the residual-stream node layers, float64, relative truncation
 1e-10, ``rotate_final``, one stochastic source over positions) and a fixed batch size (8):
 
-- extract: ``stages.extract_activations`` (forward passes into the Zarr store, with the means
-  and Grams summed on the way);
-- basis: ``stages.fit_basis`` with method ``lib``;
-- edges: ``stages.compute_edges``.
+- extract: ``stages.extract.extract_activations`` (forward passes into the Zarr store, with the
+  means and Grams summed on the way);
+- basis: ``stages.basis.fit_basis`` with method ``lib``;
+- edges: ``stages.edges.compute_edges``.
 
-Every (stage, size, repetition) runs in a fresh subprocess with ``stages.set_threads``, so its
-peak RSS (``ru_maxrss``: interpreter, torch, transformers and xarray included) belongs to that
+Every (stage, size, repetition) runs in a fresh subprocess with ``stages.common.set_threads``, so
+its peak RSS (``ru_maxrss``: interpreter, torch, transformers and xarray included) belongs to that
 stage alone; the RSS after those imports is reported beside it, and the peak above it. Wall time
 covers the stage call only (model loading and store IO included, interpreter start-up and
 imports not). The table shows medians over the repetitions, tokens/s (n_samples · n_ctx over the
@@ -144,22 +144,20 @@ def _child(args: argparse.Namespace) -> dict:
     import torch._dynamo  # noqa: F401  (torch.func imports it on first use: count it as start-up)
 
     import interaction_basis.models.hf  # noqa: F401  (transformers)
-    from interaction_basis import stages
+    from interaction_basis.stages import basis, common, edges, extract
 
-    stages.set_threads(args.threads)
+    common.set_threads(args.threads)
     n = args.n_samples
     model_cfg, extract_cfg, basis_cfg, edges_cfg = _configs(args, n)
     p = _paths(args, n)
     rss_imports = peak_rss_mib()
     t0, c0 = time.perf_counter(), time.process_time()
     if args.child == "extract":
-        stages.extract_activations(model_cfg, extract_cfg, p["model"], p["acts"], p["tokens"])
+        extract.extract_activations(model_cfg, extract_cfg, p["model"], p["acts"], p["tokens"])
     elif args.child == "basis":
-        stages.fit_basis(
-            model_cfg, extract_cfg, basis_cfg, "lib", p["model"], p["acts"], p["basis"]
-        )
+        basis.fit_basis(model_cfg, extract_cfg, basis_cfg, "lib", p["model"], p["acts"], p["basis"])
     else:
-        stages.compute_edges(
+        edges.compute_edges(
             model_cfg, extract_cfg, edges_cfg, p["model"], p["acts"], p["basis"], p["edges"]
         )
     return dict(
@@ -193,7 +191,7 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=64, help="tokens per chunk")
     parser.add_argument("--batch-size", type=int, default=8, help="extract.batch_size (fixed)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (≥ 3 for a median)")
-    parser.add_argument("--threads", type=int, default=2, help="stages.set_threads")
+    parser.add_argument("--threads", type=int, default=2, help="stages.common.set_threads")
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--n-embd", type=int, default=64)
     parser.add_argument("--n-head", type=int, default=4)

@@ -73,6 +73,7 @@ def _full_build(build, model, tokens, batch_size: int):
     import torch
 
     from interaction_basis.basis import Truncation
+    from interaction_basis.moments import compute_layer_statistics
 
     wall, cpu = [time.perf_counter()], [time.process_time()]
 
@@ -84,7 +85,7 @@ def _full_build(build, model, tokens, batch_size: int):
         acts = model.activations(tokens)
     lap()
     source = build.batches_from_tensors(acts, batch_size)
-    stats = {layer: build.compute_layer_statistics(source, layer) for layer in model.node_layers}
+    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
     lap()
     bases, m_dash = build.fit_bases(
         model, source, stats, "lib", truncation=Truncation(1e-15, relative=False)
@@ -200,12 +201,13 @@ def _child_bound(args: argparse.Namespace) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from interaction_basis.basis import Truncation
+    from interaction_basis.moments import compute_layer_statistics
 
     build, model, tokens = _setup(args)
     with torch.no_grad():
         acts = model.activations(tokens)
     source = build.batches_from_tensors(acts, args.batch_size)
-    stats = {layer: build.compute_layer_statistics(source, layer) for layer in model.node_layers}
+    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
     with FlopCounterMode(display=False) as counter:
         bases, _ = build.fit_bases(
             model, source, stats, "lib", truncation=Truncation(1e-15, relative=False)

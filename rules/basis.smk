@@ -5,9 +5,9 @@ rule fit_basis:
     input:
         weights=model_input,
         acts="results/{experiment}/activations.zarr",
-        code=code_files("model", "basis"),
+        code=stage_code("fit_basis"),
     output:
-        basis=directory("results/{experiment}/{method}/basis.zarr"),
+        basis_out=directory("results/{experiment}/{method}/basis.zarr"),
     log:
         "results/logs/fit_basis/{experiment}/{method}.log",
     benchmark:

@@ -6,7 +6,7 @@ rule cluster_graph:
         weights=model_input,
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
-        code=code_files("model", "cluster"),
+        code=stage_code("cluster_graph"),
     output:
         modules="results/{experiment}/{method}/modules.json",
         graph="results/{experiment}/{method}/graph.graphml",

@@ -7,51 +7,23 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from interaction_basis import io
-from interaction_basis.config import WorkflowConfig
+from interaction_basis import planning
+from interaction_basis.config import (
+    EdgeAblationConfig,
+    NodeAblationConfig,
+    ResolutionsConfig,
+    WorkflowConfig,
+)
+from interaction_basis.kinds import KINDS
 
 validate(config, schema="../config/schema.yaml")
 CONFIG = WorkflowConfig.model_validate(config)
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
-PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
 
 # A bare *.zarr directory (no store inside) was left by a job that failed after Snakemake had
 # removed its old output: absent, it is planned again instead of trusted.
-for _store in io.remove_incomplete_stores("results"):
+for _store in planning.remove_incomplete_stores("results"):
     logger.warning(f"Removed {_store}: an incomplete store (no Zarr metadata).")
-
-# Package modules each stage computes with: editing one reruns that stage and what follows.
-# Wiring (stages.py, io.py, config.py) is left out so that cosmetic edits rerun nothing.
-CODE = {
-    "model": [
-        "data.py",
-        "images.py",
-        "tasks.py",
-        "models/__init__.py",
-        "models/sectioned.py",
-        "models/closed_form.py",
-        "models/modadd.py",
-        "models/mlp.py",
-        "models/modular_mlp.py",
-        "block_vectors.py",
-    ],
-    "train": ["train.py", "train_mlp.py"],
-    "extract": ["linalg.py", "summation.py", "build.py"],
-    "basis": ["linalg.py", "summation.py", "basis.py", "jacobians.py", "build.py"],
-    "edges": ["summation.py", "jacobians.py", "build.py"],
-    "cluster": ["clustering.py", "fourier.py", "summary.py"],
-    "report": [
-        "summary.py",
-        "plotting.py",
-        "ablation.py",
-        "ablated_sections.py",
-        "graph_layout.py",
-    ],
-    "evaluate": ["ablation.py", "ablated_sections.py"],
-    "interpret": ["features.py", "fourier.py"],
-    "explorer": ["explorer.py", "graph_layout.py"],
-    "ground_truth": ["ground_truth.py"],
-}
 
 
 def _alternation(names):
@@ -67,27 +39,35 @@ wildcard_constraints:
     layer=r"[A-Za-z0-9_.]+",
 
 
-HUB = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "hf")
+HUB = _alternation(n for n, e in EXPERIMENTS.items() if e.model.downloaded)
 TRAINED = _alternation(
-    n for n, e in EXPERIMENTS.items() if e.model.kind != "hf" and e.model.weights is None
+    n for n, e in EXPERIMENTS.items() if not e.model.downloaded and e.model.weights is None
 )
 IMPORTED = _alternation(
-    n for n, e in EXPERIMENTS.items() if e.model.kind != "hf" and e.model.weights is not None
+    n for n, e in EXPERIMENTS.items() if not e.model.downloaded and e.model.weights is not None
 )
 # Planted-module MLPs: scored against their planted blocks (rules/ground_truth.smk).
-PLANTED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "modular_mlp")
+PLANTED = _alternation(n for n, e in EXPERIMENTS.items() if e.model.planted)
 SHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards > 1)
 UNSHARDED = _alternation(n for n, e in EXPERIMENTS.items() if e.extract.n_shards == 1)
 
 
-def code_files(*stages):
-    """Package modules used by the given stages, as input files (checksummed by Snakemake).
+def stage_code(rule):
+    """Input function: the package modules that ``scripts/<rule>.py`` imports, transitively, and
+    the experiment's model-kind module with its imports where the stage uses one (see
+    ``interaction_basis.planning``). Editing any of them reruns the rule and what follows.
 
     Relative to the working directory, so that Snakemake's record of a job's inputs does not
     change when the project (workflow and results together) moves to another path.
     """
-    files = {os.path.relpath(PACKAGE / f) for stage in stages for f in CODE[stage]}
-    return sorted(files)
+    script = Path(workflow.basedir) / "scripts" / f"{rule}.py"
+    package = Path(workflow.basedir) / "src" / "interaction_basis"
+
+    def inputs(wildcards):
+        kind = KINDS[experiment(wildcards).model.kind]
+        return [os.path.relpath(f) for f in planning.stage_code(script, kind, package)]
+
+    return inputs
 
 
 def experiment(wildcards):
@@ -95,7 +75,7 @@ def experiment(wildcards):
 
 
 def is_hub(wildcards):
-    return experiment(wildcards).model.kind == "hf"
+    return experiment(wildcards).model.downloaded
 
 
 def model_input(wildcards):
@@ -114,15 +94,24 @@ def metrics_input(wildcards):
 
 
 def ground_truth_input(wildcards):
-    """ground_truth.json where the model has planted modules (kind modular_mlp)."""
-    planted = experiment(wildcards).model.kind == "modular_mlp"
+    """ground_truth.json where the model has planted modules to score against."""
+    planted = experiment(wildcards).model.planted
     return f"results/{wildcards.experiment}/ground_truth.json" if planted else []
 
 
 def model_targets():
     return [
-        f"resources/models/{name}" if e.model.kind == "hf" else f"results/{name}/model/weights.npz"
+        f"resources/models/{name}" if e.model.downloaded else f"results/{name}/model/weights.npz"
         for name, e in EXPERIMENTS.items()
+    ]
+
+
+def download_targets():
+    return [
+        f"resources/{what}/{name}"
+        for name, e in EXPERIMENTS.items()
+        if e.model.downloaded
+        for what in ("models", "datasets")
     ]
 
 
@@ -161,22 +150,12 @@ def cluster_params(wildcards):
     return experiment(wildcards).cluster.model_dump(mode="json")
 
 
-_EVALUATE_SHARED = {"enabled", "metric", "dtype", "batch_size", "max_samples"}
-_EVALUATE_SLICES = {
-    "nodes": _EVALUATE_SHARED
-    | {"node_schedule", "ablate_every_vec_cutoff", "exp_base", "n_points"},
-    "edges": _EVALUATE_SHARED | {"edge_delta", "edge_scaling"},
-    "modules": {"resolutions"},
-}
-
-
 def evaluate_params(part):
-    """The evaluate settings one rule uses, so that other changes do not rerun it."""
+    """The evaluate settings one rule uses (``part``, a sub-model of EvaluateConfig), so that
+    other changes do not rerun it."""
 
     def params(wildcards):
-        return experiment(wildcards).evaluate.model_dump(
-            mode="json", include=_EVALUATE_SLICES[part]
-        )
+        return experiment(wildcards).evaluate.part(part).model_dump(mode="json")
 
     return params
 
@@ -274,7 +253,7 @@ def shard_paths(pattern):
 
 @functools.cache
 def _stored_node_layers(path, mtime_ns):
-    return io.read_node_layers(path)
+    return planning.read_node_layers(path)
 
 
 def node_layers(wildcards):

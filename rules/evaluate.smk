@@ -6,9 +6,9 @@ rule ablate_nodes:
         weights=model_input,
         tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
-        code=code_files("model", "evaluate"),
+        code=stage_code("ablate_nodes"),
     output:
-        "results/{experiment}/{method}/node_ablation.json",
+        node_ablation="results/{experiment}/{method}/node_ablation.json",
     log:
         "results/logs/ablate_nodes/{experiment}/{method}.log",
     benchmark:
@@ -22,7 +22,7 @@ rule ablate_nodes:
         runtime=runtime(60),
     params:
         model=model_params,
-        evaluate=evaluate_params("nodes"),
+        evaluate=evaluate_params(NodeAblationConfig),
     script:
         "../scripts/ablate_nodes.py"
 
@@ -33,9 +33,9 @@ rule ablate_edges:
         tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
-        code=code_files("model", "evaluate"),
+        code=stage_code("ablate_edges"),
     output:
-        "results/{experiment}/{method}/edge_ablation.json",
+        edge_ablation="results/{experiment}/{method}/edge_ablation.json",
     log:
         "results/logs/ablate_edges/{experiment}/{method}.log",
     benchmark:
@@ -49,7 +49,7 @@ rule ablate_edges:
         runtime=runtime(120),
     params:
         model=model_params,
-        evaluate=evaluate_params("edges"),
+        evaluate=evaluate_params(EdgeAblationConfig),
     script:
         "../scripts/ablate_edges.py"
 
@@ -57,13 +57,12 @@ rule ablate_edges:
 rule cluster_resolutions:
     input:
         weights=model_input,
-        tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
         edges="results/{experiment}/{method}/edges.zarr",
         ablation="results/{experiment}/{method}/edge_ablation.json",
-        code=code_files("model", "cluster"),
+        code=stage_code("cluster_resolutions"),
     output:
-        "results/{experiment}/{method}/modules_by_resolution.json",
+        modules_by_resolution="results/{experiment}/{method}/modules_by_resolution.json",
     log:
         "results/logs/cluster_resolutions/{experiment}/{method}.log",
     conda:
@@ -76,6 +75,6 @@ rule cluster_resolutions:
         model=model_params,
         extract=extract_params,
         cluster=cluster_sweep_params,
-        evaluate=evaluate_params("modules"),
+        evaluate=evaluate_params(ResolutionsConfig),
     script:
         "../scripts/cluster_resolutions.py"

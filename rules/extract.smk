@@ -5,7 +5,7 @@ rule extract_activations:
     input:
         weights=model_input,
         tokens=tokens_input,
-        code=code_files("model", "extract"),
+        code=stage_code("extract_activations"),
     output:
         acts=directory("results/{experiment}/activations.zarr"),
     log:
@@ -30,11 +30,11 @@ rule extract_activations:
 
 rule tokenize_dataset:
     input:
-        model="resources/models/{experiment}",
+        model_dir="resources/models/{experiment}",
         dataset="resources/datasets/{experiment}",
-        code=code_files("model"),
+        code=stage_code("tokenize_dataset"),
     output:
-        directory("results/{experiment}/tokens.zarr"),
+        out=directory("results/{experiment}/tokens.zarr"),
     log:
         "results/logs/tokenize_dataset/{experiment}.log",
     wildcard_constraints:

@@ -7,7 +7,7 @@ rule score_ground_truth:
         basis=per_method("results/{experiment}/{method}/basis.zarr"),
         edges=per_method("results/{experiment}/{method}/edges.zarr"),
         modules=per_method("results/{experiment}/{method}/modules.json"),
-        code=code_files("model", "ground_truth"),
+        code=stage_code("score_ground_truth"),
     output:
         json="results/{experiment}/ground_truth.json",
     log:

@@ -6,9 +6,9 @@ rule compute_edges:
         weights=model_input,
         acts="results/{experiment}/activations.zarr",
         basis="results/{experiment}/{method}/basis.zarr",
-        code=code_files("model", "edges"),
+        code=stage_code("compute_edges"),
     output:
-        edges=directory("results/{experiment}/{method}/edges.zarr"),
+        edges_out=directory("results/{experiment}/{method}/edges.zarr"),
     log:
         "results/logs/compute_edges/{experiment}/{method}.log",
     benchmark:

@@ -6,9 +6,9 @@ rule interpret_features:
         weights=model_input,
         tokens=tokens_input,
         basis="results/{experiment}/{method}/basis.zarr",
-        code=code_files("model", "interpret"),
+        code=stage_code("interpret_features"),
     output:
-        directory("results/{experiment}/{method}/features.zarr"),
+        features=directory("results/{experiment}/{method}/features.zarr"),
     log:
         "results/logs/interpret_features/{experiment}/{method}.log",
     benchmark:
@@ -36,9 +36,9 @@ rule build_explorer:
         features=per_method("results/{experiment}/{method}/features.zarr"),
         summary="results/{experiment}/summary.json",
         evaluation=evaluation_input,
-        code=code_files("explorer"),
+        code=stage_code("build_explorer"),
     output:
-        report(
+        explorer=report(
             "results/{experiment}/explorer.html",
             caption="../report/explorer.rst",
             category="{experiment}",

@@ -3,7 +3,7 @@
 
 rule train_model:
     input:
-        code=code_files("model", "train"),
+        code=stage_code("train_model"),
     output:
         weights="results/{experiment}/model/weights.npz",
         metrics="results/{experiment}/model/metrics.json",
@@ -34,8 +34,8 @@ rule train_model:
 
 rule import_model:
     input:
-        weights=imported_weights,
-        code=code_files("model"),
+        weights_in=imported_weights,
+        code=stage_code("import_model"),
     output:
         weights="results/{experiment}/model/weights.npz",
         metrics="results/{experiment}/model/metrics.json",
@@ -61,7 +61,7 @@ rule import_model:
 # (timeouts, HTTP 429/5xx) and fails at once on a failed name lookup or offline.
 rule download_model:
     output:
-        directory("resources/models/{experiment}"),
+        out=directory("resources/models/{experiment}"),
     log:
         "results/logs/download_model/{experiment}.log",
     wildcard_constraints:
@@ -82,7 +82,7 @@ rule download_model:
 
 rule download_dataset:
     output:
-        directory("resources/datasets/{experiment}"),
+        out=directory("resources/datasets/{experiment}"),
     log:
         "results/logs/download_dataset/{experiment}.log",
     wildcard_constraints:

@@ -8,7 +8,7 @@ rule summarize_experiment:
         edges=per_method("results/{experiment}/{method}/edges.zarr"),
         modules=per_method("results/{experiment}/{method}/modules.json"),
         ground_truth=ground_truth_input,
-        code=code_files("report"),
+        code=stage_code("summarize_experiment"),
     output:
         md="results/{experiment}/summary.md",
         json="results/{experiment}/summary.json",
@@ -44,16 +44,16 @@ rule make_report_figures:
         edge_ablation=per_method("results/{experiment}/{method}/edge_ablation.json"),
         modules=per_method("results/{experiment}/{method}/modules_by_resolution.json"),
         edges=per_method("results/{experiment}/{method}/edges.zarr"),
-        code=code_files("report"),
+        code=stage_code("make_report_figures"),
     output:
         json="results/{experiment}/evaluation.json",
-        nodes=report(
+        nodes_png=report(
             "results/{experiment}/node_ablation.png",
             caption="../report/node_ablation.rst",
             category="{experiment}",
             subcategory="node ablation",
         ),
-        edges=report(
+        edges_png=report(
             "results/{experiment}/edge_ablation.png",
             caption="../report/edge_ablation.rst",
             category="{experiment}",
@@ -65,7 +65,7 @@ rule make_report_figures:
             category="{experiment}",
             subcategory="edge weights",
         ),
-        modules=report(
+        modules_png=report(
             "results/{experiment}/modules.png",
             caption="../report/modules.rst",
             category="{experiment}",

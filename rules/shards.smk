@@ -6,7 +6,7 @@ rule extract_shard:
     input:
         weights=model_input,
         tokens=tokens_input,
-        code=code_files("model", "extract"),
+        code=stage_code("extract_shard"),
     output:
         acts=directory("results/{experiment}/shards/{shard}/activations.zarr"),
     log:
@@ -32,7 +32,7 @@ rule extract_shard:
 checkpoint gather_stats:
     input:
         shards=shard_paths("results/{experiment}/shards/{shard}/activations.zarr"),
-        code=code_files("extract"),
+        code=stage_code("gather_stats"),
     output:
         stats=directory("results/{experiment}/stats.zarr"),
     log:
@@ -54,9 +54,9 @@ rule shard_m_dash:
         weights=model_input,
         acts="results/{experiment}/shards/{shard}/activations.zarr",
         next_basis=next_layer_basis,
-        code=code_files("model", "basis"),
+        code=stage_code("shard_m_dash"),
     output:
-        directory("results/{experiment}/lib/shards/{shard}/m_dash/{layer}.zarr"),
+        m_dash=directory("results/{experiment}/lib/shards/{shard}/m_dash/{layer}.zarr"),
     log:
         "results/logs/shard_m_dash/{experiment}/{layer}/{shard}.log",
     benchmark:
@@ -82,9 +82,9 @@ rule fit_layer:
     input:
         stats="results/{experiment}/stats.zarr",
         m_dash=m_dash_parts,
-        code=code_files("basis"),
+        code=stage_code("fit_layer"),
     output:
-        basis=directory("results/{experiment}/{method}/layers/{layer}.zarr"),
+        basis_out=directory("results/{experiment}/{method}/layers/{layer}.zarr"),
     log:
         "results/logs/fit_layer/{experiment}/{method}/{layer}.log",
     wildcard_constraints:
@@ -106,8 +106,9 @@ rule fit_layer:
 rule assemble_basis:
     input:
         layers=layer_bases,
+        code=stage_code("assemble_basis"),
     output:
-        basis=directory("results/{experiment}/{method}/basis.zarr"),
+        basis_out=directory("results/{experiment}/{method}/basis.zarr"),
     log:
         "results/logs/assemble_basis/{experiment}/{method}.log",
     wildcard_constraints:
@@ -131,9 +132,9 @@ rule shard_edges:
         weights=model_input,
         acts="results/{experiment}/shards/{shard}/activations.zarr",
         basis="results/{experiment}/{method}/basis.zarr",
-        code=code_files("model", "edges"),
+        code=stage_code("shard_edges"),
     output:
-        directory("results/{experiment}/{method}/shards/{shard}/edges.zarr"),
+        parts=directory("results/{experiment}/{method}/shards/{shard}/edges.zarr"),
     log:
         "results/logs/shard_edges/{experiment}/{method}/{shard}.log",
     benchmark:
@@ -159,9 +160,9 @@ rule gather_edges:
     input:
         basis="results/{experiment}/{method}/basis.zarr",
         parts=shard_paths("results/{experiment}/{method}/shards/{shard}/edges.zarr"),
-        code=code_files("edges"),
+        code=stage_code("gather_edges"),
     output:
-        edges=directory("results/{experiment}/{method}/edges.zarr"),
+        edges_out=directory("results/{experiment}/{method}/edges.zarr"),
     log:
         "results/logs/gather_edges/{experiment}/{method}.log",
     wildcard_constraints:

@@ -1,20 +1,6 @@
-"""Adapter for rule ablate_nodes."""
+"""Rule ablate_nodes: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.evaluate import ablate_nodes
 
-from interaction_basis import config, evaluation
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-evaluation.set_threads(snakemake.threads)
-evaluation.ablate_nodes(
-    config.ModelConfig.model_validate(snakemake.params.model),
-    config.EvaluateConfig.model_validate(snakemake.params.evaluate),
-    snakemake.input.weights,
-    snakemake.input.basis,
-    snakemake.output[0],
-    snakemake.input.tokens or None,
-)
+run_stage(snakemake, ablate_nodes)  # noqa: F821 (Snakemake defines it)

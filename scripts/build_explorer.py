@@ -1,25 +1,6 @@
-"""Adapter for rule build_explorer."""
+"""Rule build_explorer: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.explorer import build_explorer
 
-from interaction_basis import config, interpret, stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-interpret.build_explorer(
-    snakemake.wildcards.experiment,
-    config.ModelConfig.model_validate(snakemake.params.model),
-    config.InterpretConfig.model_validate(snakemake.params.interpret),
-    snakemake.params.methods,
-    snakemake.input.basis,
-    snakemake.input.edges,
-    snakemake.input.modules,
-    snakemake.input.features,
-    snakemake.input.summary,
-    snakemake.input.evaluation or None,
-    snakemake.output[0],
-)
+run_stage(snakemake, build_explorer)  # noqa: F821 (Snakemake defines it)

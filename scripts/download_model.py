@@ -1,15 +1,6 @@
-"""Adapter for rule download_model (the only scripts that use the network)."""
+"""Rule download_model: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.downloads import download_model
 
-from interaction_basis import config, stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.download_model(
-    config.ModelConfig.model_validate(snakemake.params.model), snakemake.output[0]
-)
+run_stage(snakemake, download_model)  # noqa: F821 (Snakemake defines it)

@@ -1,19 +1,6 @@
-"""Adapter for rule extract_activations."""
+"""Rule extract_activations: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.extract import extract_activations
 
-from interaction_basis import config, stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.extract_activations(
-    config.ModelConfig.model_validate(snakemake.params.model),
-    config.ExtractConfig.model_validate(snakemake.params.extract),
-    snakemake.input.weights,
-    snakemake.output.acts,
-    snakemake.input.tokens or None,
-)
+run_stage(snakemake, extract_activations)  # noqa: F821 (Snakemake defines it)

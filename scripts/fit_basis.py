@@ -1,21 +1,6 @@
-"""Adapter for rule fit_basis."""
+"""Rule fit_basis: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.basis import fit_basis
 
-from interaction_basis import config, stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.fit_basis(
-    config.ModelConfig.model_validate(snakemake.params.model),
-    config.ExtractConfig.model_validate(snakemake.params.extract),
-    config.BasisConfig.model_validate(snakemake.params.basis),
-    snakemake.wildcards.method,
-    snakemake.input.weights,
-    snakemake.input.acts,
-    snakemake.output.basis,
-)
+run_stage(snakemake, fit_basis)  # noqa: F821 (Snakemake defines it)

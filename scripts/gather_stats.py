@@ -1,13 +1,6 @@
-"""Adapter for checkpoint gather_stats."""
+"""Rule gather_stats: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.extract import gather_stats
 
-from interaction_basis import stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.gather_stats(list(snakemake.input.shards), snakemake.output.stats)
+run_stage(snakemake, gather_stats)  # noqa: F821 (Snakemake defines it)

@@ -1,19 +1,6 @@
-"""Adapter for rule import_model."""
+"""Rule import_model: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.model import import_model
 
-from interaction_basis import config, stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.import_model(
-    config.ModelConfig.model_validate(snakemake.params.model),
-    snakemake.input.weights,
-    snakemake.output.weights,
-    snakemake.output.metrics,
-    snakemake.output.curve,
-)
+run_stage(snakemake, import_model)  # noqa: F821 (Snakemake defines it)

@@ -1,25 +1,6 @@
-"""Adapter for rule make_report_figures."""
+"""Rule make_report_figures: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.report import make_report_figures
 
-from interaction_basis import evaluation
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-evaluation.set_threads(snakemake.threads)
-evaluation.make_report_figures(
-    snakemake.wildcards.experiment,
-    list(snakemake.params.methods),
-    list(snakemake.input.nodes),
-    list(snakemake.input.edge_ablation),
-    list(snakemake.input.modules),
-    list(snakemake.input.edges),
-    snakemake.output.json,
-    snakemake.output.nodes,
-    snakemake.output.edges,
-    snakemake.output.distribution,
-    snakemake.output.modules,
-)
+run_stage(snakemake, make_report_figures)  # noqa: F821 (Snakemake defines it)

@@ -1,21 +1,6 @@
-"""Adapter for rule shard_edges."""
+"""Rule shard_edges: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.edges import shard_edges
 
-from interaction_basis import config, stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.compute_shard_edges(
-    config.ModelConfig.model_validate(snakemake.params.model),
-    config.ExtractConfig.model_validate(snakemake.params.extract),
-    config.EdgesConfig.model_validate(snakemake.params.edges),
-    snakemake.input.weights,
-    snakemake.input.acts,
-    snakemake.input.basis,
-    snakemake.output[0],
-)
+run_stage(snakemake, shard_edges)  # noqa: F821 (Snakemake defines it)

@@ -1,22 +1,6 @@
-"""Adapter for rule shard_m_dash."""
+"""Rule shard_m_dash: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.basis import shard_m_dash
 
-from interaction_basis import config, stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.compute_shard_m_dash(
-    config.ModelConfig.model_validate(snakemake.params.model),
-    config.ExtractConfig.model_validate(snakemake.params.extract),
-    config.BasisConfig.model_validate(snakemake.params.basis),
-    snakemake.wildcards.layer,
-    snakemake.input.weights,
-    snakemake.input.acts,
-    snakemake.input.next_basis,
-    snakemake.output[0],
-)
+run_stage(snakemake, shard_m_dash)  # noqa: F821 (Snakemake defines it)

@@ -1,25 +1,6 @@
-"""Adapter for rule summarize_experiment."""
+"""Rule summarize_experiment: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.summary import summarize_experiment
 
-from interaction_basis import stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.summarize(
-    snakemake.wildcards.experiment,
-    list(snakemake.params.methods),
-    snakemake.input.metrics or None,
-    list(snakemake.input.basis),
-    list(snakemake.input.edges),
-    list(snakemake.input.modules),
-    snakemake.output.md,
-    snakemake.output.json,
-    snakemake.output.spectra,
-    snakemake.output.graph,
-    snakemake.input.ground_truth or None,
-)
+run_stage(snakemake, summarize_experiment)  # noqa: F821 (Snakemake defines it)

@@ -1,18 +1,6 @@
-"""Adapter for rule tokenize_dataset."""
+"""Rule tokenize_dataset: the stage function of the same name (see interaction_basis.seam)."""
 
-import logging
-from typing import TYPE_CHECKING
+from interaction_basis.seam import run_stage
+from interaction_basis.stages.tokens import tokenize_dataset
 
-from interaction_basis import config, stages
-
-if TYPE_CHECKING:
-    from snakemake.script import snakemake
-
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-stages.set_threads(snakemake.threads)
-stages.tokenize_dataset(
-    config.ModelConfig.model_validate(snakemake.params.model),
-    snakemake.input.model,
-    snakemake.input.dataset,
-    snakemake.output[0],
-)
+run_stage(snakemake, tokenize_dataset)  # noqa: F821 (Snakemake defines it)

@@ -48,14 +48,10 @@ def reference_builds(reference_dir):
     read-only.
     """
     from interaction_basis.basis import Truncation
-    from interaction_basis.build import (
-        batches_from_tensors,
-        compute_edges,
-        compute_layer_statistics,
-        fit_bases,
-    )
+    from interaction_basis.build import batches_from_tensors, compute_edges, fit_bases
     from interaction_basis.data import build_modadd_dataset, compute_modadd_split
     from interaction_basis.models.modadd import build_modadd_sections
+    from interaction_basis.moments import compute_layer_statistics
 
     builds = {}
 

@@ -24,8 +24,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interaction_basis.ablated_sections import make_group_output
-from interaction_basis.basis import Basis
 from interaction_basis.models.sectioned import SectionedModel
+from interaction_basis.records import Basis
 
 Metric = Literal["accuracy", "ce_loss"]
 Scaling = Literal["linear", "logarithmic"]
@@ -820,28 +820,3 @@ def compute_all_edges_required(
 # ----------------------------------------------------------------------------------------------
 # Edge-mass concentration
 # ----------------------------------------------------------------------------------------------
-
-
-def compute_edge_mass_counts(
-    edges: Float[Tensor, "out in"],
-    fractions: Sequence[float] = (0.9, 0.99, 0.999),
-    *,
-    skip_constant_input: bool = True,
-) -> dict[float, int]:
-    """Fewest top entries of ``E[:, 1:]`` holding each fraction of its total (lib_spec C.1.3).
-
-    A scale-free sparsity measure: every output row (the output constant node included) and every
-    input column except the constant input are ranked in descending order.
-    """
-    e = (edges[:, 1:] if skip_constant_input else edges).flatten().to(torch.float64)
-    if e.numel() == 0 or not torch.isfinite(e).all() or bool((e < 0).any()):
-        raise ValueError("Edges must be a non-empty, finite, non-negative matrix.")
-    cumulative = torch.sort(e, descending=True).values.cumsum(0)
-    total = cumulative[-1]
-    counts = {}
-    for frac in fractions:
-        if not 0 < frac <= 1:
-            raise ValueError(f"Fractions must be in (0, 1], got {frac}.")
-        n = int(torch.searchsorted(cumulative, frac * total)) + 1
-        counts[frac] = min(n, e.numel())
-    return counts

@@ -11,24 +11,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interaction_basis.linalg import compute_centering_matrices, compute_sorted_eigh
+from interaction_basis.records import Basis
 
 CONST_TOLERANCE = 1e-6  # lib_spec A.3: |U[last, k]| and |D_k| above this mark the constant
-
-
-class Basis(NamedTuple):
-    """A fitted basis for one node layer.
-
-    Attributes:
-        C: (orig, feature) map from activations to features.
-        C_pinv: (feature, orig) the reconstruction map (not ``pinv(C)``).
-        importance: (feature,) Λ for LIB, the Gram eigenvalues D for PCA, ones for neuron.
-        n_masked: leading features excluded from the rotation (constant, LN variance).
-    """
-
-    C: Float[Tensor, "orig feature"]
-    C_pinv: Float[Tensor, "feature orig"]
-    importance: Float[Tensor, " feature"]
-    n_masked: int
 
 
 class Truncation(NamedTuple):

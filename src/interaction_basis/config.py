@@ -4,21 +4,90 @@
 interaction_basis.config``) and a test keeps the two in sync. Building a config never does IO.
 """
 
-from typing import Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from interaction_basis.block_vectors import BlockVectorConfig
-from interaction_basis.models.modular_mlp import ModularMLPConfig
-from interaction_basis.train import ModAddTrainConfig
-from interaction_basis.train_mlp import MLPTrainConfig
-
 Method = Literal["lib", "pca", "neuron"]
 DType = Literal["float64", "float32"]
+Activation = Literal["relu", "gelu", "tanh"]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class ModAddTrainConfig(BaseModel):
+    """How to train the mod-add transformer (defaults: the fast recipe described in
+    ``interaction_basis.train``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    modulus: int = Field(
+        113, ge=2, description="p: inputs are (a, b, =) with a, b < p; the vocabulary has p + 1."
+    )
+    frac_train: float = Field(
+        0.3, gt=0, lt=1, description="Fraction of the p² pairs in the train split (paper: 0.3)."
+    )
+    data_seed: int = Field(
+        0, ge=0, description="Seed of the train/test split (random_split order; paper: 0)."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the model initialisation (paper: 0..4).")
+    d_model: int = Field(128, ge=1, description="Residual width.")
+    n_heads: int = Field(4, ge=1, description="Attention heads.")
+    d_head: int = Field(32, ge=1, description="Width of each head.")
+    d_mlp: int = Field(512, ge=1, description="MLP hidden width (ReLU).")
+    n_epochs: int = Field(
+        3000,
+        ge=1,
+        description="Maximum number of full-batch epochs (one optimiser step each); training "
+        "stops earlier once the early-stopping target is met.",
+    )
+    lr: float = Field(1e-2, gt=0, description="AdamW peak learning rate (paper: 1e-3).")
+    weight_decay: float = Field(2.5, ge=0, description="AdamW decoupled weight decay (paper: 1).")
+    betas: tuple[_Beta, _Beta] = Field((0.9, 0.98), description="AdamW betas (paper: (0.9, 0.98)).")
+    warmup_steps: int = Field(
+        10, ge=0, description="Linear warm-up: the lr factor is min(step / warmup_steps, 1)."
+    )
+    eval_every: int = Field(
+        10, ge=1, description="Evaluate the train and test splits every this many epochs."
+    )
+    target_test_accuracy: float | None = Field(
+        0.999,
+        gt=0,
+        le=1,
+        description="Stop early once the test accuracy is at least this for `patience` "
+        "consecutive evaluations; None trains all n_epochs.",
+    )
+    patience: int = Field(
+        5, ge=1, description="Consecutive evaluations at the target before stopping early."
+    )
+
+
+class MLPTrainConfig(BaseModel):
+    """How to train an image-classifier MLP (defaults: the reference CIFAR-10 run)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_sizes: tuple[int, ...] = Field(
+        (100, 100),
+        description="Widths of the hidden layers; the reference CIFAR-10 MLP uses [100, 100].",
+    )
+    activation: Activation = Field("relu", description="Hidden activation: relu, gelu or tanh.")
+    bias: bool = Field(True, description="Whether the linear layers have biases.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam (L2) weight decay; 0 as reference.")
+    batch_size: int = Field(64, ge=1, description="Minibatch size.")
+    epochs: int = Field(12, ge=1, description="Passes over the training set.")
+    seed: int = Field(0, ge=0, description="Seeds the initialisation and the shuffling.")
+    eval_batch_size: int = Field(
+        4096,
+        ge=1,
+        description="Batch size for the loss/accuracy evaluations (no effect on the result).",
+    )
 
 
 class ImageDataConfig(_Frozen):
@@ -96,6 +165,94 @@ class TextDataConfig(_Frozen):
     seed: int = Field(0, ge=0, description="Seed of the chunk sampling.")
 
 
+class ModularMLPConfig(BaseModel):
+    """The reference's ``modular_mlp_config`` (lib_spec H), plus the hidden variant."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_hidden_layers: int = Field(4, ge=1, description="Hidden layers (n_hidden_layers + 1 linear).")
+    width: int = Field(4, ge=2, description="Input, every hidden and the output size.")
+    first_block_width: int | None = Field(
+        None, ge=1, description="Width of the first block; null: width // 2."
+    )
+    weight_variances: list[float] = Field(
+        [1.0, 1.0],
+        min_length=2,
+        max_length=2,
+        description="Scale of each block's standard-normal weights. As in the reference they "
+        "multiply the draw: standard deviations, despite the name.",
+    )
+    weight_equal_columns: bool = Field(
+        False, description="Each block has identical columns (one draw per row)."
+    )
+    bias: float = Field(0.0, description="Value of every bias entry.")
+    activation_fn: Activation = Field("relu", description="Activation after all but the last.")
+    dtype: Literal["float64", "float32"] = Field(
+        "float64", description="dtype of the weight draws (float32 draws are other numbers)."
+    )
+    seed: int = Field(
+        0, ge=0, description="torch.manual_seed before each layer's draw: all layers are equal."
+    )
+    hidden: bool = Field(
+        False,
+        description="Mix every hidden layer with a fixed random orthogonal matrix, un-mixed in "
+        "the next layer (same function; blocks invisible in the hidden neuron basis).",
+    )
+    hidden_seed: int = Field(0, ge=0, description="Seed of the mixing matrices.")
+
+    @model_validator(mode="after")
+    def _blocks_fit(self) -> "ModularMLPConfig":
+        if self.first_block_width is not None and self.first_block_width >= self.width:
+            raise ValueError(
+                f"modular_mlp.first_block_width ({self.first_block_width}) must be smaller "
+                f"than width ({self.width}): both blocks need a neuron."
+            )
+        return self
+
+    @property
+    def first_block(self) -> int:
+        return self.first_block_width or self.width // 2
+
+
+class BlockVectorConfig(BaseModel):
+    """The reference's ``block_vector`` dataset (lib_spec H); there are no labels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(1000, ge=1, description="Number of vectors.")
+    length: int = Field(4, ge=2, description="Length of each vector (the MLP's width).")
+    first_block_length: int | None = Field(
+        None, ge=1, description="Length of the first block; null: length // 2."
+    )
+    data_variances: list[float] = Field(
+        [1.0, 1.0],
+        min_length=2,
+        max_length=2,
+        description="Scale of each block. As in the reference they multiply a standard "
+        "normal: standard deviations, despite the name.",
+    )
+    data_perfect_correlation: bool = Field(
+        False, description="One draw per sample and block, repeated across the block."
+    )
+    dtype: Literal["float64", "float32"] = Field(
+        "float64", description="dtype of the draws (float32 draws are other numbers)."
+    )
+    seed: int = Field(0, ge=0, description="torch.manual_seed before drawing.")
+
+    @model_validator(mode="after")
+    def _blocks_fit(self) -> "BlockVectorConfig":
+        if self.first_block_length is not None and self.first_block_length >= self.length:
+            raise ValueError(
+                f"block_vector.first_block_length ({self.first_block_length}) must be smaller "
+                f"than length ({self.length}): both blocks need a coordinate."
+            )
+        return self
+
+    @property
+    def first_block(self) -> int:
+        return self.first_block_length or self.length // 2
+
+
 class ModelConfig(_Frozen):
     """Where the model comes from."""
 
@@ -163,6 +320,17 @@ class ModelConfig(_Frozen):
         if unknown:
             raise ValueError(f"kind {self.kind!r} does not use {sorted(unknown)}")
         return self.model_dump(mode="json", include={"kind", *(sections or used)})
+
+    @property
+    def downloaded(self) -> bool:
+        """Whether the model and its data come from the hub (rules download_model,
+        download_dataset, tokenize_dataset) instead of results/<experiment>/model/."""
+        return "hub" in _KIND_SECTIONS[self.kind]
+
+    @property
+    def planted(self) -> bool:
+        """Whether the network has planted modules to score against (rule score_ground_truth)."""
+        return self.kind == "modular_mlp"
 
 
 # The sections of `model` each kind reads (`weights`: an existing weights.npz to import).
@@ -287,8 +455,11 @@ class ClusterConfig(_Frozen):
     n_iterations: int = Field(10, description="Leiden iterations (paper: 10; -1: to convergence).")
 
 
-class EvaluateConfig(_Frozen):
-    """Ablations on held-out data and modules from the ablation threshold (lib_spec D, E)."""
+_Part = TypeVar("_Part", bound=BaseModel)
+
+
+class _EvaluationSettings(_Frozen):
+    """What both ablation stages read."""
 
     enabled: bool = Field(True, description="Run the evaluation stages and the report.")
     metric: Literal["accuracy", "ce_loss"] = Field(
@@ -299,6 +470,11 @@ class EvaluateConfig(_Frozen):
     max_samples: int | None = Field(
         None, ge=1, description="Evaluate on at most this many held-out samples (null: all)."
     )
+
+
+class NodeAblationConfig(_EvaluationSettings):
+    """The evaluate settings of rule ablate_nodes."""
+
     node_schedule: Literal["exponential", "linear"] = Field(
         "exponential", description="Kept-feature counts to score (lib_spec E)."
     )
@@ -307,6 +483,11 @@ class EvaluateConfig(_Frozen):
     )
     exp_base: float = Field(1.05, gt=1, description="... then step down by base**x.")
     n_points: int = Field(20, ge=2, description="linear: number of kept counts.")
+
+
+class EdgeAblationConfig(_EvaluationSettings):
+    """The evaluate settings of rule ablate_edges."""
+
     edge_delta: float = Field(
         0.001,
         gt=0,
@@ -316,11 +497,27 @@ class EvaluateConfig(_Frozen):
     edge_scaling: Literal["linear", "logarithmic"] = Field(
         "linear", description="Bisection midpoint (paper: linear for mod-add, log for LMs)."
     )
+
+
+class ResolutionsConfig(_Frozen):
+    """The evaluate settings of rule cluster_resolutions."""
+
     resolutions: list[float] = Field(
         [0.5, 1.0],
         min_length=1,
         description="Leiden resolutions γ for the modules with ε from the edge ablation.",
     )
+
+
+# One flat config section made of one sub-model per rule: each rule gets (and reruns for) only
+# its own part, and its stage function can read nothing else.
+class EvaluateConfig(ResolutionsConfig, EdgeAblationConfig, NodeAblationConfig):
+    """Ablations on held-out data and modules from the ablation threshold (lib_spec D, E)."""
+
+    def part(self, model: type[_Part]) -> _Part:
+        """The settings of one rule: ``NodeAblationConfig``, ``EdgeAblationConfig`` or
+        ``ResolutionsConfig``."""
+        return model.model_validate(self.model_dump(include=set(model.model_fields)))
 
 
 class InterpretConfig(_Frozen):
@@ -382,7 +579,7 @@ class ExperimentConfig(_Frozen):
 
     @model_validator(mode="after")
     def _shards_fit_the_text_data(self) -> "ExperimentConfig":
-        if self.model.kind != "hf":
+        if not self.model.downloaded:
             return self  # other tasks' sample counts are known only when their data loads
         t, e = self.model.text, self.extract
         sets = {"text.n_samples": t.n_samples, "text.n_stats_samples": t.n_stats_samples}

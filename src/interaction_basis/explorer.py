@@ -20,8 +20,8 @@ import numpy as np
 import xarray as xr
 from torch import Tensor
 
-from interaction_basis.basis import Basis
 from interaction_basis.graph_layout import NO_MODULE, layout_layer, module_order
+from interaction_basis.records import Basis
 
 PALETTE = (
     "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #bcbd22 #17becf #aec7e8 #ffbb78 "

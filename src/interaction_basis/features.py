@@ -26,12 +26,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interaction_basis import io
-from interaction_basis.basis import Basis
 from interaction_basis.fourier import (
     compute_dominant_frequencies,
     compute_dominant_terms,
     compute_frequency_power,
 )
+from interaction_basis.records import Basis
 
 # name: (dims, values) or (dims, values, attrs)
 Variables = dict[str, tuple]

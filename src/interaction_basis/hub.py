@@ -54,7 +54,7 @@ HUB_ATTEMPTS = 4
 HUB_BACKOFF_S = 5.0
 
 #: Snakemake target that runs the download rules (named in error messages).
-DOWNLOAD_TARGET = "all_models"
+DOWNLOAD_TARGET = "all_downloads"
 #: Provenance file written into every output folder (hidden: ``datasets`` skips dot-files).
 PROVENANCE_FILE = ".provenance.json"
 

@@ -14,7 +14,7 @@ end). Larger arrays (activations) are only counted and shape-checked when opened
 opening stays cheap; their CRC-32, computed while streaming them in at write time, is checked
 at the end of every full pass over them, before anything computed from them is written. A
 store without the record is incomplete or from an older version, and refused;
-:func:`remove_incomplete_stores` deletes the bare directories that failed jobs leave, at
+``planning.remove_incomplete_stores`` deletes the bare directories that failed jobs leave, at
 planning time, so that Snakemake rebuilds them instead of trusting them. A damaged input stops
 the job with :class:`DamagedInputError`, which names the file, what is wrong, the rule that
 wrote it and the command that rebuilds it.
@@ -37,8 +37,8 @@ import xarray as xr
 import zarr
 from torch import Tensor
 
-from interaction_basis.basis import Basis
-from interaction_basis.build import BatchSource, LayerStats, MomentSums, Partial
+from interaction_basis.moments import MomentSums
+from interaction_basis.records import Basis, BatchSource, LayerStats, Partial
 from interaction_basis.summation import CompensatedSum
 
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
@@ -314,26 +314,6 @@ def is_complete_store(path: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     return INTEGRITY_ATTR in meta.get("attributes", {})
-
-
-def remove_incomplete_stores(root: str | os.PathLike) -> list[Path]:
-    """Delete every ``*.zarr`` directory under ``root`` that holds no store; return them.
-
-    Snakemake removes a directory output before its job runs; a job that then fails can leave
-    the bare directory (with a fresh timestamp) behind, which a later dry run would trust.
-    Removed, it is planned again, with everything computed from it. A store that has its root
-    metadata but no integrity record (written by an older version, or damaged) is kept: its
-    readers refuse it and name the command that rebuilds it, so a dry run never deletes data.
-    """
-    removed = []
-    for dirpath, dirnames, _ in os.walk(root):
-        for name in [d for d in dirnames if d.endswith(".zarr") and not d.startswith(".")]:
-            dirnames.remove(name)  # never descend into a store
-            store = Path(dirpath, name)
-            if not (store / "zarr.json").is_file():
-                _remove(store)
-                removed.append(store)
-    return removed
 
 
 class ActivationWriter:

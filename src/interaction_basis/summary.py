@@ -2,28 +2,12 @@
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-import torch
 from torch import Tensor
 
-from interaction_basis.ablation import compute_edge_mass_counts
-from interaction_basis.basis import Basis
-from interaction_basis.clustering import Modules
-from interaction_basis.data import build_modadd_dataset
-from interaction_basis.fourier import compute_cluster_labels, compute_frequency_power
-from interaction_basis.models.sectioned import SectionedModel
+from interaction_basis.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
+from interaction_basis.records import Basis
 
-MASS_FRACTIONS = (0.9, 0.99)
 COUNT_THRESHOLDS = (1e-8, 1e-4)
-
-
-def compute_epsilon_from_mass(edges: Tensor, mass: float) -> float:
-    """ε of the log edge norm: the weakest of the strongest non-constant edges holding
-    ``mass`` of the non-constant weight (as the paper's ε is the weakest edge kept by edge
-    ablation, lib_spec D)."""
-    n = compute_edge_mass_counts(edges, (mass,))[mass]
-    values = torch.sort(edges[:, 1:].flatten().to(torch.float64), descending=True).values
-    return float(values[n - 1])
 
 
 def count_important(basis: Basis, threshold: float) -> int:
@@ -32,28 +16,6 @@ def count_important(basis: Basis, threshold: float) -> int:
     if rest.numel() == 0:
         return 0
     return int((rest > threshold * rest.max()).sum())
-
-
-def label_modadd_clusters(
-    model: SectionedModel, bases: Mapping[str, Basis], modules: Modules, modulus: int
-) -> list[dict]:
-    """Each cluster's dominant Fourier frequency over all ``modulus²`` inputs (lib_spec C.1.4)."""
-    tokens, _ = build_modadd_dataset(modulus)
-    with torch.no_grad():
-        acts = model.activations(tokens.to(torch.long))
-    powers = {}
-    for layer in modules.layers:
-        feats = (acts[layer] @ bases[layer].C.to(acts[layer].dtype)).sum(dim=1)  # sum positions
-        powers[layer] = compute_frequency_power(feats.to(torch.float64).numpy(), modulus=modulus)
-    labels = compute_cluster_labels(modules.cluster_features, powers)
-    return [
-        {
-            "frequency": int(lab.frequency),
-            "share": float(lab.share),
-            "n_labelled": int(lab.n_features),
-        }
-        for lab in labels
-    ]
 
 
 def compute_summary(
@@ -176,8 +138,3 @@ def render_markdown(summary: Mapping) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def feature_order(importance: Tensor) -> np.ndarray:
-    """Indices by decreasing importance (features are stored that way except masked ones)."""
-    return np.argsort(-importance.numpy(), kind="stable")

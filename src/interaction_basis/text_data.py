@@ -51,7 +51,7 @@ from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
 
 #: Snakemake target that runs the download rules (named in error messages).
-DOWNLOAD_TARGET = "all_models"
+DOWNLOAD_TARGET = "all_downloads"
 #: Suffixes read without ``datasets``.
 _OWN_SUFFIXES = (".txt", ".parquet", ".jsonl", ".jsonl.gz")
 _DATA_SUFFIXES = (*_OWN_SUFFIXES, ".json", ".arrow", ".csv")

@@ -50,66 +50,18 @@ costs about one training step, so ``eval_every`` 10 adds ~10%.
 """
 
 import math
-from typing import Annotated, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interaction_basis.config import ModAddTrainConfig
 from interaction_basis.data import build_modadd_dataset, compute_modadd_split
 from interaction_basis.models.modadd import ModAddTransformer
-
-_Beta = Annotated[float, Field(ge=0, lt=1)]
-
-
-class ModAddTrainConfig(BaseModel):
-    """How to train the mod-add transformer (defaults: the fast recipe in the module docstring)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    modulus: int = Field(
-        113, ge=2, description="p: inputs are (a, b, =) with a, b < p; the vocabulary has p + 1."
-    )
-    frac_train: float = Field(
-        0.3, gt=0, lt=1, description="Fraction of the p² pairs in the train split (paper: 0.3)."
-    )
-    data_seed: int = Field(
-        0, ge=0, description="Seed of the train/test split (random_split order; paper: 0)."
-    )
-    seed: int = Field(0, ge=0, description="Seed of the model initialisation (paper: 0..4).")
-    d_model: int = Field(128, ge=1, description="Residual width.")
-    n_heads: int = Field(4, ge=1, description="Attention heads.")
-    d_head: int = Field(32, ge=1, description="Width of each head.")
-    d_mlp: int = Field(512, ge=1, description="MLP hidden width (ReLU).")
-    n_epochs: int = Field(
-        3000,
-        ge=1,
-        description="Maximum number of full-batch epochs (one optimiser step each); training "
-        "stops earlier once the early-stopping target is met.",
-    )
-    lr: float = Field(1e-2, gt=0, description="AdamW peak learning rate (paper: 1e-3).")
-    weight_decay: float = Field(2.5, ge=0, description="AdamW decoupled weight decay (paper: 1).")
-    betas: tuple[_Beta, _Beta] = Field((0.9, 0.98), description="AdamW betas (paper: (0.9, 0.98)).")
-    warmup_steps: int = Field(
-        10, ge=0, description="Linear warm-up: the lr factor is min(step / warmup_steps, 1)."
-    )
-    eval_every: int = Field(
-        10, ge=1, description="Evaluate the train and test splits every this many epochs."
-    )
-    target_test_accuracy: float | None = Field(
-        0.999,
-        gt=0,
-        le=1,
-        description="Stop early once the test accuracy is at least this for `patience` "
-        "consecutive evaluations; None trains all n_epochs.",
-    )
-    patience: int = Field(
-        5, ge=1, description="Consecutive evaluations at the target before stopping early."
-    )
 
 
 class TrainResult(NamedTuple):

@@ -11,34 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interaction_basis.models.mlp import MLP, Activation
-
-
-class MLPTrainConfig(BaseModel):
-    """How to train an image-classifier MLP (defaults: the reference CIFAR-10 run)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hidden_sizes: tuple[int, ...] = Field(
-        (100, 100),
-        description="Widths of the hidden layers; the reference CIFAR-10 MLP uses [100, 100].",
-    )
-    activation: Activation = Field("relu", description="Hidden activation: relu, gelu or tanh.")
-    bias: bool = Field(True, description="Whether the linear layers have biases.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Adam (L2) weight decay; 0 as reference.")
-    batch_size: int = Field(64, ge=1, description="Minibatch size.")
-    epochs: int = Field(12, ge=1, description="Passes over the training set.")
-    seed: int = Field(0, ge=0, description="Seeds the initialisation and the shuffling.")
-    eval_batch_size: int = Field(
-        4096,
-        ge=1,
-        description="Batch size for the loss/accuracy evaluations (no effect on the result).",
-    )
+from interaction_basis.config import MLPTrainConfig
+from interaction_basis.models.mlp import MLP
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def test_download_model_offline_empty_cache_names_id_and_fix(tmp_path, monkeypat
         with pytest.raises(HubDownloadError) as info:
             download_model("some/hub-id", "main", tmp_path / "out")
     msg = str(info.value)
-    for part in ("'some/hub-id'", "'main'", "HF_TOKEN", "snakemake --cores 1 all_models",
+    for part in ("'some/hub-id'", "'main'", "HF_TOKEN", "snakemake --cores 1 all_downloads",
                  "HF_HUB_OFFLINE", "HF_HOME", "local"):  # fmt: skip
         assert part in msg, part
     assert isinstance(info.value, OSError)
@@ -454,7 +454,7 @@ def test_tokenizer_without_eos_is_an_error(tokenizer):
 
 
 def test_load_tokenizer_missing_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="all_models"):
+    with pytest.raises(FileNotFoundError, match="all_downloads"):
         load_tokenizer(tmp_path / "nope")
 
 

@@ -9,11 +9,11 @@ import torch
 
 from interaction_basis.ablation import (
     compute_all_edges_required,
-    compute_edge_mass_counts,
     compute_exponential_schedule,
     compute_node_ablation_scores,
     compute_unablated_score,
 )
+from interaction_basis.edge_mass import compute_edge_mass_counts
 from interaction_basis.models.modadd import build_modadd_sections
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import torch
 
 from interaction_basis import ablation
 from interaction_basis.clustering import build_interaction_graph, compute_modules
+from interaction_basis.kinds.modadd import label_modadd_clusters
 from interaction_basis.models.modadd import build_modadd_sections
-from interaction_basis.summary import label_modadd_clusters
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from interaction_basis import io, stages, tasks
-from interaction_basis.build import batches_from_tensors, compute_layer_statistics, shard_range
+from interaction_basis import io, kinds
+from interaction_basis.build import batches_from_tensors
 from interaction_basis.config import ExtractConfig, ModelConfig
 from interaction_basis.models.sectioned import SectionedModel
+from interaction_basis.moments import compute_layer_statistics, shard_range
+from interaction_basis.stages import extract as stages
 from lm_fixtures import write_corpus, write_tiny_gpt2
 
 N_CTX, N_FIT, N_STATS, BATCH = 8, 12, 40, 4
@@ -20,7 +22,7 @@ def lm(tmp_path_factory):
     root = tmp_path_factory.mktemp("stats_dataset")
     model_dir = write_tiny_gpt2(root / "model", write_corpus(root / "corpus.txt"))
     rng = np.random.default_rng(0)
-    vocab = tasks.load_weights(_cfg(model_dir), str(model_dir))["__model__"].config.vocab_size
+    vocab = kinds.get("hf").load_weights(_cfg(model_dir), str(model_dir)).config.vocab_size
     chunks = {
         name: rng.integers(0, vocab, size=(n, N_CTX + 1))
         for name, n in [("fit", N_FIT), ("eval", 2), ("stats", N_STATS)]
@@ -49,9 +51,7 @@ def test_statistics_come_from_the_stats_chunks(lm):
     out = _extract(lm, root / "activations.zarr")
     stored = io.read_activations(out, "ln2.0")
     assert stored.shape[:2] == (N_FIT, N_CTX)  # the bases and edges still see the fit chunks
-    model = tasks.build_model(
-        _cfg(model_dir), tasks.load_weights(_cfg(model_dir), str(model_dir)), LAYERS, "float64"
-    )
+    model = kinds.load_model(_cfg(model_dir), str(model_dir), LAYERS, "float64")
     with torch.no_grad():
         inputs = torch.from_numpy(chunks["stats"][:, :-1])
         acts = [model.activations(inputs[i : i + BATCH]) for i in range(0, N_STATS, BATCH)]

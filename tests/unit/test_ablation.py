@@ -13,7 +13,6 @@ from interaction_basis.ablation import (
     compute_edge_ablated_output,
     compute_edge_ablation_scores,
     compute_edge_mask,
-    compute_edge_mass_counts,
     compute_edge_threshold,
     compute_edges_required,
     compute_exponential_schedule,
@@ -23,9 +22,10 @@ from interaction_basis.ablation import (
     compute_node_ablation_scores,
     compute_unablated_score,
 )
-from interaction_basis.basis import Basis
+from interaction_basis.edge_mass import compute_edge_mass_counts
 from interaction_basis.models.closed_form import LastPositionAttention
 from interaction_basis.models.mlp import MLP, build_mlp_sections
+from interaction_basis.records import Basis
 
 # ---------------------------------------------------------------------------------------------
 # Schedules

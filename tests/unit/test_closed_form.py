@@ -19,7 +19,6 @@ from interaction_basis.jacobians import (
     compute_edges_sum,
     compute_m_dash_sum,
 )
-from interaction_basis.models import build_mlp_sections
 from interaction_basis.models.closed_form import (
     ElementwiseMLP,
     LastPositionAttention,
@@ -27,7 +26,7 @@ from interaction_basis.models.closed_form import (
     _binary_blocks,
     _dense_blocks,
 )
-from interaction_basis.models.mlp import MLP
+from interaction_basis.models.mlp import MLP, build_mlp_sections
 
 RULES = [
     Integration("gradient", 0),

@@ -6,6 +6,8 @@ guards library use; both come from ``interaction_basis.config``, so drift is a s
 
 import copy
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from jsonschema import Draft202012Validator
 from snakemake.utils import update_config
 
 from interaction_basis.config import WorkflowConfig, workflow_schema
-from interaction_basis.models import resolve_device
+from interaction_basis.kinds import resolve_device
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
@@ -154,3 +156,13 @@ def test_more_shards_than_text_batches_is_a_config_error(key):
         WorkflowConfig.model_validate({"experiments": [experiment]})
     experiment["extract"]["n_shards"] = 3  # one batch each: fine
     WorkflowConfig.model_validate({"experiments": [experiment]})
+
+
+def test_planning_imports_no_heavy_library():
+    """The Snakefile imports these while it plans: torch alone adds seconds to `snakemake -n`."""
+    code = (
+        "import sys, interaction_basis.config, interaction_basis.planning; "
+        "print(sorted({'torch', 'xarray', 'zarr', 'transformers'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -10,7 +10,6 @@ import torch
 import xarray as xr
 
 from interaction_basis import io
-from interaction_basis.basis import Basis
 from interaction_basis.explorer import (
     EXTERNAL,
     MethodData,
@@ -19,6 +18,7 @@ from interaction_basis.explorer import (
     edge_mass_prefix,
 )
 from interaction_basis.features import compute_activation_evidence
+from interaction_basis.records import Basis
 
 LAYERS = {"a": 4, "b": 3, "output": 2}
 

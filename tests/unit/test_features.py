@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from interaction_basis.basis import Basis
 from interaction_basis.features import (
     FeatureAccumulator,
     compute_activation_evidence,
@@ -12,6 +11,7 @@ from interaction_basis.features import (
     compute_fourier_evidence,
 )
 from interaction_basis.graph_layout import NO_MODULE, layout_layer, module_order
+from interaction_basis.records import Basis
 
 N, P, F, K, W = 37, 11, 5, 4, 2
 

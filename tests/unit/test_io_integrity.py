@@ -9,9 +9,8 @@ import pytest
 import torch
 import zarr
 
-from interaction_basis import io
-from interaction_basis.basis import Basis
-from interaction_basis.build import LayerStats
+from interaction_basis import io, planning
+from interaction_basis.records import Basis, LayerStats
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +81,7 @@ def test_store_without_record_is_refused_and_bare_directories_removed(tmp_path):
     (empty / ".snakemake_timestamp").touch()
     keep = tmp_path / "results" / "z" / "basis.zarr"
     io.write_bases(keep, _bases(), {}, "pca", {})
-    removed = io.remove_incomplete_stores(tmp_path / "results")
+    removed = planning.remove_incomplete_stores(tmp_path / "results")
     assert removed == [empty]
     assert not empty.exists() and keep.is_dir()
     assert path.is_dir()  # holds data: refused by its readers, never deleted by a dry run

@@ -8,7 +8,7 @@ import pytest
 import tqdm.std
 from tqdm.auto import tqdm as auto_tqdm
 
-from interaction_basis import stages
+from interaction_basis.stages import common as stages
 
 
 @pytest.fixture

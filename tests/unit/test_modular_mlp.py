@@ -7,12 +7,17 @@ import torch
 
 from factories import full_build
 from interaction_basis.basis import compute_neuron_basis
-from interaction_basis.block_vectors import BlockVectorConfig, generate_block_vectors
+from interaction_basis.block_vectors import generate_block_vectors
 from interaction_basis.clustering import build_interaction_graph, compute_modules
-from interaction_basis.config import ExperimentConfig, ModelConfig
+from interaction_basis.config import (
+    BlockVectorConfig,
+    ExperimentConfig,
+    ModelConfig,
+    ModularMLPConfig,
+)
+from interaction_basis.edge_mass import compute_epsilon_from_mass
 from interaction_basis.ground_truth import compute_block_weights, score_method
 from interaction_basis.models.modular_mlp import (
-    ModularMLPConfig,
     build_modular_mlp_sections,
     build_modular_mlp_weights,
     compute_block_labels,
@@ -20,7 +25,6 @@ from interaction_basis.models.modular_mlp import (
     modular_mlp_forward,
     validate_modular_mlp_weights,
 )
-from interaction_basis.summary import compute_epsilon_from_mass
 
 EPS64 = torch.finfo(torch.float64).eps
 

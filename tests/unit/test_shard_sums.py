@@ -8,17 +8,15 @@ import torch
 from factories import tiny_modadd
 from interaction_basis.basis import fix_signs
 from interaction_basis.build import (
-    MomentSums,
-    add_partials,
     batches_from_tensors,
     compute_edge_sums,
-    compute_layer_statistics,
     compute_m_dash,
     fit_bases,
-    shard_range,
 )
 from interaction_basis.jacobians import Integration, Sources
 from interaction_basis.linalg import compute_shifted_sums
+from interaction_basis.moments import MomentSums, compute_layer_statistics, shard_range
+from interaction_basis.records import add_partials
 
 BATCH = 5
 

@@ -4,12 +4,13 @@ go through the same download_model, download_dataset and tokenize_dataset rules 
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from smk_helpers import REPO, SNAKEMAKE
+from smk_helpers import SNAKEMAKE, copy_workflow, job_counts, pythonpath_env
 
 from lm_fixtures import write_corpus, write_tiny_gpt2
 
@@ -64,26 +65,27 @@ def lm_run(tmp_path_factory):
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     work = root / "work"
+    # A snapshot of the workflow, so that the rerun test can edit its package code.
+    snakefile = copy_workflow(root / "workflow")
     cmd = [
         *SNAKEMAKE,
-        "--cores",
-        "2",
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(snakefile),
         "--configfile",
         str(root / "config.yaml"),
         "--directory",
         str(work),
     ]
+    env = {**os.environ, **pythonpath_env(snakefile.parent), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        [*cmd, "--cores", "2"], capture_output=True, text=True, timeout=1800, env=env
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return work / "results" / "lm", work
+    return work / "results" / "lm", work, cmd, env
 
 
 def test_tokens_and_activations(lm_run):
-    results, _ = lm_run
+    results, *_ = lm_run
     tokens = xr.open_datatree(results / "tokens.zarr", engine="zarr", consolidated=False)
     assert tokens["fit"]["tokens"].shape == (24, 9)
     assert tokens["eval"]["tokens"].shape == (6, 9)
@@ -99,7 +101,7 @@ def test_tokens_and_activations(lm_run):
 
 
 def test_lib_basis_on_language_model(lm_run):
-    results, _ = lm_run
+    results, *_ = lm_run
     basis = xr.open_datatree(results / "lib" / "basis.zarr", engine="zarr", consolidated=False)
     assert basis["ln1_out.0"].attrs["n_masked"] == 2  # constant and LayerNorm variance
     assert "M_dash" in basis["attn_in.0"]
@@ -114,13 +116,13 @@ def test_lib_basis_on_language_model(lm_run):
 
 
 def test_download_rules_ran_offline(lm_run):
-    _, work = lm_run
+    _, work, *_ = lm_run
     assert (work / "resources" / "models" / "lm" / "config.json").exists()
     assert any((work / "resources" / "datasets" / "lm").iterdir())
 
 
 def test_features_and_explorer_of_a_language_model(lm_run):
-    results, _ = lm_run
+    results, *_ = lm_run
     feats = xr.open_datatree(results / "lib" / "features.zarr", engine="zarr", consolidated=False)
     g = feats["attn_in.0"]
     assert g["top_window_value"].dims == ("rank", "feature", "window")
@@ -135,3 +137,27 @@ def test_features_and_explorer_of_a_language_model(lm_run):
     assert "promoted_output" not in feats["attn_in.0"]
     html = (results / "explorer.html").read_text()
     assert "direct effect on the outputs" in html and "class='window'" in html
+
+
+def _dry_run(lm_run, *args: str) -> dict[str, int]:
+    _, _, cmd, env = lm_run
+    proc = subprocess.run([*cmd, "-n", *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return job_counts(proc.stdout)
+
+
+def test_editing_the_language_model_code_reruns_its_stages_only(lm_run):
+    """models/hf.py is the LM kind's code (the mod-add run plans nothing for it, see
+    test_reruns): every stage that runs the model reruns, from extraction on, and nothing
+    before it (downloads, tokens)."""
+    _, _, cmd, _ = lm_run
+    hf_py = Path(cmd[cmd.index("--snakefile") + 1]).parent / "src/interaction_basis/models/hf.py"
+    original, st = hf_py.read_bytes(), hf_py.stat()
+    try:
+        hf_py.write_bytes(original + b"\n# an edit that the code inputs must notice\n")
+        counts = _dry_run(lm_run)
+    finally:
+        hf_py.write_bytes(original)
+        os.utime(hf_py, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert counts == _dry_run(lm_run, "--forcerun", "extract_activations"), counts
+    assert not {"download_model", "download_dataset", "tokenize_dataset"} & set(counts), counts

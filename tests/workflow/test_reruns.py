@@ -92,15 +92,49 @@ def test_basis_setting_reruns_basis_and_downstream_only(tiny_run, downstream_of_
     assert all("Params have changed" in r for r in reasons(result.output, "fit_basis"))
 
 
-def test_editing_a_package_module_reruns_its_stage_and_downstream(tiny_run, downstream_of_basis):
-    basis_py = tiny_run.workflow / "src" / "interaction_basis" / "basis.py"
-    with restored(basis_py):
-        with basis_py.open("a") as f:
+@contextmanager
+def edited(workflow: Path, module: str):
+    """``module`` of the snapshot's package with one more line (restored afterwards)."""
+    path = workflow / "src" / "interaction_basis" / module
+    with restored(path):
+        with path.open("a") as f:
             f.write("\n# an edit that the code inputs must notice\n")
+        yield path
+
+
+def _union(*counts: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for rule, n in c.items():
+            out[rule] = max(out.get(rule, 0), n)
+    return out
+
+
+def test_editing_a_package_module_reruns_its_stage_and_downstream(tiny_run, downstream_of_basis):
+    with edited(tiny_run.workflow, "basis.py"):
         result = tiny_run.dry_run()
     assert job_counts(result.output) == downstream_of_basis, result.describe()
     fit_reasons = reasons(result.output, "fit_basis")
     assert fit_reasons and all("basis.py" in r for r in fit_reasons), fit_reasons
+
+
+@pytest.mark.parametrize(
+    ("module", "stages"),
+    [
+        ("models/hf.py", ()),  # the language-model kind: no mod-add job uses it
+        ("text_data.py", ()),  # tokenize_dataset and the LM kind only
+        ("clustering.py", ("cluster_graph", "cluster_resolutions")),
+        ("plotting.py", ("summarize_experiment", "make_report_figures")),
+    ],
+)
+def test_code_inputs_follow_the_import_graph(tiny_run, downstream, module, stages):
+    """Editing a module reruns exactly the stages whose code imports it, and what follows them
+    (``--forcerun`` of those stages), never what comes before; editing another model kind's
+    code reruns nothing (models/hf.py was missing from the hand-kept list this replaced)."""
+    with edited(tiny_run.workflow, module):
+        result = tiny_run.dry_run()
+    assert job_counts(result.output) == _union(*map(downstream, stages)), result.describe()
+    assert not set(job_counts(result.output)) & set(UPSTREAM_OF_BASIS)
 
 
 def test_touching_a_package_module_reruns_nothing(tiny_run):

@@ -97,11 +97,15 @@ def test_failed_shard_is_the_only_one_rerun(tiny_run, tmp_path):
     adapter = workflow / "scripts" / "extract_shard.py"
     adapter.write_text(
         adapter.read_text().replace(
-            "stages.set_threads(snakemake.threads)\n",
-            "stages.set_threads(snakemake.threads)\n"
-            "import os\n"
-            f"if snakemake.wildcards.shard == '1' and os.path.exists({FAIL_MARKER!r}):\n"
-            "    raise RuntimeError('simulated failure of shard 1')\n",
+            "run_stage(snakemake, extract_shard)",
+            # Inside the stage, so that the failure goes into the rule log as a real one does.
+            "import functools, os\n"
+            "@functools.wraps(extract_shard)\n"
+            "def failing(**kw):\n"
+            f"    if snakemake.wildcards.shard == '1' and os.path.exists({FAIL_MARKER!r}):\n"
+            "        raise RuntimeError('simulated failure of shard 1')\n"
+            "    extract_shard(**kw)\n"
+            "run_stage(snakemake, failing)",
         )
     )
     workdir = tiny_run.copy_run(tmp_path / "run")  # the trained model comes along

@@ -12,20 +12,20 @@ input, ``layers.{i>0}`` the post-activation of hidden layer ``i``, and ``output`
 import math
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from interaction_basis.config import Activation
 from interaction_basis.models.closed_form import ElementwiseMLP, Linear
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
-Activation = Literal["relu", "gelu", "tanh"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 
-_ACT_FNS = {"relu": torch.relu, "gelu": nn.functional.gelu, "tanh": torch.tanh}
+ACT_FNS = {"relu": torch.relu, "gelu": nn.functional.gelu, "tanh": torch.tanh}
 
 
 def mlp_node_layers(n_linear: int) -> tuple[str, ...]:
@@ -113,7 +113,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch ..."]) -> Float[Tensor, "batch out"]:
         x = x.flatten(1)
-        act = _ACT_FNS[self.activation]
+        act = ACT_FNS[self.activation]
         for i in range(self.n_linear):
             x = x @ self.p(f"layers.{i}.W")
             if self.bias:
@@ -222,7 +222,7 @@ def _gelu_one() -> float:
     return hi if abs(gelu(hi) - 1) <= abs(gelu(lo) - 1) else lo
 
 
-def _constant_preimage(activation: str) -> float | None:
+def constant_preimage(activation: str) -> float | None:
     """The ``r1`` of lib_spec A.1 with ``act(r1) = 1``; ``None`` where none exists (tanh)."""
     if activation == "relu":
         return 1.0
@@ -262,8 +262,8 @@ def build_mlp_sections(
     input_size, hidden, output_size, bias = validate_mlp_weights(state)
     sizes = [input_size, *hidden, output_size]
     n_linear = len(sizes) - 1
-    act = _ACT_FNS[activation]
-    r1 = _constant_preimage(activation)
+    act = ACT_FNS[activation]
+    r1 = constant_preimage(activation)
 
     folded = []
     for i in range(n_linear):

@@ -16,77 +16,25 @@ the hidden variant, ``mixing.{i}`` (``Q_i``, width × width) for ``i = 1 … n_h
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from interaction_basis.config import Activation, ModularMLPConfig
+from interaction_basis.models import DTYPES
 from interaction_basis.models.closed_form import ElementwiseMLP, Linear
 from interaction_basis.models.mlp import (
-    _ACT_FNS,
+    ACT_FNS,
     ACTIVATIONS,
-    Activation,
-    _constant_preimage,
+    constant_preimage,
     mlp_node_layers,
 )
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
 #: |QᵀQ − I| above this marks a stored mixing matrix as not orthogonal (float64 QR gives ~1e-15).
 ORTHOGONALITY_TOLERANCE = 1e-10
-
-
-class ModularMLPConfig(BaseModel):
-    """The reference's ``modular_mlp_config`` (lib_spec H), plus the hidden variant."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    n_hidden_layers: int = Field(4, ge=1, description="Hidden layers (n_hidden_layers + 1 linear).")
-    width: int = Field(4, ge=2, description="Input, every hidden and the output size.")
-    first_block_width: int | None = Field(
-        None, ge=1, description="Width of the first block; null: width // 2."
-    )
-    weight_variances: list[float] = Field(
-        [1.0, 1.0],
-        min_length=2,
-        max_length=2,
-        description="Scale of each block's standard-normal weights. As in the reference they "
-        "multiply the draw: standard deviations, despite the name.",
-    )
-    weight_equal_columns: bool = Field(
-        False, description="Each block has identical columns (one draw per row)."
-    )
-    bias: float = Field(0.0, description="Value of every bias entry.")
-    activation_fn: Activation = Field("relu", description="Activation after all but the last.")
-    dtype: Literal["float64", "float32"] = Field(
-        "float64", description="dtype of the weight draws (float32 draws are other numbers)."
-    )
-    seed: int = Field(
-        0, ge=0, description="torch.manual_seed before each layer's draw: all layers are equal."
-    )
-    hidden: bool = Field(
-        False,
-        description="Mix every hidden layer with a fixed random orthogonal matrix, un-mixed in "
-        "the next layer (same function; blocks invisible in the hidden neuron basis).",
-    )
-    hidden_seed: int = Field(0, ge=0, description="Seed of the mixing matrices.")
-
-    @model_validator(mode="after")
-    def _blocks_fit(self) -> "ModularMLPConfig":
-        if self.first_block_width is not None and self.first_block_width >= self.width:
-            raise ValueError(
-                f"modular_mlp.first_block_width ({self.first_block_width}) must be smaller "
-                f"than width ({self.width}): both blocks need a neuron."
-            )
-        return self
-
-    @property
-    def first_block(self) -> int:
-        return self.first_block_width or self.width // 2
 
 
 def compute_block_labels(width: int, first_block: int) -> np.ndarray:
@@ -97,7 +45,7 @@ def compute_block_labels(width: int, first_block: int) -> np.ndarray:
 def generate_block_diagonal_weights(cfg: ModularMLPConfig) -> Float[Tensor, "width width"]:
     """One layer's ``block_diag(B1, B2)``, drawn as the reference does: the generator is
     seeded with ``seed``, then ``B1`` is drawn, then ``B2``."""
-    dtype = _DTYPES[cfg.dtype]
+    dtype = DTYPES[cfg.dtype]
     gen = torch.Generator().manual_seed(cfg.seed)
     w1 = cfg.first_block
     w2 = cfg.width - w1
@@ -148,7 +96,9 @@ def validate_modular_mlp_weights(
         )
     width = int(np.shape(weights["layers.0.W"])[-1])
     hidden = any(k.startswith("mixing.") for k in weights)
-    expected = {f"layers.{i}.W": (width, width) for i in range(n_linear)}
+    expected: dict[str, tuple[int, ...]] = {
+        f"layers.{i}.W": (width, width) for i in range(n_linear)
+    }
     expected |= {f"layers.{i}.b": (width,) for i in range(n_linear)}
     if hidden:
         expected |= {f"mixing.{i}": (width, width) for i in range(1, n_linear)}
@@ -191,8 +141,8 @@ def build_modular_mlp_sections(
     if activation not in ACTIVATIONS:
         raise ValueError(f"Unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}.")
     n_linear, width, _ = validate_modular_mlp_weights(weights)
-    act = _ACT_FNS[activation]
-    r1 = _constant_preimage(activation)
+    act = ACT_FNS[activation]
+    r1 = constant_preimage(activation)
 
     def tensor(name: str) -> Tensor:
         return torch.as_tensor(np.asarray(weights[name]), dtype=dtype)
@@ -239,5 +189,5 @@ def modular_mlp_forward(
             weights[f"layers.{i}.b"]
         )
         if i < n_linear - 1:
-            x = _ACT_FNS[activation](x)
+            x = ACT_FNS[activation](x)
     return x

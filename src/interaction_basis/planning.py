@@ -1,0 +1,131 @@
+"""What the workflow needs while Snakemake plans, without importing torch, xarray or zarr (so
+that ``snakemake -n`` stays fast): each rule's code inputs from the package's import graph, the
+node layers recorded in a stats store, and the clean-up of stores that failed jobs left.
+
+Code inputs: a rule's stage function lives in one package module; that module and every
+package module it imports, transitively, are the rule's code, so editing any of them reruns the
+rule (Snakemake checksums inputs). Imports are read from the source (``ast``), never executed:
+top-level and function-level ``import``/``from`` statements both count, since a module a stage
+imports lazily is still code it runs (those under ``if TYPE_CHECKING:`` never run and do not).
+Model kinds are not imported by the stages (they are looked up by name, see ``kinds``): each
+rule that uses one adds its experiment's kind module and its imports, so that editing one kind
+reruns only that kind's experiments.
+"""
+
+import ast
+import functools
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+PACKAGE = "interaction_basis"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def remove_incomplete_stores(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete every ``*.zarr`` directory under ``root`` that holds no store; return them.
+
+    Snakemake removes a directory output before its job runs; a job that then fails can leave
+    the bare directory (with a fresh timestamp) behind, which a later dry run would trust.
+    Removed, it is planned again, with everything computed from it. A store that has its root
+    metadata but no integrity record (written by an older version, or damaged) is kept: its
+    readers refuse it and name the command that rebuilds it, so a dry run never deletes data.
+    """
+    removed = []
+    for dirpath, dirnames, _ in os.walk(os.fspath(root)):
+        for name in [d for d in dirnames if d.endswith(".zarr") and not d.startswith(".")]:
+            dirnames.remove(name)  # never descend into a store
+            store = Path(dirpath, name)
+            if not (store / "zarr.json").is_file():
+                shutil.rmtree(store)
+                removed.append(store)
+    return removed
+
+
+def read_node_layers(path: str | os.PathLike) -> list[str]:
+    """The node layers in a store's root attributes (its ``zarr.json``), read without zarr.
+
+    The job that wrote the store has just finished (it is a checkpoint's output); its readers
+    verify the whole store when they open it.
+    """
+    meta = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+    return list(meta["attributes"]["node_layers"])
+
+
+def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
+    """The source file of package module ``interaction_basis.x.y`` (a module or a package)."""
+    parts = module.split(".")[1:]
+    base = package_dir.joinpath(*parts)
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _imported_modules(path: Path, module: str) -> set[str]:
+    """Package modules that the source of ``module`` imports (absolute or relative)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in _walk_run_time(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                anchor = module.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            # `from pkg import mod` imports a submodule when `mod` is one.
+            found |= {f"{base}.{a.name}" for a in node.names}
+    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+
+
+def _walk_run_time(tree: ast.AST):
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
+
+
+@functools.cache
+def _closure(module: str, package_dir: Path) -> frozenset[str]:
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        path = module_file(m, package_dir)
+        if m in seen or not path.is_file():
+            continue  # `from package import name` where name is not a module
+        seen.add(m)
+        # Importing a submodule runs its parent packages' __init__ first.
+        parents = [".".join(m.split(".")[:i]) for i in range(2, m.count(".") + 1)]
+        todo += [*parents, *_imported_modules(path, m)]
+    return frozenset(seen)
+
+
+def module_closure(modules: Iterable[str], package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """Source files of ``modules`` and every package module they import, transitively."""
+    files = set()
+    for m in modules:
+        files |= {module_file(x, package_dir) for x in _closure(m, package_dir.resolve())}
+    return sorted(files)
+
+
+def stage_code(
+    script: str | os.PathLike, kind_module: str, package_dir: Path = PACKAGE_DIR
+) -> list[Path]:
+    """A rule's code: the package modules its ``script`` imports, transitively, and where those
+    use a model kind (they import ``kinds``), the experiment's ``kind_module`` (``kinds.KINDS``)
+    with its imports."""
+    path = Path(script)
+    modules = _imported_modules(path, "__main__")
+    files = module_closure(modules, package_dir)
+    if module_file(f"{PACKAGE}.kinds", package_dir) in files:
+        files = sorted({*files, *module_closure([kind_module], package_dir)})
+    return files

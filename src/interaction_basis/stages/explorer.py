@@ -1,0 +1,57 @@
+"""Stage 8 (page): the interactive explorer page of an experiment (explorer.html)."""
+
+import logging
+
+import numpy as np
+
+from interaction_basis import io, kinds
+from interaction_basis.config import InterpretConfig, ModelConfig
+from interaction_basis.explorer import MethodData, build_page, check_features
+
+log = logging.getLogger(__name__)
+
+
+def build_explorer(
+    experiment: str,
+    model: ModelConfig,
+    interpret: InterpretConfig,
+    methods: list[str],
+    basis: list[str],
+    edges: list[str],
+    modules: list[str],
+    features: list[str],
+    summary: str | None,
+    evaluation: str | None,
+    explorer: str,
+) -> None:
+    """explorer.html from each method's basis, edges, modules and features."""
+    data = {}
+    for m, bp, ep, mp, fp in zip(methods, basis, edges, modules, features, strict=True):
+        bases = io.read_bases(bp)
+        described = io.read_features(fp)
+        check_features(described, bases, io.read_attrs(bp)["config_sha256"], fp)
+        data[m] = MethodData(bases, io.read_edges(ep), io.read_json(mp), described)
+    page = build_page(
+        experiment,
+        data,
+        summary=io.read_json(summary) if summary else None,
+        evaluation=io.read_json(evaluation) if evaluation else None,
+        max_edges=interpret.max_edges,
+        page_examples=interpret.page_examples,
+        thumbnails=kinds.get(model.kind).thumbnails(
+            model, _shown_samples(data, interpret.page_examples)
+        ),
+    )
+    log.info("explorer page: %.2f MB", len(page.encode()) / 1e6)
+    io.write_text(explorer, page)
+
+
+def _shown_samples(data: dict, n: int) -> set[int]:
+    """The held-out samples whose examples the cards show."""
+    wanted = set()
+    for d in data.values():
+        for layer in d.features.children:
+            g = d.features[layer].ds
+            for key in ("top_sample", "bottom_sample"):
+                wanted |= {int(s) for s in np.unique(g[key].values[:n])}
+    return wanted

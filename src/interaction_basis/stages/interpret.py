@@ -1,0 +1,121 @@
+"""Stage 8: per-feature evidence of each basis on held-out data (features.zarr). The math is in
+``features``; what a model kind adds (Fourier spectra, token windows, class names) comes from
+its ``kinds`` module."""
+
+import logging
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from interaction_basis import io, kinds
+from interaction_basis.config import ExtractConfig, InterpretConfig, ModelConfig
+from interaction_basis.features import compute_activation_evidence, compute_direct_effects
+from interaction_basis.stages.common import provenance
+
+log = logging.getLogger(__name__)
+
+
+def interpret_features(
+    model: ModelConfig,
+    extract: ExtractConfig,
+    interpret: InterpretConfig,
+    method: str,
+    weights: str,
+    basis: str,
+    features: str,
+    tokens: str | None = None,
+) -> None:
+    """Per-feature evidence of one basis on the held-out split (see ``features``)."""
+    kind = kinds.get(model.kind)
+    bases = io.read_bases(basis)
+    layers = list(bases)
+    empty = [layer for layer, b in bases.items() if b.C.shape[1] == 0]
+    if empty:
+        raise ValueError(
+            f"{basis}: layer(s) {empty} kept no features, so there is nothing to describe. "
+            "Lower basis.truncation or drop the layer from extract.node_layers."
+        )
+    with_output = layers if layers[-1] == "output" else [*layers, "output"]
+    net = kinds.load_model(model, weights, with_output, extract.dtype, extract.device)
+    inputs, split, labels = kind.held_out(model, tokens, interpret.max_samples)
+    log.info("%s: %d held-out samples (%s)", method, len(inputs), split)
+    evidence = compute_activation_evidence(
+        net.activations,
+        inputs,
+        bases,
+        batch_size=interpret.batch_size,
+        top_k=interpret.top_k,
+        n_quantile_rows=interpret.n_quantile_rows,
+        quantiles=interpret.quantiles,
+        window=interpret.window if kind.TEXT else None,
+        seed=interpret.seed,
+        progress=lambda r: tqdm(r, desc="features", unit="batch"),
+    )
+    direct_layers = _add_direct_effects(net, bases, evidence, interpret.n_direct)
+    kind.add_feature_evidence(model, net, bases, evidence, inputs)
+    tokenizer = kind.tokenizer(model, weights)
+    for layer, b in bases.items():
+        v = evidence[layer]
+        v["importance"] = (("feature",), b.importance.numpy())
+        constant = np.zeros(b.C.shape[1], dtype=bool)
+        constant[0] = extract.center and b.n_masked >= 1
+        v["is_constant"] = (("feature",), constant)
+        _add_labels(v, labels, tokenizer)
+    attrs = provenance(
+        model=model.model_dump(),
+        extract=extract.model_dump(),
+        interpret=interpret.model_dump(),
+    )
+    attrs.update(
+        method=method,
+        model_kind=model.kind,
+        split=split,
+        n_samples=len(inputs),
+        basis_config_sha256=io.read_attrs(basis)["config_sha256"],
+        direct_effect_layers=direct_layers,
+    )
+    io.write_features(features, evidence, attrs)
+
+
+def _add_direct_effects(model, bases, evidence, n_direct: int) -> list[str]:
+    """Direct effects for the layer feeding the logits linearly, and for the logits."""
+    before = model.node_layers[model.node_layers.index("output") - 1]
+    sections = {before: model.sections[model.node_layers.index(before)]}
+    sections["output"] = lambda x: x
+    done = []
+    for layer, section in sections.items():
+        if layer not in bases:
+            continue
+        try:
+            evidence[layer] |= compute_direct_effects(section, bases[layer], n_direct)
+            done.append(layer)
+        except ValueError as err:
+            log.info("%s: %s", layer, err)
+    return done
+
+
+def _add_labels(v: dict, labels, tokenizer) -> None:
+    """Readable names of the direct effects' outputs and of the windows' tokens."""
+    if tokenizer is not None:
+
+        def name(ids: np.ndarray) -> np.ndarray:
+            uniq, inverse = np.unique(ids, return_inverse=True)
+            text = np.array([tokenizer.decode([int(i)]) if i >= 0 else "" for i in uniq])
+            return text[inverse].reshape(ids.shape)
+
+    elif labels is not None:
+
+        def name(ids: np.ndarray) -> np.ndarray:
+            text = [labels[i] if 0 <= i < len(labels) else str(i) for i in ids.flat]
+            return np.array(text).reshape(ids.shape)
+
+    else:
+        return
+    for key in ("promoted", "suppressed"):
+        if f"{key}_output" in v:
+            dims, ids = v[f"{key}_output"]
+            v[f"{key}_label"] = (dims, name(ids))
+    for key in ("top", "bottom"):
+        if f"{key}_window_token" in v and tokenizer is not None:
+            dims, ids = v[f"{key}_window_token"]
+            v[f"{key}_window_text"] = (dims, name(ids))

@@ -1,0 +1,150 @@
+"""Code inputs from the import graph (planning), the model-kind registry and the stage seam."""
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from snakemake.iocontainers import Namedlist
+
+from interaction_basis import kinds, planning
+from interaction_basis.config import ExtractConfig, ModelConfig
+from interaction_basis.seam import stage_arguments
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "src" / "interaction_basis"
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "interaction_basis" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "interaction_basis"
+
+
+def test_closure_follows_every_run_time_import(tmp_path):
+    pkg = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "stage.py": "from interaction_basis import a\nfrom . import b\n"
+            "def f():\n    from interaction_basis.sub import c\n",
+            "a.py": "import numpy\nfrom typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from interaction_basis import typing_only\n",
+            "b.py": "from .a import x\n",
+            "sub/__init__.py": "from interaction_basis import d\n",
+            "sub/c.py": "",
+            "d.py": "",
+            "typing_only.py": "",
+            "unused.py": "",
+        },
+    )
+    files = planning.module_closure(["interaction_basis.stage"], pkg)
+    names = {str(f.relative_to(pkg)) for f in files}
+    # sub/__init__ runs before sub.c, so d is code too; typing_only and unused never run.
+    assert names == {
+        "__init__.py",
+        "stage.py",
+        "a.py",
+        "b.py",
+        "sub/__init__.py",
+        "sub/c.py",
+        "d.py",
+    }
+
+
+def _code(rule: str, kind: str) -> set[str]:
+    script = REPO / "scripts" / f"{rule}.py"
+    return {
+        str(f.relative_to(PACKAGE)) for f in planning.stage_code(script, kinds.KINDS[kind], PACKAGE)
+    }
+
+
+def test_a_rule_that_runs_the_model_has_its_kinds_code_only():
+    modadd, hf = _code("fit_basis", "modadd"), _code("fit_basis", "hf")
+    assert {"stages/basis.py", "basis.py", "kinds/modadd.py", "models/modadd.py"} <= modadd
+    assert not {"kinds/hf.py", "models/hf.py", "text_data.py", "clustering.py"} & modadd
+    assert {"kinds/hf.py", "models/hf.py", "text_data.py"} <= hf
+    assert "models/modadd.py" not in hf
+
+
+def test_rules_without_a_model_have_no_kind_code():
+    for rule in ("summarize_experiment", "make_report_figures", "tokenize_dataset"):
+        code = _code(rule, "hf")
+        assert not any(f.startswith("kinds/") or f == "models/hf.py" for f in code), rule
+    assert "plotting.py" in _code("summarize_experiment", "modadd")
+    assert "plotting.py" not in _code("train_model", "modadd")  # the curve has its own module
+
+
+def test_every_registered_kind_implements_the_protocol():
+    for name in kinds.KINDS:
+        assert isinstance(kinds.get(name), kinds.ModelKind), name
+    with pytest.raises(ValueError, match="Unknown model kind 'x'"):
+        kinds.get("x")
+
+
+def test_no_stage_script_or_rule_names_a_model_kind():
+    names = "|".join(kinds.KINDS)
+    kind_literal = re.compile(rf"""["']({names})["']""")
+    paths = [
+        *(PACKAGE / "stages").glob("*.py"),
+        *(REPO / "scripts").glob("*.py"),
+        *(REPO / "rules").glob("*.smk"),
+    ]
+    named = [str(p.relative_to(REPO)) for p in paths if kind_literal.search(p.read_text())]
+    assert named == []
+
+
+def test_scripts_are_two_lines_of_code():
+    for script in (REPO / "scripts").glob("*.py"):
+        code = [
+            line
+            for line in script.read_text().splitlines()
+            if line.strip() and not line.startswith(('"""', "#"))
+        ]
+        assert len(code) <= 3, script
+
+
+def _stage(
+    model: ModelConfig,
+    extract: ExtractConfig,
+    weights: str,
+    acts: str,
+    parts: list[str],
+    shard: int,
+    tokens: str | None = None,
+    threads: int = 1,
+) -> None:
+    pass
+
+
+def _job(**input_files) -> SimpleNamespace:
+    return SimpleNamespace(
+        rule="r",
+        threads=3,
+        input=Namedlist(fromdict={"weights": "w.npz", "parts": ["a", "b"], **input_files}),
+        output=Namedlist(fromdict={"acts": "acts.zarr"}),
+        params=Namedlist(fromdict={"model": {"kind": "modadd"}, "extract": {"batch_size": 8}}),
+        wildcards=Namedlist(fromdict={"shard": "2", "experiment": "e"}),
+    )
+
+
+def test_seam_passes_the_rules_files_and_settings_by_name():
+    kw = stage_arguments(_job(tokens=[], code=["x.py"]), _stage)
+    assert kw["model"] == ModelConfig(kind="modadd")
+    assert kw["extract"].batch_size == 8
+    assert (kw["weights"], kw["acts"], kw["parts"], kw["shard"]) == (
+        "w.npz",
+        "acts.zarr",
+        ["a", "b"],
+        2,
+    )
+    assert kw["tokens"] is None and kw["threads"] == 3  # an empty optional input is None
+
+
+def test_seam_names_what_a_rule_lacks():
+    job = _job()
+    job.output = Namedlist(fromdict={})
+    with pytest.raises(TypeError, match="no output, input, param or wildcard named 'acts'"):
+        stage_arguments(job, _stage)
