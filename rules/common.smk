@@ -13,6 +13,7 @@ from interaction_basis.config import WorkflowConfig
 validate(config, schema="../config/schema.yaml")
 CONFIG = WorkflowConfig.model_validate(config)
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
+TOY_LMS = {t.name: t for t in CONFIG.toy_lms}
 PACKAGE = Path(workflow.basedir) / "src" / "interaction_basis"
 
 # A bare *.zarr directory (no store inside) was left by a job that failed after Snakemake had
@@ -34,6 +35,7 @@ CODE = {
         "models/mlp.py",
     ],
     "train": ["train.py", "train_mlp.py"],
+    "toy_lm": ["induction_corpus.py", "train_lm.py", "text_data.py", "models/toy_gpt2.py"],
     "extract": ["linalg.py", "summation.py", "build.py"],
     "basis": ["linalg.py", "summation.py", "basis.py", "jacobians.py", "build.py"],
     "edges": ["summation.py", "jacobians.py", "build.py"],
@@ -62,6 +64,7 @@ wildcard_constraints:
     method="lib|pca|neuron",
     shard=r"\d+",
     layer=r"[A-Za-z0-9_.]+",
+    toy_lm=_alternation(TOY_LMS),
 
 
 HUB = _alternation(n for n, e in EXPERIMENTS.items() if e.model.kind == "hf")
@@ -123,6 +126,26 @@ def imported_weights(wildcards):
 def model_params(wildcards):
     """Only the model settings of the experiment's kind (see ModelConfig.settings)."""
     return experiment(wildcards).model.settings()
+
+
+def toy_lm_params(wildcards):
+    return TOY_LMS[wildcards.toy_lm].model_dump(mode="json")
+
+
+def toy_lm_output(section):
+    """Input function: a hub or text source that is a toy LM's output (so that the download
+    rule waits for its training); [] for any other source, which is read as it is."""
+    outputs = {
+        os.path.normpath(f"results/toy_lms/{name}/{part}")
+        for name in TOY_LMS
+        for part in ("model", "corpus.txt")
+    }
+
+    def inputs(wildcards):
+        source = getattr(experiment(wildcards).model, section).source
+        return [source] if os.path.normpath(source) in outputs else []
+
+    return inputs
 
 
 def model_section(section):

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from interaction_basis.train import ModAddTrainConfig
+from interaction_basis.train_lm import ToyLMConfig
 from interaction_basis.train_mlp import MLPTrainConfig
 
 Method = Literal["lib", "pca", "neuron"]
@@ -395,13 +396,19 @@ class WorkflowConfig(_Frozen):
         min_length=1, description="Experiments to run (a list, so --configfile replaces it)."
     )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    toy_lms: list[ToyLMConfig] = Field(
+        [],
+        description="Toy language models trained by the workflow (results/toy_lms/<name>/), "
+        "for experiments to read as local model and text sources.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "WorkflowConfig":
-        names = [e.name for e in self.experiments]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"experiment names must be unique; repeated: {dupes}")
+        for what, items in (("experiment", self.experiments), ("toy LM", self.toy_lms)):
+            names = [e.name for e in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what} names must be unique; repeated: {dupes}")
         return self
 
 
