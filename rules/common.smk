@@ -50,6 +50,7 @@ CODE = {
     "evaluate": ["ablation.py", "ablated_sections.py"],
     "interpret": ["features.py", "fourier.py"],
     "explorer": ["explorer.py", "graph_layout.py"],
+    "heads": ["head_attribution.py", "models/hf.py"],
 }
 
 
@@ -222,8 +223,8 @@ def per_method(pattern):
 
 
 def final_targets():
-    """summary.json per experiment, plus evaluation.json where evaluation is enabled and
-    explorer.html where interpretation is."""
+    """summary.json per experiment, plus evaluation.json where evaluation is enabled,
+    explorer.html where interpretation is, and heads.md for the toy LMs trained here."""
     targets = [f"results/{name}/summary.json" for name in EXPERIMENTS]
     targets += [
         f"results/{name}/evaluation.json" for name, e in EXPERIMENTS.items() if e.evaluate.enabled
@@ -231,7 +232,16 @@ def final_targets():
     targets += [
         f"results/{name}/explorer.html" for name, e in EXPERIMENTS.items() if e.interpret.enabled
     ]
+    targets += [f"results/{name}/heads.md" for name in EXPERIMENTS if _reads_toy_lm(name)]
     return targets
+
+
+def _reads_toy_lm(name):
+    """Whether the experiment's model is a toy LM trained here (a GPT-2: attribute_heads)."""
+    e = EXPERIMENTS[name]
+    return e.model.kind == "hf" and os.path.normpath(e.model.hub.source) in {
+        os.path.normpath(f"results/toy_lms/{t}/model") for t in TOY_LMS
+    }
 
 
 def basis_targets():
