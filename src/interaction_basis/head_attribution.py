@@ -7,9 +7,10 @@ For a GPT-2 language model on held-out chunks:
   s + 1 right after earlier occurrences s < t − 1 of the token at t (summed over them), over the
   positions whose token occurred before (Olsson et al. 2022). A previous-token head scores near
   1 on the first, an induction head near 1 on the second.
-- **Feature attribution by direct writes.** The residual stream at ``resid_pre.L`` and
-  ``resid_mid.L`` is the sum of the writes of the embedding, of every earlier attention head and
-  MLP, and of constant biases (the LIB build centres the writes over ``d_model``: so do we).
+- **Feature attribution by direct writes.** The residual stream at ``resid_pre.L``,
+  ``resid_mid.L`` and ``resid_post.L`` is the sum of the writes of the embedding, of every
+  earlier attention head and MLP, and of constant biases (the LIB build centres the writes
+  over ``d_model``: so do we).
   A feature ``f_i = x C[:, i]`` therefore splits into the same writes, ``f_i = Σ_c g_ci``, and
   ``Cov(f_i, g_ci) / Var(f_i)`` is the share of the feature's variance written by component
   ``c``: the shares sum to 1 over the components (constants contribute none).
@@ -105,9 +106,12 @@ def head_scores(
 
 
 def writes_into(layer: str, names: Sequence[str]) -> list[str]:
-    """The components whose writes make up residual node layer ``resid_pre.L``/``resid_mid.L``."""
+    """The components whose writes make up residual node layer ``resid_pre.L``,
+    ``resid_mid.L`` or ``resid_post.L`` (``= resid_pre.{L+1}``)."""
     kind, block = layer.split(".")
     block = int(block)
+    if kind == "resid_post":
+        kind, block = "resid_pre", block + 1
 
     def before(name: str) -> bool:
         if name == "embed":
@@ -169,7 +173,7 @@ def attribute_features(
     for method, layers in bases.items():
         per_layer = {}
         for layer, basis in layers.items():
-            if not layer.startswith(("resid_pre.", "resid_mid.")):
+            if not layer.startswith(("resid_pre.", "resid_mid.", "resid_post.")):
                 continue
             names = writes_into(layer, list(flat))
             shares = feature_shares({n: flat[n] for n in names}, basis)

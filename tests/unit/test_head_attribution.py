@@ -45,6 +45,7 @@ def test_writers_of_each_layer():
     assert writes_into("resid_mid.0", names) == ["embed", "L0.H0", "L0.H1"]
     assert writes_into("resid_pre.1", names) == names[:4]
     assert writes_into("resid_mid.1", names) == names[:6]
+    assert writes_into("resid_post.1", names) == names
 
 
 def test_shares_sum_to_one_and_find_the_only_writer():

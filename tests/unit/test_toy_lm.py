@@ -86,7 +86,7 @@ def test_the_configured_toy_lm_learns_induction(tmp_path):
     train_toy_lm_stage(cfg, tmp_path / "model", tmp_path / "corpus.txt", tmp_path / "m.json")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["repeat_accuracy"] >= cfg.train.target_accuracy >= 0.9
-    assert metrics["other_accuracy"] < 3 * metrics["chance_accuracy"]
+    assert metrics["other_accuracy"] < 0.2  # the skill is specific to the repeats
 
     model = load_hf_model(tmp_path / "model", dtype=torch.float32)
     tok = load_tokenizer(tmp_path / "model")
