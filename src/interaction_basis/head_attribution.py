@@ -29,6 +29,10 @@ from torch import Tensor
 from interaction_basis import io
 from interaction_basis.basis import Basis
 
+#: A head is called a previous-token (induction) head only when its score reaches this: the
+#: best-scoring head of a model without the circuit is otherwise named all the same.
+ROLE_THRESHOLD = 0.5
+
 
 def _center(x: Tensor) -> Tensor:
     return x - x.mean(dim=-1, keepdim=True)
@@ -151,8 +155,10 @@ def attribute_features(
     node layer the features each head writes most of.
 
     Returns:
-        ``heads`` (scores), ``previous_token_head`` and ``induction_head`` (the best-scoring
-        head of any layer, and of a later layer than the previous-token head), and ``methods``:
+        ``heads`` (scores); ``best_previous_token_head`` and ``best_induction_head`` (the
+        best-scoring head of any layer, and of a layer after that one); ``previous_token_head``
+        and ``induction_head``: the same where their score reaches :data:`ROLE_THRESHOLD`
+        (an induction head also needs a previous-token head), else ``None``; ``methods``:
         method → layer → a list per feature (basis order, constant left out) of ``feature``,
         ``top_writer`` and ``shares`` (the ``top`` largest, component →
         share), plus per layer ``previous_token_features`` and ``induction_features`` (features
@@ -160,14 +166,19 @@ def attribute_features(
     """
     writes, patterns = run_with_writes(model, tokens)
     scores = head_scores(patterns, tokens)
-    prev = max(scores, key=lambda h: scores[h]["previous_token"])
-    later = [h for h in scores if int(h.split(".")[0][1:]) > int(prev.split(".")[0][1:])]
-    induction = max(later or scores, key=lambda h: scores[h]["induction"])
+    best_prev = max(scores, key=lambda h: scores[h]["previous_token"])
+    later = [h for h in scores if int(h.split(".")[0][1:]) > int(best_prev.split(".")[0][1:])]
+    best_induction = max(later or scores, key=lambda h: scores[h]["induction"])
+    prev = best_prev if scores[best_prev]["previous_token"] >= ROLE_THRESHOLD else None
+    good = scores[best_induction]["induction"] >= ROLE_THRESHOLD
+    induction = best_induction if good and prev is not None else None
     flat = {name: w.flatten(0, 1) for name, w in writes.items()}
     result: dict = {
         "heads": scores,
         "previous_token_head": prev,
         "induction_head": induction,
+        "best_previous_token_head": best_prev,
+        "best_induction_head": best_induction,
         "methods": {},
     }
     for method, layers in bases.items():
@@ -192,7 +203,7 @@ def attribute_features(
                 entry[f"{key}_features"] = [
                     {"feature": f["feature"], "share": f["shares"][head]}
                     for f in feats
-                    if f["top_writer"] == head
+                    if head is not None and f["top_writer"] == head
                 ]
             per_layer[layer] = entry
         result["methods"][method] = per_layer
@@ -201,7 +212,14 @@ def attribute_features(
 
 def render_markdown(result: Mapping) -> str:
     """The head roles and, per method and layer, the features that carry their signals."""
-    prev, ind = result["previous_token_head"], result["induction_head"]
+
+    def role(key: str, score: str) -> str:
+        best = result[f"best_{key}"]
+        value = result["heads"][best][score]
+        if result[key] is not None:
+            return f"**{best}** (score {value:.2f})"
+        return f"none (best {best} at {value:.2f} < {ROLE_THRESHOLD})"
+
     lines = [
         "# Attention heads and the features they write",
         "",
@@ -213,7 +231,12 @@ def render_markdown(result: Mapping) -> str:
     ]
     for head, s in result["heads"].items():
         lines.append(f"| {head} | {s['previous_token']:.3f} | {s['induction']:.3f} |")
-    lines += ["", f"Previous-token head: **{prev}**; induction head: **{ind}**.", ""]
+    lines += [
+        "",
+        f"Previous-token head: {role('previous_token_head', 'previous_token')}; induction "
+        f"head: {role('induction_head', 'induction')}.",
+        "",
+    ]
     for method, layers in result["methods"].items():
         lines += [
             f"## {method}",

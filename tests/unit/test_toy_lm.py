@@ -83,7 +83,8 @@ def test_the_configured_toy_lm_learns_induction(tmp_path):
     torch.set_num_threads(1)
     raw = yaml.safe_load((REPO / "config" / "induction_lm.yaml").read_text())
     cfg = ToyLMConfig.model_validate(raw["toy_lms"][0])
-    train_toy_lm_stage(cfg, tmp_path / "model", tmp_path / "corpus.txt", tmp_path / "m.json")
+    paths = (tmp_path / "model", tmp_path / "corpus.txt", tmp_path / "m.json")
+    train_toy_lm_stage(cfg, *map(str, paths))
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["repeat_accuracy"] >= cfg.train.target_accuracy >= 0.9
     assert metrics["other_accuracy"] < 0.2  # the skill is specific to the repeats
