@@ -63,7 +63,7 @@ rule build_explorer:
 
 
 # Head roles (previous-token, induction) from attention patterns, and the heads that write each
-# residual-stream feature. GPT-2 only: run for the toy LMs trained here (see toy_lm_output).
+# residual-stream feature. GPT-2 only: run for the toy LMs trained here (see final_targets).
 rule attribute_heads:
     input:
         model="resources/models/{experiment}",

@@ -1,4 +1,4 @@
-"""A toy language model with a known circuit, trained here: the ground truth for LIB on LMs.
+"""A toy language model trained here on a corpus built for induction: ground truth for LMs.
 
 :func:`train_toy_lm` generates the induction corpus (:mod:`induction_corpus`), trains a
 word-level tokenizer on it with ``tokenizers``, and trains a small GPT-2
