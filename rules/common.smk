@@ -19,6 +19,7 @@ from interaction_basis.kinds import KINDS
 validate(config, schema="../config/schema.yaml")
 CONFIG = WorkflowConfig.model_validate(config)
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
+TOY_LMS = {t.name: t for t in CONFIG.toy_lms}
 
 # A bare *.zarr directory (no store inside) was left by a job that failed after Snakemake had
 # removed its old output: absent, it is planned again instead of trusted.
@@ -37,6 +38,7 @@ wildcard_constraints:
     method="lib|pca|neuron",
     shard=r"\d+",
     layer=r"[A-Za-z0-9_.]+",
+    toy_lm=_alternation(TOY_LMS),
 
 
 HUB = _alternation(n for n, e in EXPERIMENTS.items() if e.model.downloaded)
@@ -64,7 +66,7 @@ def stage_code(rule):
     package = Path(workflow.basedir) / "src" / "interaction_basis"
 
     def inputs(wildcards):
-        kind = KINDS[experiment(wildcards).model.kind]
+        kind = KINDS[experiment(wildcards).model.kind] if "experiment" in wildcards.keys() else None
         return [os.path.relpath(f) for f in planning.stage_code(script, kind, package)]
 
     return inputs
@@ -123,6 +125,26 @@ def imported_weights(wildcards):
 def model_params(wildcards):
     """Only the model settings of the experiment's kind (see ModelConfig.settings)."""
     return experiment(wildcards).model.settings()
+
+
+def toy_lm_params(wildcards):
+    return TOY_LMS[wildcards.toy_lm].model_dump(mode="json")
+
+
+def toy_lm_output(section):
+    """Input function: a hub or text source that is a toy LM's output (so that the download
+    rule waits for its training); [] for any other source, which is read as it is."""
+    outputs = {
+        os.path.normpath(f"results/toy_lms/{name}/{part}")
+        for name in TOY_LMS
+        for part in ("model", "corpus.txt")
+    }
+
+    def inputs(wildcards):
+        source = getattr(experiment(wildcards).model, section).source
+        return [source] if os.path.normpath(source) in outputs else []
+
+    return inputs
 
 
 def model_section(section):
@@ -189,8 +211,8 @@ def per_method(pattern):
 
 
 def final_targets():
-    """summary.json per experiment, plus evaluation.json where evaluation is enabled and
-    explorer.html where interpretation is."""
+    """summary.json per experiment, plus evaluation.json where evaluation is enabled,
+    explorer.html where interpretation is, and heads.md for the toy LMs trained here."""
     targets = [f"results/{name}/summary.json" for name in EXPERIMENTS]
     targets += [
         f"results/{name}/evaluation.json" for name, e in EXPERIMENTS.items() if e.evaluate.enabled
@@ -198,7 +220,16 @@ def final_targets():
     targets += [
         f"results/{name}/explorer.html" for name, e in EXPERIMENTS.items() if e.interpret.enabled
     ]
+    targets += [f"results/{name}/heads.md" for name in EXPERIMENTS if _reads_toy_lm(name)]
     return targets
+
+
+def _reads_toy_lm(name):
+    """Whether the experiment's model is a toy LM trained here (a GPT-2: attribute_heads)."""
+    e = EXPERIMENTS[name]
+    return e.model.downloaded and os.path.normpath(e.model.hub.source) in {
+        os.path.normpath(f"results/toy_lms/{t}/model") for t in TOY_LMS
+    }
 
 
 def basis_targets():

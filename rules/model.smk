@@ -60,6 +60,8 @@ rule import_model:
 # not retry them (retries: 0 overrides a profile's): hub.py retries only what can pass
 # (timeouts, HTTP 429/5xx) and fails at once on a failed name lookup or offline.
 rule download_model:
+    input:
+        toy_lm_output("hub"),
     output:
         out=directory("resources/models/{experiment}"),
     log:
@@ -81,6 +83,8 @@ rule download_model:
 
 
 rule download_dataset:
+    input:
+        toy_lm_output("text"),
     output:
         out=directory("resources/datasets/{experiment}"),
     log:
@@ -99,3 +103,30 @@ rule download_dataset:
         model=model_section("text"),
     script:
         "../scripts/download_dataset.py"
+
+
+# A toy language model with a known circuit (induction), trained here and saved like a hub
+# model: experiments read it through download_model/download_dataset as a local source. Its
+# own params, so that no experiment setting retrains it. One thread: the tiny model's steps
+# are dominated by per-operation overhead, and a second thread made them several times slower.
+rule train_toy_lm:
+    input:
+        code=stage_code("train_toy_lm"),
+    output:
+        model=directory("results/toy_lms/{toy_lm}/model"),
+        corpus="results/toy_lms/{toy_lm}/corpus.txt",
+        metrics="results/toy_lms/{toy_lm}/metrics.json",
+    log:
+        "results/logs/train_toy_lm/{toy_lm}.log",
+    benchmark:
+        "results/benchmarks/train_toy_lm/{toy_lm}.tsv"
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime(30),
+    params:
+        toy_lm=toy_lm_params,
+    script:
+        "../scripts/train_toy_lm.py"

@@ -618,6 +618,101 @@ class ResourcesConfig(_Frozen):
     )
 
 
+# --- toy language models trained by the workflow (rule train_toy_lm) ---
+
+#: Distinct two-syllable pseudo-words ``induction_corpus`` can make (14 consonants, 5 vowels).
+MAX_PSEUDO_WORDS = 14**2 * 5**2
+
+
+class InductionCorpusConfig(BaseModel):
+    """The synthetic corpus of a toy language model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_words: int = Field(
+        64,
+        ge=2,
+        le=MAX_PSEUDO_WORDS,
+        description="Vocabulary: distinct two-syllable pseudo-words (one token each).",
+    )
+    n_documents: int = Field(
+        20000, ge=1, description="Training documents (the first ones in corpus.txt)."
+    )
+    n_held_out: int = Field(
+        200,
+        ge=1,
+        description="Held-out documents, written last in corpus.txt and never trained on: "
+        "the accuracy is measured on them, and an experiment's text.n_eval_documents up to "
+        "this many read only them.",
+    )
+    length: int = Field(20, ge=3, description="Words per document.")
+    span_min: int = Field(8, ge=2, description="Shortest repeated span (words).")
+    span_max: int = Field(10, ge=2, description="Longest repeated span (words).")
+    seed: int = Field(0, ge=0, description="Seed of the vocabulary and the documents.")
+
+    @model_validator(mode="after")
+    def _spans_fit(self) -> "InductionCorpusConfig":
+        if self.span_min > self.span_max:
+            raise ValueError(f"span_min={self.span_min} is larger than span_max={self.span_max}.")
+        if 2 * self.span_max > self.length:
+            raise ValueError(
+                f"Two copies of a span of span_max={self.span_max} words do not fit in a "
+                f"document of length={self.length}: raise length or lower span_max."
+            )
+        return self
+
+
+class ToyGPT2Config(BaseModel):
+    """The architecture of a toy GPT-2 (dropout off: the analysis runs the model as trained)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_layer: int = Field(2, ge=1, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, description="Attention heads per block.")
+    d_model: int = Field(64, ge=1, description="Residual stream width (a multiple of n_head).")
+    d_mlp: int = Field(256, ge=1, description="MLP hidden width.")
+    n_ctx: int = Field(32, ge=2, description="Positions (the longest input, in tokens).")
+
+
+class ToyLMTrainConfig(BaseModel):
+    """How to train the toy language model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (after a linear warm-up).")
+    warmup_steps: int = Field(100, ge=0, description="Steps of linear learning-rate warm-up.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(32, ge=1, description="Windows per optimiser step.")
+    max_steps: int = Field(
+        10000, ge=1, description="Give up (and fail) after this many steps below the target."
+    )
+    eval_every: int = Field(200, ge=1, description="Steps between held-out evaluations.")
+    target_accuracy: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Stop at the first evaluation whose accuracy on the predictable words of "
+        "the held-out repeated spans reaches this.",
+    )
+    seed: int = Field(0, ge=0, description="Seeds the initialisation and the window sampling.")
+
+
+class ToyLMConfig(BaseModel):
+    """A toy language model trained by the workflow (rule train_toy_lm)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Folder under results/toy_lms/; an experiment uses it with model.kind hf, "
+        "hub.source results/toy_lms/<name>/model and text.source "
+        "results/toy_lms/<name>/corpus.txt.",
+    )
+    corpus: InductionCorpusConfig = Field(default_factory=InductionCorpusConfig)
+    model: ToyGPT2Config = Field(default_factory=ToyGPT2Config)
+    train: ToyLMTrainConfig = Field(default_factory=ToyLMTrainConfig)
+
+
 class WorkflowConfig(_Frozen):
     """The whole config file."""
 
@@ -630,13 +725,19 @@ class WorkflowConfig(_Frozen):
         min_length=1, description="Experiments to run (a list, so --configfile replaces it)."
     )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    toy_lms: list[ToyLMConfig] = Field(
+        [],
+        description="Toy language models trained by the workflow (results/toy_lms/<name>/), "
+        "for experiments to read as local model and text sources.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "WorkflowConfig":
-        names = [e.name for e in self.experiments]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"experiment names must be unique; repeated: {dupes}")
+        for what, items in (("experiment", self.experiments), ("toy LM", self.toy_lms)):
+            names = [e.name for e in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what} names must be unique; repeated: {dupes}")
         return self
 
 

@@ -188,6 +188,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_pretrained(folder: str | os.PathLike, *parts: Any) -> None:
+    """A ``save_pretrained`` folder (e.g. a model and its tokenizer), written atomically."""
+    with atomic_path(folder) as tmp:
+        for part in parts:
+            part.save_pretrained(tmp)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

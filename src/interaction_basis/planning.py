@@ -118,14 +118,16 @@ def module_closure(modules: Iterable[str], package_dir: Path = PACKAGE_DIR) -> l
 
 
 def stage_code(
-    script: str | os.PathLike, kind_module: str, package_dir: Path = PACKAGE_DIR
+    script: str | os.PathLike, kind_module: str | None, package_dir: Path = PACKAGE_DIR
 ) -> list[Path]:
     """A rule's code: the package modules its ``script`` imports, transitively, and where those
     use a model kind (they import ``kinds``), the experiment's ``kind_module`` (``kinds.KINDS``)
-    with its imports."""
+    with its imports (None: a rule of no experiment, which must not use a kind)."""
     path = Path(script)
     modules = _imported_modules(path, "__main__")
     files = module_closure(modules, package_dir)
     if module_file(f"{PACKAGE}.kinds", package_dir) in files:
+        if kind_module is None:
+            raise ValueError(f"{path} uses a model kind but its rule has no experiment wildcard.")
         files = sorted({*files, *module_closure([kind_module], package_dir)})
     return files

@@ -232,7 +232,7 @@ def test_rotation_invariant_bases_score_the_same_on_both_variants(method):
 
 def test_block_weights_of_a_known_direction():
     """A direction split 3:1 in squared weight between the blocks has purity 0.75."""
-    from interaction_basis.basis import Basis
+    from interaction_basis.records import Basis
 
     d = torch.tensor([[0.0, 0.0, 1.0], [np.sqrt(3.0), 1.0, 0.0]], dtype=torch.float64)
     basis = Basis(d.T, d, torch.ones(2, dtype=torch.float64), 1)

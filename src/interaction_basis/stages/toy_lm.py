@@ -1,0 +1,25 @@
+"""Stage 0: toy language models with a known circuit, trained here and saved like hub models
+(experiments read them through download_model/download_dataset as local sources)."""
+
+import logging
+
+from interaction_basis import io
+from interaction_basis.config import ToyLMConfig
+from interaction_basis.train_lm import train_toy_lm as train
+
+log = logging.getLogger(__name__)
+
+
+def train_toy_lm(toy_lm: ToyLMConfig, model: str, corpus: str, metrics: str) -> None:
+    """Train, then save the model folder (with its tokenizer), the corpus and the metrics."""
+    toy = train(toy_lm)
+    m = toy.metrics
+    log.info(
+        "repeat accuracy %.4f after %d steps (%.0f s)",
+        m["repeat_accuracy"],
+        m["steps"],
+        m["train_seconds"],
+    )
+    io.write_pretrained(model, toy.model, toy.tokenizer)
+    io.write_text(corpus, toy.text)
+    io.write_json(metrics, m)
