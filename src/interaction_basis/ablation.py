@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from interaction_basis.ablated_sections import make_group_output
 from interaction_basis.models.sectioned import SectionedModel
@@ -56,16 +57,6 @@ def _count_correct(logits: Tensor, labels: Tensor) -> int:
     return int((_last_position(logits).argmax(-1) == labels).sum())
 
 
-def compute_accuracy(
-    logits: Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch vocab"],
-    labels: Int[Tensor, " batch"],
-) -> float:
-    """Fraction of samples whose argmax at the last position equals the label (lib_spec E)."""
-    if logits.shape[0] == 0:
-        raise ValueError("Cannot compute the accuracy of an empty batch.")
-    return _count_correct(logits, labels) / logits.shape[0]
-
-
 def compute_ce_loss(
     logits: Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch vocab"], labels: Labels
 ) -> float:
@@ -86,28 +77,35 @@ def compute_ce_loss(
     return float(F.cross_entropy(flat, labels.reshape(-1), reduction="mean"))
 
 
-def compute_metric(batches: Iterable[tuple[Tensor, Tensor]], metric: Metric) -> float:
-    """Aggregate a metric over ``(logits, labels)`` batches as the reference does (lib_spec E).
-
-    ``accuracy`` pools every sample; ``ce_loss`` is the mean of the per-batch mean token CE, so a
-    short last batch weighs as much as a full one.
-    """
+def _check_metric(metric: str) -> None:
     if metric not in ("accuracy", "ce_loss"):
         raise ValueError(f"Unknown metric {metric!r}; use 'accuracy' or 'ce_loss'.")
-    correct, count, losses = 0, 0, []
-    for logits, labels in batches:
-        if metric == "accuracy":
-            correct += _count_correct(logits, labels)
-            count += logits.shape[0]
-        else:
-            losses.append(compute_ce_loss(logits, labels))
+
+
+def _batch_part(logits: Tensor, labels: Tensor, metric: Metric) -> float:
+    """What a score keeps of one batch: its correct count, or its mean token CE."""
     if metric == "accuracy":
-        if count == 0:
-            raise ValueError("No samples to evaluate.")
-        return correct / count
-    if not losses:
+        return float(_count_correct(logits, labels))
+    return compute_ce_loss(logits, labels)
+
+
+def _aggregate(parts: Sequence[float], n_samples: int, metric: Metric) -> float:
+    """The score from its batch parts, as the reference aggregates (lib_spec E): ``accuracy``
+    pools every sample; ``ce_loss`` is the mean of the per-batch means, so a short last batch
+    weighs as much as a full one."""
+    if not parts or n_samples == 0:
         raise ValueError("No samples to evaluate.")
-    return float(np.mean(losses))
+    return sum(parts) / n_samples if metric == "accuracy" else float(np.mean(parts))
+
+
+def compute_metric(batches: Iterable[tuple[Tensor, Tensor]], metric: Metric) -> float:
+    """The metric over ``(logits, labels)`` batches (lib_spec E; see :func:`_aggregate`)."""
+    _check_metric(metric)
+    parts, n = [], 0
+    for logits, labels in batches:
+        parts.append(_batch_part(logits, labels, metric))
+        n += logits.shape[0]
+    return _aggregate(parts, n, metric)
 
 
 def is_good_score(score: float, base: float, delta: float, metric: Metric) -> bool:
@@ -172,8 +170,7 @@ def _scores(
     ``labels`` follow ``layer_inputs``. Only what the metric needs is kept per batch (correct
     counts or batch-mean losses), not the logits.
     """
-    if metric not in ("accuracy", "ce_loss"):
-        raise ValueError(f"Unknown metric {metric!r}; use 'accuracy' or 'ce_loss'.")
+    _check_metric(metric)
     parts: list[list[float]] = [[] for _ in transforms]
     start = 0
     with torch.no_grad():
@@ -184,15 +181,10 @@ def _scores(
                 logits = model.forward_from(
                     start_layer, x if transform is None else transform(b, x)
                 )
-                if metric == "accuracy":
-                    parts[i].append(float(_count_correct(logits, y)))
-                else:
-                    parts[i].append(compute_ce_loss(logits, y))
+                parts[i].append(_batch_part(logits, y, metric))
     if start != labels.shape[0]:
         raise ValueError(f"{start} activations for {labels.shape[0]} labels.")
-    if metric == "accuracy":
-        return [sum(p) / start for p in parts]
-    return [float(np.mean(p)) for p in parts]
+    return [_aggregate(p, start, metric) for p in parts]
 
 
 def compute_unablated_score(
@@ -405,36 +397,6 @@ def _assemble(parts: Sequence[tuple[Tensor, Tensor]], n_out: int) -> Tensor:
     for cols, values in parts:
         f_out[..., cols] = values
     return f_out
-
-
-def compute_edge_ablated_output(
-    section: Callable[[Tensor], Tensor],
-    x: Float[Tensor, "batch pos_in d_in"],
-    mask: Bool[Tensor, "out in"],
-    C_in: Float[Tensor, "d_in in"],
-    C_in_pinv: Float[Tensor, "in d_in"],
-    C_out: Float[Tensor, "d_out out"],
-    C_out_pinv: Float[Tensor, "out d_out"],
-) -> Float[Tensor, "batch pos_out d_out"]:
-    """The section's output with the edges outside ``mask`` removed (lib_spec E).
-
-    Output feature ``j`` is computed from the input features ``mask[j]`` only:
-    ``f̂_out[j] = (section(where(mask[j], x C_in, 0) C_in⁺) C_out)[j]``, then mapped back with
-    ``C_out⁺``. Output features sharing a mask row share one evaluation over the whole batch
-    (see :mod:`~interaction_basis.ablated_sections`), so the cost scales with the number of
-    distinct rows rather than output features.
-    """
-    if mask.shape != (C_out.shape[1], C_in.shape[1]):
-        raise ValueError(
-            f"Mask {tuple(mask.shape)} does not match the bases: expected "
-            f"({C_out.shape[1]}, {C_in.shape[1]}) = (out features, in features)."
-        )
-    group_output = make_group_output(section, C_in_pinv, C_out, x.dtype)
-    f_in = group_output.prepare(x @ C_in.to(x.dtype))
-    parts = [
-        (cols, group_output.evaluate(f_in, kept, cols)) for _, kept, cols in _mask_groups(mask)
-    ]
-    return _assemble(parts, C_out.shape[1]) @ C_out_pinv.to(x.dtype)
 
 
 def _edge_setup(
@@ -813,7 +775,7 @@ def compute_all_edges_required(
         )
     return {
         (a, b): compute_edges_required(model, a, bases[a], bases[b], e, inputs, labels, **kwargs)
-        for (a, b), e in edges.items()
+        for (a, b), e in tqdm(edges.items(), desc="edge ablation", unit="pair")
     }
 
 

@@ -1,16 +1,20 @@
 """Ablation schedules, bisection, edge masks and node/edge ablations on tiny models."""
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 
 from factories import full_build, tiny_mlp, tiny_modadd
+from interaction_basis.ablated_sections import make_group_output
 from interaction_basis.ablation import (
+    _assemble,
+    _mask_groups,
     bisect_minimum,
-    compute_accuracy,
     compute_ce_loss,
-    compute_edge_ablated_output,
     compute_edge_ablation_scores,
     compute_edge_mask,
     compute_edge_threshold,
@@ -154,8 +158,8 @@ def test_bisect_minimum_tolerance_and_errors():
 
 def test_metrics():
     logits = torch.tensor([[[9.0, 0, 0], [0, 0, 1.0]], [[0, 0, 9.0], [0, 3.0, 0]]])
-    assert compute_accuracy(logits, torch.tensor([2, 1])) == 1.0  # last position only
-    assert compute_accuracy(logits, torch.tensor([0, 1])) == 0.5
+    assert compute_metric([(logits, torch.tensor([2, 1]))], "accuracy") == 1.0  # last position
+    assert compute_metric([(logits, torch.tensor([0, 1]))], "accuracy") == 0.5
     labels = torch.tensor([[0, 2], [2, 1]])
     full = compute_ce_loss(logits, labels)
     manual = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1))
@@ -282,6 +286,37 @@ def _naive_edge_ablation(section, x, mask, b_in, b_out):
     return torch.stack(cols, -1) @ b_out.C_pinv
 
 
+def edge_ablated_output(
+    section: Callable[[Tensor], Tensor],
+    x: Float[Tensor, "batch pos_in d_in"],
+    mask: Bool[Tensor, "out in"],
+    C_in: Float[Tensor, "d_in in"],
+    C_in_pinv: Float[Tensor, "in d_in"],
+    C_out: Float[Tensor, "d_out out"],
+    C_out_pinv: Float[Tensor, "out d_out"],
+) -> Float[Tensor, "batch pos_out d_out"]:
+    """The section's output with the edges outside ``mask`` removed (lib_spec E), uncached: one
+    evaluation per distinct mask row, with the production pieces the cached edge ablation uses.
+
+    Output feature ``j`` is computed from the input features ``mask[j]`` only:
+    ``f̂_out[j] = (section(where(mask[j], x C_in, 0) C_in⁺) C_out)[j]``, then mapped back with
+    ``C_out⁺``. Output features sharing a mask row share one evaluation over the whole batch
+    (see :mod:`~interaction_basis.ablated_sections`), so the cost scales with the number of
+    distinct rows rather than output features.
+    """
+    if mask.shape != (C_out.shape[1], C_in.shape[1]):
+        raise ValueError(
+            f"Mask {tuple(mask.shape)} does not match the bases: expected "
+            f"({C_out.shape[1]}, {C_in.shape[1]}) = (out features, in features)."
+        )
+    group_output = make_group_output(section, C_in_pinv, C_out, x.dtype)
+    f_in = group_output.prepare(x @ C_in.to(x.dtype))
+    parts = [
+        (cols, group_output.evaluate(f_in, kept, cols)) for _, kept, cols in _mask_groups(mask)
+    ]
+    return _assemble(parts, C_out.shape[1]) @ C_out_pinv.to(x.dtype)
+
+
 @pytest.mark.parametrize("layer", ["ln1.0", "ln2.0", "unembed"])
 def test_edge_ablated_output_keeping_all_edges_is_the_section(tiny_lib, layer):
     model, tokens, *_ = tiny_lib
@@ -291,7 +326,7 @@ def test_edge_ablated_output_keeping_all_edges_is_the_section(tiny_lib, layer):
     x, expected = acts[layer], acts[model.node_layers[idx + 1]]
     b_in, b_out = _random_basis(x.shape[-1], 1), _random_basis(expected.shape[-1], 2)
     mask = torch.ones(b_out.C.shape[1], b_in.C.shape[1], dtype=torch.bool)
-    got = compute_edge_ablated_output(
+    got = edge_ablated_output(
         model.sections[idx], x, mask, b_in.C, b_in.C_pinv, b_out.C, b_out.C_pinv
     )
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
@@ -308,7 +343,7 @@ def test_edge_ablated_output_matches_the_per_feature_definition(tiny_lib, layer)
     mask[2] = False
     with torch.no_grad():
         x = model.activations(tokens)[layer]
-        got = compute_edge_ablated_output(
+        got = edge_ablated_output(
             model.sections[idx], x, mask, b_in.C, b_in.C_pinv, b_out.C, b_out.C_pinv
         )
         expected = _naive_edge_ablation(model.sections[idx], x, mask, b_in, b_out)
@@ -330,7 +365,7 @@ def test_edge_ablated_output_of_mlp_layers_matches_the_definition(activation):
         mask = torch.rand(b_out.C.shape[1], b_in.C.shape[1], generator=gen) < 0.5
         mask[1::2] = mask[0]
         with torch.no_grad():
-            got = compute_edge_ablated_output(
+            got = edge_ablated_output(
                 model.sections[idx], x, mask, b_in.C, b_in.C_pinv, b_out.C, b_out.C_pinv
             )
             expected = _naive_edge_ablation(model.sections[idx], x, mask, b_in, b_out)
@@ -350,7 +385,7 @@ def test_edge_ablated_attention_matches_the_definition_with_and_without_repeated
     b_in, b_out = _random_basis(6, 1), _random_basis(6, 2)
     mask = torch.rand(6, 6, generator=gen) < 0.5
     mask[1::2] = mask[0]
-    got = compute_edge_ablated_output(section, x, mask, b_in.C, b_in.C_pinv, b_out.C, b_out.C_pinv)
+    got = edge_ablated_output(section, x, mask, b_in.C, b_in.C_pinv, b_out.C, b_out.C_pinv)
     expected = _naive_edge_ablation(section, x, mask, b_in, b_out)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 

@@ -91,24 +91,18 @@ def ablate_edges(
     base = ablation.compute_unablated_score(
         net, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
     )
-    # One pair at a time (what compute_all_edges_required does), for a progress line per pair.
-    results = {
-        (a, b): ablation.compute_edges_required(
-            net,
-            a,
-            bases[a],
-            bases[b],
-            e,
-            inputs,
-            labels,
-            metric=cfg.metric,
-            delta=cfg.edge_delta,
-            scaling=cfg.edge_scaling,
-            batch_size=cfg.batch_size,
-            base_score=base,
-        )
-        for (a, b), e in tqdm(pair_edges.items(), desc="edge ablation", unit="pair")
-    }
+    results = ablation.compute_all_edges_required(
+        net,
+        bases,
+        pair_edges,
+        inputs,
+        labels,
+        metric=cfg.metric,
+        delta=cfg.edge_delta,
+        scaling=cfg.edge_scaling,
+        batch_size=cfg.batch_size,
+        base_score=base,
+    )
     pairs = {}
     for (a, b), r in results.items():
         mass = compute_edge_mass_counts(pair_edges[(a, b)], (*MASS_FRACTIONS, 0.999))
