@@ -299,6 +299,11 @@ def compute_node_ablation_matrix(
     return ablated @ C_pinv
 
 
+def _right_multiply(r: Tensor) -> Transform:
+    """The transform ``x ↦ x @ r`` of every batch."""
+    return lambda _, x: x @ r
+
+
 def compute_node_ablation_scores(
     model: SectionedModel,
     layer: str,
@@ -339,7 +344,7 @@ def compute_node_ablation_scores(
     ablating = [k for k in counts if k < C.shape[1]]
     transforms: list[Transform | None] = [None]
     for k in ablating:
-        transforms.append(lambda _, x, r=matrices[k]: x @ r)
+        transforms.append(_right_multiply(matrices[k]))
     scores = _scores(model, layer, acts, labels, transforms, metric)
     base, ablated = scores[0], dict(zip(ablating, scores[1:], strict=True))
     return {k: ablated.get(k, base) for k in counts}

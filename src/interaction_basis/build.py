@@ -111,15 +111,24 @@ def fit_layer_basis(
     center: bool = True,
 ) -> Basis:
     """The basis of one non-final node layer; LIB needs its ``M′``."""
-    kw = dict(truncation=truncation, center=center, isolate_var=isolates_var(layer))
+    isolate_var = isolates_var(layer)
     if method == "neuron":
         return compute_neuron_basis(stats.gram.shape[0], constant_last=has_constant(layer))
     if method == "pca":
-        return compute_pca_basis(stats.gram, stats.mean, **kw)
+        return compute_pca_basis(
+            stats.gram, stats.mean, truncation=truncation, center=center, isolate_var=isolate_var
+        )
     if method == "lib":
         if m_dash is None:
             raise ValueError(f"LIB basis of {layer!r} needs its M'.")
-        return compute_lib_basis(stats.gram, stats.mean, m_dash, **kw)
+        return compute_lib_basis(
+            stats.gram,
+            stats.mean,
+            m_dash,
+            truncation=truncation,
+            center=center,
+            isolate_var=isolate_var,
+        )
     raise ValueError(f"Unknown basis method {method!r}; use lib, pca or neuron.")
 
 

@@ -293,7 +293,7 @@ def _snapshot(
                 repo_id,
                 repo_type=repo_type,
                 revision=revision,
-                cache_dir=cache_dir,
+                cache_dir=None if cache_dir is None else Path(cache_dir),
                 allow_patterns=list(patterns),
                 local_files_only=offline,
             )
@@ -314,11 +314,13 @@ def _snapshot(
 def is_transient(err: BaseException) -> bool:
     """Whether a download error can pass on its own: a timeout, HTTP 429 or 5xx, anywhere in
     its chain of causes, and no failed name lookup (an offline machine) in it."""
-    chain, seen = [], set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        chain.append(link)
+        link = link.__cause__ or link.__context__
     text = " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
     if any(isinstance(e, socket.gaierror) for e in chain) or any(
         m in text for m in ("nameresolution", "name resolution", "name or service not known")

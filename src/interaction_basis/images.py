@@ -200,8 +200,8 @@ def load_digits_dataset(
     digits = load_digits()
     x = np.asarray(digits.data, dtype=np.float32)
     y = np.asarray(digits.target, dtype=np.int64)
-    train, test = compute_split(len(x), test_fraction, seed)
-    train, test = train.numpy(), test.numpy()
+    train_idx, test_idx = compute_split(len(x), test_fraction, seed)
+    train, test = train_idx.numpy(), test_idx.numpy()
     return _make_dataset(
         x[train],
         y[train],
@@ -340,7 +340,7 @@ def read_cifar10_archive(
         _parse_cifar_batch(blobs[f"{CIFAR10_FOLDER}/{n}"], n, path) for n in CIFAR10_TRAIN_BATCHES
     ]
     x_test, y_test = _parse_cifar_batch(blobs[f"{CIFAR10_FOLDER}/test_batch"], "test_batch", path)
-    class_names = CIFAR10_CLASSES
+    class_names: tuple[str, ...] = CIFAR10_CLASSES
     if meta_name in blobs:
         try:
             meta = _unpickle(blobs[meta_name])

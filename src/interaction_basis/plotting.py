@@ -2,18 +2,23 @@
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from interaction_basis.graph_layout import layout_layer, module_order  # noqa: E402
 from interaction_basis.records import Basis  # noqa: E402
 
-COLORS = plt.get_cmap("tab10").colors
+# tab10 is a ListedColormap of RGB tuples (its stubs say only Colormap, colors only ArrayLike).
+COLORS = cast(
+    tuple[tuple[float, float, float], ...], cast(ListedColormap, plt.get_cmap("tab10")).colors
+)
 
 
 def _freq(label: object) -> object:
@@ -62,13 +67,18 @@ def plot_interaction_graphs(
     for ax, m in zip(axes[0], methods, strict=True):
         mod = modules[m]
         layers = mod["layers"]
-        cluster = {(n["layer"], n["index"]): n["cluster"] for n in mod["nodes"]}
-        sizes = {}
+        cluster: dict[tuple[str, int], int] = {
+            (n["layer"], n["index"]): n["cluster"] for n in mod["nodes"]
+        }
+        sizes: dict[int, int] = {}
         for c in cluster.values():
             sizes[c] = sizes.get(c, 0) + 1
         big = module_order(mod)
-        color = {c: COLORS[i % len(COLORS)] for i, c in enumerate(big)}
-        slot = {}
+        # Looked up with ``cluster.get``: None (a node not in the modules file) is grey.
+        color: dict[int | None, tuple[float, float, float]] = {
+            c: COLORS[i % len(COLORS)] for i, c in enumerate(big)
+        }
+        slot: dict[tuple[str, int], int] = {}
         for layer in layers:
             n = 1 + max(i for (lay, i) in cluster if lay == layer)
             shown = [i for i in layout_layer(mod, layer, n, True).order if 1 <= i < max_nodes]
