@@ -88,13 +88,15 @@ def build_page(
     from bokeh.models import (
         ColumnDataSource,
         CustomJS,
-        Div,
         HoverTool,
         InlineStyleSheet,
-        RadioButtonGroup,
-        Slider,
+        Range1d,
         TapTool,
     )
+
+    # The widgets' own module: bokeh.models re-exports them by a computed __all__, which
+    # type checkers cannot follow.
+    from bokeh.models.widgets import Div, RadioButtonGroup, Slider
     from bokeh.plotting import figure
     from bokeh.resources import INLINE
 
@@ -119,10 +121,12 @@ def build_page(
         height=720,
         sizing_mode="stretch_width",
         tools="pan,wheel_zoom,box_zoom,reset,save",
-        x_range=(-0.5, n_layers - 0.5),
+        x_range=Range1d(start=-0.5, end=n_layers - 0.5),
         # The top slots hold the modules and the most important features; pan or zoom out
         # (reset) for the rest.
-        y_range=(-min(max(v.n_slots for v in views.values()), SHOWN_SLOTS) + 0.5, 0.8),
+        y_range=Range1d(
+            start=-min(max(v.n_slots for v in views.values()), SHOWN_SLOTS) + 0.5, end=0.8
+        ),
         toolbar_location="above",
     )
     fig.segment(

@@ -69,7 +69,8 @@ class FeatureAccumulator:
         self.max = torch.full((n_features,), -torch.inf, dtype=torch.float64)
         self._keys = torch.empty(0, dtype=torch.float64)
         self._sample = torch.empty(0, n_features, dtype=torch.float64)
-        self._top = self._bottom = None
+        self._top: _Ranked | None = None
+        self._bottom: _Ranked | None = None
         self.n_pos: int | None = None
 
     def add(
@@ -182,11 +183,13 @@ class FeatureAccumulator:
             "quantile_value": (("quantile", "feature"), np.quantile(self._sample.numpy(), q, 0)),
         }
         for name, ranked, sign in (("top", self._top, 1.0), ("bottom", self._bottom, -1.0)):
+            assert ranked is not None and self.n_pos is not None  # set by the first batch
             rows = ranked.rows.numpy()
             out[f"{name}_value"] = (("rank", "feature"), sign * ranked.values.numpy())
             out[f"{name}_sample"] = (("rank", "feature"), rows // self.n_pos)
             out[f"{name}_position"] = (("rank", "feature"), rows % self.n_pos)
             if ranked.window_values is not None:
+                assert ranked.window_tokens is not None  # kept together (``_windows``)
                 dims = ("rank", "feature", "window")
                 out[f"{name}_window_value"] = (
                     dims,
@@ -279,8 +282,10 @@ def compute_direct_effects(
             eff = section(directions[s : s + chunk][:, None, :])[:, 0] - zero
             up = torch.topk(eff, k, dim=1)
             down = torch.topk(eff, k, dim=1, largest=False)
-            up_v.append(up.values), up_i.append(up.indices)
-            down_v.append(down.values), down_i.append(down.indices)
+            up_v.append(up.values)
+            up_i.append(up.indices)
+            down_v.append(down.values)
+            down_i.append(down.indices)
     dims = ("direct_rank", "feature")
     return {
         "promoted_value": (dims, torch.cat(up_v).T.numpy()),
