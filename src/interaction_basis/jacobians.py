@@ -31,7 +31,7 @@ adding batches or shards.
 
 import weakref
 from collections.abc import Callable
-from typing import Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -163,6 +163,29 @@ class SourceDraws(NamedTuple):
     draws: Tensor | None
 
 
+class _TakesSources(Protocol):
+    """A :class:`ClosedForm` that lists kinds of stochastic sources in ``takes_sources``: its
+    sums also take the :class:`SourceDraws`."""
+
+    def compute_m_dash_sum(
+        self,
+        acts: Float[Tensor, "batch pos_in d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: tuple[list[float], list[float]],
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "d_in d_in"]: ...
+
+    def compute_edges_sum(
+        self,
+        recon: Float[Tensor, "batch pos_in d_in"],
+        feats: Float[Tensor, "batch pos_in k_in"],
+        c_in_pinv: Float[Tensor, "k_in d_in"],
+        c_out: Float[Tensor, "d_out k_out"] | None,
+        points: tuple[list[float], list[float]],
+        draws: SourceDraws | None = None,
+    ) -> Float[Tensor, "k_out k_in"]: ...
+
+
 def _draw_sources(
     sources: Sources, batch: int, p_out: int, k_out: int, generator: torch.Generator | None
 ) -> SourceDraws:
@@ -171,9 +194,10 @@ def _draw_sources(
     def draw(*shape: int) -> Tensor:
         return torch.rand(*shape, generator=generator) > 0.5
 
-    if n_pos is None and n_hid is None:
-        return SourceDraws("exact", None)
-    if n_hid is None:  # one sign per (source, output dim, sample, output position)
+    if n_hid is None:
+        if n_pos is None:
+            return SourceDraws("exact", None)
+        # one sign per (source, output dim, sample, output position)
         return SourceDraws(
             "pos", draw(n_pos * k_out, batch, p_out).view(n_pos, k_out, batch, p_out)
         )
@@ -195,6 +219,7 @@ def _source_scale(sources: Sources) -> float:
 def _n_cotangents(phi: SourceDraws, p_out: int, k_out: int) -> int:
     if phi.kind == "exact":
         return p_out * k_out
+    assert phi.draws is not None  # drawn for every stochastic kind
     return phi.draws.shape[0] * (1 if phi.kind == "both" else phi.draws.shape[1])
 
 
@@ -203,6 +228,7 @@ def _apply_sources(out: Tensor, phi: SourceDraws, b0: int, b1: int) -> Tensor:
     if phi.kind == "exact":
         return out.reshape(*out.shape[:2], -1)
     d = phi.draws
+    assert d is not None  # drawn for every stochastic kind
     if phi.kind == "pos":  # (r, i, b, t)
         z = torch.einsum("bcti,ribt->bcri", out, _signs(d[:, :, b0:b1], out))
     elif phi.kind == "hidden":  # (r, t, b, i)
@@ -233,9 +259,9 @@ class _Points(NamedTuple):
             return x.clone()
         return torch.cat([x * a for a in self.alphas])
 
-    def repeat(self, v: Tensor | None) -> Tensor | None:
+    def repeat(self, v: Tensor) -> Tensor:
         """Per-sample directions ``(b, …)`` -> ``(n·b, …)``, matching :meth:`stack`."""
-        return v if v is None or self.n == 1 else v.repeat(self.n, *([1] * (v.ndim - 1)))
+        return v if self.n == 1 else v.repeat(self.n, *([1] * (v.ndim - 1)))
 
     def reduce(self, v: Tensor) -> Tensor:
         """``(n·b, …)`` -> ``(b, …)``: the weighted sum over integration points.
@@ -264,11 +290,11 @@ def _pullback(section: Section, xs: Tensor, cots: Tensor, per_sample: bool, nest
         fn = _per_sample(section)
 
         def one(x1: Tensor, ct: Tensor) -> Tensor:
-            _, pull = torch.func.vjp(fn, x1)
+            pull = torch.func.vjp(fn, x1)[1]
             return torch.func.vmap(lambda c: pull(c)[0])(ct)
 
         return torch.func.vmap(one, in_dims=(0, 0 if per_sample else None))(xs, cots)
-    _, pull = torch.func.vjp(section, xs)
+    pull = torch.func.vjp(section, xs)[1]
     if per_sample:
         flat = cots.transpose(0, 1)
     else:
@@ -523,6 +549,7 @@ def _cotangents(
         else:
             cots[rows, t] = c_out_t[i]
         return cots, i, False
+    assert draws is not None  # drawn for every stochastic kind
     if phi.kind == "pos":
         r, i = idx // k_out, idx % k_out
         signs = _signs(draws[r, i, b0:b1], like).transpose(0, 1)  # (b, c, p_out)
@@ -586,7 +613,9 @@ def compute_m_dash_sum(
     k_out = d_out if c_out is None else c_out.shape[1]
     phi = _draw_sources(sources, batch, p_out, k_out, generator)
     if closed is not None:  # the same draws as autograd would use
-        m_dash = closed.compute_m_dash_sum(acts, c_out, integration.points(), phi)
+        # Stochastic sources get a closed form only if it takes them (``_closed_form``).
+        with_draws = cast(_TakesSources, closed)
+        m_dash = with_draws.compute_m_dash_sum(acts, c_out, integration.points(), phi)
         return m_dash * _source_scale(sources)
     n_cot = _n_cotangents(phi, p_out, k_out)
     points = _Points(*integration.points())
@@ -689,7 +718,9 @@ def compute_edges_sum(
     k_out = d_out if c_out is None else c_out.shape[1]
     phi = _draw_sources(sources, batch, p_out, k_out, generator)
     if closed is not None:  # the same draws as autograd would use
-        edges = closed.compute_edges_sum(recon, feats, c_in_pinv, c_out, rule_points, phi)
+        # Stochastic sources get a closed form only if it takes them (``_closed_form``).
+        with_draws = cast(_TakesSources, closed)
+        edges = with_draws.compute_edges_sum(recon, feats, c_in_pinv, c_out, rule_points, phi)
         return edges * _source_scale(sources)
     n_cot = _n_cotangents(phi, p_out, k_out)
     points = _Points(*integration.points())
@@ -701,6 +732,7 @@ def compute_edges_sum(
     def square_sum(a: Tensor, b0: int, b1: int) -> Tensor:
         """``A`` (b, j, p_out, k_out) -> ``Σ_{b,t or r} A²`` as (k_out, j)."""
         if phi.kind == "pos":
+            assert phi.draws is not None  # drawn for every stochastic kind
             a = torch.einsum("bjti,ribt->bjri", a, _signs(phi.draws[:, :, b0:b1], a))
         return a.to(torch.float64).square().sum(dim=(0, 2)).T
 

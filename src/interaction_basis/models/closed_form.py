@@ -452,6 +452,7 @@ class PerToken:
         for alpha, weight in zip(*points, strict=True):
             jac = torch.func.jvp(self.fn, (alpha * x_rep,), (tangents,))[1].to(F64)
             total = weight * jac if total is None else total + weight * jac
+        assert total is not None  # an integration rule has points
         return total.view(rows, d_in, -1)
 
     def _out_rows(
@@ -473,9 +474,11 @@ class PerToken:
         """Exact and position sources: :meth:`_m_dash_exact` (every position source gives the
         exact sum, see the class docstring); hidden sources contract the rows with their signs.
         """
-        if draws is None or draws.kind == "pos":
-            m = self._m_dash_exact(acts, c_out, points)
-            return m if draws is None else m * draws.draws.shape[0]
+        if draws is None:
+            return self._m_dash_exact(acts, c_out, points)
+        assert draws.draws is not None  # drawn for every stochastic kind
+        if draws.kind == "pos":
+            return self._m_dash_exact(acts, c_out, points) * draws.draws.shape[0]
         return self._m_dash_from_rows(acts, c_out, points, draws)
 
     def _m_dash_exact(
@@ -501,6 +504,7 @@ class PerToken:
         for b0, b1 in _chunks(batch, n_pos * self._row_bytes(d_in, d_out, k_out)):
             r = self._out_rows(acts[b0:b1].reshape(-1, d_in), c_out, points)  # (b·s, d_in, k)
             if draws is not None:
+                assert draws.draws is not None  # drawn for every stochastic kind
                 r = r.view(b1 - b0, n_pos, d_in, k_out)
                 if draws.kind == "hidden":  # (r, s, b, k)
                     signs = _signs(draws.draws[:, :, b0:b1]).to(r.device)
@@ -558,6 +562,7 @@ class PerToken:
             a = pinv @ self._out_rows(x, c_out, points)  # (b·s, k_in, k_out)
             a *= feats[b0:b1].reshape(-1, k_in, 1).to(F64)
             if draws is not None:  # positions: (r, i, b, t)
+                assert draws.draws is not None  # drawn for every stochastic kind
                 signs = _signs(draws.draws[:, :, b0:b1]).to(a.device)
                 a = torch.einsum("btji,ribt->brji", a.view(b1 - b0, n_pos, k_in, k_out), signs)
             edges += a.square_().sum(dim=tuple(range(a.ndim - 2)))
@@ -694,6 +699,7 @@ class CausalAttention:
             term *= pattern[..., None] * (self.scale * weight * alpha**2)
             g = term if g is None else g.add_(term)
             a = weight * pattern if a is None else a.add_(pattern, alpha=weight)
+        assert a is not None and g is not None  # an integration rule has points
         if gamma is None:  # γ_tr = k_r for every t; matmul reads g in place (einsum copies it)
             gamma_sum = k.permute(0, 2, 3, 1)[:, :, None] @ g
         else:
@@ -804,6 +810,7 @@ class CausalAttention:
         batch, n_pos, width = x_all.shape
         dn, heads, dh = self.dn, self.n_heads, self.d_head
         c_y, e = self._c_y_and_e(c_out, width - dn, x_all)
+        assert draws.draws is not None  # drawn for every stochastic kind
         k_out, n_src = c_y.shape[1], draws.draws.shape[0]
         pattern_gram = x_all.new_zeros(heads, heads, k_out)
         cross = x_all.new_zeros(heads, k_out, 2 * heads * dh)
@@ -871,6 +878,7 @@ class CausalAttention:
             own = torch.einsum("jhe,bhtek->btjk", query_feats, t.gamma_sum) + residual
             a += f[..., None] * own
             if draws is not None:  # position sources: (r, k, b, t)
+                assert draws.draws is not None  # drawn for every stochastic kind
                 signs = _signs(draws.draws[:, :, b0:b1]).to(a.device)
                 a = torch.einsum("btjk,rkbt->brjk", a, signs)
             edges += a.square_().sum((0, 1))
