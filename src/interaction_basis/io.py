@@ -167,7 +167,8 @@ _RESULT_WRITERS = {
 def write_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **weights)
+            # Parameter names: never savez's own keyword ``allow_pickle``.
+            np.savez(f, **weights)  # type: ignore[arg-type]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -218,7 +219,7 @@ def _array_record(arr: zarr.Array, crc: int | None = None, finite: bool | None =
         "chunks": int(arr.nchunks_initialized),
     }
     if arr.nbytes <= FULL_CHECK_BYTES:
-        values = arr[...]
+        values = np.asarray(arr[...])
         crc, finite = _crc(values), _finite(values)
     if crc is not None:
         record["crc32"] = crc
@@ -230,7 +231,8 @@ def _array_record(arr: zarr.Array, crc: int | None = None, finite: bool | None =
 
 
 def _crc(values: np.ndarray, start: int = 0) -> int:
-    return zlib.crc32(np.ascontiguousarray(values).view(np.uint8), start)
+    # An ndarray is a buffer; numpy's stubs say so (``__buffer__``) only for Python >= 3.12.
+    return zlib.crc32(np.ascontiguousarray(values).view(np.uint8), start)  # type: ignore[arg-type]
 
 
 def _finite(values: np.ndarray) -> bool:
@@ -271,7 +273,7 @@ def _verify(path: Path) -> dict:
         record = root.attrs.get(INTEGRITY_ATTR)
     except Exception as err:
         raise DamagedInputError(path, [f"not a readable Zarr store ({err})"]) from err
-    if record is None:
+    if not isinstance(record, dict):
         raise DamagedInputError(
             path,
             ["it has no integrity record: it is incomplete, or was written by an older version"],
@@ -284,6 +286,9 @@ def _verify(path: Path) -> dict:
             arr = root[name]
         except KeyError:
             problems.append(f"array {name} is missing")
+            continue
+        if not isinstance(arr, zarr.Array):
+            problems.append(f"{name} is a group, written as an array")
             continue
         got = _array_record(arr) if arr.nbytes <= FULL_CHECK_BYTES else None
         have = got or {"shape": list(arr.shape), "dtype": str(arr.dtype)}
@@ -512,10 +517,18 @@ class _LayerBatches:
             yield torch.from_numpy(values)
 
 
+def _array(tree: xr.DataTree, group: str, name: str) -> xr.DataArray:
+    """The variable ``name`` of ``group`` (a DataTree's ``[]`` may also give a group)."""
+    var = tree[group][name]
+    if not isinstance(var, xr.DataArray):
+        raise TypeError(f"{group}/{name} is a group, not an array.")
+    return var
+
+
 def _batches_from_tree(path: Path, record: dict, tree: xr.DataTree, batch_size: int) -> BatchSource:
     def batches(layer: str) -> _LayerBatches:
         check = _StreamCheck(path, record, f"{layer}/activations")
-        return _LayerBatches(tree[layer]["activations"], batch_size, check)
+        return _LayerBatches(_array(tree, layer, "activations"), batch_size, check)
 
     return batches
 
@@ -529,7 +542,7 @@ def open_activation_batches(path: str | os.PathLike, batch_size: int) -> BatchSo
 
 def read_activations(path: str | os.PathLike, layer: str) -> Tensor:
     tree = _open_tree(path)
-    values = tree[layer]["activations"].values
+    values = _array(tree, layer, "activations").values
     _StreamCheck(Path(path), _verify(Path(path)), f"{layer}/activations").update(
         0, values, len(values)
     )
@@ -665,7 +678,7 @@ def read_token_chunks(path: str | os.PathLike) -> dict[str, TokenRows]:
         raise ValueError(
             f"{path} is not a token store (no group {sorted(missing)}); rerun tokenize_dataset."
         )
-    return {name: TokenRows(tree[name]["tokens"]) for name in tree.children}
+    return {name: TokenRows(_array(tree, name, "tokens")) for name in tree.children}
 
 
 def write_features(

@@ -2,7 +2,7 @@
 statistics, and partial sums before their division. Containers only: fitting is in ``basis``
 and ``build``, so editing the math there does not rerun the stages that merely store them."""
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from jaxtyping import Float
@@ -10,7 +10,8 @@ from torch import Tensor
 
 from interaction_basis.summation import CompensatedSum
 
-BatchSource = Callable[[str], Iterator[Tensor]]
+# Each call: a fresh iterable (io gives a sized one, for an ETA) of one layer's activations.
+BatchSource = Callable[[str], Iterable[Tensor]]
 
 
 class Basis(NamedTuple):
