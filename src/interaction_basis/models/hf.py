@@ -67,10 +67,10 @@ carrying the constant, ``W_O`` the row ``b_O / n_heads``, ``W_in`` the bias row 
 """
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from jaxtyping import Float
@@ -82,6 +82,11 @@ from transformers import (
     GPTNeoXForCausalLM,
     PreTrainedModel,
 )
+
+if TYPE_CHECKING:  # the block classes, for the loops over a ModuleList (typed nn.Module)
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+    from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoBlock
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
 
 from interaction_basis.models.closed_form import (
     CausalAttention,
@@ -323,7 +328,8 @@ def _extract(model: PreTrainedModel, dtype: torch.dtype) -> _RawModel:
         return _extract_gpt2(model, dtype)
     if isinstance(model, GPTNeoForCausalLM):
         return _extract_gpt_neo(model, dtype)
-    return _extract_gpt_neox(model, dtype)
+    # ``_check_supported`` lets only the three supported classes through.
+    return _extract_gpt_neox(cast(GPTNeoXForCausalLM, model), dtype)
 
 
 def _extract_gpt2(model: GPT2LMHeadModel, dtype: torch.dtype) -> _RawModel:
@@ -334,7 +340,7 @@ def _extract_gpt2(model: GPT2LMHeadModel, dtype: torch.dtype) -> _RawModel:
     d = cfg.hidden_size
     n_ctx = tr.wpe.weight.shape[0]
     blocks = []
-    for blk in tr.h:
+    for blk in cast("Iterable[GPT2Block]", tr.h):
         w_qkv, b_qkv = _t(blk.attn.c_attn.weight, dtype), _t(blk.attn.c_attn.bias, dtype)
         blocks.append(
             _RawBlock(
@@ -365,7 +371,7 @@ def _extract_gpt_neo(model: GPTNeoForCausalLM, dtype: torch.dtype) -> _RawModel:
     d = cfg.hidden_size
     n_ctx = tr.wpe.weight.shape[0]
     blocks = []
-    for blk in tr.h:
+    for blk in cast("Iterable[GPTNeoBlock]", tr.h):
         attn = blk.attn.attention
         w_q, b_q = _linear_t(attn.q_proj, dtype)
         w_k, b_k = _linear_t(attn.k_proj, dtype)
@@ -416,7 +422,7 @@ def _extract_gpt_neox(model: GPTNeoXForCausalLM, dtype: torch.dtype) -> _RawMode
     cos, sin = nx.rotary_emb(probe, position_ids=positions)
     rotary = (_t(cos[0], dtype), _t(sin[0], dtype))
     blocks = []
-    for blk in nx.layers:
+    for blk in cast("Iterable[GPTNeoXLayer]", nx.layers):
         attn = blk.attention
         w_qkv, b_qkv = _linear_t(attn.query_key_value, dtype)
         # Output features are ordered (head, q/k/v, d_head).
