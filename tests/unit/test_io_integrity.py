@@ -69,6 +69,22 @@ def test_changed_value_and_missing_array_are_refused(tmp_path):
         io.read_bases(path)
 
 
+def test_malformed_record_and_array_replaced_by_a_group_are_refused(tmp_path):
+    path = _written_basis(tmp_path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"][io.INTEGRITY_ATTR] = "garbage"
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(io.DamagedInputError, match="no integrity record"):
+        io.read_bases(path)
+    io._verified.clear()
+    path = _written_basis(tmp_path)
+    for f in sorted((path / "a" / "Lambda").rglob("*"), reverse=True):
+        f.rmdir() if f.is_dir() else f.unlink()
+    zarr.open_group(path, mode="r+").create_group("a/Lambda")
+    with pytest.raises(io.DamagedInputError, match="a/Lambda is a group"):
+        io.read_bases(path)
+
+
 def test_store_without_record_is_refused_and_bare_directories_removed(tmp_path):
     path = _written_basis(tmp_path)
     meta = json.loads((path / "zarr.json").read_text())
