@@ -16,11 +16,11 @@ from interaction_basis.models.toy_gpt2 import ToyGPT2Config, build_toy_gpt2
 from interaction_basis.text_data import load_held_out_texts, load_texts, load_tokenizer
 from interaction_basis.train_lm import (
     ToyLMConfig,
+    ToyLMTrainConfig,
+    _lr_factor,
     encode_documents,
     repeat_accuracy,
     train_toy_lm_stage,
-    ToyLMTrainConfig,
-    _lr_factor,
     train_word_tokenizer,
 )
 
