@@ -50,11 +50,6 @@ class ToyLMTrainConfig(BaseModel):
 
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (after a linear warm-up).")
     warmup_steps: int = Field(100, ge=0, description="Steps of linear learning-rate warm-up.")
-    cosine_decay: bool = Field(
-        False,
-        description="After the warm-up, decay the learning rate to 0 at max_steps along a "
-        "half cosine (settles the accuracy after the induction phase change).",
-    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(32, ge=1, description="Windows per optimiser step.")
     max_steps: int = Field(
@@ -159,16 +154,6 @@ def repeat_accuracy(
     }
 
 
-def _lr_factor(t: ToyLMTrainConfig, step: int) -> float:
-    """The learning rate at (0-based) ``step`` as a fraction of ``t.lr``."""
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    if not t.cosine_decay:
-        return 1.0
-    done = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-
 def train_toy_lm(cfg: ToyLMConfig) -> ToyLM:
     """Corpus, tokenizer and model, trained until the held-out repeat accuracy is reached.
 
@@ -200,7 +185,9 @@ def train_toy_lm(cfg: ToyLMConfig) -> ToyLM:
     torch.manual_seed(t.seed)
     model = build_toy_gpt2(m, len(tokenizer), eos)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(t, step))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+    )
     gen = torch.Generator().manual_seed(t.seed)
     offsets = torch.arange(m.n_ctx)
     history: list[dict] = []

@@ -16,8 +16,6 @@ from interaction_basis.models.toy_gpt2 import ToyGPT2Config, build_toy_gpt2
 from interaction_basis.text_data import load_held_out_texts, load_texts, load_tokenizer
 from interaction_basis.train_lm import (
     ToyLMConfig,
-    ToyLMTrainConfig,
-    _lr_factor,
     encode_documents,
     repeat_accuracy,
     train_toy_lm_stage,
@@ -76,27 +74,6 @@ def test_repeat_accuracy_counts_only_the_masked_words():
 
     scores = repeat_accuracy(Oracle(), ids, mask, eos_id=CORPUS.n_words)
     assert scores["repeat_accuracy"] == 1.0 and scores["other_accuracy"] == 0.0
-
-
-def test_learning_rate_warms_up_then_stays_or_decays_to_zero():
-    flat = ToyLMTrainConfig(warmup_steps=10, max_steps=110)
-    assert [_lr_factor(flat, s) for s in (0, 4, 9, 10, 109)] == [0.1, 0.5, 1.0, 1.0, 1.0]
-    cosine = flat.model_copy(update={"cosine_decay": True})
-    assert _lr_factor(cosine, 9) == 1.0 and _lr_factor(cosine, 10) == 1.0
-    assert _lr_factor(cosine, 60) == pytest.approx(0.5) and _lr_factor(cosine, 110) == 0.0
-    assert _lr_factor(ToyLMTrainConfig(warmup_steps=0, max_steps=1, cosine_decay=True), 0) == 1
-
-
-def _fresh_repeat_accuracy(model, word_ids, eos_id, span, gap, n=200, seed=0):
-    """Accuracy on the second copy (after its first word) of fresh ``[EOS] R G R`` sequences of
-    distinct random words: no document of the corpus has this layout at every distance."""
-    rng = np.random.default_rng(seed)
-    rows = [word_ids[rng.permutation(len(word_ids))[: span + gap]] for _ in range(n)]
-    x = torch.from_numpy(np.stack([np.concatenate([[eos_id], r, r[:span]]) for r in rows]))
-    with torch.no_grad():
-        guess = model(input_ids=x[:, :-1]).logits.argmax(-1)
-    second = slice(1 + span + gap, 2 * span + gap)  # predicting words 2..span of the copy
-    return (guess[:, second] == x[:, 1:][:, second]).float().mean().item()
 
 
 @pytest.mark.slow
