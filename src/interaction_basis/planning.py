@@ -61,8 +61,14 @@ def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
-def _imported_modules(path: Path, module: str) -> set[str]:
+def _imported_modules(path: Path, module: str) -> frozenset[str]:
     """Package modules that the source of ``module`` imports (absolute or relative)."""
+    return _imports_of(path, path.stat().st_mtime_ns, module)
+
+
+@functools.cache
+def _imports_of(path: Path, mtime_ns: int, module: str) -> frozenset[str]:
+    # Parsed once per file version: every rule's code inputs walk the same modules.
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_package = path.name == "__init__.py"
     found = set()
@@ -79,7 +85,7 @@ def _imported_modules(path: Path, module: str) -> set[str]:
             found.add(base)
             # `from pkg import mod` imports a submodule when `mod` is one.
             found |= {f"{base}.{a.name}" for a in node.names}
-    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+    return frozenset(m for m in found if m == PACKAGE or m.startswith(PACKAGE + "."))
 
 
 def _walk_run_time(tree: ast.AST):
