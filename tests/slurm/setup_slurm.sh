@@ -56,7 +56,8 @@ if ! have_binaries; then
 fi
 
 # --- 2. slurm.conf for this host ---------------------------------------------------------------
-CPUS=$(nproc)
+# GNU nproc honours OMP_NUM_THREADS: a test run with one thread must not make a 1-CPU node
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MEM_TOTAL_MB=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 ))
 # leave some memory to the OS; slurmd drains the node if RealMemory exceeds what it detects
 RESERVE_MB=$(( MEM_TOTAL_MB / 10 > 2048 ? 2048 : MEM_TOTAL_MB / 10 ))
