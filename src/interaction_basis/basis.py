@@ -16,6 +16,10 @@ from interaction_basis.records import Basis
 CONST_TOLERANCE = 1e-6  # lib_spec A.3: |U[last, k]| and |D_k| above this mark the constant
 
 
+class DeadLayerError(ValueError):
+    """LIB cannot scale a layer that nothing downstream depends on."""
+
+
 class Truncation(NamedTuple):
     """Drop directions whose eigenvalue is ≤ ``threshold`` (times the largest if ``relative``)."""
 
@@ -138,6 +142,18 @@ def compute_lib_basis(
     v = torch.eye(k, dtype=torch.float64)
     v[n_m:, n_m:] = v_s
     lam = torch.cat([m.diagonal()[:n_m].abs(), lam_s])
+    if (lam == 0).all() or (lam[:n_m] == 0).any():
+        raise DeadLayerError(
+            (
+                "every direction has"
+                if (lam == 0).all()
+                else "a direction it always keeps (the constant or the LayerNorm variance) has"
+            )
+            + " zero LIB importance (Λ = 0): nothing downstream depends on this layer on these "
+            "inputs. Usually the network is dead after it (every ReLU of a later layer is off "
+            "for every sample): look at the activations, change the weights' seed, scale or "
+            "bias, or analyse this model with the pca or neuron basis."
+        )
     # Masked nodes are always kept (fixes lib_spec F.7, which dropped the wrong index).
     keep = truncation.keep(lam)
     keep[:n_m] = True

@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interaction_basis.basis import (
+    DeadLayerError,
     Truncation,
     compute_lib_basis,
     compute_neuron_basis,
@@ -121,14 +122,17 @@ def fit_layer_basis(
     if method == "lib":
         if m_dash is None:
             raise ValueError(f"LIB basis of {layer!r} needs its M'.")
-        return compute_lib_basis(
-            stats.gram,
-            stats.mean,
-            m_dash,
-            truncation=truncation,
-            center=center,
-            isolate_var=isolate_var,
-        )
+        try:
+            return compute_lib_basis(
+                stats.gram,
+                stats.mean,
+                m_dash,
+                truncation=truncation,
+                center=center,
+                isolate_var=isolate_var,
+            )
+        except DeadLayerError as e:
+            raise DeadLayerError(f"LIB basis of {layer!r}: {e}") from None
     raise ValueError(f"Unknown basis method {method!r}; use lib, pca or neuron.")
 
 

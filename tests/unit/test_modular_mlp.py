@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from factories import full_build
-from interaction_basis.basis import compute_neuron_basis
+from interaction_basis.basis import DeadLayerError, compute_neuron_basis
 from interaction_basis.block_vectors import generate_block_vectors
 from interaction_basis.clustering import build_interaction_graph, compute_modules
 from interaction_basis.config import (
@@ -157,6 +157,23 @@ def test_mixings_are_orthogonal_and_checked():
         validate_modular_mlp_weights(broken)
     with pytest.raises(ValueError, match="missing tensor 'mixing.2'"):
         validate_modular_mlp_weights({k: v for k, v in hidden.items() if k != "mixing.2"})
+
+
+def test_a_dead_network_fails_with_the_fix():
+    """Equal columns at seed 0: every ReLU of the last hidden layer is off for every sample, so
+    nothing depends on the layers before it. LIB used to write a basis of NaN (1/sqrt(Λ = 0))."""
+    cfg = ModularMLPConfig(
+        n_hidden_layers=2, width=6, weight_variances=[2.0, 2.0], weight_equal_columns=True
+    )
+    x = generate_block_vectors(BlockVectorConfig(size=300, length=6))
+    model = build_modular_mlp_sections(build_modular_mlp_weights(cfg))
+    with pytest.raises(
+        DeadLayerError,
+        match=r"'layers.2': every direction has zero LIB "
+        r"importance.*pca or neuron basis",
+    ):
+        full_build(model, x, "lib", batch_size=300)
+    full_build(model, x, "pca", batch_size=300)  # the baselines still describe it
 
 
 # --- scores against the planted blocks ---------------------------------------------------------
