@@ -127,6 +127,6 @@ rule train_toy_lm:
         mem_mb=mem_mb(2000),
         runtime=runtime(30),
     params:
-        toy_lm=toy_lm_params,
+        settings=toy_lm_params,
     script:
         "../scripts/train_toy_lm.py"

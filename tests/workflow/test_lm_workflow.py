@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from smk_helpers import SNAKEMAKE, copy_workflow, job_counts, pythonpath_env
+from smk_helpers import SNAKEMAKE, copy_workflow, job_counts, pythonpath_env, snakemake
 
 from lm_fixtures import write_corpus, write_tiny_gpt2
 
@@ -161,3 +161,66 @@ def test_editing_the_language_model_code_reruns_its_stages_only(lm_run):
         os.utime(hf_py, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert counts == _dry_run(lm_run, "--forcerun", "extract_activations"), counts
     assert not {"download_model", "download_dataset", "tokenize_dataset"} & set(counts), counts
+
+
+def test_toy_lm_trains_through_its_rule_and_feeds_an_experiment(tmp_path):
+    """The train_toy_lm rule end to end (its stage was only called directly before, and a
+    params/wildcard name clash broke the rule itself), then the experiment that reads the saved
+    folder and corpus plans from them without retraining."""
+    config = {
+        "toy_lms": [
+            {
+                "name": "tiny",
+                "corpus": {
+                    "n_words": 8,
+                    "n_documents": 60,
+                    "n_held_out": 6,
+                    "length": 10,
+                    "span_min": 3,
+                    "span_max": 4,
+                },
+                "model": {"d_model": 16, "d_mlp": 32, "n_head": 2, "n_ctx": 16},
+                # Any accuracy ends training at the first evaluation: this tests the plumbing.
+                "train": {"max_steps": 20, "eval_every": 10, "target_accuracy": 1e-9},
+            }
+        ],
+        "experiments": [
+            {
+                "name": "toy",
+                "model": {
+                    "kind": "hf",
+                    "hub": {"source": "results/toy_lms/tiny/model", "revision": None},
+                    "text": {
+                        "source": "results/toy_lms/tiny/corpus.txt",
+                        "revision": None,
+                        "n_ctx": 16,
+                        "n_samples": 8,
+                        "n_eval_documents": 6,
+                        "n_eval_samples": 4,
+                    },
+                },
+                "extract": {"node_layers": ["resid_pre.0", "resid_mid.0", "resid_post.1"]},
+            }
+        ],
+    }
+    snakefile = copy_workflow(tmp_path / "workflow")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    args = [
+        "--snakefile",
+        str(snakefile),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--directory",
+        str(work),
+    ]
+    env = pythonpath_env(snakefile.parent)
+    snakemake(*args, "--cores", "2", "results/toy_lms/tiny/metrics.json", cwd=tmp_path, env=env)
+    toy = work / "results" / "toy_lms" / "tiny"
+    metrics = json.loads((toy / "metrics.json").read_text())
+    assert metrics["steps"] == 10 and metrics["vocab_size"] == 10  # 8 words, EOS, UNK
+    assert (toy / "model" / "config.json").is_file()
+    assert (toy / "corpus.txt").read_text().count("\n\n") == 65  # 66 documents
+    planned = job_counts(snakemake(*args, "-n", cwd=tmp_path, env=env).stdout)
+    assert "train_toy_lm" not in planned
+    assert planned["download_model"] == 1 and planned["attribute_heads"] == 1

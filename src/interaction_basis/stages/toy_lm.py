@@ -10,9 +10,9 @@ from interaction_basis.train_lm import train_toy_lm as train
 log = logging.getLogger(__name__)
 
 
-def train_toy_lm(toy_lm: ToyLMConfig, model: str, corpus: str, metrics: str) -> None:
+def train_toy_lm(settings: ToyLMConfig, model: str, corpus: str, metrics: str) -> None:
     """Train, then save the model folder (with its tokenizer), the corpus and the metrics."""
-    toy = train(toy_lm)
+    toy = train(settings)
     m = toy.metrics
     log.info(
         "repeat accuracy %.4f after %d steps (%.0f s)",
