@@ -578,6 +578,16 @@ class ExperimentConfig(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _language_models_have_no_class_labels(self) -> "ExperimentConfig":
+        if self.model.downloaded and self.evaluate.enabled and self.evaluate.metric == "accuracy":
+            raise ValueError(
+                f"evaluate.metric 'accuracy' needs class labels, which a language model "
+                f"(model.kind {self.model.kind!r}) does not have: set evaluate.metric: ce_loss "
+                "(next-token cross-entropy) or evaluate.enabled: false."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _shards_fit_the_text_data(self) -> "ExperimentConfig":
         if not self.model.downloaded:
             return self  # other tasks' sample counts are known only when their data loads

@@ -151,6 +151,7 @@ def test_more_shards_than_text_batches_is_a_config_error(key):
         "name": "lm",
         "model": {"kind": "hf", "text": text},
         "extract": {"batch_size": 4, "n_shards": 4},
+        "evaluate": {"metric": "ce_loss"},
     }
     with pytest.raises(ValueError, match=f"n_shards=4 is more than the 3 batches of text.{key}=10"):
         WorkflowConfig.model_validate({"experiments": [experiment]})
@@ -166,3 +167,12 @@ def test_planning_imports_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_language_model_with_the_accuracy_metric_is_a_config_error():
+    """It used to fail only in ablate_edges, after extraction and fitting had run."""
+    experiment = {"name": "lm", "model": {"kind": "hf"}}
+    with pytest.raises(ValueError, match="needs class labels.*set evaluate.metric: ce_loss"):
+        WorkflowConfig.model_validate({"experiments": [experiment]})
+    for evaluate in ({"metric": "ce_loss"}, {"enabled": False}):
+        WorkflowConfig.model_validate({"experiments": [{**experiment, "evaluate": evaluate}]})

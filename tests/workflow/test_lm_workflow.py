@@ -166,7 +166,7 @@ def test_editing_the_language_model_code_reruns_its_stages_only(lm_run):
 def test_toy_lm_trains_through_its_rule_and_feeds_an_experiment(tmp_path):
     """The train_toy_lm rule end to end (its stage was only called directly before, and a
     params/wildcard name clash broke the rule itself), then the experiment that reads the saved
-    folder and corpus plans from them without retraining."""
+    folder and corpus, without retraining, through attribute_heads."""
     config = {
         "toy_lms": [
             {
@@ -200,6 +200,7 @@ def test_toy_lm_trains_through_its_rule_and_feeds_an_experiment(tmp_path):
                     },
                 },
                 "extract": {"node_layers": ["resid_pre.0", "resid_mid.0", "resid_post.1"]},
+                "evaluate": {"metric": "ce_loss", "batch_size": 4},
             }
         ],
     }
@@ -224,3 +225,8 @@ def test_toy_lm_trains_through_its_rule_and_feeds_an_experiment(tmp_path):
     planned = job_counts(snakemake(*args, "-n", cwd=tmp_path, env=env).stdout)
     assert "train_toy_lm" not in planned
     assert planned["download_model"] == 1 and planned["attribute_heads"] == 1
+    snakemake(*args, "--cores", "2", cwd=tmp_path, env=env, timeout=900)
+    heads = json.loads((work / "results" / "toy" / "heads.json").read_text())
+    assert sorted(heads["heads"]) == ["L0.H0", "L0.H1", "L1.H0", "L1.H1"]
+    assert set(heads["methods"]) == {"lib", "pca"}
+    assert "Previous-token head" in (work / "results" / "toy" / "heads.md").read_text()
