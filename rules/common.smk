@@ -197,6 +197,12 @@ def evaluation_input(wildcards):
     return f"results/{wildcards.experiment}/evaluation.json" if enabled else []
 
 
+def heads_input(wildcards):
+    """heads.json for the toy LMs trained here: the explorer marks the heads' features."""
+    name = wildcards.experiment
+    return f"results/{name}/heads.json" if _reads_toy_lm(name) else []
+
+
 def methods(wildcards):
     return experiment(wildcards).basis.methods
 

@@ -36,6 +36,7 @@ rule build_explorer:
         features=per_method("results/{experiment}/{method}/features.zarr"),
         summary="results/{experiment}/summary.json",
         evaluation=evaluation_input,
+        heads=heads_input,
         code=stage_code("build_explorer"),
     output:
         explorer=report(

@@ -658,6 +658,14 @@ class InductionCorpusConfig(BaseModel):
     length: int = Field(20, ge=3, description="Words per document.")
     span_min: int = Field(8, ge=2, description="Shortest repeated span (words).")
     span_max: int = Field(10, ge=2, description="Longest repeated span (words).")
+    skip_probability: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the words, before the span is copied, replaced by f(the word two "
+        "back), f a fixed random map of the vocabulary: makes a previous-token head useful on "
+        "its own, the first half of the copying circuit. 0: every word uniform at random.",
+    )
     seed: int = Field(0, ge=0, description="Seed of the vocabulary and the documents.")
 
     @model_validator(mode="after")
@@ -693,6 +701,11 @@ class ToyLMTrainConfig(BaseModel):
     warmup_steps: int = Field(100, ge=0, description="Steps of linear learning-rate warm-up.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(32, ge=1, description="Windows per optimiser step.")
+    windows: Literal["packed", "documents"] = Field(
+        "packed",
+        description="packed: random n_ctx-token windows of the packed training stream (the "
+        "copies are often cut apart); documents: each window is EOS and one whole document.",
+    )
     max_steps: int = Field(
         10000, ge=1, description="Give up (and fail) after this many steps below the target."
     )

@@ -42,6 +42,33 @@ class MethodData(NamedTuple):
     edges: Mapping[tuple[str, str], Tensor]
     modules: Mapping | None
     features: xr.DataTree
+    heads: Mapping | None = None  # heads.json's head roles and this method's feature writers
+
+
+def head_roles_of(heads: Mapping, method: str) -> Mapping:
+    """What the page needs of heads.json (attribute_heads) for one method."""
+    return {
+        "layers": heads["methods"].get(method, {}),
+        "roles": {h: "previous-token head" for h in heads["previous_token_heads"]}
+        | {h: "induction head" for h in heads["induction_heads"]},
+    }
+
+
+def _writers(heads: Mapping | None, layer: str, i: int) -> tuple[str, str]:
+    """The label suffix naming the role of the feature's main writer, and the card's line of
+    writers, for a feature of a toy LM (empty where heads.json has no entry)."""
+    entry = heads["layers"].get(layer) if heads else None
+    found = [f for f in entry["features"] if f["feature"] == i] if entry else []
+    if heads is None or not found:
+        return "", ""
+    roles, f = heads["roles"], found[0]
+    role = roles.get(f["top_writer"])
+    shares = ", ".join(
+        f"{html.escape(name)} {100 * share:.0f}%" + (f" ({roles[name]})" if name in roles else "")
+        for name, share in f["shares"].items()
+    )
+    card = f"<p><b>written by</b> (share of its variance): {shares}</p>"
+    return (f" · {role} {f['top_writer']}" if role else ""), card
 
 
 def check_features(features: xr.DataTree, bases: Mapping[str, Basis], basis_sha: str, path: str):
@@ -330,7 +357,9 @@ def _method_view(
             cols["color"].append("#000000" if constant[i] else colour.get(c, GREY))
             cols["size"].append(10.0 if constant[i] else float(size))
             cols["marker"].append("square" if constant[i] else "circle")
-            cols["label"].append(_short_label(method, layer, i, g, c, labels))
+            cols["label"].append(
+                _short_label(method, layer, i, g, c, labels) + _writers(d.heads, layer, i)[0]
+            )
     # Cards after all labels exist (they name the partners).
     label_of = {(lay, i): lab for lay, i, lab in zip(cols["layer"], cols["index"], cols["label"])}
     for layer in layers:
@@ -418,6 +447,7 @@ def _card(method, layer, i, g, d, module_of, labels, label_of, n_ex, thumbnails,
         f"min {_fmt(float(g['min'].values[i]))}, max {_fmt(float(g['max'].values[i]))}<br>"
         f"{q}</p>"
     )
+    parts.append(_writers(d.heads, layer, i)[1])
     parts.append(_edge_table(d, layer, i, label_of, all_layers))
     if "promoted_output" in g:
         parts.append(_direct_effect(g, i))

@@ -6,7 +6,10 @@ For a GPT-2 language model on held-out chunks:
   from position t to t − 1; its *induction score* is its mean attention from t to the positions
   s + 1 right after earlier occurrences s < t − 1 of the token at t (summed over them), over the
   positions whose token occurred before (Olsson et al. 2022). A previous-token head scores near
-  1 on the first, an induction head near 1 on the second.
+  1 on the first, an induction head near 1 on the second. The *s + 2 induction score* is the
+  same with the keys s + 2: a head that attends there reads the answer (the token at s + 1)
+  from the previous-token head's write at s + 2, which is how the toy LMs trained here copy
+  (README, Ground truth); the induction head is the best head on either score.
 - **Feature attribution by direct writes.** The residual stream at ``resid_pre.L``,
   ``resid_mid.L`` and ``resid_post.L`` is the sum of the writes of the embedding, of every
   earlier attention head and MLP, and of constant biases (the LIB build centres the writes
@@ -87,25 +90,33 @@ def _writes(model, tokens: Tensor, captured: Mapping[str, Tensor]) -> dict[str, 
 def head_scores(
     patterns: Sequence[Float[Tensor, "batch head query key"]], tokens: Int[Tensor, "batch pos"]
 ) -> dict[str, dict[str, float]]:
-    """Previous-token and induction score of every head (module docstring)."""
-    n = tokens.shape[1]
-    same = tokens[:, :, None] == tokens[:, None, :]  # (b, t, s)
-    earlier = torch.ones(n, n, dtype=torch.bool).tril(-2)  # s < t - 1
-    # The key s + 1 after an earlier occurrence s of the query's token.
-    target = torch.zeros_like(same)
-    target[:, :, 1:] = (same & earlier)[:, :, :-1]
-    has_target = target.any(-1)
+    """Previous-token and induction scores (s + 1 and s + 2) of every head (module docstring)."""
     scores = {}
     for layer, a in enumerate(patterns):
         prev = a.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
-        induction = (a * target[:, None]).sum(-1)  # (b, head, t)
-        induction = (induction * has_target[:, None]).sum((0, 2)) / has_target.sum()
+        after = {offset: _attention_after_occurrences(a, tokens, offset) for offset in (1, 2)}
         for head in range(a.shape[1]):
             scores[f"L{layer}.H{head}"] = {
                 "previous_token": float(prev[head]),
-                "induction": float(induction[head]),
+                "induction": float(after[1][head]),
+                "induction_2": float(after[2][head]),
             }
     return scores
+
+
+def _attention_after_occurrences(
+    a: Float[Tensor, "batch head query key"], tokens: Int[Tensor, "batch pos"], offset: int
+) -> Float[Tensor, " head"]:
+    """Mean attention from t to the keys s + offset after the earlier occurrences s of t's
+    token (s + offset < t), over the positions that have such an occurrence."""
+    n = tokens.shape[1]
+    same = tokens[:, :, None] == tokens[:, None, :]  # (b, t, s)
+    earlier = torch.ones(n, n, dtype=torch.bool).tril(-offset - 1)  # s + offset < t
+    target = torch.zeros_like(same)
+    target[:, :, offset:] = (same & earlier)[:, :, :-offset]
+    has_target = target.any(-1)
+    mass = (a * target[:, None]).sum(-1)  # (b, head, t)
+    return (mass * has_target[:, None]).sum((0, 2)) / has_target.sum()
 
 
 def writes_into(layer: str, names: Sequence[str]) -> list[str]:
@@ -155,31 +166,20 @@ def attribute_features(
 
     Returns:
         ``heads`` (scores); ``best_previous_token_head`` and ``best_induction_head`` (the
-        best-scoring head of any layer, and of a layer after that one); ``previous_token_head``
-        and ``induction_head``: the same where their score reaches :data:`ROLE_THRESHOLD`
-        (an induction head also needs a previous-token head), else ``None``; ``methods``:
-        method → layer → a list per feature (basis order, constant left out) of ``feature``,
-        ``top_writer`` and ``shares`` (the ``top`` largest, component →
-        share), plus per layer ``previous_token_features`` and ``induction_features`` (features
-        whose largest share is from that head, with the share).
+        best-scoring head of any layer, and of a layer after that one; induction in its better
+        form, s + 1 or s + 2); ``previous_token_heads`` and ``induction_heads``: every head
+        whose score reaches :data:`ROLE_THRESHOLD` (an induction head also needs a
+        previous-token head in an earlier layer); ``methods``: method → layer → a list per
+        feature (basis order, constant left out) of ``feature``, ``top_writer`` and ``shares``
+        (the ``top`` largest, component → share), plus per layer ``previous_token_features``
+        and ``induction_features`` (features whose largest share is from such a head, with
+        the head and its share).
     """
     writes, patterns = run_with_writes(model, tokens)
     scores = head_scores(patterns, tokens)
-    best_prev = max(scores, key=lambda h: scores[h]["previous_token"])
-    later = [h for h in scores if int(h.split(".")[0][1:]) > int(best_prev.split(".")[0][1:])]
-    best_induction = max(later or scores, key=lambda h: scores[h]["induction"])
-    prev = best_prev if scores[best_prev]["previous_token"] >= ROLE_THRESHOLD else None
-    good = scores[best_induction]["induction"] >= ROLE_THRESHOLD
-    induction = best_induction if good and prev is not None else None
+    result: dict = {"heads": scores, **head_roles(scores), "methods": {}}
+    prev, induction = result["previous_token_heads"], result["induction_heads"]
     flat = {name: w.flatten(0, 1) for name, w in writes.items()}
-    result: dict = {
-        "heads": scores,
-        "previous_token_head": prev,
-        "induction_head": induction,
-        "best_previous_token_head": best_prev,
-        "best_induction_head": best_induction,
-        "methods": {},
-    }
     for method, layers in bases.items():
         per_layer = {}
         for layer, basis in layers.items():
@@ -198,42 +198,77 @@ def attribute_features(
                     }
                 )
             entry = {"features": feats}
-            for key, head in (("previous_token", prev), ("induction", induction)):
+            for key, heads in (("previous_token", prev), ("induction", induction)):
                 entry[f"{key}_features"] = [
-                    {"feature": f["feature"], "share": f["shares"][head]}
+                    {
+                        "feature": f["feature"],
+                        "head": f["top_writer"],
+                        "share": f["shares"][f["top_writer"]],
+                    }
                     for f in feats
-                    if head is not None and f["top_writer"] == head
+                    if f["top_writer"] in heads
                 ]
             per_layer[layer] = entry
         result["methods"][method] = per_layer
     return result
 
 
+def head_roles(scores: Mapping[str, Mapping[str, float]]) -> dict:
+    """The previous-token and induction heads among ``scores`` (see :func:`attribute_features`)."""
+    best_prev = max(scores, key=lambda h: scores[h]["previous_token"])
+    later = [h for h in scores if _layer(h) > _layer(best_prev)]
+    prev = [h for h in scores if scores[h]["previous_token"] >= ROLE_THRESHOLD]
+    return {
+        "previous_token_heads": prev,
+        "induction_heads": [
+            h
+            for h in scores
+            if _induction(scores[h]) >= ROLE_THRESHOLD and any(_layer(p) < _layer(h) for p in prev)
+        ],
+        "best_previous_token_head": best_prev,
+        "best_induction_head": max(later or scores, key=lambda h: _induction(scores[h])),
+    }
+
+
+def _layer(head: str) -> int:
+    return int(head.split(".")[0][1:])
+
+
+def _induction(score: Mapping[str, float]) -> float:
+    """A head's induction score in its better form (s + 1 or s + 2)."""
+    return max(score["induction"], score["induction_2"])
+
+
 def render_markdown(result: Mapping) -> str:
     """The head roles and, per method and layer, the features that carry their signals."""
+    heads = result["heads"]
 
-    def role(key: str, score: str) -> str:
-        best = result[f"best_{key}"]
-        value = result["heads"][best][score]
-        if result[key] is not None:
-            return f"**{best}** (score {value:.2f})"
+    def role(key: str, best: str, value: float) -> str:
+        if result[key]:
+            return ", ".join(f"**{h}**" for h in result[key])
         return f"none (best {best} at {value:.2f} < {ROLE_THRESHOLD})"
 
+    best_prev, best_ind = result["best_previous_token_head"], result["best_induction_head"]
     lines = [
         "# Attention heads and the features they write",
         "",
         "Head roles from attention patterns on the held-out chunks; a feature's writers are",
         "the shares of its variance written by each component (they sum to 1).",
         "",
-        "| head | previous-token score | induction score |",
-        "|---|---|---|",
+        "| head | previous-token score | induction score (s + 1) | induction score (s + 2) |",
+        "|---|---|---|---|",
     ]
-    for head, s in result["heads"].items():
-        lines.append(f"| {head} | {s['previous_token']:.3f} | {s['induction']:.3f} |")
+    for head, s in heads.items():
+        lines.append(
+            f"| {head} | {s['previous_token']:.3f} | {s['induction']:.3f} | "
+            f"{s['induction_2']:.3f} |"
+        )
     lines += [
         "",
-        f"Previous-token head: {role('previous_token_head', 'previous_token')}; induction "
-        f"head: {role('induction_head', 'induction')}.",
+        f"Previous-token heads: "
+        f"{role('previous_token_heads', best_prev, heads[best_prev]['previous_token'])}; "
+        f"induction heads: {role('induction_heads', best_ind, _induction(heads[best_ind]))} "
+        f"(score ≥ {ROLE_THRESHOLD}).",
         "",
     ]
     for method, layers in result["methods"].items():
@@ -245,11 +280,12 @@ def render_markdown(result: Mapping) -> str:
         ]
         for layer, entry in layers.items():
             cells = [
-                ", ".join(f"{f['feature']} ({f['share']:.2f})" for f in entry[key]) or "-"
+                ", ".join(f"{f['feature']} ({f['head']}, {f['share']:.2f})" for f in entry[key])
+                or "-"
                 for key in ("previous_token_features", "induction_features")
             ]
             lines.append(f"| {layer} | {len(entry['features'])} | {cells[0]} | {cells[1]} |")
         lines.append("")
-    lines.append("Features are numbered in basis order (0: the constant); in brackets the share of")
-    lines.append("the feature's variance written by the head.")
+    lines.append("Features are numbered in basis order (0: the constant); in brackets the head")
+    lines.append("that writes most of the feature's variance, and its share.")
     return "\n".join(lines) + "\n"

@@ -59,6 +59,11 @@ def make_induction_corpus(cfg: InductionCorpusConfig) -> InductionCorpus:
     words = make_words(cfg.n_words, rng)
     n = cfg.n_documents + cfg.n_held_out
     ids = rng.integers(cfg.n_words, size=(n, cfg.length))
+    if cfg.skip_probability:
+        skip_map = rng.integers(cfg.n_words, size=cfg.n_words)
+        skipped = rng.random((n, cfg.length)) < cfg.skip_probability
+        for t in range(2, cfg.length):  # in order: a replaced word can feed a later one
+            ids[:, t] = np.where(skipped[:, t], skip_map[ids[:, t - 2]], ids[:, t])
     span = rng.integers(cfg.span_min, cfg.span_max + 1, size=n)
     # First copy at a, second at b >= a + span, both inside the document: draw a, then b.
     first = (rng.random(n) * (cfg.length - 2 * span + 1)).astype(np.int64)

@@ -137,6 +137,7 @@ def train_toy_lm(cfg: ToyLMConfig) -> ToyLM:
     n_starts = stream.numel() - m.n_ctx + 1
     if n_starts < 1:
         raise ValueError(f"The training stream has {stream.numel()} tokens; raise n_documents.")
+    documents = torch.from_numpy(np.concatenate([np.full((c.n_documents, 1), eos), train_ids], 1))
 
     torch.manual_seed(t.seed)
     model = build_toy_gpt2(m, len(tokenizer), eos)
@@ -152,7 +153,10 @@ def train_toy_lm(cfg: ToyLMConfig) -> ToyLM:
     bar = tqdm(range(1, t.max_steps + 1), desc="train toy LM", mininterval=5)
     for step in bar:
         model.train()
-        window = stream[torch.randint(n_starts, (t.batch_size, 1), generator=gen) + offsets]
+        if t.windows == "documents":
+            window = documents[torch.randint(c.n_documents, (t.batch_size,), generator=gen)]
+        else:
+            window = stream[torch.randint(n_starts, (t.batch_size, 1), generator=gen) + offsets]
         out = model(input_ids=window, labels=window)  # shifted inside
         opt.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -16,6 +16,7 @@ from interaction_basis.explorer import (
     build_page,
     check_features,
     edge_mass_prefix,
+    head_roles_of,
 )
 from interaction_basis.features import compute_activation_evidence
 from interaction_basis.records import Basis
@@ -116,3 +117,31 @@ def test_edge_mass_prefix():
     w = np.array([1.0, 6.0, 3.0])
     assert [edge_mass_prefix(w, f) for f in (0.5, 0.6, 0.9, 0.95, 1.0)] == [1, 1, 2, 3, 3]
     assert edge_mass_prefix(np.zeros(3), 0.9) == 0
+
+
+def test_toy_lm_features_name_the_heads_that_write_them(tmp_path):
+    """heads.json (attribute_heads) marks the features a previous-token or induction head
+    writes most of, in their labels and cards; the others get their writers only."""
+    bases = _bases()
+    feats = io.read_features(_features(tmp_path, bases))
+
+    def feature(i, writer, share):
+        return {"feature": i, "top_writer": writer, "shares": {writer: share, "embed": 0.1}}
+
+    heads = {
+        "previous_token_heads": ["L0.H1"],
+        "induction_heads": ["L1.H0"],
+        "methods": {
+            "lib": {
+                "a": {"features": [feature(1, "L0.H1", 0.8), feature(2, "L0.mlp", 0.6)]},
+                "b": {"features": [feature(1, "L1.H0", 0.7)]},
+            }
+        },
+    }
+    data = MethodData(bases, _edges(bases), MODULES, feats, head_roles_of(heads, "lib"))
+    page = _page({"lib": data})
+    assert "lib a #1 · module 1 (freq 7) · previous-token head L0.H1" in page
+    assert "lib b #1 · module 1 (freq 7) · induction head L1.H0" in page
+    assert "L0.H1 80% (previous-token head), embed 10%" in page
+    assert "L0.mlp 60%, embed 10%" in page  # not a head with a role: no mark
+    assert "lib a #2" in page and not re.search(r'lib a #2[^"]*head', page)

@@ -7,6 +7,7 @@ from interaction_basis.config import ToyGPT2Config
 from interaction_basis.head_attribution import (
     attribute_features,
     feature_shares,
+    head_roles,
     head_scores,
     run_with_writes,
     writes_into,
@@ -71,10 +72,36 @@ def test_head_scores_of_ideal_patterns():
     for t in range(n):  # attend to the token after the earlier occurrence, else to itself
         earlier = [s for s in range(t - 1) if tokens[0, s] == tokens[0, t]]
         induction[0, 0, t, earlier[0] + 1 if earlier else t] = 1
-    scores = head_scores([prev, induction], tokens)
+    two_after = torch.zeros(1, 1, n, n)  # the s + 2 form: two after the earlier occurrence
+    for t in range(n):
+        earlier = [s for s in range(t - 2) if tokens[0, s] == tokens[0, t]]
+        two_after[0, 0, t, earlier[0] + 2 if earlier else t] = 1
+    layer0 = torch.cat([prev, torch.eye(n)[None, None]], dim=1)  # H1 attends to itself
+    scores = head_scores([layer0, torch.cat([induction, two_after], dim=1)], tokens)
     assert scores["L0.H0"]["previous_token"] == 1.0
-    assert scores["L1.H0"]["induction"] == 1.0
+    assert scores["L1.H0"]["induction"] == 1.0 and scores["L1.H1"]["induction_2"] == 1.0
+    assert scores["L1.H0"]["induction_2"] < 0.5 and scores["L1.H1"]["induction"] < 0.5
     assert scores["L1.H0"]["previous_token"] < 0.5 and scores["L0.H0"]["induction"] < 0.5
+
+
+def test_head_roles_need_a_previous_token_head_in_an_earlier_layer():
+    def score(prev=0.0, ind=0.0, ind2=0.0):
+        return {"previous_token": prev, "induction": ind, "induction_2": ind2}
+
+    scores = {
+        "L0.H0": score(prev=0.99),
+        "L0.H1": score(prev=0.6, ind2=0.9),  # copies, but no previous-token head before it
+        "L1.H0": score(ind2=0.7),
+        "L1.H1": score(ind=0.55),
+        "L1.H2": score(ind=0.3, ind2=0.45),
+    }
+    roles = head_roles(scores)
+    assert roles["previous_token_heads"] == ["L0.H0", "L0.H1"]
+    assert roles["induction_heads"] == ["L1.H0", "L1.H1"]
+    assert roles["best_previous_token_head"] == "L0.H0"
+    assert roles["best_induction_head"] == "L1.H0"
+    none = head_roles({"L0.H0": score(prev=0.2), "L1.H0": score(ind=0.9)})
+    assert none["previous_token_heads"] == [] and none["induction_heads"] == []
 
 
 def test_attribute_features_reports_every_residual_layer():
@@ -90,5 +117,5 @@ def test_attribute_features_reports_every_residual_layer():
     best_prev, best_ind = result["best_previous_token_head"], result["best_induction_head"]
     assert int(best_ind[1]) > int(best_prev[1]) or best_prev.startswith("L1.")
     # A random model has neither role: the threshold keeps the best heads from being named.
-    assert result["previous_token_head"] is None and result["induction_head"] is None
+    assert result["previous_token_heads"] == [] and result["induction_heads"] == []
     assert all(not e["induction_features"] for e in result["methods"]["lib"].values())

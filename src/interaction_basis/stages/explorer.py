@@ -6,7 +6,7 @@ import numpy as np
 
 from interaction_basis import io, kinds
 from interaction_basis.config import InterpretConfig, ModelConfig
-from interaction_basis.explorer import MethodData, build_page, check_features
+from interaction_basis.explorer import MethodData, build_page, check_features, head_roles_of
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,19 @@ def build_explorer(
     features: list[str],
     summary: str | None,
     evaluation: str | None,
+    heads: str | None,
     explorer: str,
 ) -> None:
-    """explorer.html from each method's basis, edges, modules and features."""
+    """explorer.html from each method's basis, edges, modules and features (and, for the toy
+    LMs trained here, the heads that write each feature)."""
+    head_data = io.read_json(heads) if heads else None
     data = {}
     for m, bp, ep, mp, fp in zip(methods, basis, edges, modules, features, strict=True):
         bases = io.read_bases(bp)
         described = io.read_features(fp)
         check_features(described, bases, io.read_attrs(bp)["config_sha256"], fp)
-        data[m] = MethodData(bases, io.read_edges(ep), io.read_json(mp), described)
+        roles = head_roles_of(head_data, m) if head_data else None
+        data[m] = MethodData(bases, io.read_edges(ep), io.read_json(mp), described, roles)
     page = build_page(
         experiment,
         data,
