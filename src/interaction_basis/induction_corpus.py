@@ -1,16 +1,21 @@
-"""A synthetic corpus that only induction can predict: random words with a repeated span.
+"""A synthetic corpus that only copying can predict: random words with a repeated span.
 
 Every document is ``length`` words drawn uniformly from a vocabulary of pseudo-words, in which
 one span of ``span_min``..``span_max`` words then appears a second time (overwriting the words
-after it, strictly after the first copy). Outside the second copy no word can be predicted
-better than chance (1/n_words). Inside it, every word after the first follows from the
-previous token and the first copy (ambiguously where the previous token occurs more than once
-earlier, which a larger vocabulary makes rare). Induction (a previous-token head, then an
-induction head; Olsson et al. 2022) solves this at any distance between the copies; when the
-distance varies little (short documents, similar span lengths) copying from fixed offsets
-solves it too, and that is what a 2-layer GPT-2 learned on the defaults (README, Ground
-truth). Each document comes with the mask of the predictable positions, so that the accuracy
-on them is measured exactly.
+after it, strictly after the first copy). Inside the second copy, every word after the first
+follows from the previous token and the first copy (ambiguously where the previous token occurs
+more than once earlier, which a larger vocabulary makes rare). Induction (a previous-token
+head, then an induction head; Olsson et al. 2022) solves this at any distance between the
+copies; when the distance varies little, copying from fixed offsets solves it too, and that is
+what a 2-layer GPT-2 learned on short documents (README, Ground truth).
+
+With ``skip_probability`` p > 0, before the span is copied, each word from the third on is
+replaced with probability p by f(the word two back), f a fixed random map of the vocabulary.
+Those words are predictable (at rate about p) by a previous-token head alone, which makes that
+head worth learning before the copying that builds on it; without them, outside the second
+copy no word can be predicted better than chance (1/n_words). Each document comes with the
+mask of the second copy's predictable positions, so that the accuracy on them is measured
+exactly.
 
 Everything is drawn from one seeded ``numpy`` generator, so a seed fixes the corpus.
 """

@@ -9,7 +9,12 @@ import torch
 import yaml
 
 from interaction_basis import io
-from interaction_basis.config import InductionCorpusConfig, ToyGPT2Config, ToyLMConfig
+from interaction_basis.config import (
+    InductionCorpusConfig,
+    ToyGPT2Config,
+    ToyLMConfig,
+    ToyLMTrainConfig,
+)
 from interaction_basis.hub import download_dataset, download_model
 from interaction_basis.induction_corpus import make_induction_corpus
 from interaction_basis.models.hf import load_hf_model
@@ -96,3 +101,41 @@ def test_the_configured_toy_lm_learns_induction(tmp_path):
     ids = torch.from_numpy(encode_documents(corpus, tok)[held])
     again = repeat_accuracy(model, ids, torch.from_numpy(corpus.repeat[held]), tok.eos_token_id)
     assert again["repeat_accuracy"] == pytest.approx(metrics["repeat_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("windows", ["packed", "documents"])
+def test_training_windows(windows, monkeypatch):
+    """documents: every window is EOS and one whole training document; packed: n_ctx tokens
+    from anywhere in the packed stream."""
+    import interaction_basis.train_lm as train_lm
+
+    seen = []
+    build = train_lm.build_toy_gpt2
+
+    def recording(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda m, a, kw: seen.append(kw["input_ids"].clone()) if m.training else None,
+            with_kwargs=True,
+        )
+        return model
+
+    monkeypatch.setattr(train_lm, "build_toy_gpt2", recording)
+    cfg = ToyLMConfig(
+        name="t",
+        corpus=CORPUS,
+        model=ToyGPT2Config(d_model=16, d_mlp=32, n_head=2, n_ctx=16),
+        train=ToyLMTrainConfig(max_steps=4, eval_every=4, target_accuracy=1e-9, windows=windows),
+    )
+    toy = train_lm.train_toy_lm(cfg)
+    eos = toy.tokenizer.eos_token_id
+    windows_seen = torch.cat(seen)
+    assert len(seen) == 4
+    if windows == "documents":
+        docs = torch.from_numpy(encode_documents(make_induction_corpus(CORPUS), toy.tokenizer))
+        assert windows_seen.shape[1] == CORPUS.length + 1
+        assert (windows_seen[:, 0] == eos).all()
+        for row in windows_seen[:, 1:]:  # a training document, never a held-out one
+            assert (docs[: CORPUS.n_documents] == row).all(1).any()
+    else:
+        assert windows_seen.shape[1] == 16 and (windows_seen[:, 0] != eos).any()
