@@ -245,7 +245,7 @@ def render_markdown(result: Mapping) -> str:
 
     def role(key: str, best: str, value: float) -> str:
         if result[key]:
-            return ", ".join(f"**{h}**" for h in result[key])
+            return ", ".join(f"**{h}**" for h in result[key]) + f" (score ≥ {ROLE_THRESHOLD})"
         return f"none (best {best} at {value:.2f} < {ROLE_THRESHOLD})"
 
     best_prev, best_ind = result["best_previous_token_head"], result["best_induction_head"]
@@ -267,8 +267,7 @@ def render_markdown(result: Mapping) -> str:
         "",
         f"Previous-token heads: "
         f"{role('previous_token_heads', best_prev, heads[best_prev]['previous_token'])}; "
-        f"induction heads: {role('induction_heads', best_ind, _induction(heads[best_ind]))} "
-        f"(score ≥ {ROLE_THRESHOLD}).",
+        f"induction heads: {role('induction_heads', best_ind, _induction(heads[best_ind]))}.",
         "",
     ]
     for method, layers in result["methods"].items():
