@@ -9,7 +9,7 @@ For a GPT-2 language model on held-out chunks:
   1 on the first, an induction head near 1 on the second. The *s + 2 induction score* is the
   same with the keys s + 2: a head that attends there reads the answer (the token at s + 1)
   from the previous-token head's write at s + 2, which is how the toy LMs trained here copy
-  (README, Ground truth); the induction head is the best head on either score.
+  (README, Ground truth); a head counts as an induction head on either score.
 - **Feature attribution by direct writes.** The residual stream at ``resid_pre.L``,
   ``resid_mid.L`` and ``resid_post.L`` is the sum of the writes of the embedding, of every
   earlier attention head and MLP, and of constant biases (the LIB build centres the writes
@@ -18,8 +18,8 @@ For a GPT-2 language model on held-out chunks:
   ``Cov(f_i, g_ci) / Var(f_i)`` is the share of the feature's variance written by component
   ``c``: the shares sum to 1 over the components (constants contribute none).
 
-A feature carries the previous-token signal when its largest share comes from the
-previous-token head, and the induction signal when it comes from the induction head.
+A feature carries the previous-token signal when its largest share comes from a
+previous-token head, and the induction signal when it comes from an induction head.
 """
 
 from collections.abc import Mapping, Sequence
