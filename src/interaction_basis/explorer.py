@@ -48,7 +48,11 @@ class MethodData(NamedTuple):
 def head_roles_of(heads: Mapping, method: str) -> Mapping:
     """What the page needs of heads.json (attribute_heads) for one method."""
     return {
-        "layers": heads["methods"].get(method, {}),
+        "features": {
+            (layer, f["feature"]): f
+            for layer, entry in heads["methods"].get(method, {}).items()
+            for f in entry["features"]
+        },
         "roles": {h: "previous-token head" for h in heads["previous_token_heads"]}
         | {h: "induction head" for h in heads["induction_heads"]},
     }
@@ -57,11 +61,10 @@ def head_roles_of(heads: Mapping, method: str) -> Mapping:
 def _writers(heads: Mapping | None, layer: str, i: int) -> tuple[str, str]:
     """The label suffix naming the role of the feature's main writer, and the card's line of
     writers, for a feature of a toy LM (empty where heads.json has no entry)."""
-    entry = heads["layers"].get(layer) if heads else None
-    found = [f for f in entry["features"] if f["feature"] == i] if entry else []
-    if heads is None or not found:
+    f = heads["features"].get((layer, i)) if heads else None
+    if heads is None or f is None:
         return "", ""
-    roles, f = heads["roles"], found[0]
+    roles = heads["roles"]
     role = roles.get(f["top_writer"])
     shares = ", ".join(
         f"{html.escape(name)} {100 * share:.0f}%" + (f" ({roles[name]})" if name in roles else "")

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interaction_basis.records import Basis
@@ -91,10 +91,11 @@ def head_scores(
     patterns: Sequence[Float[Tensor, "batch head query key"]], tokens: Int[Tensor, "batch pos"]
 ) -> dict[str, dict[str, float]]:
     """Previous-token and induction scores (s + 1 and s + 2) of every head (module docstring)."""
+    targets = {offset: _keys_after_occurrences(tokens, offset) for offset in (1, 2)}
     scores = {}
     for layer, a in enumerate(patterns):
         prev = a.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
-        after = {offset: _attention_after_occurrences(a, tokens, offset) for offset in (1, 2)}
+        after = {offset: _mean_attention(a, target) for offset, target in targets.items()}
         for head in range(a.shape[1]):
             scores[f"L{layer}.H{head}"] = {
                 "previous_token": float(prev[head]),
@@ -104,16 +105,23 @@ def head_scores(
     return scores
 
 
-def _attention_after_occurrences(
-    a: Float[Tensor, "batch head query key"], tokens: Int[Tensor, "batch pos"], offset: int
-) -> Float[Tensor, " head"]:
-    """Mean attention from t to the keys s + offset after the earlier occurrences s of t's
-    token (s + offset < t), over the positions that have such an occurrence."""
+def _keys_after_occurrences(
+    tokens: Int[Tensor, "batch pos"], offset: int
+) -> Bool[Tensor, "batch query key"]:
+    """True at the keys s + offset after the earlier occurrences s of the query t's token
+    (s + offset < t)."""
     n = tokens.shape[1]
     same = tokens[:, :, None] == tokens[:, None, :]  # (b, t, s)
     earlier = torch.ones(n, n, dtype=torch.bool).tril(-offset - 1)  # s + offset < t
     target = torch.zeros_like(same)
     target[:, :, offset:] = (same & earlier)[:, :, :-offset]
+    return target
+
+
+def _mean_attention(
+    a: Float[Tensor, "batch head query key"], target: Bool[Tensor, "batch query key"]
+) -> Float[Tensor, " head"]:
+    """Mean attention on the target keys, over the queries that have any."""
     has_target = target.any(-1)
     mass = (a * target[:, None]).sum(-1)  # (b, head, t)
     return (mass * has_target[:, None]).sum((0, 2)) / has_target.sum()
