@@ -96,16 +96,21 @@ def repeat_accuracy(
     """Next-token accuracy on documents that start after an EOS, as the windows see them.
 
     Returns:
-        ``repeat_accuracy`` on the predictable words of the second copies, ``other_accuracy``
-        on the words outside them (chance: 1/n_words), and the mean ``loss`` over all words.
+        ``repeat_accuracy`` on the predictable words of the second copies,
+        ``first_word_accuracy`` on the first of them in each document (the word after the
+        copy's first word: copying it needs a match of one word, the later ones can also use
+        the words before), ``other_accuracy`` on the words outside the copies (chance:
+        1/n_words), and the mean ``loss`` over all words.
     """
     inputs = torch.cat([torch.full_like(ids[:, :1], eos_id), ids[:, :-1]], dim=1)
     with torch.no_grad():
         logits = model(input_ids=inputs).logits
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
     correct = logits.argmax(-1) == ids
+    first = repeat & (repeat.cumsum(dim=1) == 1)
     return {
         "repeat_accuracy": correct[repeat].float().mean().item(),
+        "first_word_accuracy": correct[first].float().mean().item(),
         "other_accuracy": correct[~repeat].float().mean().item(),
         "loss": loss.item(),
     }
