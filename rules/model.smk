@@ -122,7 +122,7 @@ rule train_toy_lm:
         "results/benchmarks/train_toy_lm/{toy_lm}.tsv"
     conda:
         "../envs/interaction_basis.yaml"
-    threads: 1
+    threads: 1  # one thread: the slow test (test_toy_lm.py) trains the same model
     resources:
         mem_mb=mem_mb(2000),
         runtime=runtime(30),
