@@ -17,6 +17,7 @@ path and thread count in the last bits, like any float32 training.
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -116,6 +117,30 @@ def repeat_accuracy(
     }
 
 
+def window_sampler(
+    train_ids: Int[np.ndarray, "document word"], eos: int, n_ctx: int, windows: str
+) -> Callable[[int, torch.Generator], Int[Tensor, "batch n_ctx"]]:
+    """A function that draws ``batch`` training windows with ``generator``.
+
+    ``documents``: EOS and one whole document each; ``packed``: ``n_ctx`` tokens from anywhere
+    in the packed stream, EOS after each document, exactly as ``tokenize_texts`` packs the
+    text.
+    """
+    if windows == "documents":
+        documents = torch.from_numpy(
+            np.concatenate([np.full((len(train_ids), 1), eos), train_ids], 1)
+        )
+        return lambda batch, gen: documents[torch.randint(len(documents), (batch,), generator=gen)]
+    stream = torch.from_numpy(
+        np.concatenate([train_ids, np.full((len(train_ids), 1), eos)], axis=1).ravel()
+    )
+    n_starts = stream.numel() - n_ctx + 1
+    if n_starts < 1:
+        raise ValueError(f"The training stream has {stream.numel()} tokens; raise n_documents.")
+    offsets = torch.arange(n_ctx)
+    return lambda batch, gen: stream[torch.randint(n_starts, (batch, 1), generator=gen) + offsets]
+
+
 def train_toy_lm(cfg: ToyLMConfig) -> ToyLM:
     """Corpus, tokenizer and model, trained until the held-out repeat accuracy is reached.
 
@@ -136,14 +161,7 @@ def train_toy_lm(cfg: ToyLMConfig) -> ToyLM:
     ids = encode_documents(corpus, tokenizer)
     train_ids, held_ids = ids[: c.n_documents], torch.from_numpy(ids[c.n_documents :])
     held_repeat = torch.from_numpy(corpus.repeat[c.n_documents :])
-    # The packed stream, EOS after each document, exactly as tokenize_texts packs the text.
-    stream = torch.from_numpy(
-        np.concatenate([train_ids, np.full((c.n_documents, 1), eos)], axis=1).ravel()
-    )
-    n_starts = stream.numel() - m.n_ctx + 1
-    if n_starts < 1:
-        raise ValueError(f"The training stream has {stream.numel()} tokens; raise n_documents.")
-    documents = torch.from_numpy(np.concatenate([np.full((c.n_documents, 1), eos), train_ids], 1))
+    draw_windows = window_sampler(train_ids, eos, m.n_ctx, t.windows)
 
     torch.manual_seed(t.seed)
     model = build_toy_gpt2(m, len(tokenizer), eos)
@@ -152,17 +170,13 @@ def train_toy_lm(cfg: ToyLMConfig) -> ToyLM:
         opt, lambda step: min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
     )
     gen = torch.Generator().manual_seed(t.seed)
-    offsets = torch.arange(m.n_ctx)
     history: list[dict] = []
     losses: list[float] = []
     scores = {"repeat_accuracy": math.nan}
     bar = tqdm(range(1, t.max_steps + 1), desc="train toy LM", mininterval=5)
     for step in bar:
         model.train()
-        if t.windows == "documents":
-            window = documents[torch.randint(c.n_documents, (t.batch_size,), generator=gen)]
-        else:
-            window = stream[torch.randint(n_starts, (t.batch_size, 1), generator=gen) + offsets]
+        window = draw_windows(t.batch_size, gen)
         out = model(input_ids=window, labels=window)  # shifted inside
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
