@@ -13,6 +13,8 @@ from interaction_basis import io
 from interaction_basis.explorer import (
     EXTERNAL,
     MethodData,
+    _window,
+    _window_css,
     build_page,
     check_features,
     edge_mass_prefix,
@@ -145,3 +147,30 @@ def test_toy_lm_features_name_the_heads_that_write_them(tmp_path):
     assert "L0.H1 80% (previous-token head), embed 10%" in page
     assert "L0.mlp 60%, embed 10%" in page  # not a head with a role: no mark
     assert "lib a #2" in page and not re.search(r'lib a #2[^"]*head', page)
+
+
+def test_example_windows_shade_each_token_by_a_class_the_card_styles():
+    """A token's class is its sign and tenth of the window's largest |value|; the centre token
+    is underlined, text is escaped, missing values are left out, and the card's stylesheet
+    defines every class used."""
+    dims = ("rank", "feature", "position")
+    g = xr.Dataset(
+        {
+            "top_window_text": (dims, np.array([[["a", "<b>", "c", "d"]]], dtype=object)),
+            "top_window_value": (dims, np.array([[[-4.0, 2.0, np.nan, 0.35]]])),
+        }
+    )
+    out = _window(g, "top", 0, 0)
+    assert out == (
+        "<span class='window'>"
+        "<span class=wn10 title=-4>a</span>"
+        "<span class=wp5 title=2>&lt;b&gt;</span>"  # position 2 (NaN) is the centre
+        "<span class=wp1 title=0.35>d</span></span>"
+    )
+    g["top_window_value"][0, 0, 2] = 1.0
+    centred = _window(g, "top", 0, 0)
+    assert "<span class=wp2c title=1>c</span>" in centred
+    css = _window_css()
+    for cls in set(re.findall(r"class=(w[pn]\d+c?)", out + centred)):
+        assert re.search(rf"\.{cls}[,{{]", css), cls
+    assert re.search(r"\.wp2c[^{]*\{border-bottom", css)
