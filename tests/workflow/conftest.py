@@ -6,6 +6,7 @@ Tests that change outputs work on a copy of the run folder (``TinyRun.copy_run``
 shared one.
 """
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,38 @@ from slurm_cluster import BACKGROUND, BackgroundSlurm
 from smk_helpers import TINY, Result, copy_workflow, pythonpath_env, snakemake
 
 E2E_TIMEOUT = 2400  # seconds; the run takes 3-10 minutes on 2 shared cores
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _find_chromium() -> str | None:
+    explicit = os.environ.get("IB_CHROMIUM")
+    if explicit:
+        return explicit
+    return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+
+
+def _missing(reason: str):
+    if os.environ.get("CI") or os.environ.get("IB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}; CI needs it (.ci/run installs chromium with apt).")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through Playwright: skipped where none is found, except in CI."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright is not installed (pip install -r requirements.txt)")
+    path = _find_chromium()
+    if path is None:
+        _missing("no Chromium found (apt-get install chromium, or set IB_CHROMIUM)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        yield b
+        b.close()
 
 
 def pytest_collection_finish(session):

@@ -6,80 +6,26 @@ the tests skip, except in CI (``CI`` or ``IB_REQUIRE_BROWSER=1``), where they fa
 """
 
 import json
-import os
-import shutil
 import warnings
 from collections import Counter
 
 import pytest
 import xarray as xr
+from explorer_pages import model_value, open_explorer
 
 pytestmark = pytest.mark.slow
 
 METHODS = ("lib", "pca")
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-
-
-def _find_chromium() -> str | None:
-    explicit = os.environ.get("IB_CHROMIUM")
-    if explicit:
-        return explicit
-    return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
-
-
-def _missing(reason: str):
-    if os.environ.get("CI") or os.environ.get("IB_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}; CI needs it (.ci/run installs chromium with apt).")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed (pip install -r requirements.txt)")
-    path = _find_chromium()
-    if path is None:
-        _missing("no Chromium found (apt-get install chromium, or set IB_CHROMIUM)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
 def page(browser, tiny_run):
-    html = tiny_run.results() / "explorer.html"
-    assert html.is_file(), "the default target did not make explorer.html"
-    context = browser.new_context(offline=True, viewport={"width": 1500, "height": 1000})
-    requests = []
-    context.on("request", lambda r: requests.append(r.url))
-    errors = []
-    pg = context.new_page()
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(html.as_uri())
-    pg.wait_for_function(
-        "() => window.Bokeh && Bokeh.documents.length"
-        " && Bokeh.documents[0].get_model_by_name('nodes')"
-        " && Bokeh.documents[0].get_model_by_name('nodes').data.layer.length > 0",
-        timeout=60_000,
-    )
-    pg.wait_for_timeout(300)
-    yield pg
-    assert not errors, f"JavaScript errors: {errors}"
-    assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests
-    context.close()
-
-
-def _model(page, name: str, expr: str):
-    return page.evaluate(
-        f"() => {{ const m = Bokeh.documents[0].get_model_by_name('{name}'); return {expr}; }}"
-    )
+    with open_explorer(browser, tiny_run.results() / "explorer.html") as pg:
+        yield pg
 
 
 def _layer_counts(page) -> Counter:
-    return Counter(_model(page, "nodes", "Array.from(m.data.layer)"))
+    return Counter(model_value(page, "nodes", "Array.from(m.data.layer)"))
 
 
 def _expected_counts(tiny_run, method) -> Counter:
@@ -94,7 +40,7 @@ def _expected_counts(tiny_run, method) -> Counter:
 
 def test_graph_shows_every_kept_feature_per_layer(page, tiny_run):
     assert _layer_counts(page) == _expected_counts(tiny_run, "lib")
-    assert _model(page, "method", "m.active") == 0
+    assert model_value(page, "method", "m.active") == 0
 
 
 def test_switching_to_pca_swaps_the_graph(page, tiny_run):
@@ -111,19 +57,19 @@ def test_switching_to_pca_swaps_the_graph(page, tiny_run):
 
 def test_mass_slider_filters_edges(page):
     def n_edges():
-        return _model(page, "edges", "m.data.x0.length")
+        return model_value(page, "edges", "m.data.x0.length")
 
-    _model(page, "mass", "(m.value = 99.5, 0)")
+    model_value(page, "mass", "(m.value = 99.5, 0)")
     many = n_edges()
-    _model(page, "mass", "(m.value = 50, 0)")
+    model_value(page, "mass", "(m.value = 50, 0)")
     few = n_edges()
     assert 0 < few < many
-    _model(page, "mass", "(m.value = 90, 0)")
+    model_value(page, "mass", "(m.value = 90, 0)")
 
 
 def test_clicking_a_node_opens_its_card(page, tmp_path):
     # Click a real node on screen: the glyph's screen position from Bokeh's view of it.
-    index = _model(page, "nodes", "m.data.index.findIndex(v => v > 0)")
+    index = model_value(page, "nodes", "m.data.index.findIndex(v => v > 0)")
     point = page.evaluate(
         """(i) => {
         const doc = Bokeh.documents[0];
@@ -146,9 +92,9 @@ def test_clicking_a_node_opens_its_card(page, tmp_path):
     page.wait_for_function(
         "() => Bokeh.documents[0].get_model_by_name('nodes').selected.indices.length > 0"
     )
-    card = _model(page, "card", "m.text")
-    assert _model(page, "nodes", "m.selected.indices[0]") == index
-    layer = _model(page, "nodes", "m.data.layer[m.selected.indices[0]]")
+    card = model_value(page, "card", "m.text")
+    assert model_value(page, "nodes", "m.selected.indices[0]") == index
+    layer = model_value(page, "nodes", "m.data.layer[m.selected.indices[0]]")
     assert f"· {layer} · feature" in card
     assert "outgoing edges" in card or "incoming edges" in card
     assert "top 8 examples" in card and "(a, b) = (" in card

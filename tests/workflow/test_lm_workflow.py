@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from explorer_pages import model_value, open_explorer
 from smk_helpers import SNAKEMAKE, copy_workflow, job_counts, pythonpath_env, snakemake
 
 from lm_fixtures import write_corpus, write_tiny_gpt2
@@ -137,6 +138,41 @@ def test_features_and_explorer_of_a_language_model(lm_run):
     assert "promoted_output" not in feats["attn_in.0"]
     html = (results / "explorer.html").read_text()
     assert "direct effect on the outputs" in html and "class='window'" in html
+
+
+def test_example_windows_are_shaded_in_the_browser(lm_run, browser):
+    """A card's example tokens take their shade from the card's stylesheet (Bokeh draws the
+    card in a shadow root, where only that stylesheet applies): orange or blue by sign, the
+    centre token underlined."""
+    results, *_ = lm_run
+    with open_explorer(browser, results / "explorer.html") as page:
+        model_value(
+            page,
+            "card",
+            "m.text = Bokeh.documents[0].get_model_by_name('nodes')"
+            ".data.card.find((c) => c.includes('window'))",
+        )
+        page.wait_for_timeout(300)
+        spans = page.evaluate(
+            """() => {
+              const out = [];
+              const visit = (root) => {
+                for (const el of root.querySelectorAll('*')) {
+                  if (el.shadowRoot) visit(el.shadowRoot);
+                  if (/^w[pn]\\d+c?$/.test(el.className)) {
+                    const s = getComputedStyle(el);
+                    out.push([el.className, s.backgroundColor, s.borderBottomWidth]);
+                  }
+                }
+              };
+              visit(document);
+              return out;
+            }"""
+        )
+    assert spans, "no shaded example token in the card"
+    full = [bg for cls, bg, _ in spans if cls in ("wp10", "wp10c", "wn10", "wn10c")]
+    assert set(full) <= {"rgb(255, 120, 0)", "rgb(0, 120, 255)"} and full, spans
+    assert all((b == "2px") == c.endswith("c") for c, _, b in spans), spans
 
 
 def _dry_run(lm_run, *args: str) -> dict[str, int]:
