@@ -8,7 +8,7 @@ computation, the bisect edge ablation — for LIB and PCA, in float32 on the hel
 - ``default``: a workflow run of the default config (``--results results/modadd``: its
   ``model/weights.npz``, ``{lib,pca}/basis.zarr`` and ``edges.zarr``), if given.
 
-The previous implementation is ``src/interaction_basis/ablation.py`` at git revision
+The previous implementation is ``src/interaction_basis/evaluate/ablation.py`` at git revision
 ``--baseline`` (default: the last revision before the group reuse), loaded from git history into
 a temporary module; the two run each layer pair in turn, in alternating order, in one process.
 Every repetition's results (edges required, ε, every bisect score) must equal the previous
@@ -38,7 +38,7 @@ BASELINE_REVISION = "309a196"  # ablation.py before the edge ablation reused gro
 def _load_baseline(revision: str):
     """``ablation.py`` at ``revision`` as a module of its own (it imports the current package)."""
     source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{revision}:src/interaction_basis/ablation.py"],
+        ["git", "-C", str(REPO), "show", f"{revision}:src/interaction_basis/evaluate/ablation.py"],
         check=True,
         capture_output=True,
         text=True,
@@ -55,11 +55,11 @@ def _reference_case(reference_dir: Path, max_samples: int | None):
     import numpy as np
     import torch
 
-    from interaction_basis.basis import Truncation
-    from interaction_basis.build import batches_from_tensors, compute_edges, fit_bases
-    from interaction_basis.data import build_modadd_dataset, compute_modadd_split
+    from interaction_basis.data.modadd import build_modadd_dataset, compute_modadd_split
+    from interaction_basis.lib.basis import Truncation
+    from interaction_basis.lib.fit import batches_from_tensors, compute_edges, fit_bases
+    from interaction_basis.lib.statistics import compute_layer_statistics
     from interaction_basis.models.modadd import build_modadd_sections
-    from interaction_basis.moments import compute_layer_statistics
 
     weights = dict(np.load(reference_dir / "modadd_seed0" / "weights.npz"))
     train = torch.as_tensor(np.load(reference_dir / "modadd_train_split.npz")["train_index"])
@@ -83,7 +83,7 @@ def _workflow_case(results: Path, max_samples: int | None):
     """The inputs of the ``ablate_edges`` jobs of a default-config run (float32, batch 4096)."""
     import yaml
 
-    from interaction_basis import io
+    from interaction_basis import storage
     from interaction_basis.config import WorkflowConfig
     from interaction_basis.stages.evaluate import _eval_set, _model
 
@@ -98,7 +98,7 @@ def _workflow_case(results: Path, max_samples: int | None):
             str(results / method / "basis.zarr"),
             cfg.dtype,
         )
-        methods[method] = (bases, io.read_edges(str(results / method / "edges.zarr")))
+        methods[method] = (bases, storage.read_edges(str(results / method / "edges.zarr")))
     inputs, labels = _eval_set(model_cfg, cfg, None)
     return model, inputs[:max_samples], labels[:max_samples], methods
 
@@ -158,7 +158,7 @@ def main() -> None:
 
     import torch
 
-    from interaction_basis import ablation
+    from interaction_basis.evaluate import ablation
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Benchmark: LIB basis and edges of a GPT-2-shaped model, closed forms against autograd.
 
 The LM sections (LayerNorm in/out, MLP block, causal attention, unembedding) contract M′ and
-the edges in closed form (``models/closed_form.py``); the previous implementation sent every
+the edges in closed form (``lib/closed_form/``); the previous implementation sent every
 section through the generic autograd path (``jacobians.py``). This script times both on the
 same model and activations, interleaved (closed, generic, closed, …) so that drift on a shared
 machine hits both, each run in a fresh subprocess (its peak RSS its own):
@@ -105,7 +105,7 @@ def _prepare(args: argparse.Namespace) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from interaction_basis import io
+    from interaction_basis import storage
     from interaction_basis.stages import extract
     from lm_fixtures import randomise_lm
 
@@ -119,7 +119,7 @@ def _prepare(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     fit = rng.integers(0, args.vocab, size=(args.n_samples, args.n_ctx + 1), dtype=np.int64)
     held_out = rng.integers(0, args.vocab, size=(8, args.n_ctx + 1), dtype=np.int64)
-    io.write_token_chunks(p["tokens"], {"fit": fit, "eval": held_out}, {"source": "random"})
+    storage.write_token_chunks(p["tokens"], {"fit": fit, "eval": held_out}, {"source": "random"})
     model_cfg, extract_cfg, _, _ = _configs(args)
     extract.extract_activations(model_cfg, extract_cfg, p["model"], p["acts"], p["tokens"])
 
@@ -129,7 +129,7 @@ def _child(args: argparse.Namespace) -> dict:
     import torch
     import torch._dynamo  # noqa: F401  (torch.func imports it on first use: count it as start-up)
 
-    from interaction_basis import jacobians
+    from interaction_basis.lib import jacobians
     from interaction_basis.stages import basis, common, edges
 
     if args.impl == "generic":  # the dispatch before the closed forms
@@ -209,17 +209,20 @@ def _run_child(args: argparse.Namespace, stage: str, impl: str) -> dict:
 def _max_rel_diff(args: argparse.Namespace) -> dict[str, float]:
     """Largest relative difference, closed form against generic, over layers (bases: ``C`` up
     to column signs, and Λ; edges: every pair of layers)."""
-    from interaction_basis import io
+    from interaction_basis import storage
 
     p = _paths(args)
-    closed, generic = io.read_bases(p["basis_closed"]), io.read_bases(p["basis_generic"])
+    closed, generic = storage.read_bases(p["basis_closed"]), storage.read_bases(p["basis_generic"])
     worst = {"basis": 0.0, "edges": 0.0}
     for layer, b in closed.items():
         g = generic[layer]
         signs = (b.C * g.C).sum(0).sign()  # eigenvectors are defined up to sign
         for x, y in ((b.C * signs, g.C), (b.importance, g.importance)):
             worst["basis"] = max(worst["basis"], float((x - y).abs().max() / y.abs().max()))
-    e_closed, e_generic = io.read_edges(p["edges_closed"]), io.read_edges(p["edges_generic"])
+    e_closed, e_generic = (
+        storage.read_edges(p["edges_closed"]),
+        storage.read_edges(p["edges_generic"]),
+    )
     for key, x in e_closed.items():
         y = e_generic[key]
         worst["edges"] = max(worst["edges"], float((x - y).abs().max() / y.abs().max()))
@@ -232,8 +235,8 @@ def _per_section(args: argparse.Namespace) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from interaction_basis import jacobians
-    from interaction_basis.jacobians import Sources
+    from interaction_basis.lib import jacobians
+    from interaction_basis.lib.jacobians import Sources
     from interaction_basis.models.hf import build_hf_sections, hf_node_layers
     from lm_fixtures import randomise_lm
 

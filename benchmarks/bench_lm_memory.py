@@ -117,7 +117,7 @@ def _prepare(args: argparse.Namespace, sizes: list[int]) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from interaction_basis import io
+    from interaction_basis import storage
 
     torch.manual_seed(args.seed)
     cfg = GPT2Config(
@@ -134,7 +134,7 @@ def _prepare(args: argparse.Namespace, sizes: list[int]) -> None:
     fit = rng.integers(0, args.vocab, size=(max(sizes), args.n_ctx + 1), dtype=np.int64)
     held_out = rng.integers(0, args.vocab, size=(N_EVAL, args.n_ctx + 1), dtype=np.int64)
     for n in sizes:
-        io.write_token_chunks(
+        storage.write_token_chunks(
             _paths(args, n)["tokens"], {"fit": fit[:n], "eval": held_out}, {"source": "random"}
         )
 

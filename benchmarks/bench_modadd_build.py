@@ -50,15 +50,15 @@ def _setup(args: argparse.Namespace):
     import torch._dynamo  # noqa: F401
 
     args.import_seconds = time.perf_counter() - t0
-    from interaction_basis import build
+    from interaction_basis.lib import fit
 
     if args.jacobians:
         spec = importlib.util.spec_from_file_location("bench_jacobians", args.jacobians)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        build.compute_m_dash_sum = module.compute_m_dash_sum
-        build.compute_edges_sum = module.compute_edges_sum
-    from interaction_basis.data import build_modadd_dataset
+        fit.compute_m_dash_sum = module.compute_m_dash_sum
+        fit.compute_edges_sum = module.compute_edges_sum
+    from interaction_basis.data.modadd import build_modadd_dataset
     from interaction_basis.models.modadd import build_modadd_sections
 
     ref = Path(args.reference_dir)
@@ -66,14 +66,14 @@ def _setup(args: argparse.Namespace):
     train = torch.as_tensor(np.load(ref / "modadd_train_split.npz")["train_index"])
     model = build_modadd_sections(weights, dtype=torch.float64)
     tokens, _ = build_modadd_dataset()
-    return build, model, tokens[train]
+    return fit, model, tokens[train]
 
 
-def _full_build(build, model, tokens, batch_size: int):
+def _full_build(fit, model, tokens, batch_size: int):
     import torch
 
-    from interaction_basis.basis import Truncation
-    from interaction_basis.moments import compute_layer_statistics
+    from interaction_basis.lib.basis import Truncation
+    from interaction_basis.lib.statistics import compute_layer_statistics
 
     wall, cpu = [time.perf_counter()], [time.process_time()]
 
@@ -84,14 +84,14 @@ def _full_build(build, model, tokens, batch_size: int):
     with torch.no_grad():
         acts = model.activations(tokens)
     lap()
-    source = build.batches_from_tensors(acts, batch_size)
+    source = fit.batches_from_tensors(acts, batch_size)
     stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
     lap()
-    bases, m_dash = build.fit_bases(
+    bases, m_dash = fit.fit_bases(
         model, source, stats, "lib", truncation=Truncation(1e-15, relative=False)
     )
     lap()
-    edges = build.compute_edges(model, source, bases)
+    edges = fit.compute_edges(model, source, bases)
     lap()
     times = {s: wall[i + 1] - wall[i] for i, s in enumerate(STAGES)}
     cpu_times = {s: cpu[i + 1] - cpu[i] for i, s in enumerate(STAGES)}
@@ -99,9 +99,9 @@ def _full_build(build, model, tokens, batch_size: int):
 
 
 def _child_build(args: argparse.Namespace) -> dict:
-    build, model, tokens = _setup(args)
+    fit, model, tokens = _setup(args)
     rss_after_imports = peak_rss_mib()
-    times, cpu_times, _, bases, m_dash, edges = _full_build(build, model, tokens, args.batch_size)
+    times, cpu_times, _, bases, m_dash, edges = _full_build(fit, model, tokens, args.batch_size)
     checks = {
         "dims": {layer: int(b.C.shape[1]) for layer, b in bases.items()},
         "m_dash_trace": {layer: float(m.trace()) for layer, m in m_dash.items()},
@@ -162,8 +162,8 @@ def _child_loop(args: argparse.Namespace) -> dict:
     """The naive loop and the batched implementation on the same ``--loop-samples`` samples."""
     import torch
 
-    build, model, tokens = _setup(args)
-    _, _, acts, bases, _, _ = _full_build(build, model, tokens, args.batch_size)
+    fit, model, tokens = _setup(args)
+    _, _, acts, bases, _, _ = _full_build(fit, model, tokens, args.batch_size)
     layers = model.node_layers
     n = args.loop_samples
     loop = batched = 0.0
@@ -174,8 +174,8 @@ def _child_loop(args: argparse.Namespace) -> dict:
         c_next = None if nxt == layers[-1] else bases[nxt].C
         c_in, c_pinv = bases[layer].C, bases[layer].C_pinv
         t0 = time.perf_counter()
-        m_b = build.compute_m_dash_sum(section, x, c_next)
-        e_b = build.compute_edges_sum(section, x, c_in, c_pinv, c_next)
+        m_b = fit.compute_m_dash_sum(section, x, c_next)
+        e_b = fit.compute_edges_sum(section, x, c_in, c_pinv, c_next)
         t1 = time.perf_counter()
         m_l = _loop_m_dash(section, x, c_next)
         e_l = _loop_edges(section, x, c_in, c_pinv, c_next)
@@ -200,20 +200,20 @@ def _child_bound(args: argparse.Namespace) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from interaction_basis.basis import Truncation
-    from interaction_basis.moments import compute_layer_statistics
+    from interaction_basis.lib.basis import Truncation
+    from interaction_basis.lib.statistics import compute_layer_statistics
 
-    build, model, tokens = _setup(args)
+    fit, model, tokens = _setup(args)
     with torch.no_grad():
         acts = model.activations(tokens)
-    source = build.batches_from_tensors(acts, args.batch_size)
+    source = fit.batches_from_tensors(acts, args.batch_size)
     stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
     with FlopCounterMode(display=False) as counter:
-        bases, _ = build.fit_bases(
+        bases, _ = fit.fit_bases(
             model, source, stats, "lib", truncation=Truncation(1e-15, relative=False)
         )
         basis_flops = counter.get_total_flops()
-        build.compute_edges(model, source, bases)
+        fit.compute_edges(model, source, bases)
     total = counter.get_total_flops()
     rates = {"1024^3": gemm_rate(1024, 1024, 1024), "12000x129x129": gemm_rate(12000, 129, 129)}
     return dict(

@@ -47,11 +47,11 @@ def reference_builds(reference_dir):
     and per method (``lib``, ``pca``) the tuple ``(bases, m_dash, edges)``. Treat it as
     read-only.
     """
-    from interaction_basis.basis import Truncation
-    from interaction_basis.build import batches_from_tensors, compute_edges, fit_bases
-    from interaction_basis.data import build_modadd_dataset, compute_modadd_split
+    from interaction_basis.data.modadd import build_modadd_dataset, compute_modadd_split
+    from interaction_basis.lib.basis import Truncation
+    from interaction_basis.lib.fit import batches_from_tensors, compute_edges, fit_bases
+    from interaction_basis.lib.statistics import compute_layer_statistics
     from interaction_basis.models.modadd import build_modadd_sections
-    from interaction_basis.moments import compute_layer_statistics
 
     builds = {}
 

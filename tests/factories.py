@@ -5,11 +5,11 @@ import math
 import numpy as np
 import torch
 
-from interaction_basis.basis import Truncation
-from interaction_basis.build import batches_from_tensors, compute_edges, fit_bases
+from interaction_basis.lib.basis import Truncation
+from interaction_basis.lib.fit import batches_from_tensors, compute_edges, fit_bases
+from interaction_basis.lib.statistics import compute_layer_statistics
 from interaction_basis.models.modadd import build_modadd_sections, modadd_shapes
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
-from interaction_basis.moments import compute_layer_statistics
 
 TINY_MODADD = dict(d_vocab=7, n_ctx=3, d_model=8, n_heads=2, d_head=4, d_mlp=16)
 

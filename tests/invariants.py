@@ -9,7 +9,7 @@ scales with, and states the measured error in units of that scale.
 
 import torch
 
-from interaction_basis.linalg import compute_centering_matrices
+from interaction_basis.lib.linalg import compute_centering_matrices
 
 EPS = torch.finfo(torch.float64).eps
 

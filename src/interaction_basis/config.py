@@ -22,7 +22,7 @@ _Beta = Annotated[float, Field(ge=0, lt=1)]
 
 class ModAddTrainConfig(BaseModel):
     """How to train the mod-add transformer (defaults: the fast recipe described in
-    ``interaction_basis.train``)."""
+    ``interaction_basis.training.modadd``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

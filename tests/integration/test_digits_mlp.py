@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from factories import full_build
-from interaction_basis.images import load_digits_dataset
+from interaction_basis.data.images import load_digits_dataset
 from interaction_basis.models.mlp import MLP, build_mlp_sections
-from interaction_basis.train_mlp import MLPTrainConfig, train_mlp
+from interaction_basis.training.mlp import MLPTrainConfig, train_mlp
 from invariants import assert_final_linear_edges, assert_uncorrelated, assert_whitened_gradients
 
 #: The reference CIFAR-10 optimiser (Adam 1e-3, batch 64, 2×100 ReLU) with more epochs:

@@ -22,11 +22,11 @@ from transformers import (
 )
 from transformers.models.gpt_neo import modeling_gpt_neo
 
-from interaction_basis.build import batches_from_tensors, compute_edges, compute_m_dash, fit_bases
-from interaction_basis.jacobians import Sources
-from interaction_basis.linalg import compute_centering_matrices
+from interaction_basis.lib.fit import batches_from_tensors, compute_edges, compute_m_dash, fit_bases
+from interaction_basis.lib.jacobians import Sources
+from interaction_basis.lib.linalg import compute_centering_matrices
+from interaction_basis.lib.statistics import compute_layer_statistics
 from interaction_basis.models.hf import build_hf_sections, hf_node_layers, load_hf_model
-from interaction_basis.moments import compute_layer_statistics
 from invariants import moment_error_and_bound, whitening_error_and_bound
 from lm_fixtures import randomise_lm
 

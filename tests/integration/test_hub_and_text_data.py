@@ -21,8 +21,8 @@ import torch
 import xarray as xr
 from huggingface_hub import constants as hub_constants
 
-from interaction_basis import io
-from interaction_basis.hub import (
+from interaction_basis import storage
+from interaction_basis.data.hub import (
     PROVENANCE_FILE,
     HubDownloadError,
     UnpinnedRevisionWarning,
@@ -31,8 +31,7 @@ from interaction_basis.hub import (
     is_commit_sha,
     read_provenance,
 )
-from interaction_basis.models.hf import load_hf_model
-from interaction_basis.text_data import (
+from interaction_basis.data.text import (
     load_held_out_texts,
     load_texts,
     load_tokenizer,
@@ -40,6 +39,7 @@ from interaction_basis.text_data import (
     tokenize_texts,
     tokenize_to_chunks,
 )
+from interaction_basis.models.hf import load_hf_model
 
 EOS = "<|endoftext|>"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -467,25 +467,25 @@ def test_token_chunks_zarr_round_trip(tmp_path):
     chunks = {name: rng.integers(0, 50257, size=(n, 11)) for name, n in sizes.items()}
     attrs = {"tokenizer": "org/tiny", "model_revision": SHA, "seed": 0}
     path = tmp_path / "data" / "tokens.zarr"
-    io.write_token_chunks(path, chunks, attrs)
-    back = io.read_token_chunks(path)
+    storage.write_token_chunks(path, chunks, attrs)
+    back = storage.read_token_chunks(path)
     assert set(back) == set(chunks)
     for name, tokens in chunks.items():
         assert len(back[name]) == len(tokens)
         np.testing.assert_array_equal(back[name][:], tokens)
         np.testing.assert_array_equal(back[name][3:5], tokens[3:5])  # read on slicing
         assert back[name][:].dtype == np.int64
-    assert io.read_attrs(path) == {**attrs, "n_ctx": 10}
+    assert storage.read_attrs(path) == {**attrs, "n_ctx": 10}
     store = xr.open_datatree(path, engine="zarr", consolidated=False)
     assert store["stats"]["tokens"].encoding["chunks"] == (20, 11)  # whole rows per chunk
     assert sorted(os.listdir(path.parent)) == ["tokens.zarr"]  # nothing partial left over
 
-    io.write_token_chunks(path, {"fit": chunks["fit"][:2], "eval": chunks["eval"]}, {})
-    assert set(io.read_token_chunks(path)) == {"fit", "eval"}  # overwritten, not merged
+    storage.write_token_chunks(path, {"fit": chunks["fit"][:2], "eval": chunks["eval"]}, {})
+    assert set(storage.read_token_chunks(path)) == {"fit", "eval"}  # overwritten, not merged
     with pytest.raises(ValueError, match="share one width"):
-        io.write_token_chunks(path, {"fit": chunks["fit"], "eval": chunks["eval"][:, :5]}, {})
-    io.write_stats(tmp_path / "other.zarr", {}, {})
+        storage.write_token_chunks(path, {"fit": chunks["fit"], "eval": chunks["eval"][:, :5]}, {})
+    storage.write_stats(tmp_path / "other.zarr", {}, {})
     with pytest.raises(ValueError, match="not a token store"):
-        io.read_token_chunks(tmp_path / "other.zarr")
+        storage.read_token_chunks(tmp_path / "other.zarr")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        io.read_token_chunks(tmp_path / "missing.zarr")
+        storage.read_token_chunks(tmp_path / "missing.zarr")

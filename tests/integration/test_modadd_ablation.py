@@ -7,13 +7,13 @@ split; ablations run in float32 on the 8939 test pairs, as the reference did.
 import pytest
 import torch
 
-from interaction_basis.ablation import (
+from interaction_basis.evaluate.ablation import (
     compute_all_edges_required,
     compute_exponential_schedule,
     compute_node_ablation_scores,
     compute_unablated_score,
 )
-from interaction_basis.edge_mass import compute_edge_mass_counts
+from interaction_basis.graph.edge_mass import compute_edge_mass_counts
 from interaction_basis.models.modadd import build_modadd_sections
 
 pytestmark = pytest.mark.slow

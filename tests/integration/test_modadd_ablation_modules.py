@@ -4,8 +4,8 @@ ablation (the weakest edge still needed) and Leiden at γ = 1 give one module pe
 import pytest
 import torch
 
-from interaction_basis import ablation
-from interaction_basis.clustering import build_interaction_graph, compute_modules
+from interaction_basis.evaluate import ablation
+from interaction_basis.graph.clustering import build_interaction_graph, compute_modules
 from interaction_basis.kinds.modadd import label_modadd_clusters
 from interaction_basis.models.modadd import build_modadd_sections
 

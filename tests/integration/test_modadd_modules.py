@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 import torch
 
-from interaction_basis.clustering import build_interaction_graph, compute_modules
-from interaction_basis.fourier import (
+from interaction_basis.graph.clustering import build_interaction_graph, compute_modules
+from interaction_basis.interpret.fourier import (
     compute_cluster_labels,
     compute_dominant_frequencies,
     compute_frequency_power,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from interaction_basis.data import build_modadd_dataset, compute_modadd_split
+from interaction_basis.data.modadd import build_modadd_dataset, compute_modadd_split
 from interaction_basis.models.modadd import build_modadd_sections
 from invariants import (
     assert_constant_node,

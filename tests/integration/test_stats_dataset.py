@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from interaction_basis import io, kinds
-from interaction_basis.build import batches_from_tensors
+from interaction_basis import kinds, storage
 from interaction_basis.config import ExtractConfig, ModelConfig
+from interaction_basis.lib.fit import batches_from_tensors
+from interaction_basis.lib.statistics import compute_layer_statistics, shard_range
 from interaction_basis.models.sectioned import SectionedModel
-from interaction_basis.moments import compute_layer_statistics, shard_range
 from interaction_basis.stages import extract as stages
 from lm_fixtures import write_corpus, write_tiny_gpt2
 
@@ -27,7 +27,7 @@ def lm(tmp_path_factory):
         name: rng.integers(0, vocab, size=(n, N_CTX + 1))
         for name, n in [("fit", N_FIT), ("eval", 2), ("stats", N_STATS)]
     }
-    io.write_token_chunks(root / "tokens.zarr", chunks, {})
+    storage.write_token_chunks(root / "tokens.zarr", chunks, {})
     return root, model_dir, chunks
 
 
@@ -49,32 +49,32 @@ def _extract(lm, out, n_shards=1, shard=None):
 def test_statistics_come_from_the_stats_chunks(lm):
     root, model_dir, chunks = lm
     out = _extract(lm, root / "activations.zarr")
-    stored = io.read_activations(out, "ln2.0")
+    stored = storage.read_activations(out, "ln2.0")
     assert stored.shape[:2] == (N_FIT, N_CTX)  # the bases and edges still see the fit chunks
     model = kinds.load_model(_cfg(model_dir), str(model_dir), LAYERS, "float64")
     with torch.no_grad():
         inputs = torch.from_numpy(chunks["stats"][:, :-1])
         acts = [model.activations(inputs[i : i + BATCH]) for i in range(0, N_STATS, BATCH)]
     expected_acts = {layer: torch.cat([a[layer] for a in acts]) for layer in LAYERS}
-    stats = io.read_stats(out)
+    stats = storage.read_stats(out)
     for layer in LAYERS:
         expected = compute_layer_statistics(batches_from_tensors(expected_acts, BATCH), layer)
         assert stats[layer].count == N_STATS * N_CTX
         assert torch.equal(stats[layer].gram, expected.gram), layer
         assert torch.equal(stats[layer].mean, expected.mean), layer
         fit_only = compute_layer_statistics(
-            batches_from_tensors({layer: io.read_activations(out, layer)}, BATCH), layer
+            batches_from_tensors({layer: storage.read_activations(out, layer)}, BATCH), layer
         )
         assert not torch.allclose(fit_only.gram, expected.gram), layer
 
 
 def test_sharded_statistics_from_the_stats_chunks_are_identical(lm):
     root = lm[0]
-    plain = io.read_stats(_extract(lm, root / "plain.zarr"))
+    plain = storage.read_stats(_extract(lm, root / "plain.zarr"))
     shards = [_extract(lm, root / f"shard{i}.zarr", n_shards=3, shard=i) for i in range(3)]
-    assert sum(io.read_activations(s, "ln1.0").shape[0] for s in shards) == N_FIT
+    assert sum(storage.read_activations(s, "ln1.0").shape[0] for s in shards) == N_FIT
     stages.gather_stats([str(s) for s in shards], str(root / "stats.zarr"))
-    gathered = io.read_stats(root / "stats.zarr")
+    gathered = storage.read_stats(root / "stats.zarr")
     for layer in LAYERS:
         assert gathered[layer].count == plain[layer].count == N_STATS * N_CTX
         assert torch.equal(gathered[layer].gram, plain[layer].gram), layer

@@ -9,8 +9,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from factories import full_build, tiny_mlp, tiny_modadd
-from interaction_basis.ablated_sections import make_group_output
-from interaction_basis.ablation import (
+from interaction_basis.evaluate.ablated_sections import make_group_output
+from interaction_basis.evaluate.ablation import (
     _assemble,
     _mask_groups,
     bisect_minimum,
@@ -26,10 +26,10 @@ from interaction_basis.ablation import (
     compute_node_ablation_scores,
     compute_unablated_score,
 )
-from interaction_basis.edge_mass import compute_edge_mass_counts
-from interaction_basis.models.closed_form import LastPositionAttention
+from interaction_basis.graph.edge_mass import compute_edge_mass_counts
+from interaction_basis.lib.closed_form import LastPositionAttention
+from interaction_basis.lib.records import Basis
 from interaction_basis.models.mlp import MLP, build_mlp_sections
-from interaction_basis.records import Basis
 
 # ---------------------------------------------------------------------------------------------
 # Schedules
@@ -301,7 +301,7 @@ def edge_ablated_output(
     Output feature ``j`` is computed from the input features ``mask[j]`` only:
     ``f̂_out[j] = (section(where(mask[j], x C_in, 0) C_in⁺) C_out)[j]``, then mapped back with
     ``C_out⁺``. Output features sharing a mask row share one evaluation over the whole batch
-    (see :mod:`~interaction_basis.ablated_sections`), so the cost scales with the number of
+    (see :mod:`~interaction_basis.evaluate.ablated_sections`), so the cost scales with the number of
     distinct rows rather than output features.
     """
     if mask.shape != (C_out.shape[1], C_in.shape[1]):

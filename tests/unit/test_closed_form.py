@@ -12,19 +12,19 @@ import pytest
 import torch
 
 from factories import tiny_modadd
-from interaction_basis.jacobians import (
-    ClosedForm,
-    Integration,
-    Sources,
-    compute_edges_sum,
-    compute_m_dash_sum,
-)
-from interaction_basis.models.closed_form import (
+from interaction_basis.lib.closed_form import (
     ElementwiseMLP,
     LastPositionAttention,
     Linear,
     _binary_blocks,
     _dense_blocks,
+)
+from interaction_basis.lib.jacobians import (
+    ClosedForm,
+    Integration,
+    Sources,
+    compute_edges_sum,
+    compute_m_dash_sum,
 )
 from interaction_basis.models.mlp import MLP, build_mlp_sections
 

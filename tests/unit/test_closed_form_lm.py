@@ -22,7 +22,8 @@ from transformers import (
     GPTNeoXForCausalLM,
 )
 
-from interaction_basis.jacobians import (
+from interaction_basis.lib.closed_form import CausalAttention, PerToken
+from interaction_basis.lib.jacobians import (
     ClosedForm,
     Integration,
     Sources,
@@ -30,7 +31,6 @@ from interaction_basis.jacobians import (
     compute_edges_sum,
     compute_m_dash_sum,
 )
-from interaction_basis.models.closed_form import CausalAttention, PerToken
 from interaction_basis.models.hf import build_hf_sections, hf_node_layers
 from lm_fixtures import randomise_lm
 
@@ -287,7 +287,7 @@ def test_value_bias_folding_changes_only_the_constant_inputs_derivative(arch):
 
 
 def test_attention_too_large_for_one_sample_takes_the_generic_path(monkeypatch):
-    from interaction_basis.models import closed_form
+    from interaction_basis.lib import closed_form
 
     name, attention, acts = next(s for s in _sections("gpt2") if s[0].startswith("attn_in."))
     assert _closed_form(attention, None, Sources(), acts) is attention

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from interaction_basis.clustering import (
+from interaction_basis.graph.clustering import (
     build_interaction_graph,
     compute_edge_weights,
     compute_modularity,

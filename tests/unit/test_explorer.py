@@ -9,8 +9,8 @@ import pytest
 import torch
 import xarray as xr
 
-from interaction_basis import io
-from interaction_basis.explorer import (
+from interaction_basis import storage
+from interaction_basis.interpret.explorer import (
     EXTERNAL,
     MethodData,
     _window,
@@ -20,8 +20,8 @@ from interaction_basis.explorer import (
     edge_mass_prefix,
     head_roles_of,
 )
-from interaction_basis.features import compute_activation_evidence
-from interaction_basis.records import Basis
+from interaction_basis.interpret.features import compute_activation_evidence
+from interaction_basis.lib.records import Basis
 
 LAYERS = {"a": 4, "b": 3, "output": 2}
 
@@ -50,7 +50,7 @@ def _features(tmp_path, bases, sha="abc"):
         ev[layer]["is_constant"] = (("feature",), np.arange(n) == 0)
         ev[layer]["importance"] = (("feature",), b.importance.numpy())
     path = tmp_path / f"features-{sha}.zarr"
-    io.write_features(path, ev, {"basis_config_sha256": sha, "method": "lib"})
+    storage.write_features(path, ev, {"basis_config_sha256": sha, "method": "lib"})
     return path
 
 
@@ -84,7 +84,7 @@ def _page(data, **kw):
 
 def test_page_is_self_contained_and_holds_every_node(tmp_path):
     bases = _bases()
-    feats = io.read_features(_features(tmp_path, bases))
+    feats = storage.read_features(_features(tmp_path, bases))
     # The store opens as a plain DataTree with named dims.
     tree = xr.open_datatree(tmp_path / "features-abc.zarr", engine="zarr", consolidated=False)
     assert tree["a"]["top_value"].dims == ("rank", "feature")
@@ -97,7 +97,7 @@ def test_page_is_self_contained_and_holds_every_node(tmp_path):
 
 def test_features_from_another_basis_are_refused(tmp_path):
     bases = _bases()
-    feats = io.read_features(_features(tmp_path, bases, sha="old"))
+    feats = storage.read_features(_features(tmp_path, bases, sha="old"))
     with pytest.raises(ValueError, match="computed from another basis"):
         check_features(feats, bases, "new", "features.zarr")
     fewer = _bases({"a": 3, "b": 3, "output": 2})
@@ -107,7 +107,7 @@ def test_features_from_another_basis_are_refused(tmp_path):
 
 def test_missing_modules_and_empty_layers_are_said_on_the_page(tmp_path):
     bases = _bases()
-    feats = io.read_features(_features(tmp_path, bases))
+    feats = storage.read_features(_features(tmp_path, bases))
     html = _page({"lib": MethodData(bases, _edges(bases), None, feats)})
     assert "No modules" in html
     empty = {**bases, "b": Basis(torch.zeros(5, 0), torch.zeros(0, 5), torch.zeros(0), 0)}
@@ -125,7 +125,7 @@ def test_toy_lm_features_name_the_heads_that_write_them(tmp_path):
     """heads.json (attribute_heads) marks the features a previous-token or induction head
     writes most of, in their labels and cards; the others get their writers only."""
     bases = _bases()
-    feats = io.read_features(_features(tmp_path, bases))
+    feats = storage.read_features(_features(tmp_path, bases))
 
     def feature(i, writer, share):
         return {"feature": i, "top_writer": writer, "shares": {writer: share, "embed": 0.1}}

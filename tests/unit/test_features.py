@@ -1,17 +1,17 @@
-"""Per-feature evidence (interaction_basis.features) against brute force on small data."""
+"""Per-feature evidence (interaction_basis.interpret.features) against brute force on small data."""
 
 import numpy as np
 import pytest
 import torch
 
-from interaction_basis.features import (
+from interaction_basis.graph.layout import NO_MODULE, layout_layer, module_order
+from interaction_basis.interpret.features import (
     FeatureAccumulator,
     compute_activation_evidence,
     compute_direct_effects,
     compute_fourier_evidence,
 )
-from interaction_basis.graph_layout import NO_MODULE, layout_layer, module_order
-from interaction_basis.records import Basis
+from interaction_basis.lib.records import Basis
 
 N, P, F, K, W = 37, 11, 5, 4, 2
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from interaction_basis.fourier import (
+from interaction_basis.interpret.fourier import (
     compute_cluster_labels,
     compute_dominant_frequencies,
     compute_dominant_terms,

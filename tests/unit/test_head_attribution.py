@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from interaction_basis.config import ToyGPT2Config
-from interaction_basis.head_attribution import (
+from interaction_basis.interpret.heads import (
     attribute_features,
     feature_shares,
     head_roles,
@@ -12,8 +12,8 @@ from interaction_basis.head_attribution import (
     run_with_writes,
     writes_into,
 )
+from interaction_basis.lib.records import Basis
 from interaction_basis.models.toy_gpt2 import build_toy_gpt2
-from interaction_basis.records import Basis
 from lm_fixtures import randomise_lm
 
 

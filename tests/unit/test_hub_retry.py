@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 
-from interaction_basis import hub
+from interaction_basis.data import hub
 
 REPO = "org/model"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from interaction_basis.images import (
+from interaction_basis.data.images import (
     CIFAR10_ARCHIVE,
     CIFAR10_CLASSES,
     CIFAR10_URL,

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from interaction_basis.config import InductionCorpusConfig
-from interaction_basis.induction_corpus import make_induction_corpus
+from interaction_basis.data.induction_corpus import make_induction_corpus
 
 CFG = InductionCorpusConfig(n_documents=300, n_held_out=20, length=20, span_min=4, span_max=9)
 

@@ -262,7 +262,7 @@ def test_block_diagonal_mlp_has_no_edges_between_blocks(block_build):
 
 
 def test_leiden_recovers_the_two_blocks(block_build):
-    clustering = pytest.importorskip("interaction_basis.clustering")
+    clustering = pytest.importorskip("interaction_basis.graph.clustering")
     model, (acts, _, bases, _, edges) = block_build
     blocks = {
         layer: feature_blocks(bases[layer], acts[layer].shape[-1], layer != "output")

@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from factories import full_build
-from interaction_basis.basis import DeadLayerError, compute_neuron_basis
-from interaction_basis.block_vectors import generate_block_vectors
-from interaction_basis.clustering import build_interaction_graph, compute_modules
 from interaction_basis.config import (
     BlockVectorConfig,
     ExperimentConfig,
     ModelConfig,
     ModularMLPConfig,
 )
-from interaction_basis.edge_mass import compute_epsilon_from_mass
-from interaction_basis.ground_truth import compute_block_weights, score_method
+from interaction_basis.data.block_vectors import generate_block_vectors
+from interaction_basis.evaluate.ground_truth import compute_block_weights, score_method
+from interaction_basis.graph.clustering import build_interaction_graph, compute_modules
+from interaction_basis.graph.edge_mass import compute_epsilon_from_mass
+from interaction_basis.lib.basis import DeadLayerError, compute_neuron_basis
 from interaction_basis.models.modular_mlp import (
     build_modular_mlp_sections,
     build_modular_mlp_weights,
@@ -249,7 +249,7 @@ def test_rotation_invariant_bases_score_the_same_on_both_variants(method):
 
 def test_block_weights_of_a_known_direction():
     """A direction split 3:1 in squared weight between the blocks has purity 0.75."""
-    from interaction_basis.records import Basis
+    from interaction_basis.lib.records import Basis
 
     d = torch.tensor([[0.0, 0.0, 1.0], [np.sqrt(3.0), 1.0, 0.0]], dtype=torch.float64)
     basis = Basis(d.T, d, torch.ones(2, dtype=torch.float64), 1)

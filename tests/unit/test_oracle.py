@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from factories import full_build, tiny_mlp, tiny_modadd
-from interaction_basis.basis import Truncation, compute_lib_basis
-from interaction_basis.jacobians import Integration
-from interaction_basis.moments import has_constant
+from interaction_basis.lib.basis import Truncation, compute_lib_basis
+from interaction_basis.lib.jacobians import Integration
+from interaction_basis.lib.statistics import has_constant
 
 RULES = [
     Integration("gradient", 0),

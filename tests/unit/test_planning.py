@@ -63,9 +63,9 @@ def _code(rule: str, kind: str) -> set[str]:
 
 def test_a_rule_that_runs_the_model_has_its_kinds_code_only():
     modadd, hf = _code("fit_basis", "modadd"), _code("fit_basis", "hf")
-    assert {"stages/basis.py", "basis.py", "kinds/modadd.py", "models/modadd.py"} <= modadd
-    assert not {"kinds/hf.py", "models/hf.py", "text_data.py", "clustering.py"} & modadd
-    assert {"kinds/hf.py", "models/hf.py", "text_data.py"} <= hf
+    assert {"stages/basis.py", "lib/basis.py", "kinds/modadd.py", "models/modadd.py"} <= modadd
+    assert not {"kinds/hf.py", "models/hf.py", "data/text.py", "graph/clustering.py"} & modadd
+    assert {"kinds/hf.py", "models/hf.py", "data/text.py"} <= hf
     assert "models/modadd.py" not in hf
 
 
@@ -73,8 +73,8 @@ def test_rules_without_a_model_have_no_kind_code():
     for rule in ("summarize_experiment", "make_report_figures", "tokenize_dataset"):
         code = _code(rule, "hf")
         assert not any(f.startswith("kinds/") or f == "models/hf.py" for f in code), rule
-    assert "plotting.py" in _code("summarize_experiment", "modadd")
-    assert "plotting.py" not in _code("train_model", "modadd")  # the curve has its own module
+    assert "report/figures.py" in _code("summarize_experiment", "modadd")
+    assert "report/figures.py" not in _code("train_model", "modadd")  # the curve has its own module
 
 
 def test_every_registered_kind_implements_the_protocol():

@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from factories import tiny_modadd
-from interaction_basis.basis import fix_signs
-from interaction_basis.build import (
+from interaction_basis.lib.basis import fix_signs
+from interaction_basis.lib.fit import (
     batches_from_tensors,
     compute_edge_sums,
     compute_m_dash,
     fit_bases,
 )
-from interaction_basis.jacobians import Integration, Sources
-from interaction_basis.linalg import compute_shifted_sums
-from interaction_basis.moments import MomentSums, compute_layer_statistics, shard_range
-from interaction_basis.records import add_partials
+from interaction_basis.lib.jacobians import Integration, Sources
+from interaction_basis.lib.linalg import compute_shifted_sums
+from interaction_basis.lib.records import add_partials
+from interaction_basis.lib.statistics import MomentSums, compute_layer_statistics, shard_range
 
 BATCH = 5
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from interaction_basis.summation import CompensatedSum, two_sum
+from interaction_basis.lib.summation import CompensatedSum, two_sum
 
 
 def _terms(seed: int, n_terms: int = 300, n_entries: int = 400) -> torch.Tensor:

@@ -8,21 +8,21 @@ import pytest
 import torch
 import yaml
 
-from interaction_basis import io
+from interaction_basis import storage
 from interaction_basis.config import (
     InductionCorpusConfig,
     ToyGPT2Config,
     ToyLMConfig,
     ToyLMTrainConfig,
 )
-from interaction_basis.head_attribution import head_roles, head_scores
-from interaction_basis.hub import download_dataset, download_model
-from interaction_basis.induction_corpus import make_induction_corpus
+from interaction_basis.data.hub import download_dataset, download_model
+from interaction_basis.data.induction_corpus import make_induction_corpus
+from interaction_basis.data.text import load_held_out_texts, load_texts, load_tokenizer
+from interaction_basis.interpret.heads import head_roles, head_scores
 from interaction_basis.models.hf import load_hf_model
 from interaction_basis.models.toy_gpt2 import build_toy_gpt2
 from interaction_basis.stages.toy_lm import train_toy_lm
-from interaction_basis.text_data import load_held_out_texts, load_texts, load_tokenizer
-from interaction_basis.train_lm import (
+from interaction_basis.training.toy_lm import (
     encode_documents,
     repeat_accuracy,
     train_word_tokenizer,
@@ -42,8 +42,8 @@ def test_saved_folder_and_corpus_load_through_the_local_source_path(tmp_path):
     model = build_toy_gpt2(
         ToyGPT2Config(d_model=16, d_mlp=32, n_head=2, n_ctx=16), len(tok), tok.eos_token_id
     ).eval()
-    io.write_pretrained(tmp_path / "toy", model, tok)
-    io.write_text(tmp_path / "corpus.txt", "\n\n".join(texts) + "\n")
+    storage.write_pretrained(tmp_path / "toy", model, tok)
+    storage.write_text(tmp_path / "corpus.txt", "\n\n".join(texts) + "\n")
 
     download_model(str(tmp_path / "toy"), None, tmp_path / "resources" / "model")
     download_dataset(str(tmp_path / "corpus.txt"), None, tmp_path / "resources" / "data")
@@ -137,7 +137,7 @@ def test_the_configured_toy_lm_learns_induction(tmp_path):
 def test_training_windows(windows, monkeypatch):
     """documents: every window is EOS and one whole training document; packed: n_ctx tokens
     from anywhere in the packed stream."""
-    import interaction_basis.train_lm as train_lm
+    import interaction_basis.training.toy_lm as train_lm
 
     seen = []
     build = train_lm.build_toy_gpt2

@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from interaction_basis.data import build_modadd_dataset
+from interaction_basis.data.modadd import build_modadd_dataset
 from interaction_basis.models.modadd import (
     ModAddTransformer,
     modadd_shapes,
     validate_modadd_weights,
 )
-from interaction_basis.train import (
+from interaction_basis.training.modadd import (
     ModAddTrainConfig,
     TrainResult,
     _last_position_logits,

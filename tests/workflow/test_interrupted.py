@@ -1,6 +1,6 @@
 """A job killed halfway leaves no output that a later stage would trust.
 
-Two levels: ``interaction_basis.io`` writes through a hidden ``.<name>.partial-<pid>`` sibling
+Two levels: ``interaction_basis.storage`` writes through a hidden ``.<name>.partial-<pid>`` sibling
 that is renamed into place only when complete (checked with processes that SIGKILL themselves
 mid-write), and the workflow plans exactly the missing work after an output is lost, whether it
 was deleted or its job was killed (SIGKILL of the whole Snakemake process group).
@@ -24,7 +24,7 @@ LIB_BASIS = "results/tiny/lib/basis.zarr"
 
 KILL_ATOMIC_PATH = """
 import os, signal, sys
-from interaction_basis.io import atomic_path
+from interaction_basis.storage import atomic_path
 
 with atomic_path(sys.argv[1]) as tmp:
     tmp.mkdir()
@@ -38,7 +38,7 @@ KILL_WRITE_EDGES = """
 import os, signal, sys
 import torch
 import xarray as xr
-from interaction_basis import io
+from interaction_basis import storage
 
 to_zarr = xr.DataTree.to_zarr
 
@@ -47,7 +47,7 @@ def to_zarr_then_die(self, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 xr.DataTree.to_zarr = to_zarr_then_die
-io.write_edges(sys.argv[1], {("a", "b"): torch.ones(2, 3, dtype=torch.float64)}, {})
+storage.write_edges(sys.argv[1], {("a", "b"): torch.ones(2, 3, dtype=torch.float64)}, {})
 """
 
 
@@ -74,7 +74,7 @@ def test_killed_write_leaves_no_final_path(script, tmp_path):
 
 
 def test_failed_write_cleans_up(tmp_path):
-    from interaction_basis.io import atomic_path
+    from interaction_basis.storage import atomic_path
 
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:

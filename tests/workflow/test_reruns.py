@@ -111,20 +111,20 @@ def _union(*counts: dict[str, int]) -> dict[str, int]:
 
 
 def test_editing_a_package_module_reruns_its_stage_and_downstream(tiny_run, downstream_of_basis):
-    with edited(tiny_run.workflow, "basis.py"):
+    with edited(tiny_run.workflow, "lib/basis.py"):
         result = tiny_run.dry_run()
     assert job_counts(result.output) == downstream_of_basis, result.describe()
     fit_reasons = reasons(result.output, "fit_basis")
-    assert fit_reasons and all("basis.py" in r for r in fit_reasons), fit_reasons
+    assert fit_reasons and all("lib/basis.py" in r for r in fit_reasons), fit_reasons
 
 
 @pytest.mark.parametrize(
     ("module", "stages"),
     [
         ("models/hf.py", ()),  # the language-model kind: no mod-add job uses it
-        ("text_data.py", ()),  # tokenize_dataset and the LM kind only
-        ("clustering.py", ("cluster_graph", "cluster_resolutions")),
-        ("plotting.py", ("summarize_experiment", "make_report_figures")),
+        ("data/text.py", ()),  # tokenize_dataset and the LM kind only
+        ("graph/clustering.py", ("cluster_graph", "cluster_resolutions")),
+        ("report/figures.py", ("summarize_experiment", "make_report_figures")),
     ],
 )
 def test_code_inputs_follow_the_import_graph(tiny_run, downstream, module, stages):
@@ -138,7 +138,7 @@ def test_code_inputs_follow_the_import_graph(tiny_run, downstream, module, stage
 
 
 def test_touching_a_package_module_reruns_nothing(tiny_run):
-    basis_py = tiny_run.workflow / "src" / "interaction_basis" / "basis.py"
+    basis_py = tiny_run.workflow / "src" / "interaction_basis" / "lib/basis.py"
     with restored(basis_py):
         now = time.time() + 5  # safely newer than every output
         os.utime(basis_py, (now, now))

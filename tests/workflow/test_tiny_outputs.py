@@ -1,6 +1,6 @@
 """What the tiny end-to-end run stored, checked numerically through xarray.
 
-The stores are opened with xarray directly (not through ``interaction_basis.io``), so these
+The stores are opened with xarray directly (not through ``interaction_basis.storage``), so these
 tests pin the published layout: group and variable names, dims, attrs, and the lib_spec A.9
 invariants of the numbers themselves.
 """

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from interaction_basis.clustering import Modules
+    from interaction_basis.graph.clustering import Modules
+    from interaction_basis.lib.records import Basis
     from interaction_basis.models.sectioned import SectionedModel
-    from interaction_basis.records import Basis
 
 #: Kind name -> module implementing :class:`ModelKind`.
 KINDS = {

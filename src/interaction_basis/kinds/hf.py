@@ -44,9 +44,9 @@ def validate_weights(cfg: ModelConfig, weights: Mapping, source: str) -> None:
 def load_data(cfg: ModelConfig, tokens_path: str | None = None) -> TaskData:
     if tokens_path is None:
         raise ValueError("kind 'hf' needs the tokenized dataset (rule tokenize_dataset).")
-    from interaction_basis import io
+    from interaction_basis import storage
 
-    chunks = io.read_token_chunks(tokens_path)
+    chunks = storage.read_token_chunks(tokens_path)
     fit, held_out = (torch.from_numpy(chunks[name][:]) for name in ("fit", "eval"))
     return TaskData(
         fit[:, :-1],
@@ -91,7 +91,7 @@ def add_feature_evidence(cfg: ModelConfig, model, bases, evidence, inputs) -> No
 
 
 def tokenizer(cfg: ModelConfig, weights_path: str):
-    from interaction_basis.text_data import load_tokenizer
+    from interaction_basis.data.text import load_tokenizer
 
     return load_tokenizer(weights_path)
 

@@ -16,9 +16,9 @@ TEXT = False
 
 
 def load_weights(cfg: ModelConfig, path: str) -> dict[str, np.ndarray]:
-    from interaction_basis import io
+    from interaction_basis import storage
 
-    return io.read_weights(path)
+    return storage.read_weights(path)
 
 
 def validate_weights(cfg: ModelConfig, weights: Mapping, source: str) -> None:
@@ -27,7 +27,7 @@ def validate_weights(cfg: ModelConfig, weights: Mapping, source: str) -> None:
 
 def load_image_dataset(cfg: ImageDataConfig):
     """The configured image dataset (local or hub); the only place that picks a loader."""
-    from interaction_basis import images
+    from interaction_basis.data import images
 
     if cfg.source == "digits":
         return images.load_digits_dataset(
@@ -71,7 +71,7 @@ def build_model(cfg, weights, node_layers, dtype, device) -> SectionedModel:
 
 
 def train(cfg: ModelConfig, data: TaskData, threads: int) -> TrainedModel:
-    from interaction_basis.train_mlp import train_mlp
+    from interaction_basis.training.mlp import train_mlp
 
     r = train_mlp(
         cfg.mlp,
@@ -117,7 +117,7 @@ def tokenizer(cfg: ModelConfig, weights_path: str) -> None:
 
 def thumbnails(cfg: ModelConfig, samples: set[int]) -> dict[int, str]:
     """PNG thumbnails of the held-out images shown on the explorer's cards."""
-    from interaction_basis.explorer import thumbnail_uri
+    from interaction_basis.interpret.explorer import thumbnail_uri
 
     ds = load_image_dataset(cfg.data)
     return {s: thumbnail_uri(ds.x_test[s].reshape(ds.image_shape).numpy()) for s in sorted(samples)}

@@ -8,29 +8,29 @@ import torch
 from torch import Tensor
 
 from interaction_basis.config import ModelConfig
-from interaction_basis.data import build_modadd_dataset, compute_modadd_split
-from interaction_basis.fourier import compute_cluster_labels, compute_frequency_power
+from interaction_basis.data.modadd import build_modadd_dataset, compute_modadd_split
+from interaction_basis.interpret.fourier import compute_cluster_labels, compute_frequency_power
 from interaction_basis.kinds import HeldOut, TaskData, TrainedModel
 from interaction_basis.kinds._classifier import classifier_accuracies
+from interaction_basis.lib.records import Basis
 from interaction_basis.models.modadd import (
     MODADD_NODE_LAYERS,
     build_modadd_sections,
     validate_modadd_weights,
 )
 from interaction_basis.models.sectioned import SectionedModel
-from interaction_basis.records import Basis
 
 if TYPE_CHECKING:
-    from interaction_basis.clustering import Modules
+    from interaction_basis.graph.clustering import Modules
 
 USES_GPU = False
 TEXT = False
 
 
 def load_weights(cfg: ModelConfig, path: str) -> dict[str, np.ndarray]:
-    from interaction_basis import io
+    from interaction_basis import storage
 
-    return io.read_weights(path)
+    return storage.read_weights(path)
 
 
 def validate_weights(cfg: ModelConfig, weights: Mapping, source: str) -> None:
@@ -60,7 +60,7 @@ def build_model(cfg, weights, node_layers, dtype, device) -> SectionedModel:
 
 
 def train(cfg: ModelConfig, data: TaskData, threads: int) -> TrainedModel:
-    from interaction_basis.train import train_modadd
+    from interaction_basis.training.modadd import train_modadd
 
     r = train_modadd(cfg.train, num_threads=threads)
     return TrainedModel(r.weights, r.history, r.train_accuracy, r.test_accuracy)
@@ -105,7 +105,7 @@ def label_modadd_clusters(
 
 def add_feature_evidence(cfg: ModelConfig, model, bases, evidence, inputs: Tensor) -> None:
     """Each feature's Fourier spectrum over all inputs, and its examples' operands."""
-    from interaction_basis.features import compute_fourier_evidence
+    from interaction_basis.interpret.features import compute_fourier_evidence
 
     modulus = cfg.train.modulus
     acts = _all_activations(model, modulus)

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from interaction_basis.block_vectors import generate_block_vectors
 from interaction_basis.config import ModelConfig
+from interaction_basis.data.block_vectors import generate_block_vectors
 from interaction_basis.kinds import HeldOut, PlantedBlocks, TaskData, TrainedModel
 from interaction_basis.models.mlp import mlp_node_layers
 from interaction_basis.models.modular_mlp import (
@@ -25,9 +25,9 @@ TEXT = False
 
 
 def load_weights(cfg: ModelConfig, path: str) -> dict[str, np.ndarray]:
-    from interaction_basis import io
+    from interaction_basis import storage
 
-    return io.read_weights(path)
+    return storage.read_weights(path)
 
 
 def validate_weights(cfg: ModelConfig, weights: Mapping, source: str) -> None:

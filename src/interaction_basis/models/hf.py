@@ -88,7 +88,7 @@ if TYPE_CHECKING:  # the block classes, for the loops over a ModuleList (typed n
     from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoBlock
     from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
 
-from interaction_basis.models.closed_form import (
+from interaction_basis.lib.closed_form import (
     CausalAttention,
     LayerNormIn,
     LayerNormOut,

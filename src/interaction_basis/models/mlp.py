@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from interaction_basis.config import Activation
-from interaction_basis.models.closed_form import ElementwiseMLP, Linear
+from interaction_basis.lib.closed_form import ElementwiseMLP, Linear
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)

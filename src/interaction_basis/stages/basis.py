@@ -5,18 +5,18 @@ import logging
 
 from torch import Tensor
 
-from interaction_basis import io, kinds
-from interaction_basis.basis import Truncation
-from interaction_basis.build import (
+from interaction_basis import kinds, storage
+from interaction_basis.config import BasisConfig, ExtractConfig, Method, ModelConfig
+from interaction_basis.lib.basis import Truncation
+from interaction_basis.lib.fit import (
     compute_m_dash,
     fit_bases,
     fit_final_basis,
     fit_layer_basis,
     next_basis_matrix,
 )
-from interaction_basis.config import BasisConfig, ExtractConfig, Method, ModelConfig
-from interaction_basis.jacobians import Integration, Sources
-from interaction_basis.records import Basis, add_partials
+from interaction_basis.lib.jacobians import Integration, Sources
+from interaction_basis.lib.records import Basis, add_partials
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,13 @@ def fit_basis(
     basis_out: str,
 ) -> None:
     """Bases of every node layer for one method, backwards from the output."""
-    net = kinds.load_model(model, weights, io.read_node_layers(acts), extract.dtype, extract.device)
+    net = kinds.load_model(
+        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
+    )
     bases, m_dash = fit_bases(
         net,
-        io.open_activation_batches(acts, extract.batch_size),
-        io.read_stats(acts),
+        storage.open_activation_batches(acts, extract.batch_size),
+        storage.read_stats(acts),
         method,
         truncation=Truncation(basis.truncation, basis.relative),
         center=extract.center,
@@ -55,7 +57,7 @@ def fit_basis(
     )
     for layer, b in bases.items():
         log.info("%s %s: %d of %d directions kept", method, layer, b.C.shape[1], b.C.shape[0])
-    io.write_bases(basis_out, bases, m_dash, method, _basis_attrs(model, extract, basis))
+    storage.write_bases(basis_out, bases, m_dash, method, _basis_attrs(model, extract, basis))
 
 
 def _basis_attrs(model: ModelConfig, extract: ExtractConfig, basis: BasisConfig) -> dict:
@@ -75,22 +77,24 @@ def shard_m_dash(
     m_dash: str,
 ) -> None:
     """One shard's sum behind a layer's ``M′``, given the next layer's (gathered) basis."""
-    net = kinds.load_model(model, weights, io.read_node_layers(acts), extract.dtype, extract.device)
+    net = kinds.load_model(
+        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
+    )
     nxt = net.node_layers[net.node_layers.index(layer) + 1]
     c_next = next_basis_matrix(
-        net.node_layers, layer, io.read_bases(next_basis), basis.rotate_final
+        net.node_layers, layer, storage.read_bases(next_basis), basis.rotate_final
     )
     part = compute_m_dash(
         net,
-        io.open_activation_batches(acts, extract.batch_size),
+        storage.open_activation_batches(acts, extract.batch_size),
         layer,
         c_next,
         **_m_dash_settings(basis),
-        first_batch=int(io.read_attrs(acts)["first_batch"]),
+        first_batch=int(storage.read_attrs(acts)["first_batch"]),
         progress=True,
     )
     log.info("M' %s (next %s): %d (sample, position) pairs", layer, nxt, part.count)
-    io.write_partial_sums(m_dash, {layer: part}, provenance(layer=layer))
+    storage.write_partial_sums(m_dash, {layer: part}, provenance(layer=layer))
 
 
 def fit_layer(
@@ -104,8 +108,8 @@ def fit_layer(
     basis_out: str,
 ) -> None:
     """One layer's basis from the pooled statistics and, for LIB, the shards' ``M′`` sums."""
-    layers = io.read_node_layers(stats)
-    layer_stats = io.read_stats(stats)[layer]
+    layers = storage.read_node_layers(stats)
+    layer_stats = storage.read_stats(stats)[layer]
     truncation = Truncation(basis.truncation, basis.relative)
     pooled: dict[str, Tensor] = {}
     if layer == layers[-1]:
@@ -118,7 +122,7 @@ def fit_layer(
         )
     else:
         if method == "lib":
-            parts = [io.read_partial_sums(p)[layer] for p in m_dash]
+            parts = [storage.read_partial_sums(p)[layer] for p in m_dash]
             pooled[layer] = add_partials(parts).mean()
         fitted = fit_layer_basis(
             layer_stats,
@@ -131,7 +135,7 @@ def fit_layer(
     n_kept, n_orig = fitted.C.shape[1], fitted.C.shape[0]
     log.info("%s %s: %d of %d directions kept", method, layer, n_kept, n_orig)
     attrs = _basis_attrs(model, extract, basis)
-    io.write_bases(basis_out, {layer: fitted}, pooled, method, attrs)
+    storage.write_bases(basis_out, {layer: fitted}, pooled, method, attrs)
 
 
 def assemble_basis(
@@ -146,6 +150,6 @@ def assemble_basis(
     bases: dict[str, Basis] = {}
     m_dash: dict[str, Tensor] = {}
     for path in layers:
-        bases |= io.read_bases(path)
-        m_dash |= io.read_m_dash(path)
-    io.write_bases(basis_out, bases, m_dash, method, _basis_attrs(model, extract, basis))
+        bases |= storage.read_bases(path)
+        m_dash |= storage.read_m_dash(path)
+    storage.write_bases(basis_out, bases, m_dash, method, _basis_attrs(model, extract, basis))

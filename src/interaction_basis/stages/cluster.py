@@ -5,10 +5,10 @@ model kind can say what a module does."""
 import functools
 import logging
 
-from interaction_basis import io, kinds
-from interaction_basis.clustering import Modules, build_interaction_graph, compute_modules
+from interaction_basis import kinds, storage
 from interaction_basis.config import ClusterConfig, ExtractConfig, ModelConfig, ResolutionsConfig
-from interaction_basis.edge_mass import compute_epsilon_from_mass
+from interaction_basis.graph.clustering import Modules, build_interaction_graph, compute_modules
+from interaction_basis.graph.edge_mass import compute_epsilon_from_mass
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _labeller(model: ModelConfig, dtype: str, weights: str, basis: str, node_lay
 
     @functools.cache
     def network():
-        return kinds.load_model(model, weights, node_layers, dtype), io.read_bases(basis)
+        return kinds.load_model(model, weights, node_layers, dtype), storage.read_bases(basis)
 
     def label(modules: Modules) -> list[dict]:
         labels = kind.label_modules(model, network, modules)
@@ -69,7 +69,7 @@ def cluster_graph(
     graph: str,
 ) -> None:
     """Leiden modules of the interaction graph, ε from the edge mass."""
-    weights_by_pair = io.read_edges(edges)
+    weights_by_pair = storage.read_edges(edges)
     node_layers, layers = _graph_layers(weights_by_pair, cluster)
     epsilon = cluster.epsilon
     if epsilon is None and cluster.edge_norm in ("log", "node_log"):
@@ -96,8 +96,8 @@ def cluster_graph(
         "layers": layers,
         **_modules_record(g, found, label(found), singletons=True),
     }
-    io.write_json(modules, result)
-    io.write_graphml(graph, g)
+    storage.write_json(modules, result)
+    storage.write_graphml(graph, g)
 
 
 def cluster_resolutions(
@@ -112,8 +112,8 @@ def cluster_resolutions(
     modules_by_resolution: str,
 ) -> None:
     """Modules with the paper's ByLayerLogEdgeNorm: ε_l from the edge ablation, per γ."""
-    weights_by_pair = io.read_edges(edges)
-    epsilon = {p["in_layer"]: p["epsilon"] for p in io.read_json(ablation)["pairs"].values()}
+    weights_by_pair = storage.read_edges(edges)
+    epsilon = {p["in_layer"]: p["epsilon"] for p in storage.read_json(ablation)["pairs"].values()}
     node_layers, layers = _graph_layers(weights_by_pair, cluster)
     g = build_interaction_graph(weights_by_pair, layers, edge_norm="log", epsilon=epsilon)
     label = _labeller(model, extract.dtype, weights, basis, node_layers)
@@ -123,4 +123,4 @@ def cluster_resolutions(
             g, resolution=gamma, seed=cluster.seed, n_iterations=cluster.n_iterations
         )
         out["resolutions"][f"{gamma:g}"] = _modules_record(g, found, label(found), singletons=False)
-    io.write_json(modules_by_resolution, out)
+    storage.write_json(modules_by_resolution, out)

@@ -3,8 +3,8 @@ when cached."""
 
 import logging
 
-from interaction_basis import hub
 from interaction_basis.config import ModelConfig
+from interaction_basis.data import hub
 
 log = logging.getLogger(__name__)
 

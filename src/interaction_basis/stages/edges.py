@@ -1,12 +1,12 @@
 """Stage 4: interaction edges between adjacent node layers, whole or per shard (then gathered
 by adding the shards' sums)."""
 
-from interaction_basis import io, kinds
-from interaction_basis.build import compute_edge_sums
-from interaction_basis.build import compute_edges as build_edges
+from interaction_basis import kinds, storage
 from interaction_basis.config import EdgesConfig, ExtractConfig, ModelConfig
-from interaction_basis.jacobians import Integration, Sources
-from interaction_basis.records import add_partials
+from interaction_basis.lib.fit import compute_edge_sums
+from interaction_basis.lib.fit import compute_edges as build_edges
+from interaction_basis.lib.jacobians import Integration, Sources
+from interaction_basis.lib.records import add_partials
 from interaction_basis.stages.common import provenance
 
 
@@ -30,32 +30,32 @@ def shard_edges(
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
     network = kinds.load_model(
-        model, weights, io.read_node_layers(acts), extract.dtype, extract.device
+        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
     sums = compute_edge_sums(
         network,
-        io.open_activation_batches(acts, extract.batch_size),
-        io.read_bases(basis),
+        storage.open_activation_batches(acts, extract.batch_size),
+        storage.read_bases(basis),
         **_edge_settings(edges),
-        first_batch=int(io.read_attrs(acts)["first_batch"]),
+        first_batch=int(storage.read_attrs(acts)["first_batch"]),
         progress=True,
     )
-    io.write_partial_sums(
+    storage.write_partial_sums(
         parts,
-        {io.edge_group_name(a, b): part for (a, b), part in sums.items()},
+        {storage.edge_group_name(a, b): part for (a, b), part in sums.items()},
         provenance(edges=edges.model_dump()),
     )
 
 
 def gather_edges(edges: EdgesConfig, basis: str, parts: list[str], edges_out: str) -> None:
     """The edges of a sharded run: the shards' sums added, divided by the total count."""
-    layers = io.read_node_layers(basis)
-    sums = [io.read_partial_sums(p) for p in parts]
+    layers = storage.read_node_layers(basis)
+    sums = [storage.read_partial_sums(p) for p in parts]
     pooled = {
-        (a, b): add_partials(part[io.edge_group_name(a, b)] for part in sums).mean()
+        (a, b): add_partials(part[storage.edge_group_name(a, b)] for part in sums).mean()
         for a, b in zip(layers, layers[1:])
     }
-    io.write_edges(edges_out, pooled, provenance(edges=edges.model_dump()))
+    storage.write_edges(edges_out, pooled, provenance(edges=edges.model_dump()))
 
 
 def compute_edges(
@@ -69,13 +69,13 @@ def compute_edges(
 ) -> None:
     """Edges between every pair of adjacent node layers."""
     network = kinds.load_model(
-        model, weights, io.read_node_layers(acts), extract.dtype, extract.device
+        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
     result = build_edges(
         network,
-        io.open_activation_batches(acts, extract.batch_size),
-        io.read_bases(basis),
+        storage.open_activation_batches(acts, extract.batch_size),
+        storage.read_bases(basis),
         **_edge_settings(edges),
         progress=True,
     )
-    io.write_edges(edges_out, result, provenance(edges=edges.model_dump()))
+    storage.write_edges(edges_out, result, provenance(edges=edges.model_dump()))

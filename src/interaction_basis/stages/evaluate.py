@@ -4,9 +4,10 @@ import logging
 
 from tqdm.auto import tqdm
 
-from interaction_basis import ablation, io, kinds
+from interaction_basis import kinds, storage
 from interaction_basis.config import EdgeAblationConfig, ModelConfig, NodeAblationConfig
-from interaction_basis.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
+from interaction_basis.evaluate import ablation
+from interaction_basis.graph.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ def _eval_set(model_cfg: ModelConfig, cfg: NodeAblationConfig | EdgeAblationConf
 
 
 def _model(model_cfg: ModelConfig, weights_path: str, basis_path: str, dtype: str):
-    bases = io.read_bases(basis_path)
+    bases = storage.read_bases(basis_path)
     # Scores need the logits: continue past a rotated final node layer (LMs end at unembed).
     layers = list(bases) if "output" in bases else [*bases, "output"]
     model = kinds.load_model(model_cfg, weights_path, layers, dtype)
@@ -68,7 +69,7 @@ def ablate_nodes(
             "orig": n,
         }
         log.info("node ablation %s: %s", layer, scores)
-    io.write_json(
+    storage.write_json(
         node_ablation,
         {"metric": cfg.metric, "base_score": base, "n_samples": len(labels), "layers": layers},
     )
@@ -86,7 +87,7 @@ def ablate_edges(
     """Fewest edges per layer pair that keep the score within ``edge_delta`` (lib_spec E)."""
     cfg = evaluate
     net, bases = _model(model, weights, basis, cfg.dtype)
-    pair_edges = io.read_edges(edges)
+    pair_edges = storage.read_edges(edges)
     inputs, labels = _eval_set(model, cfg, tokens)
     base = ablation.compute_unablated_score(
         net, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
@@ -120,7 +121,7 @@ def ablate_edges(
             "bisect": {str(k): v for k, v in dict(r.scores).items()},
         }
         log.info("edge ablation %s->%s: %d edges (eps %.4g)", a, b, r.n_edges_required, r.epsilon)
-    io.write_json(
+    storage.write_json(
         edge_ablation,
         {
             "metric": cfg.metric,

@@ -4,9 +4,14 @@ import logging
 
 import numpy as np
 
-from interaction_basis import io, kinds
+from interaction_basis import kinds, storage
 from interaction_basis.config import InterpretConfig, ModelConfig
-from interaction_basis.explorer import MethodData, build_page, check_features, head_roles_of
+from interaction_basis.interpret.explorer import (
+    MethodData,
+    build_page,
+    check_features,
+    head_roles_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +32,19 @@ def build_explorer(
 ) -> None:
     """explorer.html from each method's basis, edges, modules and features (and, for the toy
     LMs trained here, the heads that write each feature)."""
-    head_data = io.read_json(heads) if heads else None
+    head_data = storage.read_json(heads) if heads else None
     data = {}
     for m, bp, ep, mp, fp in zip(methods, basis, edges, modules, features, strict=True):
-        bases = io.read_bases(bp)
-        described = io.read_features(fp)
-        check_features(described, bases, io.read_attrs(bp)["config_sha256"], fp)
+        bases = storage.read_bases(bp)
+        described = storage.read_features(fp)
+        check_features(described, bases, storage.read_attrs(bp)["config_sha256"], fp)
         roles = head_roles_of(head_data, m) if head_data else None
-        data[m] = MethodData(bases, io.read_edges(ep), io.read_json(mp), described, roles)
+        data[m] = MethodData(bases, storage.read_edges(ep), storage.read_json(mp), described, roles)
     page = build_page(
         experiment,
         data,
-        summary=io.read_json(summary) if summary else None,
-        evaluation=io.read_json(evaluation) if evaluation else None,
+        summary=storage.read_json(summary) if summary else None,
+        evaluation=storage.read_json(evaluation) if evaluation else None,
         max_edges=interpret.max_edges,
         page_examples=interpret.page_examples,
         thumbnails=kinds.get(model.kind).thumbnails(
@@ -47,7 +52,7 @@ def build_explorer(
         ),
     )
     log.info("explorer page: %.2f MB", len(page.encode()) / 1e6)
-    io.write_text(explorer, page)
+    storage.write_text(explorer, page)
 
 
 def _shown_samples(data: dict, n: int) -> set[int]:

@@ -6,9 +6,9 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from interaction_basis import io, kinds
+from interaction_basis import kinds, storage
 from interaction_basis.config import ExtractConfig, ModelConfig
-from interaction_basis.moments import MomentSums, shard_range
+from interaction_basis.lib.statistics import MomentSums, shard_range
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def extract_activations(
             return first
         return net.activations(batch.to(net.device))
 
-    with io.activation_writer(acts, attrs, chunk_samples=size) as store:
+    with storage.activation_writer(acts, attrs, chunk_samples=size) as store:
         with torch.no_grad():
             for b0, batch in _batches(data.fit_inputs, start, stop, size, "extract"):
                 batch_acts = run(data.fit_inputs, b0, batch)
@@ -107,16 +107,16 @@ def extract_shard(
 
 def gather_stats(shards: list[str], stats: str) -> None:
     """Pooled means and centred Grams: the shards' moment sums added (no pass over the data)."""
-    parts = [io.read_moments(p) for p in shards]
+    parts = [storage.read_moments(p) for p in shards]
     pooled = {}
     for layer, first in parts[0].items():
         for part in parts[1:]:
             first = first.merge(part[layer])
         pooled[layer] = first.finalize(layer)
-    attrs = {k: v for k, v in io.read_attrs(shards[0]).items() if not _is_shard_attr(k)}
-    attrs["n_samples"] = sum(int(io.read_attrs(p)["n_samples"]) for p in shards)
+    attrs = {k: v for k, v in storage.read_attrs(shards[0]).items() if not _is_shard_attr(k)}
+    attrs["n_samples"] = sum(int(storage.read_attrs(p)["n_samples"]) for p in shards)
     log.info("%d shards, %d samples", len(shards), attrs["n_samples"])
-    io.write_stats(stats, pooled, attrs)
+    storage.write_stats(stats, pooled, attrs)
 
 
 def _is_shard_attr(key: str) -> bool:

@@ -2,9 +2,9 @@
 
 import logging
 
-from interaction_basis import io, kinds
+from interaction_basis import kinds, storage
 from interaction_basis.config import ModelConfig
-from interaction_basis.ground_truth import score_method
+from interaction_basis.evaluate.ground_truth import score_method
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +21,19 @@ def score_ground_truth(
     """Block purity, cross-block edges and module ARI of every method against the planted
     blocks."""
     kind = kinds.get(model.kind)
-    arrays = io.read_weights(weights)
+    arrays = storage.read_weights(weights)
     kind.validate_weights(model, arrays, weights)
     scores = {}
     for method, basis_path, edges_path, modules_path in zip(
         methods, basis, edges, modules, strict=True
     ):
-        bases = io.read_bases(basis_path)
+        bases = storage.read_bases(basis_path)
         planted = kind.planted_blocks(model, arrays, list(bases))
         if planted is None:
             raise ValueError(f"model.kind {model.kind!r} has no planted modules to score against.")
         scores[method] = score_method(
-            bases, io.read_edges(edges_path), io.read_json(modules_path), *planted
+            bases, storage.read_edges(edges_path), storage.read_json(modules_path), *planted
         )
         s = scores[method]
         log.info("%s: min purity %s, ARI %s", method, s["min_purity"], s["ari"])
-    io.write_json(json, scores)
+    storage.write_json(json, scores)

@@ -3,8 +3,8 @@ residual-stream feature, for the GPT-2 toy language models trained here."""
 
 import torch
 
-from interaction_basis import io
-from interaction_basis.head_attribution import attribute_features, render_markdown
+from interaction_basis import storage
+from interaction_basis.interpret.heads import attribute_features, render_markdown
 
 
 def attribute_heads(
@@ -15,8 +15,8 @@ def attribute_heads(
 
     network = load_hf_model(model, dtype=torch.float64)
     network.set_attn_implementation("eager")  # the fused kernels return no attention patterns
-    held_out = torch.from_numpy(io.read_token_chunks(tokens)["eval"][:])[:, :-1]
-    bases = {m: io.read_bases(p) for m, p in zip(methods, basis, strict=True)}
+    held_out = torch.from_numpy(storage.read_token_chunks(tokens)["eval"][:])[:, :-1]
+    bases = {m: storage.read_bases(p) for m, p in zip(methods, basis, strict=True)}
     result = attribute_features(network, held_out, bases)
-    io.write_json(json, result)
-    io.write_text(md, render_markdown(result))
+    storage.write_json(json, result)
+    storage.write_text(md, render_markdown(result))

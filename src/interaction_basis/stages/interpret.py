@@ -7,9 +7,9 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-from interaction_basis import io, kinds
+from interaction_basis import kinds, storage
 from interaction_basis.config import ExtractConfig, InterpretConfig, ModelConfig
-from interaction_basis.features import compute_activation_evidence, compute_direct_effects
+from interaction_basis.interpret.features import compute_activation_evidence, compute_direct_effects
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def interpret_features(
 ) -> None:
     """Per-feature evidence of one basis on the held-out split (see ``features``)."""
     kind = kinds.get(model.kind)
-    bases = io.read_bases(basis)
+    bases = storage.read_bases(basis)
     layers = list(bases)
     empty = [layer for layer, b in bases.items() if b.C.shape[1] == 0]
     if empty:
@@ -71,10 +71,10 @@ def interpret_features(
         model_kind=model.kind,
         split=split,
         n_samples=len(inputs),
-        basis_config_sha256=io.read_attrs(basis)["config_sha256"],
+        basis_config_sha256=storage.read_attrs(basis)["config_sha256"],
         direct_effect_layers=direct_layers,
     )
-    io.write_features(features, evidence, attrs)
+    storage.write_features(features, evidence, attrs)
 
 
 def _add_direct_effects(model, bases, evidence, n_direct: int) -> list[str]:

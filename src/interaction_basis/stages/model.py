@@ -3,15 +3,15 @@
 import logging
 import os
 
-from interaction_basis import io, kinds
+from interaction_basis import kinds, storage
 from interaction_basis.config import ModelConfig
-from interaction_basis.training_plot import plot_training_curve
+from interaction_basis.report.training_curve import plot_training_curve
 
 log = logging.getLogger(__name__)
 
 
 def _curve(history: list, path: str) -> None:
-    with io.atomic_figure_path(path) as tmp:
+    with storage.atomic_figure_path(path) as tmp:
         plot_training_curve(history, tmp)
 
 
@@ -23,13 +23,13 @@ def train_model(
     data = kind.load_data(model)
     result = kind.train(model, data, threads)
     log.info("trained: train acc %.6f, test acc %.6f", result.train_accuracy, result.test_accuracy)
-    io.write_weights(weights, result.weights)
+    storage.write_weights(weights, result.weights)
     record = {
         "source": "trained",
         **kind.accuracies(model, result.weights, data),
         "history": result.history,
     }
-    io.write_json(metrics, record)
+    storage.write_json(metrics, record)
     _curve(result.history, curve)
 
 
@@ -38,15 +38,15 @@ def import_model(
 ) -> None:
     """Validate existing weights, copy them into results and record their accuracy."""
     kind = kinds.get(model.kind)
-    arrays = io.read_weights(weights_in)
+    arrays = storage.read_weights(weights_in)
     kind.validate_weights(model, arrays, weights_in)
-    arrays = {k: v for k, v in arrays.items() if not k.endswith(io.NON_PARAMETER_BUFFERS)}
-    io.write_weights(weights, arrays)
+    arrays = {k: v for k, v in arrays.items() if not k.endswith(storage.NON_PARAMETER_BUFFERS)}
+    storage.write_weights(weights, arrays)
     record = {
         "source": os.path.abspath(weights_in),
         **kind.accuracies(model, arrays, kind.load_data(model)),
         "history": [],
     }
     log.info("imported %s: %s", weights_in, record)
-    io.write_json(metrics, record)
+    storage.write_json(metrics, record)
     _curve([], curve)

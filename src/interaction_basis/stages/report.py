@@ -3,8 +3,8 @@ figures."""
 
 from collections.abc import Callable
 
-from interaction_basis import io
-from interaction_basis.plotting import (
+from interaction_basis import storage
+from interaction_basis.report.figures import (
     plot_edge_ablation,
     plot_edge_distributions,
     plot_interaction_graphs,
@@ -28,10 +28,10 @@ def make_report_figures(
     modules_png: str,
 ) -> None:
     """evaluation.json (every number in the report's plots) and the evaluation figures."""
-    node_abl = {m: io.read_json(p) for m, p in zip(methods, nodes, strict=True)}
-    edge_abl = {m: io.read_json(p) for m, p in zip(methods, edge_ablation, strict=True)}
-    partitions = {m: io.read_json(p) for m, p in zip(methods, modules, strict=True)}
-    weights = {m: io.read_edges(p) for m, p in zip(methods, edges, strict=True)}
+    node_abl = {m: storage.read_json(p) for m, p in zip(methods, nodes, strict=True)}
+    edge_abl = {m: storage.read_json(p) for m, p in zip(methods, edge_ablation, strict=True)}
+    partitions = {m: storage.read_json(p) for m, p in zip(methods, modules, strict=True)}
+    weights = {m: storage.read_edges(p) for m, p in zip(methods, edges, strict=True)}
     gamma = max(partitions[methods[0]]["resolutions"], key=float)
     graph_modules = {
         m: {
@@ -41,7 +41,7 @@ def make_report_figures(
         }
         for m in methods
     }
-    io.write_json(
+    storage.write_json(
         json,
         {
             "experiment": experiment,
@@ -57,5 +57,5 @@ def make_report_figures(
         (modules_png, plot_interaction_graphs, (weights, graph_modules, MODULES_TITLE)),
     ]
     for path, plot, args in figures:
-        with io.atomic_figure_path(path) as tmp:
+        with storage.atomic_figure_path(path) as tmp:
             plot(*args, tmp)

@@ -2,8 +2,9 @@
 
 import logging
 
-from interaction_basis import io, text_data
+from interaction_basis import storage
 from interaction_basis.config import ModelConfig
+from interaction_basis.data import text
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
@@ -13,21 +14,19 @@ def tokenize_dataset(model: ModelConfig, model_dir: str, dataset: str, out: str)
     """Chunks of n_ctx + 1 tokens for fitting, maybe more for the statistics, and (from the
     last documents) for evaluation."""
     t = model.text
-    tokenizer = text_data.load_tokenizer(model_dir)
+    tokenizer = text.load_tokenizer(model_dir)
     kw: dict = dict(split=t.split, text_column=t.text_column, txt_separator=t.txt_separator)
-    texts = text_data.load_texts(dataset, max_documents=t.max_documents, **kw)
-    stream = text_data.tokenize_texts(texts, tokenizer)
-    chunks = {"fit": text_data.pack_token_chunks(stream, t.n_ctx, t.n_samples, seed=t.seed)}
+    texts = text.load_texts(dataset, max_documents=t.max_documents, **kw)
+    stream = text.tokenize_texts(texts, tokenizer)
+    chunks = {"fit": text.pack_token_chunks(stream, t.n_ctx, t.n_samples, seed=t.seed)}
     if t.n_stats_samples is not None:
-        chunks["stats"] = text_data.pack_token_chunks(
-            stream, t.n_ctx, t.n_stats_samples, seed=t.seed
-        )
-    held_out = text_data.load_held_out_texts(
+        chunks["stats"] = text.pack_token_chunks(stream, t.n_ctx, t.n_stats_samples, seed=t.seed)
+    held_out = text.load_held_out_texts(
         dataset, n_documents=t.n_eval_documents, n_fit_documents=t.max_documents, **kw
     )
-    chunks["eval"] = text_data.tokenize_to_chunks(
+    chunks["eval"] = text.tokenize_to_chunks(
         held_out, tokenizer, t.n_ctx, t.n_eval_samples, seed=t.seed
     )
     log.info("token chunks: %s", {name: c.shape for name, c in chunks.items()})
     attrs = provenance(text=t.model_dump(), hub=model.hub.model_dump())
-    io.write_token_chunks(out, chunks, attrs)
+    storage.write_token_chunks(out, chunks, attrs)

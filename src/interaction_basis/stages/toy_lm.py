@@ -3,9 +3,9 @@
 
 import logging
 
-from interaction_basis import io
+from interaction_basis import storage
 from interaction_basis.config import ToyLMConfig
-from interaction_basis.train_lm import train_toy_lm as train
+from interaction_basis.training.toy_lm import train_toy_lm as train
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,6 @@ def train_toy_lm(settings: ToyLMConfig, model: str, corpus: str, metrics: str) -
         m["steps"],
         m["train_seconds"],
     )
-    io.write_pretrained(model, toy.model, toy.tokenizer)
-    io.write_text(corpus, toy.text)
-    io.write_json(metrics, m)
+    storage.write_pretrained(model, toy.model, toy.tokenizer)
+    storage.write_text(corpus, toy.text)
+    storage.write_json(metrics, m)

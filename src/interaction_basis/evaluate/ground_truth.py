@@ -18,8 +18,8 @@ from jaxtyping import Float, Int
 from sklearn.metrics import adjusted_rand_score
 from torch import Tensor
 
-from interaction_basis.build import has_constant
-from interaction_basis.records import Basis
+from interaction_basis.lib.fit import has_constant
+from interaction_basis.lib.records import Basis
 
 #: Importance, relative to the layer's largest non-constant one, above which a feature enters
 #: the ARI (the "important features" threshold of summary.json).

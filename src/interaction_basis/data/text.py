@@ -30,8 +30,8 @@ corpus (only with the documents actually used):
   path order.
 - ``.parquet`` / ``.jsonl`` (``.jsonl.gz``): one document per row, from ``text_column``.
 - ``.json`` files and every other folder (e.g. a hub snapshot written by
-  :func:`interaction_basis.hub.download_dataset`, whose README ``configs:`` map files to splits)
-  go through ``datasets.load_dataset(..., split=split, streaming=True)``.
+  :func:`interaction_basis.data.hub.download_dataset`, whose README ``configs:`` map files to
+  splits) go through ``datasets.load_dataset(..., split=split, streaming=True)``.
 - A hub dataset id is looked up in the local hub cache only (never the network).
 """
 
@@ -233,7 +233,7 @@ def _cached_dataset_snapshot(name: str, revision: str | None) -> str:
             f"Hub dataset {name!r} at revision {revision or 'main'!r} is not in the local hub "
             f"cache ({type(err).__name__}). Texts are read offline: download it first with "
             f"`snakemake --cores 1 {DOWNLOAD_TARGET}` on a node with internet (or "
-            "interaction_basis.hub.download_dataset), then pass the folder it writes."
+            "interaction_basis.data.hub.download_dataset), then pass the folder it writes."
         ) from err
 
 

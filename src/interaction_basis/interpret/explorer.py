@@ -11,7 +11,7 @@ data sources and show a card. Model names in the page (``nodes``, ``edges``, ``c
 
 import base64
 import html
-import io as _bytes
+import io
 import re
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -20,8 +20,8 @@ import numpy as np
 import xarray as xr
 from torch import Tensor
 
-from interaction_basis.graph_layout import NO_MODULE, layout_layer, module_order
-from interaction_basis.records import Basis
+from interaction_basis.graph.layout import NO_MODULE, layout_layer, module_order
+from interaction_basis.lib.records import Basis
 
 PALETTE = (
     "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #bcbd22 #17becf #aec7e8 #ffbb78 "
@@ -684,6 +684,6 @@ def thumbnail_uri(image: np.ndarray) -> str:
     img = np.asarray(image, dtype=np.float64)
     img = (img - img.min()) / max(img.max() - img.min(), 1e-12)
     img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
-    buf = _bytes.BytesIO()
+    buf = io.BytesIO()
     matplotlib.image.imsave(buf, img, cmap="gray", format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

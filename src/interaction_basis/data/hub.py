@@ -43,7 +43,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from interaction_basis.io import atomic_path
+from interaction_basis.storage import atomic_path
 
 log = logging.getLogger(__name__)
 

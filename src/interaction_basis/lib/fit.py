@@ -12,23 +12,23 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interaction_basis.basis import (
+from interaction_basis.lib.basis import (
     DeadLayerError,
     Truncation,
     compute_lib_basis,
     compute_neuron_basis,
     compute_pca_basis,
 )
-from interaction_basis.jacobians import (
+from interaction_basis.lib.jacobians import (
     Integration,
     Sources,
     compute_edges_sum,
     compute_m_dash_sum,
 )
+from interaction_basis.lib.records import Basis, BatchSource, LayerStats, Partial
+from interaction_basis.lib.statistics import has_constant, isolates_var, progress_bar
+from interaction_basis.lib.summation import CompensatedSum
 from interaction_basis.models.sectioned import SectionedModel
-from interaction_basis.moments import has_constant, isolates_var, progress_bar
-from interaction_basis.records import Basis, BatchSource, LayerStats, Partial
-from interaction_basis.summation import CompensatedSum
 
 Method = Literal["lib", "pca", "neuron"]
 

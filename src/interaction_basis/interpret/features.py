@@ -25,13 +25,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interaction_basis import io
-from interaction_basis.fourier import (
+from interaction_basis import storage
+from interaction_basis.interpret.fourier import (
     compute_dominant_frequencies,
     compute_dominant_terms,
     compute_frequency_power,
 )
-from interaction_basis.records import Basis
+from interaction_basis.lib.records import Basis
 
 # name: (dims, values) or (dims, values, attrs)
 Variables = dict[str, tuple]
@@ -194,7 +194,7 @@ class FeatureAccumulator:
                 out[f"{name}_window_value"] = (
                     dims,
                     ranked.window_values.numpy(),
-                    {io.NAN_IS_DATA_ATTR: "window positions beyond the sequence ends"},
+                    {storage.NAN_IS_DATA_ATTR: "window positions beyond the sequence ends"},
                 )
                 out[f"{name}_window_token"] = (dims, ranked.window_tokens.numpy())
         return out

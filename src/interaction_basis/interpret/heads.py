@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interaction_basis.records import Basis
+from interaction_basis.lib.records import Basis
 
 #: A head is called a previous-token (induction) head only when its score reaches this: the
 #: best-scoring head of a model without the circuit is otherwise named all the same.

@@ -60,7 +60,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interaction_basis.config import ModAddTrainConfig
-from interaction_basis.data import build_modadd_dataset, compute_modadd_split
+from interaction_basis.data.modadd import build_modadd_dataset, compute_modadd_split
 from interaction_basis.models.modadd import ModAddTransformer
 
 

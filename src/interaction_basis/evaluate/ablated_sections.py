@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interaction_basis.models.closed_form import ElementwiseMLP, LastPositionAttention, Linear
+from interaction_basis.lib.closed_form import ElementwiseMLP, LastPositionAttention, Linear
 
 
 class GroupOutput(NamedTuple):

@@ -24,9 +24,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interaction_basis.ablated_sections import make_group_output
+from interaction_basis.evaluate.ablated_sections import make_group_output
+from interaction_basis.lib.records import Basis
 from interaction_basis.models.sectioned import SectionedModel
-from interaction_basis.records import Basis
 
 Metric = Literal["accuracy", "ce_loss"]
 Scaling = Literal["linear", "logarithmic"]

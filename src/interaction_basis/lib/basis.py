@@ -10,8 +10,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interaction_basis.linalg import compute_centering_matrices, compute_sorted_eigh
-from interaction_basis.records import Basis
+from interaction_basis.lib.linalg import compute_centering_matrices, compute_sorted_eigh
+from interaction_basis.lib.records import Basis
 
 CONST_TOLERANCE = 1e-6  # lib_spec A.3: |U[last, k]| and |D_k| above this mark the constant
 

@@ -4,8 +4,8 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from interaction_basis.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
-from interaction_basis.records import Basis
+from interaction_basis.graph.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
+from interaction_basis.lib.records import Basis
 
 COUNT_THRESHOLDS = (1e-8, 1e-4)
 

@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from interaction_basis.graph_layout import layout_layer, module_order  # noqa: E402
-from interaction_basis.records import Basis  # noqa: E402
+from interaction_basis.graph.layout import layout_layer, module_order  # noqa: E402
+from interaction_basis.lib.records import Basis  # noqa: E402
 
 # tab10 is a ListedColormap of RGB tuples (its stubs say only Colormap, colors only ArrayLike).
 COLORS = cast(

@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interaction_basis.config import ToyLMConfig
-from interaction_basis.induction_corpus import InductionCorpus, make_induction_corpus
+from interaction_basis.data.induction_corpus import InductionCorpus, make_induction_corpus
 from interaction_basis.models.toy_gpt2 import build_toy_gpt2
 
 if TYPE_CHECKING:  # transformers is slow to import, and config.py imports this module
@@ -71,7 +71,7 @@ def encode_documents(
     corpus: InductionCorpus, tokenizer: "PreTrainedTokenizerFast"
 ) -> Int[np.ndarray, "document token"]:
     """Each document's token ids, checked to be one token per word (what the masks assume)."""
-    from interaction_basis.text_data import tokenize_texts
+    from interaction_basis.data.text import tokenize_texts
 
     texts = corpus.texts()
     stream = tokenize_texts(texts, tokenizer, append_eos=False)

@@ -1,12 +1,12 @@
 """Sections whose Jacobian contractions have closed forms (lib_spec A.3 step 3, A.6).
 
-The generic path (:mod:`interaction_basis.jacobians`) takes one autograd pass per output
+The generic path (:mod:`interaction_basis.lib.jacobians`) takes one autograd pass per output
 coordinate or input direction. For the blocks of the mod-add transformer (attention, MLP,
 unembedding), the layers of the MLPs and the sections of the language models (per-token
 LayerNorm/unembedding sections, the MLP block, causal self-attention), the Jacobian has a
 structure that makes M′ and the edges much cheaper to contract directly. The classes below
 are ordinary sections (callables on ``(batch, pos, d)`` activations) that also implement
-:class:`~interaction_basis.jacobians.ClosedForm`; ``jacobians`` uses them under
+:class:`~interaction_basis.lib.jacobians.ClosedForm`; ``jacobians`` uses them under
 ``mode="auto"`` for exact sources and the stochastic ones they list in ``takes_sources``,
 while ``mode="forward"``/``"reverse"`` still run autograd, which the tests use as the
 reference.
@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interaction_basis.jacobians import SourceDraws
+from interaction_basis.lib.jacobians import SourceDraws
 
 Points = tuple[Sequence[float], Sequence[float]]
 

@@ -19,7 +19,7 @@ samples along a chunk of directions (lib_spec F.4), ``vmap``-ed twice:
 
 A section that knows its Jacobian's structure can skip all of this: one implementing
 :class:`ClosedForm` (the mod-add, MLP and language-model sections,
-:mod:`interaction_basis.models.closed_form`) contracts M′ and the edges itself under
+:mod:`interaction_basis.lib.closed_form`) contracts M′ and the edges itself under
 ``mode="auto"`` with exact sources, and with the kinds of stochastic sources it lists (given
 the same draws); the explicit modes always use autograd (the tests compare the two).
 

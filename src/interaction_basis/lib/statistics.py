@@ -9,10 +9,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interaction_basis.linalg import centering_shift, compute_shifted_sums, compute_sum
+from interaction_basis.lib.linalg import centering_shift, compute_shifted_sums, compute_sum
+from interaction_basis.lib.records import BatchSource, LayerStats
+from interaction_basis.lib.summation import CompensatedSum
 from interaction_basis.models.sectioned import check_activations
-from interaction_basis.records import BatchSource, LayerStats
-from interaction_basis.summation import CompensatedSum
 
 
 def isolates_var(layer: str) -> bool:
@@ -34,7 +34,7 @@ class MomentSums(NamedTuple):
     ``s`` fixed before the data (the first batch's centring shift), and their count.
 
     Shards of a run share ``s``, so their sums add up exactly (to the last bit, see
-    :mod:`interaction_basis.summation`) and the statistics do not depend on the sharding;
+    :mod:`interaction_basis.lib.summation`) and the statistics do not depend on the sharding;
     ``s`` near the mean keeps the Gram of every batch free of cancellation.
     """
 

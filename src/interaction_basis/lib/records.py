@@ -8,7 +8,7 @@ from typing import NamedTuple
 from jaxtyping import Float
 from torch import Tensor
 
-from interaction_basis.summation import CompensatedSum
+from interaction_basis.lib.summation import CompensatedSum
 
 # Each call: a fresh iterable (io gives a sized one, for an ETA) of one layer's activations.
 BatchSource = Callable[[str], Iterable[Tensor]]

@@ -37,9 +37,9 @@ import xarray as xr
 import zarr
 from torch import Tensor
 
-from interaction_basis.moments import MomentSums
-from interaction_basis.records import Basis, BatchSource, LayerStats, Partial
-from interaction_basis.summation import CompensatedSum
+from interaction_basis.lib.records import Basis, BatchSource, LayerStats, Partial
+from interaction_basis.lib.statistics import MomentSums
+from interaction_basis.lib.summation import CompensatedSum
 
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
 # Snakemake marks directory outputs with a .snakemake_timestamp file inside the store.
@@ -686,8 +686,8 @@ def write_features(
     layers: Mapping[str, Mapping[str, tuple]],
     attrs: dict,
 ) -> None:
-    """Per-feature evidence (``interaction_basis.features``): one group per node layer, its
-    variables given as ``name: (dims, array[, attrs])``; coordinates ``quantile`` where
+    """Per-feature evidence (``interaction_basis.interpret.features``): one group per node layer,
+    its variables given as ``name: (dims, array[, attrs])``; coordinates ``quantile`` where
     present."""
     groups = {}
     for layer, variables in layers.items():

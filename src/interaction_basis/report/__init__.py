@@ -1,0 +1,1 @@
+"""The LIB-vs-PCA summary of an experiment and its figures."""
