@@ -18,16 +18,21 @@ report: f"{workflow.basedir}/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/toy_lm.smk"
+include: "rules/downloads.smk"
 include: "rules/model.smk"
+include: "rules/tokens.smk"
 include: "rules/extract.smk"
 include: "rules/basis.smk"
-include: "rules/interactions.smk"
-include: "rules/shards.smk"
+include: "rules/edges.smk"
 include: "rules/cluster.smk"
 include: "rules/evaluate.smk"
+include: "rules/ground_truth.smk"
+include: "rules/summary.smk"
 include: "rules/report.smk"
 include: "rules/interpret.smk"
-include: "rules/ground_truth.smk"
+include: "rules/explorer.smk"
+include: "rules/heads.smk"
 
 
 rule all:

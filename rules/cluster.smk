@@ -1,4 +1,5 @@
-# Stage 5: Leiden modules of the interaction graph.
+# Stage 5: Leiden modules of the interaction graph, with ε from the edge mass (cluster_graph) or
+# from the edge ablation at each evaluated resolution (cluster_resolutions).
 
 
 rule cluster_graph:
@@ -26,3 +27,29 @@ rule cluster_graph:
         cluster=cluster_params,
     script:
         "../scripts/cluster_graph.py"
+
+
+rule cluster_resolutions:
+    input:
+        weights=model_input,
+        basis="results/{experiment}/{method}/basis.zarr",
+        edges="results/{experiment}/{method}/edges.zarr",
+        ablation="results/{experiment}/{method}/edge_ablation.json",
+        code=stage_code("cluster_resolutions"),
+    output:
+        modules_by_resolution="results/{experiment}/{method}/modules_by_resolution.json",
+    log:
+        "results/logs/cluster_resolutions/{experiment}/{method}.log",
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime(30),
+    params:
+        model=model_params,
+        extract=extract_params,
+        cluster=cluster_sweep_params,
+        evaluate=evaluate_params(ResolutionsConfig),
+    script:
+        "../scripts/cluster_resolutions.py"

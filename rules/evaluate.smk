@@ -1,4 +1,4 @@
-# Stage 7: ablations on held-out data, modules with ε from the edge ablation, report figures.
+# Stage 7: node and edge ablations on held-out data.
 
 
 rule ablate_nodes:
@@ -52,29 +52,3 @@ rule ablate_edges:
         evaluate=evaluate_params(EdgeAblationConfig),
     script:
         "../scripts/ablate_edges.py"
-
-
-rule cluster_resolutions:
-    input:
-        weights=model_input,
-        basis="results/{experiment}/{method}/basis.zarr",
-        edges="results/{experiment}/{method}/edges.zarr",
-        ablation="results/{experiment}/{method}/edge_ablation.json",
-        code=stage_code("cluster_resolutions"),
-    output:
-        modules_by_resolution="results/{experiment}/{method}/modules_by_resolution.json",
-    log:
-        "results/logs/cluster_resolutions/{experiment}/{method}.log",
-    conda:
-        "../envs/interaction_basis.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_mb(2000),
-        runtime=runtime(30),
-    params:
-        model=model_params,
-        extract=extract_params,
-        cluster=cluster_sweep_params,
-        evaluate=evaluate_params(ResolutionsConfig),
-    script:
-        "../scripts/cluster_resolutions.py"

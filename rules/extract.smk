@@ -1,4 +1,5 @@
-# Stage 2: activations at every node layer, with their means and centred Grams.
+# Stage 2: activations at every node layer, with their means and centred Grams; sharded
+# experiments (extract.n_shards > 1) extract per shard and gather by adding the shards' sums.
 
 
 rule extract_activations:
@@ -28,24 +29,48 @@ rule extract_activations:
         "../scripts/extract_activations.py"
 
 
-rule tokenize_dataset:
+rule extract_shard:
     input:
-        model_dir="resources/models/{experiment}",
-        dataset="resources/datasets/{experiment}",
-        code=stage_code("tokenize_dataset"),
+        weights=model_input,
+        tokens=tokens_input,
+        code=stage_code("extract_shard"),
     output:
-        out=directory("results/{experiment}/tokens.zarr"),
+        acts=directory("results/{experiment}/shards/{shard}/activations.zarr"),
     log:
-        "results/logs/tokenize_dataset/{experiment}.log",
+        "results/logs/extract_shard/{experiment}/{shard}.log",
+    benchmark:
+        "results/benchmarks/extract_shard/{experiment}/{shard}.tsv"
     wildcard_constraints:
-        experiment=HUB,
+        experiment=SHARDED,
     conda:
         "../envs/interaction_basis.yaml"
-    threads: 1
+    threads: COMPUTE_THREADS
     resources:
+        gpu=GPUS,
         mem_mb=mem_mb(4000),
         runtime=runtime(60),
     params:
         model=model_params,
+        extract=extract_params,
     script:
-        "../scripts/tokenize_dataset.py"
+        "../scripts/extract_shard.py"
+
+
+checkpoint gather_stats:
+    input:
+        shards=shard_paths("results/{experiment}/shards/{shard}/activations.zarr"),
+        code=stage_code("gather_stats"),
+    output:
+        stats=directory("results/{experiment}/stats.zarr"),
+    log:
+        "results/logs/gather_stats/{experiment}.log",
+    wildcard_constraints:
+        experiment=SHARDED,
+    conda:
+        "../envs/interaction_basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=runtime(15),
+    script:
+        "../scripts/gather_stats.py"

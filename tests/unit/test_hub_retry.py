@@ -82,7 +82,7 @@ def test_download_rules_leave_retrying_to_hub():
     memory asked."""
     from pathlib import Path
 
-    rules = (Path(__file__).resolve().parents[2] / "rules" / "model.smk").read_text()
+    rules = (Path(__file__).resolve().parents[2] / "rules" / "downloads.smk").read_text()
     for rule in ("download_model", "download_dataset"):
         block = rules.split(f"rule {rule}:")[1].split("\nrule ")[0]
         assert "retries: 0" in block and "mem_mb(1000)" in block, block

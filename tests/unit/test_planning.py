@@ -96,6 +96,24 @@ def test_no_stage_script_or_rule_names_a_model_kind():
     assert named == []
 
 
+def test_each_pipeline_step_has_one_name():
+    """``rules/<step>.smk`` holds exactly the rules whose stage functions live in
+    ``stages/<step>.py``, each run by ``scripts/<rule>.py`` calling the function of the rule's
+    name: a reader finds one step under one name in rules/, scripts/ and stages/."""
+    steps = {p.stem for p in (PACKAGE / "stages").glob("*.py")} - {"__init__", "common"}
+    rule_files = {p.stem for p in (REPO / "rules").glob("*.smk")} - {"common"}
+    assert rule_files == steps
+    scripts = set()
+    for step in sorted(steps):
+        text = (REPO / "rules" / f"{step}.smk").read_text()
+        for rule in re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M):
+            script = (REPO / "scripts" / f"{rule}.py").read_text()
+            assert f"from interaction_basis.stages.{step} import {rule}\n" in script, rule
+            assert f'"../scripts/{rule}.py"' in text, rule
+            scripts.add(rule)
+    assert scripts == {p.stem for p in (REPO / "scripts").glob("*.py")}
+
+
 def test_scripts_are_two_lines_of_code():
     for script in (REPO / "scripts").glob("*.py"):
         code = [
