@@ -14,7 +14,6 @@ from interaction_basis.config import (
     ResolutionsConfig,
     WorkflowConfig,
 )
-from interaction_basis.kinds import KINDS
 
 validate(config, schema="../config/schema.yaml")
 CONFIG = WorkflowConfig.model_validate(config)
@@ -66,7 +65,7 @@ def stage_code(rule):
     package = Path(workflow.basedir) / "src" / "interaction_basis"
 
     def inputs(wildcards):
-        kind = KINDS[experiment(wildcards).model.kind] if "experiment" in wildcards.keys() else None
+        kind = experiment(wildcards).model.kind if "experiment" in wildcards.keys() else None
         return [os.path.relpath(f) for f in planning.stage_code(script, kind, package)]
 
     return inputs

@@ -6,7 +6,9 @@ interaction_basis.config``) and a test keeps the two in sync. Building a config 
 
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from interaction_basis.kinds.registry import KINDS
 
 Method = Literal["lib", "pca", "neuron"]
 DType = Literal["float64", "float32"]
@@ -256,11 +258,12 @@ class BlockVectorConfig(BaseModel):
 class ModelConfig(_Frozen):
     """Where the model comes from."""
 
-    kind: Literal["modadd", "mlp", "hf", "modular_mlp"] = Field(
+    kind: str = Field(
         "modadd",
-        description="Architecture: 'modadd' (the paper's 1-layer transformer), 'mlp' (an "
-        "image-classifier MLP), 'hf' (a GPT-2/GPT-Neo/GPT-NeoX causal LM from the hub) or "
-        "'modular_mlp' (the planted-module MLP of lib_spec H, constructed, on block vectors).",
+        description="Architecture: "
+        + ", ".join(f"'{name}' ({k.description})" for name, k in KINDS.items())
+        + ".",
+        json_schema_extra={"enum": list(KINDS)},
     )
     weights: str | None = Field(
         None,
@@ -295,6 +298,13 @@ class ModelConfig(_Frozen):
         description="kind modular_mlp: the reference's block_vector dataset (no labels).",
     )
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; supported: {', '.join(KINDS)}")
+        return kind
+
     @model_validator(mode="after")
     def _modular_mlp_is_constructed(self) -> "ModelConfig":
         if self.kind != "modular_mlp":
@@ -315,7 +325,7 @@ class ModelConfig(_Frozen):
         """The settings of this kind (JSON types): ``kind`` and the sections it reads, or of
         those only ``sections``. Stage params and stored provenance hold only these, so that
         another kind's settings rerun nothing and are not recorded as if they mattered."""
-        used = _KIND_SECTIONS[self.kind]
+        used = KINDS[self.kind].sections
         unknown = set(sections) - set(used)
         if unknown:
             raise ValueError(f"kind {self.kind!r} does not use {sorted(unknown)}")
@@ -325,21 +335,12 @@ class ModelConfig(_Frozen):
     def downloaded(self) -> bool:
         """Whether the model and its data come from the hub (rules download_model,
         download_dataset, tokenize_dataset) instead of results/<experiment>/model/."""
-        return "hub" in _KIND_SECTIONS[self.kind]
+        return "hub" in KINDS[self.kind].sections
 
     @property
     def planted(self) -> bool:
         """Whether the network has planted modules to score against (rule score_ground_truth)."""
-        return self.kind == "modular_mlp"
-
-
-# The sections of `model` each kind reads (`weights`: an existing weights.npz to import).
-_KIND_SECTIONS = {
-    "modadd": ("weights", "train"),
-    "mlp": ("weights", "mlp", "data"),
-    "hf": ("hub", "text"),
-    "modular_mlp": ("modular_mlp", "block_vector"),
-}
+        return KINDS[self.kind].planted
 
 
 class ExtractConfig(_Frozen):

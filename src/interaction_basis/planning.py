@@ -7,9 +7,10 @@ package module it imports, transitively, are the rule's code, so editing any of 
 rule (Snakemake checksums inputs). Imports are read from the source (``ast``), never executed:
 top-level and function-level ``import``/``from`` statements both count, since a module a stage
 imports lazily is still code it runs (those under ``if TYPE_CHECKING:`` never run and do not).
-Model kinds are not imported by the stages (they are looked up by name, see ``kinds``): each
-rule that uses one adds its experiment's kind module and its imports, so that editing one kind
-reruns only that kind's experiments.
+Model kinds are not imported by the stages (they are looked up by name, see ``kinds``): for
+each concern of a kind that a rule's code uses (it imports the accessor ``kinds.<concern>``),
+the rule adds its experiment's ``kinds/<kind>/<concern>.py`` and its imports, so that editing
+one kind reruns only that kind's experiments, and only the stages that use that concern.
 """
 
 import ast
@@ -19,6 +20,8 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+
+from interaction_basis.kinds.registry import CONCERNS
 
 PACKAGE = "interaction_basis"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -124,16 +127,25 @@ def module_closure(modules: Iterable[str], package_dir: Path = PACKAGE_DIR) -> l
 
 
 def stage_code(
-    script: str | os.PathLike, kind_module: str | None, package_dir: Path = PACKAGE_DIR
+    script: str | os.PathLike, kind: str | None, package_dir: Path = PACKAGE_DIR
 ) -> list[Path]:
-    """A rule's code: the package modules its ``script`` imports, transitively, and where those
-    use a model kind (they import ``kinds``), the experiment's ``kind_module`` (``kinds.KINDS``)
-    with its imports (None: a rule of no experiment, which must not use a kind)."""
+    """A rule's code: the package modules its ``script`` imports, transitively, and for every
+    concern of the model kinds that those use (they import the accessor ``kinds.<concern>``),
+    the experiment's ``kinds/<kind>/<concern>.py`` with its imports (``kind`` None: a rule of
+    no experiment, which must not use a kind)."""
     path = Path(script)
-    modules = _imported_modules(path, "__main__")
+    modules = set(_imported_modules(path, "__main__"))
     files = module_closure(modules, package_dir)
-    if module_file(f"{PACKAGE}.kinds", package_dir) in files:
-        if kind_module is None:
+    while True:
+        concerns = [
+            f"{PACKAGE}.kinds.{kind}.{c}"
+            for c in CONCERNS
+            if module_file(f"{PACKAGE}.kinds.{c}", package_dir) in files
+        ]
+        if concerns and kind is None:
             raise ValueError(f"{path} uses a model kind but its rule has no experiment wildcard.")
-        files = sorted({*files, *module_closure([kind_module], package_dir)})
-    return files
+        grown = modules | {m for m in concerns if module_file(m, package_dir).is_file()}
+        if grown == modules:
+            return files
+        modules = grown
+        files = module_closure(modules, package_dir)

@@ -6,7 +6,7 @@ import torch
 
 from interaction_basis.evaluate import ablation
 from interaction_basis.graph.clustering import build_interaction_graph, compute_modules
-from interaction_basis.kinds.modadd import label_modadd_clusters
+from interaction_basis.kinds.modadd.interpretation import label_modadd_clusters
 from interaction_basis.models.modadd import build_modadd_sections
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import ExtractConfig, ModelConfig
+from interaction_basis.kinds import network
 from interaction_basis.lib.fit import batches_from_tensors
 from interaction_basis.lib.statistics import compute_layer_statistics, shard_range
 from interaction_basis.models.sectioned import SectionedModel
@@ -22,7 +23,7 @@ def lm(tmp_path_factory):
     root = tmp_path_factory.mktemp("stats_dataset")
     model_dir = write_tiny_gpt2(root / "model", write_corpus(root / "corpus.txt"))
     rng = np.random.default_rng(0)
-    vocab = kinds.get("hf").load_weights(_cfg(model_dir), str(model_dir)).config.vocab_size
+    vocab = network.get("hf").load_weights(_cfg(model_dir), str(model_dir)).config.vocab_size
     chunks = {
         name: rng.integers(0, vocab, size=(n, N_CTX + 1))
         for name, n in [("fit", N_FIT), ("eval", 2), ("stats", N_STATS)]
@@ -51,7 +52,7 @@ def test_statistics_come_from_the_stats_chunks(lm):
     out = _extract(lm, root / "activations.zarr")
     stored = storage.read_activations(out, "ln2.0")
     assert stored.shape[:2] == (N_FIT, N_CTX)  # the bases and edges still see the fit chunks
-    model = kinds.load_model(_cfg(model_dir), str(model_dir), LAYERS, "float64")
+    model = network.load_model(_cfg(model_dir), str(model_dir), LAYERS, "float64")
     with torch.no_grad():
         inputs = torch.from_numpy(chunks["stats"][:, :-1])
         acts = [model.activations(inputs[i : i + BATCH]) for i in range(0, N_STATS, BATCH)]

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from snakemake.utils import update_config
 
 from interaction_basis.config import WorkflowConfig, workflow_schema
-from interaction_basis.kinds import resolve_device
+from interaction_basis.kinds.network import resolve_device
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"

@@ -7,11 +7,14 @@ from types import SimpleNamespace
 import pytest
 from snakemake.iocontainers import Namedlist
 
-from interaction_basis import kinds, planning
+from interaction_basis import planning
 from interaction_basis.config import ExtractConfig, ModelConfig
+from interaction_basis.kinds import data, ground_truth, interpretation, network, training
+from interaction_basis.kinds.registry import CONCERNS, KINDS
 from interaction_basis.seam import stage_arguments
 
 REPO = Path(__file__).resolve().parents[2]
+KIND_PACKAGES = tuple(f"kinds/{k}/" for k in KINDS)
 PACKAGE = REPO / "src" / "interaction_basis"
 
 
@@ -56,36 +59,69 @@ def test_closure_follows_every_run_time_import(tmp_path):
 
 def _code(rule: str, kind: str) -> set[str]:
     script = REPO / "scripts" / f"{rule}.py"
-    return {
-        str(f.relative_to(PACKAGE)) for f in planning.stage_code(script, kinds.KINDS[kind], PACKAGE)
-    }
+    return {str(f.relative_to(PACKAGE)) for f in planning.stage_code(script, kind, PACKAGE)}
 
 
 def test_a_rule_that_runs_the_model_has_its_kinds_code_only():
     modadd, hf = _code("fit_basis", "modadd"), _code("fit_basis", "hf")
-    assert {"stages/basis.py", "lib/basis.py", "kinds/modadd.py", "models/modadd.py"} <= modadd
-    assert not {"kinds/hf.py", "models/hf.py", "data/text.py", "graph/clustering.py"} & modadd
-    assert {"kinds/hf.py", "models/hf.py", "data/text.py"} <= hf
+    assert {"stages/basis.py", "lib/basis.py", "kinds/modadd/network.py", "models/modadd.py"} <= (
+        modadd
+    )
+    assert not {"kinds/hf/network.py", "models/hf.py", "data/text.py", "graph/clustering.py"} & (
+        modadd
+    )
+    assert {"kinds/hf/network.py", "models/hf.py"} <= hf
     assert "models/modadd.py" not in hf
 
 
 def test_rules_without_a_model_have_no_kind_code():
     for rule in ("summarize_experiment", "make_report_figures", "tokenize_dataset"):
         code = _code(rule, "hf")
-        assert not any(f.startswith("kinds/") or f == "models/hf.py" for f in code), rule
+        assert not any(f.startswith(KIND_PACKAGES) or f == "models/hf.py" for f in code), rule
     assert "report/figures.py" in _code("summarize_experiment", "modadd")
     assert "report/figures.py" not in _code("train_model", "modadd")  # the curve has its own module
 
 
-def test_every_registered_kind_implements_the_protocol():
-    for name in kinds.KINDS:
-        assert isinstance(kinds.get(name), kinds.ModelKind), name
+def test_a_rule_has_only_the_kind_concerns_it_uses():
+    """Interpretation and training code are not code of the bases: editing a kind's Fourier
+    labels, feature evidence, thumbnails or training reruns no basis."""
+    for kind in KINDS:
+        fit = _code("fit_basis", kind)
+        assert f"kinds/{kind}/network.py" in fit
+        assert not {f"kinds/{kind}/{c}.py" for c in ("interpretation", "training", "data")} & fit
+        assert not {"interpret/explorer.py", "interpret/fourier.py", "interpret/features.py"} & fit
+    assert "interpret/fourier.py" in _code("interpret_features", "modadd")
+    assert "kinds/modadd/interpretation.py" in _code("cluster_graph", "modadd")
+    assert "kinds/modadd/training.py" in _code("train_model", "modadd")
+    assert "kinds/mlp/training.py" not in _code("extract_activations", "mlp")
+    assert "kinds/modular_mlp/ground_truth.py" in _code("score_ground_truth", "modular_mlp")
+
+
+def test_every_registered_kind_implements_its_concerns():
+    """Network and data are the kind's own; the other concerns may fall back to defaults."""
+    accessors = dict(
+        network=network,
+        data=data,
+        training=training,
+        interpretation=interpretation,
+        ground_truth=ground_truth,
+    )
+    assert set(accessors) == set(CONCERNS)
+    for name in KINDS:
+        for concern in ("network", "data"):
+            assert (PACKAGE / "kinds" / name / f"{concern}.py").is_file(), (name, concern)
+        for concern, accessor in accessors.items():
+            impl = accessor.get(name)
+            assert all(callable(getattr(impl, m)) for m in accessor.MEMBERS), (name, concern)
     with pytest.raises(ValueError, match="Unknown model kind 'x'"):
-        kinds.get("x")
+        network.get("x")
+    hf = ModelConfig(kind="hf")
+    assert interpretation.get("hf").thumbnails(hf, {1}) == {}  # the default
+    assert training.get("hf").accuracies(hf, None, None) == {}  # the default
 
 
 def test_no_stage_script_or_rule_names_a_model_kind():
-    names = "|".join(kinds.KINDS)
+    names = "|".join(KINDS)
     kind_literal = re.compile(rf"""["']({names})["']""")
     paths = [
         *(PACKAGE / "stages").glob("*.py"),

@@ -18,6 +18,7 @@ for small test archives); unreadable or truncated files raise ``ValueError`` nam
 the fix instead of failing deep inside ``tarfile``, ``gzip`` or ``pickle``.
 """
 
+import base64
 import gzip
 import hashlib
 import io
@@ -548,3 +549,15 @@ def load_hub_image_dataset(
         normalize,
         f"{name}@{revision or 'default'}",
     )
+
+
+def thumbnail_uri(image: np.ndarray) -> str:
+    """A PNG data URI of one image ``(channels, height, width)``, min-max scaled."""
+    import matplotlib.image
+
+    img = np.asarray(image, dtype=np.float64)
+    img = (img - img.min()) / max(img.max() - img.min(), 1e-12)
+    img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, img, cmap="gray", format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -9,9 +9,7 @@ data sources and show a card. Model names in the page (``nodes``, ``edges``, ``c
 ``method``, ``mass``) are its interface for tests.
 """
 
-import base64
 import html
-import io
 import re
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -675,15 +673,3 @@ def _thumbnail_css(thumbnails: Mapping[int, str]) -> str:
     ]
     rules += [f".im{s}{{background-image:url({uri})}}" for s, uri in thumbnails.items()]
     return "\n".join(rules)
-
-
-def thumbnail_uri(image: np.ndarray) -> str:
-    """A PNG data URI of one image ``(channels, height, width)``, min-max scaled."""
-    import matplotlib.image
-
-    img = np.asarray(image, dtype=np.float64)
-    img = (img - img.min()) / max(img.max() - img.min(), 1e-12)
-    img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
-    buf = io.BytesIO()
-    matplotlib.image.imsave(buf, img, cmap="gray", format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -2,7 +2,7 @@
 
 import torch
 
-from interaction_basis.kinds import TaskData
+from interaction_basis.kinds.data import TaskData
 from interaction_basis.models.sectioned import SectionedModel
 
 

@@ -5,8 +5,9 @@ import logging
 
 from torch import Tensor
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import BasisConfig, ExtractConfig, Method, ModelConfig
+from interaction_basis.kinds import network
 from interaction_basis.lib.basis import Truncation
 from interaction_basis.lib.fit import (
     compute_m_dash,
@@ -41,7 +42,7 @@ def fit_basis(
     basis_out: str,
 ) -> None:
     """Bases of every node layer for one method, backwards from the output."""
-    net = kinds.load_model(
+    net = network.load_model(
         model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
     bases, m_dash = fit_bases(
@@ -77,7 +78,7 @@ def shard_m_dash(
     m_dash: str,
 ) -> None:
     """One shard's sum behind a layer's ``M′``, given the next layer's (gathered) basis."""
-    net = kinds.load_model(
+    net = network.load_model(
         model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
     nxt = net.node_layers[net.node_layers.index(layer) + 1]

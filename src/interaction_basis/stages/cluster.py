@@ -5,10 +5,11 @@ model kind can say what a module does."""
 import functools
 import logging
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import ClusterConfig, ExtractConfig, ModelConfig, ResolutionsConfig
 from interaction_basis.graph.clustering import Modules, build_interaction_graph, compute_modules
 from interaction_basis.graph.edge_mass import compute_epsilon_from_mass
+from interaction_basis.kinds import interpretation, network
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,14 @@ def _graph_layers(edges: dict, cluster: ClusterConfig) -> tuple[list[str], list[
 
 def _labeller(model: ModelConfig, dtype: str, weights: str, basis: str, node_layers: list[str]):
     """``modules -> labels per module`` (dicts; empty where the kind cannot label)."""
-    kind = kinds.get(model.kind)
+    kind = interpretation.get(model.kind)
 
     @functools.cache
-    def network():
-        return kinds.load_model(model, weights, node_layers, dtype), storage.read_bases(basis)
+    def loaded():
+        return network.load_model(model, weights, node_layers, dtype), storage.read_bases(basis)
 
     def label(modules: Modules) -> list[dict]:
-        labels = kind.label_modules(model, network, modules)
+        labels = kind.label_modules(model, loaded, modules)
         return labels if labels is not None else [{}] * modules.n_clusters
 
     return label

@@ -1,8 +1,9 @@
 """Stage 4: interaction edges between adjacent node layers, whole or per shard (then gathered
 by adding the shards' sums)."""
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import EdgesConfig, ExtractConfig, ModelConfig
+from interaction_basis.kinds import network
 from interaction_basis.lib.fit import compute_edge_sums
 from interaction_basis.lib.fit import compute_edges as build_edges
 from interaction_basis.lib.jacobians import Integration, Sources
@@ -29,11 +30,11 @@ def shard_edges(
     parts: str,
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
-    network = kinds.load_model(
+    net = network.load_model(
         model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
     sums = compute_edge_sums(
-        network,
+        net,
         storage.open_activation_batches(acts, extract.batch_size),
         storage.read_bases(basis),
         **_edge_settings(edges),
@@ -68,11 +69,11 @@ def compute_edges(
     edges_out: str,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    network = kinds.load_model(
+    net = network.load_model(
         model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
     result = build_edges(
-        network,
+        net,
         storage.open_activation_batches(acts, extract.batch_size),
         storage.read_bases(basis),
         **_edge_settings(edges),

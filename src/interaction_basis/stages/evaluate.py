@@ -4,25 +4,26 @@ import logging
 
 from tqdm.auto import tqdm
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import EdgeAblationConfig, ModelConfig, NodeAblationConfig
 from interaction_basis.evaluate import ablation
 from interaction_basis.graph.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
+from interaction_basis.kinds import data, network
 
 log = logging.getLogger(__name__)
 
 
 def _eval_set(model_cfg: ModelConfig, cfg: NodeAblationConfig | EdgeAblationConfig, tokens):
-    data = kinds.get(model_cfg.kind).load_data(model_cfg, tokens)
-    n = cfg.max_samples or len(data.test_labels)
-    return data.test_inputs[:n], data.test_labels[:n]
+    task = data.get(model_cfg.kind).load_data(model_cfg, tokens)
+    n = cfg.max_samples or len(task.test_labels)
+    return task.test_inputs[:n], task.test_labels[:n]
 
 
 def _model(model_cfg: ModelConfig, weights_path: str, basis_path: str, dtype: str):
     bases = storage.read_bases(basis_path)
     # Scores need the logits: continue past a rotated final node layer (LMs end at unembed).
     layers = list(bases) if "output" in bases else [*bases, "output"]
-    model = kinds.load_model(model_cfg, weights_path, layers, dtype)
+    model = network.load_model(model_cfg, weights_path, layers, dtype)
     return model, bases
 
 

@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import InterpretConfig, ModelConfig
 from interaction_basis.interpret.explorer import (
     MethodData,
@@ -12,6 +12,7 @@ from interaction_basis.interpret.explorer import (
     check_features,
     head_roles_of,
 )
+from interaction_basis.kinds import interpretation
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def build_explorer(
         evaluation=storage.read_json(evaluation) if evaluation else None,
         max_edges=interpret.max_edges,
         page_examples=interpret.page_examples,
-        thumbnails=kinds.get(model.kind).thumbnails(
+        thumbnails=interpretation.get(model.kind).thumbnails(
             model, _shown_samples(data, interpret.page_examples)
         ),
     )

@@ -6,8 +6,9 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import ExtractConfig, ModelConfig
+from interaction_basis.kinds import data, network
 from interaction_basis.lib.statistics import MomentSums, shard_range
 from interaction_basis.stages.common import provenance
 
@@ -26,27 +27,26 @@ def extract_activations(
     statistics' own inputs when the task has them); with ``shard``, only that shard's samples,
     and its raw moment sums in place of the statistics."""
     model_cfg, extract_cfg = model, extract
-    kind = kinds.get(model_cfg.kind)
-    net = kinds.build_model(
+    net = network.build_model(
         model_cfg,
-        kind.load_weights(model_cfg, weights),
+        network.get(model_cfg.kind).load_weights(model_cfg, weights),
         extract_cfg.node_layers,
         extract_cfg.dtype,
         extract_cfg.device,
     )
     log.info("device: %s", net.device)
-    data = kind.load_data(model_cfg, tokens)
+    task = data.get(model_cfg.kind).load_data(model_cfg, tokens)
     size = extract_cfg.batch_size
-    start, stop = _shard_bounds(len(data.fit_inputs), extract_cfg, shard)
+    start, stop = _shard_bounds(len(task.fit_inputs), extract_cfg, shard)
     attrs = provenance(model=model_cfg.settings(), extract=extract_cfg.model_dump())
-    attrs.update(model_kind=model_cfg.kind, dataset=data.description, dtype=extract_cfg.dtype)
+    attrs.update(model_kind=model_cfg.kind, dataset=task.description, dtype=extract_cfg.dtype)
     if shard is not None:
         attrs.update(shard=shard, n_shards=extract_cfg.n_shards, sample_start=start)
         attrs.update(first_batch=start // size)
         log.info("shard %d of %d: samples %d..%d", shard, extract_cfg.n_shards, start, stop - 1)
     attrs.update(n_samples=stop - start)
-    separate = data.stats_inputs is not None
-    stats_inputs = data.stats_inputs if separate else data.fit_inputs
+    separate = task.stats_inputs is not None
+    stats_inputs = task.stats_inputs if separate else task.fit_inputs
     with torch.no_grad():
         # Every shard centres its sums on the first batch of the whole run, so they add up.
         first = net.activations(stats_inputs[:size].to(net.device))
@@ -63,8 +63,8 @@ def extract_activations(
 
     with storage.activation_writer(acts, attrs, chunk_samples=size) as store:
         with torch.no_grad():
-            for b0, batch in _batches(data.fit_inputs, start, stop, size, "extract"):
-                batch_acts = run(data.fit_inputs, b0, batch)
+            for b0, batch in _batches(task.fit_inputs, start, stop, size, "extract"):
+                batch_acts = run(task.fit_inputs, b0, batch)
                 store.append({layer: x.cpu() for layer, x in batch_acts.items()})
                 if not separate:
                     moments = add(batch_acts)

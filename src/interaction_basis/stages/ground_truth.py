@@ -2,9 +2,10 @@
 
 import logging
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import ModelConfig
 from interaction_basis.evaluate.ground_truth import score_method
+from interaction_basis.kinds import ground_truth, network
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +21,14 @@ def score_ground_truth(
 ) -> None:
     """Block purity, cross-block edges and module ARI of every method against the planted
     blocks."""
-    kind = kinds.get(model.kind)
     arrays = storage.read_weights(weights)
-    kind.validate_weights(model, arrays, weights)
+    network.get(model.kind).validate_weights(model, arrays, weights)
     scores = {}
     for method, basis_path, edges_path, modules_path in zip(
         methods, basis, edges, modules, strict=True
     ):
         bases = storage.read_bases(basis_path)
-        planted = kind.planted_blocks(model, arrays, list(bases))
+        planted = ground_truth.get(model.kind).planted_blocks(model, arrays, list(bases))
         if planted is None:
             raise ValueError(f"model.kind {model.kind!r} has no planted modules to score against.")
         scores[method] = score_method(

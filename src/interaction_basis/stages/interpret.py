@@ -1,15 +1,17 @@
 """Stage 8: per-feature evidence of each basis on held-out data (features.zarr). The math is in
 ``features``; what a model kind adds (Fourier spectra, token windows, class names) comes from
-its ``kinds`` module."""
+its ``kinds/<kind>/interpretation.py``."""
 
 import logging
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import ExtractConfig, InterpretConfig, ModelConfig
 from interaction_basis.interpret.features import compute_activation_evidence, compute_direct_effects
+from interaction_basis.kinds import data, interpretation, network
+from interaction_basis.kinds.registry import KINDS
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ def interpret_features(
     tokens: str | None = None,
 ) -> None:
     """Per-feature evidence of one basis on the held-out split (see ``features``)."""
-    kind = kinds.get(model.kind)
+    kind = interpretation.get(model.kind)
     bases = storage.read_bases(basis)
     layers = list(bases)
     empty = [layer for layer, b in bases.items() if b.C.shape[1] == 0]
@@ -36,8 +38,8 @@ def interpret_features(
             "Lower basis.truncation or drop the layer from extract.node_layers."
         )
     with_output = layers if layers[-1] == "output" else [*layers, "output"]
-    net = kinds.load_model(model, weights, with_output, extract.dtype, extract.device)
-    inputs, split, labels = kind.held_out(model, tokens, interpret.max_samples)
+    net = network.load_model(model, weights, with_output, extract.dtype, extract.device)
+    inputs, split, labels = data.get(model.kind).held_out(model, tokens, interpret.max_samples)
     log.info("%s: %d held-out samples (%s)", method, len(inputs), split)
     evidence = compute_activation_evidence(
         net.activations,
@@ -47,7 +49,7 @@ def interpret_features(
         top_k=interpret.top_k,
         n_quantile_rows=interpret.n_quantile_rows,
         quantiles=interpret.quantiles,
-        window=interpret.window if kind.TEXT else None,
+        window=interpret.window if KINDS[model.kind].text else None,
         seed=interpret.seed,
         progress=lambda r: tqdm(r, desc="features", unit="batch"),
     )

@@ -3,8 +3,9 @@
 import logging
 import os
 
-from interaction_basis import kinds, storage
+from interaction_basis import storage
 from interaction_basis.config import ModelConfig
+from interaction_basis.kinds import data, network, training
 from interaction_basis.report.training_curve import plot_training_curve
 
 log = logging.getLogger(__name__)
@@ -19,14 +20,13 @@ def train_model(
     model: ModelConfig, weights: str, metrics: str, curve: str, threads: int = 1
 ) -> None:
     """Train the configured model; save weights, accuracies and the loss curve."""
-    kind = kinds.get(model.kind)
-    data = kind.load_data(model)
-    result = kind.train(model, data, threads)
+    task = data.get(model.kind).load_data(model)
+    result = training.get(model.kind).train(model, task, threads)
     log.info("trained: train acc %.6f, test acc %.6f", result.train_accuracy, result.test_accuracy)
     storage.write_weights(weights, result.weights)
     record = {
         "source": "trained",
-        **kind.accuracies(model, result.weights, data),
+        **training.get(model.kind).accuracies(model, result.weights, task),
         "history": result.history,
     }
     storage.write_json(metrics, record)
@@ -37,14 +37,13 @@ def import_model(
     model: ModelConfig, weights_in: str, weights: str, metrics: str, curve: str
 ) -> None:
     """Validate existing weights, copy them into results and record their accuracy."""
-    kind = kinds.get(model.kind)
     arrays = storage.read_weights(weights_in)
-    kind.validate_weights(model, arrays, weights_in)
+    network.get(model.kind).validate_weights(model, arrays, weights_in)
     arrays = {k: v for k, v in arrays.items() if not k.endswith(storage.NON_PARAMETER_BUFFERS)}
     storage.write_weights(weights, arrays)
     record = {
         "source": os.path.abspath(weights_in),
-        **kind.accuracies(model, arrays, kind.load_data(model)),
+        **training.get(model.kind).accuracies(model, arrays, data.get(model.kind).load_data(model)),
         "history": [],
     }
     log.info("imported %s: %s", weights_in, record)
