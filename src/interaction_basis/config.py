@@ -16,17 +16,17 @@ Activation = Literal["relu", "gelu", "tanh"]
 
 
 class _Frozen(BaseModel):
+    """Every config section: immutable, and an unknown key is an error."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 _Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
-class ModAddTrainConfig(BaseModel):
+class ModAddTrainConfig(_Frozen):
     """How to train the mod-add transformer (defaults: the fast recipe described in
     ``interaction_basis.training.modadd``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     modulus: int = Field(
         113, ge=2, description="p: inputs are (a, b, =) with a, b < p; the vocabulary has p + 1."
@@ -69,10 +69,8 @@ class ModAddTrainConfig(BaseModel):
     )
 
 
-class MLPTrainConfig(BaseModel):
+class MLPTrainConfig(_Frozen):
     """How to train an image-classifier MLP (defaults: the reference CIFAR-10 run)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     hidden_sizes: tuple[int, ...] = Field(
         (100, 100),
@@ -167,10 +165,8 @@ class TextDataConfig(_Frozen):
     seed: int = Field(0, ge=0, description="Seed of the chunk sampling.")
 
 
-class ModularMLPConfig(BaseModel):
+class ModularMLPConfig(_Frozen):
     """The reference's ``modular_mlp_config`` (lib_spec H), plus the hidden variant."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     n_hidden_layers: int = Field(4, ge=1, description="Hidden layers (n_hidden_layers + 1 linear).")
     width: int = Field(4, ge=2, description="Input, every hidden and the output size.")
@@ -216,10 +212,8 @@ class ModularMLPConfig(BaseModel):
         return self.first_block_width or self.width // 2
 
 
-class BlockVectorConfig(BaseModel):
+class BlockVectorConfig(_Frozen):
     """The reference's ``block_vector`` dataset (lib_spec H); there are no labels."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     size: int = Field(1000, ge=1, description="Number of vectors.")
     length: int = Field(4, ge=2, description="Length of each vector (the MLP's width).")
@@ -635,10 +629,8 @@ class ResourcesConfig(_Frozen):
 MAX_PSEUDO_WORDS = 14**2 * 5**2
 
 
-class InductionCorpusConfig(BaseModel):
+class InductionCorpusConfig(_Frozen):
     """The synthetic corpus of a toy language model."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     n_words: int = Field(
         64,
@@ -681,10 +673,8 @@ class InductionCorpusConfig(BaseModel):
         return self
 
 
-class ToyGPT2Config(BaseModel):
+class ToyGPT2Config(_Frozen):
     """The architecture of a toy GPT-2 (dropout off: the analysis runs the model as trained)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     n_layer: int = Field(2, ge=1, description="Transformer blocks.")
     n_head: int = Field(4, ge=1, description="Attention heads per block.")
@@ -693,10 +683,8 @@ class ToyGPT2Config(BaseModel):
     n_ctx: int = Field(32, ge=2, description="Positions (the longest input, in tokens).")
 
 
-class ToyLMTrainConfig(BaseModel):
+class ToyLMTrainConfig(_Frozen):
     """How to train the toy language model."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (after a linear warm-up).")
     warmup_steps: int = Field(100, ge=0, description="Steps of linear learning-rate warm-up.")
@@ -721,10 +709,8 @@ class ToyLMTrainConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seeds the initialisation and the window sampling.")
 
 
-class ToyLMConfig(BaseModel):
+class ToyLMConfig(_Frozen):
     """A toy language model trained by the workflow (rule train_toy_lm)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9_-]+$",

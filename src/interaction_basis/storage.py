@@ -319,15 +319,6 @@ def _open_tree(path: str | os.PathLike) -> xr.DataTree:
     return xr.open_datatree(path, engine="zarr", consolidated=False)
 
 
-def is_complete_store(path: str | os.PathLike) -> bool:
-    """Whether a store's root metadata holds its integrity record (written last)."""
-    try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return INTEGRITY_ATTR in meta.get("attributes", {})
-
-
 class ActivationWriter:
     """Streams activation batches into a Zarr store, one group per node layer.
 

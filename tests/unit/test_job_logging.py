@@ -5,9 +5,9 @@ import logging
 import sys
 
 import pytest
-import tqdm.std
-from tqdm.auto import tqdm as auto_tqdm
+from tqdm.auto import tqdm as library_tqdm
 
+from interaction_basis import progress
 from interaction_basis.stages import common as stages
 
 
@@ -16,7 +16,7 @@ def rule_log(tmp_path):
     path = tmp_path / "rule.log"
     handler = logging.FileHandler(path)
     root = logging.getLogger()
-    old_level, old_hook, old_init = root.level, sys.excepthook, tqdm.std.tqdm.__init__
+    old_level, old_hook = root.level, sys.excepthook
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
@@ -25,17 +25,21 @@ def rule_log(tmp_path):
         root.removeHandler(handler)
         root.setLevel(old_level)
         handler.close()
-        sys.excepthook, tqdm.std.tqdm.__init__ = old_hook, old_init
+        sys.excepthook = old_hook
+        progress._overrides.clear()
 
 
 def test_progress_bars_write_lines_with_rate_into_the_log(rule_log):
     stages.set_threads(1)
     stages.set_threads(1)  # a second call must not stack the redirection
-    for _ in auto_tqdm(range(5), desc="edge ablation", unit="pair"):
+    for _ in progress.progress(range(5), "edge ablation", unit="pair", leave=False):
         pass
+    for _ in library_tqdm(range(3), desc="a library's bar"):
+        pass  # not the package's: left as it is
     lines = [line for line in rule_log.read_text().splitlines() if "edge ablation" in line]
     assert lines and "5/5" in lines[-1] and "pair/s" in lines[-1], lines
     assert not any("\r" in line for line in lines)
+    assert "a library's bar" not in rule_log.read_text()
 
 
 def test_uncaught_error_message_once_on_stderr_traceback_in_log(rule_log, capsys):

@@ -203,7 +203,7 @@ def test_other_kinds_settings_rerun_nothing(tiny_run, tmp_path, model):
 
 
 def test_stored_provenance_holds_only_the_kinds_settings(tiny_run):
-    for store in ("activations.zarr", "lib/basis.zarr"):
+    for store in ("activations.zarr", "lib/basis.zarr", "lib/features.zarr"):
         attrs = json.loads((tiny_run.results() / store / "zarr.json").read_text())["attributes"]
         model = json.loads(attrs["config"])["model"]
         assert set(model) == {"kind", "weights", "train"}, (store, model)

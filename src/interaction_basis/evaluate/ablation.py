@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interaction_basis.evaluate.ablated_sections import make_group_output
 from interaction_basis.lib.records import Basis
 from interaction_basis.models.sectioned import SectionedModel
+from interaction_basis.progress import progress
 
 Metric = Literal["accuracy", "ce_loss"]
 Scaling = Literal["linear", "logarithmic"]
@@ -780,7 +780,7 @@ def compute_all_edges_required(
         )
     return {
         (a, b): compute_edges_required(model, a, bases[a], bases[b], e, inputs, labels, **kwargs)
-        for (a, b), e in tqdm(edges.items(), desc="edge ablation", unit="pair")
+        for (a, b), e in progress(edges.items(), "edge ablation", unit="pair")
     }
 
 

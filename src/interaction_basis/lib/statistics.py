@@ -7,8 +7,8 @@ from typing import NamedTuple
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from interaction_basis import progress as bars
 from interaction_basis.lib.linalg import centering_shift, compute_shifted_sums, compute_sum
 from interaction_basis.lib.records import BatchSource, LayerStats
 from interaction_basis.lib.summation import CompensatedSum
@@ -26,7 +26,7 @@ def has_constant(layer: str) -> bool:
 
 
 def progress_bar(it: Iterable[Tensor], desc: str, enable: bool):
-    return tqdm(it, desc=desc, unit="batch", disable=not enable, leave=False)
+    return bars.progress(it, desc, disable=not enable, leave=False)
 
 
 class MomentSums(NamedTuple):

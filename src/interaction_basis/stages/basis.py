@@ -62,9 +62,7 @@ def fit_basis(
 
 
 def _basis_attrs(model: ModelConfig, extract: ExtractConfig, basis: BasisConfig) -> dict:
-    return provenance(
-        model=model.settings(), extract=extract.model_dump(), basis=basis.model_dump()
-    )
+    return provenance(model=model, extract=extract, basis=basis)
 
 
 def shard_m_dash(

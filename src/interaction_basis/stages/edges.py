@@ -20,6 +20,15 @@ def _edge_settings(edges_cfg: EdgesConfig) -> dict:
     )
 
 
+def _edge_inputs(model: ModelConfig, extract: ExtractConfig, weights: str, acts: str, basis: str):
+    """The network cut at the stored node layers, the activation batches and the bases."""
+    net = network.load_model(
+        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
+    )
+    batches = storage.open_activation_batches(acts, extract.batch_size)
+    return net, batches, storage.read_bases(basis)
+
+
 def shard_edges(
     model: ModelConfig,
     extract: ExtractConfig,
@@ -30,13 +39,8 @@ def shard_edges(
     parts: str,
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
-    net = network.load_model(
-        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
-    )
     sums = compute_edge_sums(
-        net,
-        storage.open_activation_batches(acts, extract.batch_size),
-        storage.read_bases(basis),
+        *_edge_inputs(model, extract, weights, acts, basis),
         **_edge_settings(edges),
         first_batch=int(storage.read_attrs(acts)["first_batch"]),
         progress=True,
@@ -44,7 +48,7 @@ def shard_edges(
     storage.write_partial_sums(
         parts,
         {storage.edge_group_name(a, b): part for (a, b), part in sums.items()},
-        provenance(edges=edges.model_dump()),
+        provenance(edges=edges),
     )
 
 
@@ -56,7 +60,7 @@ def gather_edges(edges: EdgesConfig, basis: str, parts: list[str], edges_out: st
         (a, b): add_partials(part[storage.edge_group_name(a, b)] for part in sums).mean()
         for a, b in zip(layers, layers[1:])
     }
-    storage.write_edges(edges_out, pooled, provenance(edges=edges.model_dump()))
+    storage.write_edges(edges_out, pooled, provenance(edges=edges))
 
 
 def compute_edges(
@@ -69,14 +73,7 @@ def compute_edges(
     edges_out: str,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    net = network.load_model(
-        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
-    )
     result = build_edges(
-        net,
-        storage.open_activation_batches(acts, extract.batch_size),
-        storage.read_bases(basis),
-        **_edge_settings(edges),
-        progress=True,
+        *_edge_inputs(model, extract, weights, acts, basis), **_edge_settings(edges), progress=True
     )
-    storage.write_edges(edges_out, result, provenance(edges=edges.model_dump()))
+    storage.write_edges(edges_out, result, provenance(edges=edges))

@@ -2,13 +2,12 @@
 
 import logging
 
-from tqdm.auto import tqdm
-
 from interaction_basis import storage
 from interaction_basis.config import EdgeAblationConfig, ModelConfig, NodeAblationConfig
 from interaction_basis.evaluate import ablation
 from interaction_basis.graph.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
 from interaction_basis.kinds import data, network
+from interaction_basis.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +18,23 @@ def _eval_set(model_cfg: ModelConfig, cfg: NodeAblationConfig | EdgeAblationConf
     return task.test_inputs[:n], task.test_labels[:n]
 
 
-def _model(model_cfg: ModelConfig, weights_path: str, basis_path: str, dtype: str):
+def _setup(
+    model_cfg: ModelConfig,
+    cfg: NodeAblationConfig | EdgeAblationConfig,
+    weights_path: str,
+    basis_path: str,
+    tokens: str | None,
+):
+    """The network, its bases, the evaluation inputs and labels, and the unablated score."""
     bases = storage.read_bases(basis_path)
     # Scores need the logits: continue past a rotated final node layer (LMs end at unembed).
     layers = list(bases) if "output" in bases else [*bases, "output"]
-    model = network.load_model(model_cfg, weights_path, layers, dtype)
-    return model, bases
+    net = network.load_model(model_cfg, weights_path, layers, cfg.dtype)
+    inputs, labels = _eval_set(model_cfg, cfg, tokens)
+    base = ablation.compute_unablated_score(
+        net, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
+    )
+    return net, bases, inputs, labels, base
 
 
 def ablate_nodes(
@@ -37,13 +47,9 @@ def ablate_nodes(
 ) -> None:
     """Score with the k most important features kept, per node layer (lib_spec E)."""
     cfg = evaluate
-    net, bases = _model(model, weights, basis, cfg.dtype)
-    inputs, labels = _eval_set(model, cfg, tokens)
-    base = ablation.compute_unablated_score(
-        net, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
-    )
+    net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens)
     layers = {}
-    for layer in tqdm(net.node_layers[:-1], desc="node ablation", unit="layer"):
+    for layer in progress(net.node_layers[:-1], "node ablation", unit="layer"):
         n = bases[layer].C.shape[0]
         if cfg.node_schedule == "exponential":
             counts = ablation.compute_exponential_schedule(
@@ -87,12 +93,8 @@ def ablate_edges(
 ) -> None:
     """Fewest edges per layer pair that keep the score within ``edge_delta`` (lib_spec E)."""
     cfg = evaluate
-    net, bases = _model(model, weights, basis, cfg.dtype)
+    net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens)
     pair_edges = storage.read_edges(edges)
-    inputs, labels = _eval_set(model, cfg, tokens)
-    base = ablation.compute_unablated_score(
-        net, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
-    )
     results = ablation.compute_all_edges_required(
         net,
         bases,

@@ -4,12 +4,12 @@ shard (then gathered by adding the shards' moment sums)."""
 import logging
 
 import torch
-from tqdm.auto import tqdm
 
 from interaction_basis import storage
 from interaction_basis.config import ExtractConfig, ModelConfig
 from interaction_basis.kinds import data, network
 from interaction_basis.lib.statistics import MomentSums, shard_range
+from interaction_basis.progress import progress
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def extract_activations(
     task = data.get(model_cfg.kind).load_data(model_cfg, tokens)
     size = extract_cfg.batch_size
     start, stop = _shard_bounds(len(task.fit_inputs), extract_cfg, shard)
-    attrs = provenance(model=model_cfg.settings(), extract=extract_cfg.model_dump())
+    attrs = provenance(model=model_cfg, extract=extract_cfg)
     attrs.update(model_kind=model_cfg.kind, dataset=task.description, dtype=extract_cfg.dtype)
     if shard is not None:
         attrs.update(shard=shard, n_shards=extract_cfg.n_shards, sample_start=start)
@@ -89,7 +89,7 @@ def _shard_bounds(n: int, extract_cfg: ExtractConfig, shard: int | None) -> tupl
 def _batches(inputs, start: int, stop: int, size: int, desc: str):
     """``(b0, inputs[b0:b0 + size])`` over ``[start, stop)``, read one at a time, with a
     progress bar."""
-    for b0 in tqdm(range(start, stop, size), desc=desc, unit="batch"):
+    for b0 in progress(range(start, stop, size), desc):
         yield b0, inputs[b0 : min(b0 + size, stop)]
 
 

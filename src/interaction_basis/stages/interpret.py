@@ -5,13 +5,13 @@ its ``kinds/<kind>/interpretation.py``."""
 import logging
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from interaction_basis import storage
 from interaction_basis.config import ExtractConfig, InterpretConfig, ModelConfig
 from interaction_basis.interpret.features import compute_activation_evidence, compute_direct_effects
 from interaction_basis.kinds import data, interpretation, network
 from interaction_basis.kinds.registry import KINDS
+from interaction_basis.progress import progress
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def interpret_features(
         quantiles=interpret.quantiles,
         window=interpret.window if KINDS[model.kind].text else None,
         seed=interpret.seed,
-        progress=lambda r: tqdm(r, desc="features", unit="batch"),
+        progress=lambda r: progress(r, "features"),
     )
     direct_layers = _add_direct_effects(net, bases, evidence, interpret.n_direct)
     kind.add_feature_evidence(model, net, bases, evidence, inputs)
@@ -64,9 +64,9 @@ def interpret_features(
         v["is_constant"] = (("feature",), constant)
         _add_labels(v, labels, tokenizer)
     attrs = provenance(
-        model=model.model_dump(),
-        extract=extract.model_dump(),
-        interpret=interpret.model_dump(),
+        model=model,
+        extract=extract,
+        interpret=interpret,
     )
     attrs.update(
         method=method,

@@ -28,5 +28,5 @@ def tokenize_dataset(model: ModelConfig, model_dir: str, dataset: str, out: str)
         held_out, tokenizer, t.n_ctx, t.n_eval_samples, seed=t.seed
     )
     log.info("token chunks: %s", {name: c.shape for name, c in chunks.items()})
-    attrs = provenance(text=t.model_dump(), hub=model.hub.model_dump())
+    attrs = provenance(model=model.settings("hub", "text"))
     storage.write_token_chunks(out, chunks, attrs)

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interaction_basis.config import MLPTrainConfig
 from interaction_basis.models.mlp import MLP
+from interaction_basis.progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def _train_mlp(
     step_loss = np.zeros(cfg.epochs * steps_per_epoch, dtype=np.float64)
     history: list[dict[str, int | float]] = []
     step = 0
-    bar = tqdm(range(cfg.epochs), desc="train MLP", unit="epoch", disable=not progress)
+    bar = progress_bar(range(cfg.epochs), "train MLP", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=gen)

@@ -57,11 +57,11 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interaction_basis.config import ModAddTrainConfig
 from interaction_basis.data.modadd import build_modadd_dataset, compute_modadd_split
 from interaction_basis.models.modadd import ModAddTransformer
+from interaction_basis.progress import progress as progress_bar
 
 
 class TrainResult(NamedTuple):
@@ -206,7 +206,9 @@ def _train_modadd(cfg: ModAddTrainConfig, progress: bool) -> TrainResult:
         return row
 
     evaluate(0)
-    bar = tqdm(range(1, cfg.n_epochs + 1), desc="train mod-add", unit="epoch", disable=not progress)
+    bar = progress_bar(
+        range(1, cfg.n_epochs + 1), "train mod-add", unit="epoch", disable=not progress
+    )
     for epoch in bar:
         loss = F.cross_entropy(_last_position_logits(model, x_train), y_train)
         optimizer.zero_grad(set_to_none=True)

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interaction_basis.config import ToyLMConfig
 from interaction_basis.data.induction_corpus import InductionCorpus, make_induction_corpus
 from interaction_basis.models.toy_gpt2 import build_toy_gpt2
+from interaction_basis.progress import progress
 
 if TYPE_CHECKING:  # transformers is slow to import, and config.py imports this module
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -173,7 +173,7 @@ def train_toy_lm(cfg: ToyLMConfig) -> ToyLM:
     history: list[dict] = []
     losses: list[float] = []
     scores = {"repeat_accuracy": math.nan}
-    bar = tqdm(range(1, t.max_steps + 1), desc="train toy LM", mininterval=5)
+    bar = progress(range(1, t.max_steps + 1), "train toy LM", unit="step", mininterval=5)
     for step in bar:
         model.train()
         window = draw_windows(t.batch_size, gen)
