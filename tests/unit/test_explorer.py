@@ -13,8 +13,8 @@ from interaction_basis import storage
 from interaction_basis.interpret.explorer import (
     EXTERNAL,
     MethodData,
+    _asset,
     _window,
-    _window_css,
     build_page,
     check_features,
     edge_mass_prefix,
@@ -170,7 +170,7 @@ def test_example_windows_shade_each_token_by_a_class_the_card_styles():
     g["top_window_value"][0, 0, 2] = 1.0
     centred = _window(g, "top", 0, 0)
     assert "<span class=wp2c title=1>c</span>" in centred
-    css = _window_css()
+    css = _asset("card.css")
     for cls in set(re.findall(r"class=(w[pn]\d+c?)", out + centred)):
         assert re.search(rf"\.{cls}[,{{]", css), cls
     assert re.search(r"\.wp2c[^{]*\{border-bottom", css)

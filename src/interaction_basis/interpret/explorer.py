@@ -12,6 +12,7 @@ data sources and show a card. Model names in the page (``nodes``, ``edges``, ``c
 import html
 import re
 from collections.abc import Mapping
+from importlib import resources
 from typing import NamedTuple
 
 import numpy as np
@@ -96,6 +97,11 @@ def edge_mass_prefix(weights: np.ndarray, fraction: float) -> int:
     if not w.size or w.sum() <= 0:
         return 0
     return int(np.searchsorted(np.cumsum(w) / w.sum(), fraction - 1e-12) + 1)
+
+
+def _asset(name: str) -> str:
+    """A JavaScript or CSS file of the page (``explorer_assets/``, package data)."""
+    return (resources.files(__package__) / "explorer_assets" / name).read_text(encoding="utf-8")
 
 
 def build_page(
@@ -183,7 +189,7 @@ def build_page(
         text="<i>Click a node to see its card.</i>",
         width=460,
         styles={"overflow-y": "auto", "max-height": "760px", "font-size": "12px"},
-        stylesheets=[InlineStyleSheet(css=_thumbnail_css(thumbnails or {}) + "\n" + _window_css())],
+        stylesheets=[InlineStyleSheet(css=_asset("card.css") + _thumbnail_css(thumbnails or {}))],
     )
     legend = Div(name="legend", text=first.legend, sizing_mode="stretch_width")
     note = Div(name="edge_note", text="", sizing_mode="stretch_width")
@@ -217,44 +223,10 @@ def build_page(
         **stores,
     )
     stores_js = ", ".join(f"{m}: [nodes_{m}, edges_{m}]" for m in methods)
-    # Bokeh may hand dict arguments to JavaScript as Map or as plain objects: get() reads both.
-    code = (
-        f"const stores = {{{stores_js}}};\n"
-        + """
-const get = (o, k) => (o instanceof Map ? o.get(k) : o[k]);
-const m = methods[method.active];
-const [nodeStore, edgeStore] = stores[m];
-const t = get(texts, m);
-if (window.ibMethod !== m) {
-  nodes.data = Object.assign({}, nodeStore.data);
-  nodes.selected.indices = [];
-  card.text = '<i>Click a node to see its card.</i>';
-  legend.text = get(t, 'legend');
-  headline.text = get(t, 'headline');
-  const over = {};
-  get(layers, m).forEach((name, i) => { over[i] = name; });
-  axis.major_label_overrides = over;
-  window.ibMethod = m;
-}
-const e = edgeStore.data;
-const x = mass.value / 100;
-const keep = [];
-for (let i = 0; i < e.before.length; i++) { if (e.before[i] < x) keep.push(i); }
-const out = {};
-for (const k of Object.keys(e)) { out[k] = keep.map(i => e[k][i]); }
-edges.data = out;
-note.text = keep.length + ' edges drawn (the strongest, holding ' + mass.value +
-  '% of the weight). ' + get(t, 'drawn');
-"""
-    )
-    update = CustomJS(args=args, code=code)
+    update = CustomJS(args=args, code=f"const stores = {{{stores_js}}};\n" + _asset("update.js"))
     method.js_on_change("active", update)
     mass.js_on_change("value", update)
-    show = CustomJS(
-        args=dict(nodes=nodes, card=card),
-        code="const i = nodes.selected.indices[0];"
-        "if (i !== undefined) { card.text = nodes.data.card[i]; }",
-    )
+    show = CustomJS(args=dict(nodes=nodes, card=card), code=_asset("select.js"))
     nodes.selected.js_on_change("indices", show)
     title = Div(
         text=f"<h2>interaction-basis explorer: {html.escape(experiment)}</h2>"
@@ -534,25 +506,13 @@ def _window(g, key, r, i) -> str:
         if not np.isfinite(v):
             continue
         # A page has thousands of these spans, each escaped again inside Bokeh's JSON: one
-        # class (sign, tenth of the window's largest |value|, c for the centre; _window_css)
-        # and unquoted attributes keep it a third of the size that inline styles made it.
+        # class (sign, tenth of the window's largest |value|, c for the centre; see
+        # explorer_assets/card.css) and unquoted attributes keep it a third of the size that
+        # inline styles made it.
         level = round(10 * min(1.0, abs(float(v)) / scale))
         cls = f"w{'p' if v >= 0 else 'n'}{level}{'c' if j == centre else ''}"
         spans.append(f"<span class={cls} title={_fmt(float(v))}>{html.escape(str(t))}</span>")
     return "<span class='window'>" + "".join(spans) + "</span>"
-
-
-def _window_css() -> str:
-    """The shades of :func:`_window`'s tokens: orange for positive, blue for negative; the
-    centre token underlined; a gap between tokens (word-level tokens carry no spaces)."""
-    rules, centres = [".window>span{margin-right:2px}"], []
-    for sign, rgb in (("p", "255,120,0"), ("n", "0,120,255")):
-        for level in range(11):
-            name = f".w{sign}{level}"
-            rules.append(f"{name},{name}c{{background:rgba({rgb},{level / 10:.1f})}}")
-            centres.append(f"{name}c")
-    rules.append(",".join(centres) + "{border-bottom:2px solid #000}")
-    return "\n".join(rules)
 
 
 def _edge_columns(d: MethodData, layers, slot, max_edges: int) -> tuple[dict, str]:
@@ -667,9 +627,4 @@ def headline_html(summary: Mapping | None, evaluation: Mapping | None) -> str:
 
 def _thumbnail_css(thumbnails: Mapping[int, str]) -> str:
     """One CSS class per input image, so that cards sharing an example share its bytes."""
-    rules = [
-        ".thumb{display:inline-block;width:40px;height:40px;background-size:cover;"
-        "image-rendering:pixelated;border:1px solid #ccc}"
-    ]
-    rules += [f".im{s}{{background-image:url({uri})}}" for s, uri in thumbnails.items()]
-    return "\n".join(rules)
+    return "".join(f".im{s}{{background-image:url({uri})}}\n" for s, uri in thumbnails.items())
