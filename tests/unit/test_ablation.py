@@ -27,7 +27,7 @@ from interaction_basis.evaluate.ablation import (
     compute_unablated_score,
 )
 from interaction_basis.graph.edge_mass import compute_edge_mass_counts
-from interaction_basis.lib.closed_form import LastPositionAttention
+from interaction_basis.lib.closed_form.attention import LastPositionAttention
 from interaction_basis.lib.records import Basis
 from interaction_basis.models.mlp import MLP, build_mlp_sections
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from factories import tiny_modadd
-from interaction_basis.lib.closed_form import (
+from interaction_basis.lib.closed_form.attention import LastPositionAttention
+from interaction_basis.lib.closed_form.mlp import (
     ElementwiseMLP,
-    LastPositionAttention,
     Linear,
     _binary_blocks,
     _dense_blocks,

@@ -22,7 +22,8 @@ from transformers import (
     GPTNeoXForCausalLM,
 )
 
-from interaction_basis.lib.closed_form import CausalAttention, PerToken
+from interaction_basis.lib.closed_form.causal_attention import CausalAttention
+from interaction_basis.lib.closed_form.per_token import PerToken
 from interaction_basis.lib.jacobians import (
     ClosedForm,
     Integration,
@@ -287,9 +288,7 @@ def test_value_bias_folding_changes_only_the_constant_inputs_derivative(arch):
 
 
 def test_attention_too_large_for_one_sample_takes_the_generic_path(monkeypatch):
-    from interaction_basis.lib import closed_form
-
     name, attention, acts = next(s for s in _sections("gpt2") if s[0].startswith("attn_in."))
     assert _closed_form(attention, None, Sources(), acts) is attention
-    monkeypatch.setattr(closed_form, "MAX_SAMPLE_BYTES", 1000)
+    monkeypatch.setattr("interaction_basis.lib.closed_form.causal_attention.MAX_SAMPLE_BYTES", 1000)
     assert _closed_form(attention, None, Sources(), acts) is None

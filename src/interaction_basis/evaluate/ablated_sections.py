@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interaction_basis.lib.closed_form import ElementwiseMLP, LastPositionAttention, Linear
+from interaction_basis.lib.closed_form.attention import LastPositionAttention
+from interaction_basis.lib.closed_form.mlp import ElementwiseMLP, Linear
 
 
 class GroupOutput(NamedTuple):

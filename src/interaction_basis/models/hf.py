@@ -88,14 +88,9 @@ if TYPE_CHECKING:  # the block classes, for the loops over a ModuleList (typed n
     from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoBlock
     from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
 
-from interaction_basis.lib.closed_form import (
-    CausalAttention,
-    LayerNormIn,
-    LayerNormOut,
-    PerToken,
-    ResidualMLP,
-    rotate,
-)
+from interaction_basis.lib.closed_form.causal_attention import CausalAttention, rotate
+from interaction_basis.lib.closed_form.layernorm import LayerNormIn, LayerNormOut
+from interaction_basis.lib.closed_form.per_token import PerToken, ResidualMLP
 from interaction_basis.models.sectioned import (
     SectionedModel,
     Step,
@@ -631,7 +626,7 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
         return torch.cat([_normalise(h[..., :1], x, d, blk.eps2), y], dim=-1)
 
     # Every step but attention maps each position on its own: PerToken contracts its
-    # Jacobians per token (closed_form.py); chains of such steps stay PerToken (sectioned.py).
+    # Jacobians per token (lib/closed_form/); chains of such steps stay PerToken (sectioned.py).
     # Attention has its own closed form; a chain through it takes the generic path.
     steps = [
         Step(f"resid_pre.{layer}", identity),

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from interaction_basis.config import Activation
-from interaction_basis.lib.closed_form import ElementwiseMLP, Linear
+from interaction_basis.lib.closed_form.mlp import ElementwiseMLP, Linear
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
@@ -291,7 +291,7 @@ def build_mlp_sections(
     def act_except_constant(h: Tensor) -> Tensor:
         return torch.cat([act(h[..., :-1]), h[..., -1:]], dim=-1)
 
-    # Closed-form sections (models.closed_form): their M′ and edges need no autograd.
+    # Closed-form sections (lib.closed_form.mlp): their M′ and edges need no autograd.
     hidden_act = act if r1 is not None else act_except_constant
 
     def make_step(i: int) -> Step:

@@ -13,7 +13,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from interaction_basis.lib.closed_form import ElementwiseMLP, LastPositionAttention, Linear
+from interaction_basis.lib.closed_form.attention import LastPositionAttention
+from interaction_basis.lib.closed_form.mlp import ElementwiseMLP, Linear
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
 MODADD_NODE_LAYERS = ("ln1.0", "ln2.0", "unembed", "output")

@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interaction_basis.config import Activation, ModularMLPConfig
-from interaction_basis.lib.closed_form import ElementwiseMLP, Linear
+from interaction_basis.lib.closed_form.mlp import ElementwiseMLP, Linear
 from interaction_basis.models import DTYPES
 from interaction_basis.models.mlp import (
     ACT_FNS,

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interaction_basis.lib.closed_form import PerToken
+from interaction_basis.lib.closed_form.per_token import PerToken
 
 Activations = Float[Tensor, "batch pos d"]
 SectionFn = Callable[[Tensor], Tensor]
