@@ -186,7 +186,10 @@ class ModularMLPConfig(_Frozen):
     bias: float = Field(0.0, description="Value of every bias entry.")
     activation_fn: Activation = Field("relu", description="Activation after all but the last.")
     dtype: Literal["float64", "float32"] = Field(
-        "float64", description="dtype of the weight draws (float32 draws are other numbers)."
+        "float32",
+        description="dtype of the weight draws, cast to the run's dtype afterwards. The "
+        "reference's default is float32 (its sample build does not set it); float64 draws with "
+        "the same seed are other numbers.",
     )
     seed: int = Field(
         0, ge=0, description="torch.manual_seed before each layer's draw: all layers are equal."

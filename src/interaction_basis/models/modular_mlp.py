@@ -44,7 +44,8 @@ def compute_block_labels(width: int, first_block: int) -> np.ndarray:
 
 def generate_block_diagonal_weights(cfg: ModularMLPConfig) -> Float[Tensor, "width width"]:
     """One layer's ``block_diag(B1, B2)``, drawn as the reference does: the generator is
-    seeded with ``seed``, then ``B1`` is drawn, then ``B2``."""
+    seeded with ``seed``, then ``B1`` is drawn, then ``B2``, in ``cfg.dtype`` (float32 by
+    default, as the reference; the model is cast to the run's dtype when it is built)."""
     dtype = DTYPES[cfg.dtype]
     gen = torch.Generator().manual_seed(cfg.seed)
     w1 = cfg.first_block
@@ -182,12 +183,16 @@ def modular_mlp_forward(
     weights: Mapping[str, np.ndarray], x: Float[Tensor, "batch width"], activation: Activation
 ) -> Float[Tensor, "batch width"]:
     """The plain network ``x W_0 + b_0 → act → … → x W_n + b_n`` (mixings ignored): the
-    reference's forward pass, for tests."""
+    reference's forward pass, for tests. The weights are cast to the dtype of ``x`` (the
+    reference casts the model to the run's dtype after drawing it)."""
     n_linear, _, _ = validate_modular_mlp_weights(weights)
+    dtype = x.dtype
+
+    def tensor(name: str) -> Tensor:
+        return torch.as_tensor(np.asarray(weights[name]), dtype=dtype)
+
     for i in range(n_linear):
-        x = x @ torch.as_tensor(weights[f"layers.{i}.W"]) + torch.as_tensor(
-            weights[f"layers.{i}.b"]
-        )
+        x = x @ tensor(f"layers.{i}.W") + tensor(f"layers.{i}.b")
         if i < n_linear - 1:
             x = ACT_FNS[activation](x)
     return x
