@@ -15,7 +15,7 @@ import yaml
 from snakemake.utils import update_config
 
 from interaction_basis.config import ModularMLPConfig, WorkflowConfig
-from interaction_basis.kinds import modular_mlp as kind
+from interaction_basis.kinds import data, training
 from interaction_basis.models.modular_mlp import build_modular_mlp_sections, modular_mlp_forward
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +53,8 @@ def _section_h_weights(n_hidden_layers, width, scales, seed, draw_dtype=torch.fl
 def _built_weights(name: str) -> dict[str, np.ndarray]:
     """What rule train_model writes for experiment ``name`` (the kind's ``train``)."""
     model = ALL[name].model
-    return kind.train(model, kind.load_data(model), threads=1).weights
+    task = data.get("modular_mlp").load_data(model)
+    return training.get("modular_mlp").train(model, task, threads=1).weights
 
 
 def test_the_model_dtype_defaults_to_float32_as_in_the_reference():
@@ -105,7 +106,7 @@ def test_the_sample_build_evaluates_section_h_network_in_float64():
     reference's forward pass of the cast float32 draws on the block vectors."""
     (exp,) = REFERENCE.values()
     weights = _built_weights(exp.name)
-    x = kind.load_data(exp.model).fit_inputs[:500]
+    x = data.get("modular_mlp").load_data(exp.model).fit_inputs[:500]
     expected = x.to(torch.float64)
     layers = _section_h_weights(4, 8, [2.0, 2.0], 0)
     for i, w in enumerate(layers):
