@@ -1,10 +1,10 @@
-"""Benchmark: the edge ablation (``ablate_edges``, lib_spec E) against a previous implementation.
+"""Benchmark: the edge ablation (``ablate_edges``, method §E) against a previous implementation.
 
 Times :func:`compute_edges_required` for every adjacent layer pair — the workflow stage's
 computation, the bisect edge ablation — for LIB and PCA, in float32 on the held-out split, on
 
 - ``seed0``: the reference mod-add checkpoint (bases and edges built in float64 with τ = 1e-15
-  absolute, as in lib_spec C.1.3);
+  absolute, as in method §C.1.3);
 - ``default``: a workflow run of the default config (``--results results/modadd``: its
   ``model/weights.npz``, ``{lib,pca}/basis.zarr`` and ``edges.zarr``), if given.
 

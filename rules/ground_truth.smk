@@ -1,4 +1,4 @@
-# Ground truth: the planted-module MLP's scores against its planted blocks (lib_spec H).
+# Ground truth: the planted-module MLP's scores against its planted blocks (method §H).
 
 
 rule score_ground_truth:

@@ -39,7 +39,7 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def reference_builds(reference_dir):
     """``reference_builds(seed)``: LIB and PCA on a reference mod-add checkpoint, built once per
-    test run and shared by every test that reproduces lib_spec §C and §G.
+    test run and shared by every test that reproduces method §C and §G.
 
     As the reference did: float64, the train split of ``modadd_train_split.npz`` in batches of
     1024, absolute τ = 1e-15. Returns a dict with the ``weights``, the float64 ``model``, all

@@ -34,7 +34,7 @@ def tiny_modadd(seed: int = 0) -> tuple[SectionedModel, torch.Tensor]:
 def tiny_mlp(
     seed: int = 0, sizes: tuple[int, ...] = (6, 9, 7, 4)
 ) -> tuple[SectionedModel, torch.Tensor]:
-    """A tiny bias-folded ReLU MLP (lib_spec A.1) and random inputs."""
+    """A tiny bias-folded ReLU MLP (method §A.1) and random inputs."""
     gen = torch.Generator().manual_seed(seed)
     steps = []
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):

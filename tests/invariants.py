@@ -1,4 +1,4 @@
-"""The four invariants of lib_spec A.9, as reusable assertions.
+"""The four invariants of method §A.9, as reusable assertions.
 
 Tolerances come from the conditioning, not from the CPU a test was written on: BLAS code paths
 (AVX2 vs AVX-512) and thread counts change the last bits, and small Λ or Gram eigenvalues amplify

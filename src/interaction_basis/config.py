@@ -166,7 +166,7 @@ class TextDataConfig(_Frozen):
 
 
 class ModularMLPConfig(_Frozen):
-    """The reference's ``modular_mlp_config`` (lib_spec H), plus the hidden variant."""
+    """The reference's ``modular_mlp_config`` (method §H), plus the hidden variant."""
 
     n_hidden_layers: int = Field(4, ge=1, description="Hidden layers (n_hidden_layers + 1 linear).")
     width: int = Field(4, ge=2, description="Input, every hidden and the output size.")
@@ -216,7 +216,7 @@ class ModularMLPConfig(_Frozen):
 
 
 class BlockVectorConfig(_Frozen):
-    """The reference's ``block_vector`` dataset (lib_spec H); there are no labels."""
+    """The reference's ``block_vector`` dataset (method §H); there are no labels."""
 
     size: int = Field(1000, ge=1, description="Number of vectors.")
     length: int = Field(4, ge=2, description="Length of each vector (the MLP's width).")
@@ -285,7 +285,7 @@ class ModelConfig(_Frozen):
     text: TextDataConfig = Field(
         default_factory=TextDataConfig, description="kind hf: the text dataset."
     )
-    # kind modular_mlp (the planted-module MLP, lib_spec H).
+    # kind modular_mlp (the planted-module MLP, method §H).
     modular_mlp: ModularMLPConfig = Field(
         default_factory=ModularMLPConfig,
         description="kind modular_mlp: the reference's modular_mlp_config, plus `hidden`.",
@@ -341,7 +341,7 @@ class ModelConfig(_Frozen):
 
 
 class ExtractConfig(_Frozen):
-    """Activation extraction at the node layers (lib_spec A.1, A.2)."""
+    """Activation extraction at the node layers (method §A.1, A.2)."""
 
     node_layers: list[str] | None = Field(
         None,
@@ -355,7 +355,7 @@ class ExtractConfig(_Frozen):
         1024, ge=1, description="Samples per batch for extraction and all later passes."
     )
     center: bool = Field(
-        True, description="Mean-centre (keep the constant as feature 0; lib_spec A.2)."
+        True, description="Mean-centre (keep the constant as feature 0; method §A.2)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
@@ -371,7 +371,7 @@ class ExtractConfig(_Frozen):
 
 
 class IntegrationConfig(_Frozen):
-    """Integration rule over the path α·f (lib_spec A.7)."""
+    """Integration rule over the path α·f (method §A.7)."""
 
     method: Literal["gradient", "trapezoidal", "gauss-legendre"] = Field(
         "gradient", description="gradient (α = 1, every paper config), trapezoidal, gauss-legendre."
@@ -386,7 +386,7 @@ class IntegrationConfig(_Frozen):
 
 
 class SourcesConfig(_Frozen):
-    """Stochastic ±1 sources (lib_spec A.3, A.6); null means exact."""
+    """Stochastic ±1 sources (method §A.3, A.6); null means exact."""
 
     n_pos: int | None = Field(None, ge=1, description="Sources over output positions.")
     n_hidden: int | None = Field(
@@ -395,7 +395,7 @@ class SourcesConfig(_Frozen):
 
 
 class BasisConfig(_Frozen):
-    """Per-layer bases (lib_spec A.3, A.4, A.8)."""
+    """Per-layer bases (method §A.3, A.4, A.8)."""
 
     methods: list[Method] = Field(
         ["lib", "pca"], min_length=1, description="Bases to build: lib, pca, neuron."
@@ -405,7 +405,7 @@ class BasisConfig(_Frozen):
         gt=0,
         description="Drop Gram eigenvalues D and Λ at or below this. Relative (to the largest "
         "eigenvalue) by default: float64 rounding is ~1e-16 of the largest, so 1e-10 removes "
-        "only noise and null directions with six orders of margin (lib_spec A.8). The paper "
+        "only noise and null directions with six orders of margin (method §A.8). The paper "
         "used an absolute 1e-15.",
     )
     relative: bool = Field(True, description="Whether `truncation` is relative to the maximum.")
@@ -418,7 +418,7 @@ class BasisConfig(_Frozen):
 
 
 class EdgesConfig(_Frozen):
-    """Interaction edges between adjacent node layers (lib_spec A.6)."""
+    """Interaction edges between adjacent node layers (method §A.6)."""
 
     integration: IntegrationConfig = Field(default_factory=IntegrationConfig)
     n_sources_pos: int | None = Field(
@@ -428,7 +428,7 @@ class EdgesConfig(_Frozen):
 
 
 class ClusterConfig(_Frozen):
-    """The interaction graph and its Leiden modules (lib_spec D)."""
+    """The interaction graph and its Leiden modules (method §D)."""
 
     layers: list[str] | None = Field(
         None, description="Node layers in the graph; null: all but the last ('output')."
@@ -474,7 +474,7 @@ class NodeAblationConfig(_EvaluationSettings):
     """The evaluate settings of rule ablate_nodes."""
 
     node_schedule: Literal["exponential", "linear"] = Field(
-        "exponential", description="Kept-feature counts to score (lib_spec E)."
+        "exponential", description="Kept-feature counts to score (method §E)."
     )
     ablate_every_vec_cutoff: int = Field(
         10, ge=0, description="exponential: score every kept count up to this, ..."
@@ -510,7 +510,7 @@ class ResolutionsConfig(_Frozen):
 # One flat config section made of one sub-model per rule: each rule gets (and reruns for) only
 # its own part, and its stage function can read nothing else.
 class EvaluateConfig(ResolutionsConfig, EdgeAblationConfig, NodeAblationConfig):
-    """Ablations on held-out data and modules from the ablation threshold (lib_spec D, E)."""
+    """Ablations on held-out data and modules from the ablation threshold (method §D, E)."""
 
     def part(self, model: type[_Part]) -> _Part:
         """The settings of one rule: ``NodeAblationConfig``, ``EdgeAblationConfig`` or

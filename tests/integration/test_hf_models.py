@@ -258,7 +258,7 @@ def lib_builds(models, tokens):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", LIB_ARCHS)
 def test_lib_invariants(arch, lib_builds):
-    """lib_spec A.9 (1) and (3) on every non-final layer."""
+    """method §A.9 (1) and (3) on every non-final layer."""
     model, _, _, stats, bases, m_dashes = lib_builds(arch)
     for layer in model.node_layers[:-1]:
         basis, s = bases[layer], stats[layer]
@@ -281,7 +281,7 @@ def test_lib_invariants(arch, lib_builds):
 
 @pytest.mark.slow
 def test_stochastic_position_sources_converge(lib_builds):
-    """One ±1 source over output positions is unbiased: error ~ 1/sqrt(draws) (lib_spec A.3)."""
+    """One ±1 source over output positions is unbiased: error ~ 1/sqrt(draws) (method §A.3)."""
     model, _, batches, _, bases, m_dashes = lib_builds("gpt_neo")
     layer = "attn_in.0"  # the attention mixes positions, so one source is not exact
     c_next = bases["ln2.0"].C
@@ -309,7 +309,7 @@ def test_stochastic_position_sources_converge(lib_builds):
 
 
 def _brute_force_edges(section, acts, b_in, c_out):
-    """lib_spec A.6 with one autograd call per (output position, output feature)."""
+    """method §A.6 with one autograd call per (output position, output feature)."""
     feats = (acts @ b_in.C).detach().requires_grad_(True)
     out = section(feats @ b_in.C_pinv) @ c_out
     edges = torch.zeros(out.shape[-1], feats.shape[-1], dtype=torch.float64)

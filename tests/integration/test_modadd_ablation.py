@@ -1,4 +1,4 @@
-"""Node- and edge-ablation numbers of lib_spec C.1.2 and C.1.3 on the seed-0 mod-add checkpoint.
+"""Node- and edge-ablation numbers of method §C.1.2 and C.1.3 on the seed-0 mod-add checkpoint.
 
 The bases and edges are built in float64 with the reference's absolute τ = 1e-15 on the train
 split; ablations run in float32 on the 8939 test pairs, as the reference did.
@@ -21,13 +21,13 @@ pytestmark = pytest.mark.slow
 N_PAIRS = 113 * 113
 EVAL_BATCH = 10_000  # one batch: accuracy does not depend on it
 
-# lib_spec C.1.2 "representative raw points": seed 0 LIB, test accuracy with k features kept.
+# method §C.1.2 "representative raw points": seed 0 LIB, test accuracy with k features kept.
 NODE_POINTS = {
     "ln1.0": {17: 0.999553, 15: 0.999441, 13: 0.998210, 11: 0.966551, 9: 0.823358, 7: 0.296342},
     "ln2.0": {17: 0.999553, 15: 0.983220, 13: 0.921244, 11: 0.880524, 9: 0.553977, 7: 0.231793},
     "unembed": {17: 0.999553, 15: 0.999553, 13: 0.999553, 11: 0.999553, 9: 1.0, 7: 0.977626},
 }
-# lib_spec C.1.3: seed 0, non-constant edges needed for accuracy ≥ base − 0.001.
+# method §C.1.3: seed 0, non-constant edges needed for accuracy ≥ base − 0.001.
 EDGES_REQUIRED = {
     "lib": {("ln1.0", "ln2.0"): 133, ("ln2.0", "unembed"): 82, ("unembed", "output"): 633},
     "pca": {("ln1.0", "ln2.0"): 167, ("ln2.0", "unembed"): 114, ("unembed", "output"): 682},
@@ -68,7 +68,7 @@ def test_node_ablation_representative_points(seed0):
         got = {k: scores[k] for k in points}
         for k, expected in points.items():
             assert got[k] == pytest.approx(expected, abs=1e-4), (layer, got)
-        assert scores[129] == base  # nothing ablated: the base score (lib_spec F.10)
+        assert scores[129] == base  # nothing ablated: the base score (method §F.10)
 
 
 @pytest.mark.parametrize("method", ["lib", "pca"])
@@ -96,7 +96,7 @@ def test_edges_required(seed0, method):
 
 
 def test_edge_mass_is_more_concentrated_for_lib(seed0):
-    """lib_spec C.1.3: LIB edges hold 99% / 99.9% of their mass in fewer entries than PCA."""
+    """method §C.1.3: LIB edges hold 99% / 99.9% of their mass in fewer entries than PCA."""
     for pair in EDGES_REQUIRED["lib"]:
         lib = compute_edge_mass_counts(seed0["lib"][1][pair], (0.99, 0.999))
         pca = compute_edge_mass_counts(seed0["pca"][1][pair], (0.99, 0.999))

@@ -1,4 +1,4 @@
-"""lib_spec C.1.4 through the evaluation path: on seed 3, ε per layer from the bisect edge
+"""method §C.1.4 through the evaluation path: on seed 3, ε per layer from the bisect edge
 ablation (the weakest edge still needed) and Leiden at γ = 1 give one module per key frequency."""
 
 import pytest
@@ -34,7 +34,7 @@ def test_seed3_modules_from_edge_ablation_threshold(reference_builds):
         )
         epsilon[a] = r.epsilon
     # At the absolute τ = 1e-15, ln2.0 keeps directions at the float64 noise floor whose basis
-    # vectors (set by rounding) enter ln1.0's M′ (lib_spec A.8 caveat): single ln1.0 edges move
+    # vectors (set by rounding) enter ln1.0's M′ (method §A.8 caveat): single ln1.0 edges move
     # with the last bits of the sums (ε 50.01 with plain float64 sums, 50.13 with compensated
     # ones). The modules below are what must hold. The spec's 53.2 comes from F.8's mask.
     assert epsilon["ln1.0"] == pytest.approx(50, rel=0.05)

@@ -1,4 +1,4 @@
-"""Modules of the mod-add seed-3 interaction graph, the paper's main graph (lib_spec C.1.4).
+"""Modules of the mod-add seed-3 interaction graph, the paper's main graph (method §C.1.4).
 
 The reference used networkit's ParallelLeiden; we use leidenalg, so partitions are compared
 qualitatively: which key frequencies share a module, and Q to a loose tolerance.
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 SEED = 3
 LAYERS = ["ln1.0", "ln2.0", "unembed"]
-# ε per input layer (lib_spec C.1.4), printed to 3 significant digits; unembed's is unused.
+# ε per input layer (method §C.1.4), printed to 3 significant digits; unembed's is unused.
 EPS_LIB = {"ln1.0": 53.2, "ln2.0": 61.2, "unembed": 7.53}
 EPS_PCA = {"ln1.0": 0.00609, "ln2.0": 18.7, "unembed": 7.47}
 KEY_FREQUENCIES = {36, 38, 49}
@@ -39,7 +39,7 @@ def _build(setup, method):
     """Edges among LAYERS and Fourier powers of every feature, for one basis method."""
     ref, full = setup
     bases, _, edges = ref[method]
-    # LIB features on all 113² inputs; ln1.0 summed over its 3 positions (lib_spec C.1.4).
+    # LIB features on all 113² inputs; ln1.0 summed over its 3 positions (method §C.1.4).
     powers = {
         layer: compute_frequency_power((full[layer] @ bases[layer].C).sum(dim=1))
         for layer in LAYERS
@@ -77,7 +77,7 @@ def _clusters(edges, powers, eps, gamma, seed=0, n_iterations=10):
 def test_lib_features_carry_the_key_frequencies(lib):
     _, powers = lib
     dominant, share = compute_dominant_frequencies(powers["ln1.0"])
-    # Top ln1.0 features: cos(36a)+cos(36b) at ~99%, then 38 and 49 (lib_spec C.1.4).
+    # Top ln1.0 features: cos(36a)+cos(36b) at ~99%, then 38 and 49 (method §C.1.4).
     assert dominant[1:8].tolist() == [36, 36, 36, 38, 38, 49, 49]
     assert (share[2:8] > 0.95).all()
     assert {name for name, _ in compute_top_terms(powers["ln1.0"], 2, n_terms=2)} == {
@@ -102,7 +102,7 @@ def test_lib_graph_edges(lib):
 
 
 def test_lib_modules_gamma_1_one_per_key_frequency(lib):
-    """γ = 1: three modules, one per key frequency 36, 38, 49 (lib_spec C.1.4)."""
+    """γ = 1: three modules, one per key frequency 36, 38, 49 (method §C.1.4)."""
     _, modules, labels, member_freqs = _clusters(*lib, EPS_LIB, gamma=1.0)
     assert modules.n_non_singleton == 3
     assert sorted(lab.frequency for lab in labels) == [36, 38, 49]
@@ -113,7 +113,7 @@ def test_lib_modules_gamma_1_one_per_key_frequency(lib):
 
 
 def test_lib_modules_gamma_half_merge_36_and_38(lib):
-    """γ = 0.5: {36 & 38} and {49} (lib_spec C.1.4, the paper's main figure)."""
+    """γ = 0.5: {36 & 38} and {49} (method §C.1.4, the paper's main figure)."""
     _, modules, labels, member_freqs = _clusters(*lib, EPS_LIB, gamma=0.5)
     assert modules.n_non_singleton == 2
     assert labels[0].frequency in (36, 38) and labels[1].frequency == 49

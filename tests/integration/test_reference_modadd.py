@@ -1,4 +1,4 @@
-"""Reproduce lib_spec §G on the paper authors' mod-add checkpoints (seeds 0 and 3)."""
+"""Reproduce method §G on the paper authors' mod-add checkpoints (seeds 0 and 3)."""
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 LAYERS = ("ln1.0", "ln2.0", "unembed")
 PAIRS = (("ln1.0", "ln2.0"), ("ln2.0", "unembed"), ("unembed", "output"))
 
-# lib_spec §G (float64, τ = 1e-15); Gram: (tr G, |μ|, top eigenvalues)
+# method §G (float64, τ = 1e-15); Gram: (tr G, |μ|, top eigenvalues)
 SPEC = {
     0: {
         "gram": {
@@ -125,7 +125,7 @@ SPEC = {
 
 
 def _rtol(layer_or_pair, seed: int = 0) -> float:
-    """lib_spec tolerances: ln1.0 carries the noise of the downstream layer (§A.10).
+    """method §A.10 tolerances: ln1.0 carries the noise of the downstream layer.
 
     Seed 3 is noisier than the spec's seed-0-derived 1e-4. At τ = 1e-15 the downstream ln2.0
     basis keeps noise directions (Λ ≈ 1e-15, set by rounding, amplified by D^{-1/2}) that feed

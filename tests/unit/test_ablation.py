@@ -37,7 +37,7 @@ from interaction_basis.models.mlp import MLP, build_mlp_sections
 
 
 def test_exponential_schedule_reproduces_the_modadd_kept_counts():
-    """lib_spec C.1.2: n = 129, cutoff 10, base 1.05 -> 0..11, 13, 15, ..., 125, 129."""
+    """method §C.1.2: n = 129, cutoff 10, base 1.05 -> 0..11, 13, 15, ..., 125, 129."""
     kept = compute_exponential_schedule(129, ablate_every_vec_cutoff=10, exp_base=1.05)
     expected = (
         list(range(12))
@@ -105,7 +105,7 @@ def test_bisect_minimum_finds_the_exact_boundary(scaling, lo, hi):
 
 
 def _reference_bisect(n_vecs, is_good_ablated, scaling):
-    """The reference BisectSchedule, in numbers of *ablated* edges (lib_spec E)."""
+    """The reference BisectSchedule, in numbers of *ablated* edges (method §E)."""
     upper, lower, proposals = n_vecs, 0, []
     while upper - lower > 1:
         if scaling == "linear":
@@ -277,7 +277,7 @@ def _random_basis(d: int, seed: int) -> Basis:
 
 
 def _naive_edge_ablation(section, x, mask, b_in, b_out):
-    """One section call per output feature (the definition in lib_spec E)."""
+    """One section call per output feature (the definition in method §E)."""
     f_in = x @ b_in.C
     cols = []
     for j in range(mask.shape[0]):
@@ -295,7 +295,7 @@ def edge_ablated_output(
     C_out: Float[Tensor, "d_out out"],
     C_out_pinv: Float[Tensor, "out d_out"],
 ) -> Float[Tensor, "batch pos_out d_out"]:
-    """The section's output with the edges outside ``mask`` removed (lib_spec E), uncached: one
+    """The section's output with the edges outside ``mask`` removed (method §E), uncached: one
     evaluation per distinct mask row, with the production pieces the cached edge ablation uses.
 
     Output feature ``j`` is computed from the input features ``mask[j]`` only:

@@ -111,7 +111,7 @@ def _loop_m_dash(section, acts, c_out, rule: Integration) -> torch.Tensor:
 
 
 def _loop_edges(section, acts, c_in, c_pinv, c_out, rule: Integration) -> torch.Tensor:
-    """Squared-edge sum from the full Jacobian of every sample (lib_spec A.6)."""
+    """Squared-edge sum from the full Jacobian of every sample (method §A.6)."""
     alphas, weights = rule.points()
     feats = acts @ c_in
     edges = torch.zeros(c_out.shape[1], c_in.shape[1], dtype=F64)

@@ -1,4 +1,4 @@
-"""Interaction graphs and Leiden modules (lib_spec D) on small planted graphs."""
+"""Interaction graphs and Leiden modules (method §D) on small planted graphs."""
 
 import itertools
 import math

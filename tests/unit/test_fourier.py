@@ -1,4 +1,4 @@
-"""Fourier labels of modular-addition features (lib_spec C.1.4) on synthetic features."""
+"""Fourier labels of modular-addition features (method §C.1.4) on synthetic features."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""lib_spec A.9 invariants on small random models (the reference model: integration tests)."""
+"""method §A.9 invariants on small random models (the reference model: integration tests)."""
 
 import pytest
 

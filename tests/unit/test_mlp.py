@@ -1,4 +1,4 @@
-"""The image-classifier MLP: bias folding (lib_spec A.1), weight validation, A.9 invariants and
+"""The image-classifier MLP: bias folding (method §A.1), weight validation, A.9 invariants and
 a block-diagonal MLP whose interaction graph must split into its two blocks."""
 
 import numpy as np
@@ -151,7 +151,7 @@ def test_node_layer_names():
     assert mlp_node_layers(3) == ("layers.0", "layers.1", "layers.2", "output")
 
 
-# ---- lib_spec A.9 invariants after a LIB build -------------------------------------------
+# ---- method §A.9 invariants after a LIB build -------------------------------------------
 
 
 @pytest.fixture(params=["relu", "gelu", "tanh"], scope="module")

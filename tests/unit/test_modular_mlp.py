@@ -1,4 +1,4 @@
-"""The planted-module MLP (lib_spec H): its construction, its hidden variant, and the scores
+"""The planted-module MLP (method §H): its construction, its hidden variant, and the scores
 against the planted blocks on tiny sizes."""
 
 import numpy as np
@@ -29,11 +29,11 @@ from interaction_basis.models.modular_mlp import (
 EPS64 = torch.finfo(torch.float64).eps
 
 
-# --- construction: the reference's draws (lib_spec H) ---------------------------------------
+# --- construction: the reference's draws (method §H) ---------------------------------------
 
 
 def _reference_block_matrix(width, first, scales, equal_columns, seed, dtype):
-    """lib_spec H's description, drawn from the global generator as the reference does."""
+    """method §H's description, drawn from the global generator as the reference does."""
     torch.manual_seed(seed)
     m = torch.zeros(width, width, dtype=dtype)
     w2 = width - first

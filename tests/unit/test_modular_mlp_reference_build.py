@@ -1,4 +1,4 @@
-"""The reference configs build the reference implementation's planted-module MLP (lib_spec H).
+"""The reference configs build the reference implementation's planted-module MLP (method §H).
 
 §H: the model's ``dtype`` defaults to float32 and the sample build does not set it, so its
 weights are float32 draws (``torch.manual_seed(seed)`` before each layer, then ``B1``, then

@@ -144,7 +144,7 @@ def test_sign_convention_undoes_a_flipped_feature(tiny):
 
 @pytest.mark.parametrize("center", [True, False])
 def test_one_pass_statistics_equal_the_two_pass_definition(center):
-    """lib_spec A.2 in exact rational arithmetic, with means up to 1e6 times the spread: summing
+    """method §A.2 in exact rational arithmetic, with means up to 1e6 times the spread: summing
     around the first batch's shift avoids the cancellation that uncentred sums would suffer."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(50, 3, 5, generator=gen, dtype=torch.float64) * torch.tensor([1, 2, 3, 4, 0.0])

@@ -130,5 +130,5 @@ def test_config_is_frozen_and_documented():
         cfg.lr = 1.0
     for name, field in ModAddTrainConfig.model_fields.items():
         assert field.description, name
-    # The architecture the rest of the pipeline assumes (lib_spec B.1).
+    # The architecture the rest of the pipeline assumes (method §B.1).
     assert (cfg.modulus, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp) == (113, 128, 4, 32, 512)

@@ -44,7 +44,7 @@ def test_modadd_build_benchmark_runs(tmp_path, reference_dir):
         tmp_path=tmp_path,
     )
     build = result["results"]["current"]
-    assert build["checks"]["dims"]["ln1.0"] == 115  # lib_spec C.1.1: constant + 114 directions
+    assert build["checks"]["dims"]["ln1.0"] == 115  # method §C.1.1: constant + 114 directions
     assert result["loop"]["max_rel_diff"] < 1e-10  # the batched build agrees with the loop
 
 

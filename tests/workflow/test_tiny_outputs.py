@@ -1,7 +1,7 @@
 """What the tiny end-to-end run stored, checked numerically through xarray.
 
 The stores are opened with xarray directly (not through ``interaction_basis.storage``), so these
-tests pin the published layout: group and variable names, dims, attrs, and the lib_spec A.9
+tests pin the published layout: group and variable names, dims, attrs, and the method §A.9
 invariants of the numbers themselves.
 """
 
@@ -138,7 +138,7 @@ def test_activations_groups_and_provenance(acts, node_layers):
 
 
 def test_activation_statistics_match_the_stored_activations(acts, stats, node_layers):
-    """mean and centred Gram (lib_spec A.2) recomputed from the stored activations."""
+    """mean and centred Gram (method §A.2) recomputed from the stored activations."""
     for layer in node_layers:
         x = t(acts[layer]["activations"]).to(torch.float64)
         assert acts[layer]["activations"].dims == ("sample", "position", "feature")

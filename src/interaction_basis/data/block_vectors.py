@@ -1,4 +1,4 @@
-"""Block vectors: the planted-module MLP's inputs (lib_spec H, reference ``block_vector``).
+"""Block vectors: the planted-module MLP's inputs (method §H, reference ``block_vector``).
 
 Gaussian vectors whose two coordinate blocks have their own scales, optionally perfectly
 correlated within a block. The draws follow the reference exactly (same order, same dtype), so a

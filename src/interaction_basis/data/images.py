@@ -1,4 +1,4 @@
-"""Image-classification datasets as flat float tensors (lib_spec B.2).
+"""Image-classification datasets as flat float tensors (method §B.2).
 
 Every loader returns an :class:`ImageDataset`: features of shape (N, C·H·W) in channel-first
 order (what torchvision's ``ToTensor()`` then ``flatten`` gives), pixels scaled to [0, 1] as in

@@ -1,4 +1,4 @@
-"""Datasets that need no download: modular addition (lib_spec B.1)."""
+"""Datasets that need no download: modular addition (method §B.1)."""
 
 import torch
 from jaxtyping import Int

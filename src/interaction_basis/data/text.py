@@ -1,4 +1,4 @@
-"""Text corpora as packed token chunks for the language models (lib_spec B.3, B.4, E).
+"""Text corpora as packed token chunks for the language models (method §B.3, B.4, E).
 
 Pipeline: :func:`load_texts` streams documents from a local source → :func:`tokenize_texts`
 concatenates their tokens (EOS appended to each document) into one stream →
@@ -9,16 +9,16 @@ concatenates their tokens (EOS appended to each document) into one stream →
 order) is cut at multiples of ``n_ctx``. Chunk ``i`` is stored as the ``n_ctx + 1`` tokens
 ``s[i·n_ctx : (i+1)·n_ctx + 1]``: the model input is ``chunk[:, :-1]`` and the next-token
 labels are ``chunk[:, 1:]``, so the label of a chunk's last token is the first token of the
-next chunk (lib_spec B.3). A chunk is available only if that label token exists, i.e. there are
+next chunk (method §B.3). A chunk is available only if that label token exists, i.e. there are
 ``(len(s) - 1) // n_ctx`` chunks: the incomplete tail is dropped, and so is the last full chunk
 when the stream ends exactly on a chunk boundary. Chunks cross document boundaries (an EOS
 marks each), as in the reference.
 
 **Sampling.** ``n_chunks`` chunks are the first ``n_chunks`` entries of
 ``torch.randperm(n_available, generator=torch.Generator().manual_seed(seed))``, in that order
-(lib_spec F.12); ``n_chunks=None`` keeps every chunk in corpus order.
+(method §F.12); ``n_chunks=None`` keeps every chunk in corpus order.
 
-**Held-out data** (lib_spec E, B.4): :func:`load_held_out_texts` returns the *last* documents
+**Held-out data** (method §E, B.4): :func:`load_held_out_texts` returns the *last* documents
 of the split and checks that they do not overlap the first ``n_fit_documents`` used to fit.
 
 Sources (:func:`load_texts`), all read offline and streamed, so memory does not grow with the
@@ -105,7 +105,7 @@ def load_texts(
             :func:`load_held_out_texts`). Single files are one split and ignore it.
         text_column: column (parquet, datasets) or key (JSON lines) holding the text.
         max_documents: stop after this many documents (``None``: all), e.g. 100,000 for the
-            TinyStories C/edge data (lib_spec B.3).
+            TinyStories C/edge data (method §B.3).
         revision: hub ids only: the cached revision to read (``None``: ``main``).
         txt_separator: ``.txt`` only: the separator line (``""``: blank lines; ``None``: one
             document per file).
@@ -134,7 +134,7 @@ def load_held_out_texts(
     revision: str | None = None,
     txt_separator: str | None = "",
 ) -> list[str]:
-    """The last ``n_documents`` documents of the split: the LM evaluation data (lib_spec E, B.4).
+    """The last ``n_documents`` documents of the split: the LM evaluation data (method §E, B.4).
 
     One streaming pass over the split; memory holds ``n_documents`` documents.
 
@@ -396,7 +396,7 @@ def tokenize_texts(
     Args:
         texts: documents, consumed lazily in batches of ``batch_size``.
         tokenizer: a Hugging Face tokenizer (e.g. from :func:`load_tokenizer`).
-        append_eos: append ``tokenizer.eos_token_id`` to every document (lib_spec B.3).
+        append_eos: append ``tokenizer.eos_token_id`` to every document (method §B.3).
 
     Raises:
         ValueError: ``append_eos`` with a tokenizer that has no EOS token.
@@ -475,7 +475,7 @@ def tokenize_to_chunks(
     append_eos: bool = True,
     seed: int = 0,
 ) -> Int[np.ndarray, "chunk token"]:
-    """:func:`tokenize_texts` then :func:`pack_token_chunks` (lib_spec B.3).
+    """:func:`tokenize_texts` then :func:`pack_token_chunks` (method §B.3).
 
     For the TinyStories C/edge data: the first 100,000 train stories, the GPT-Neo tokenizer,
     ``n_ctx=200``, ``n_chunks=50_000``, ``seed=0``.

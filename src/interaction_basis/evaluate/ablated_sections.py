@@ -1,6 +1,6 @@
 """One group of an edge ablation: a section fed some input features, read at some output features.
 
-Edge ablation (lib_spec E) evaluates, for every group of output features sharing a mask row,
+Edge ablation (method §E) evaluates, for every group of output features sharing a mask row,
 ``section(f[..., kept] C_in⁺[kept]) C_out[:, cols]``. For an arbitrary section that is one
 section call per group over the whole evaluation set. The closed-form sections start and end
 with matrix products, so the basis maps fold into their weights once per layer pair —

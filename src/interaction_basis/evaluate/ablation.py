@@ -1,8 +1,8 @@
-"""Node and edge ablations, bisect searches and edge-mass sparsity (lib_spec E, C.1.2, C.1.3).
+"""Node and edge ablations, bisect searches and edge-mass sparsity (method §E, C.1.2, C.1.3).
 
 Everything here is a pure function of a :class:`SectionedModel`, fitted bases (and edges) and an
 evaluation set of raw inputs and labels; nothing opens files. Scores are computed in the dtype
-the model was built in: build it in float32 to reproduce the reference numbers (lib_spec C.1.2,
+the model was built in: build it in float32 to reproduce the reference numbers (method §C.1.2,
 C.1.3). ``C``/``C⁺`` are cast to that dtype.
 
 Conventions:
@@ -10,7 +10,7 @@ Conventions:
       "keep ``k`` features" means keep features ``0..k-1`` (the constant counts as kept).
     - Edges ``E`` are (out_features, in_features); column 0 is the constant input node.
     - Kept counts and search spaces are measured in the *original* dimensions (``C.shape[0]``),
-      as in the reference, so LIB and PCA schedules line up (lib_spec E, F.9, F.10).
+      as in the reference, so LIB and PCA schedules line up (method §E, F.9, F.10).
 """
 
 import math
@@ -35,7 +35,7 @@ Labels = Int[Tensor, " batch"] | Int[Tensor, "batch pos"]
 Transform = Callable[[int, Tensor], Tensor]
 
 DEFAULT_BATCH_SIZE = 1024
-#: Memory for the group outputs an edge ablation reuses between masks (lib_spec E).
+#: Memory for the group outputs an edge ablation reuses between masks (method §E).
 GROUP_CACHE_BYTES = 512 * 2**20
 
 
@@ -60,7 +60,7 @@ def _count_correct(logits: Tensor, labels: Tensor) -> int:
 def compute_ce_loss(
     logits: Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch vocab"], labels: Labels
 ) -> float:
-    """Mean token cross-entropy of one batch (lib_spec E, ``ce_loss``).
+    """Mean token cross-entropy of one batch (method §E, ``ce_loss``).
 
     Args:
         logits: model outputs.
@@ -90,7 +90,7 @@ def _batch_part(logits: Tensor, labels: Tensor, metric: Metric) -> float:
 
 
 def _aggregate(parts: Sequence[float], n_samples: int, metric: Metric) -> float:
-    """The score from its batch parts, as the reference aggregates (lib_spec E): ``accuracy``
+    """The score from its batch parts, as the reference aggregates (method §E): ``accuracy``
     pools every sample; ``ce_loss`` is the mean of the per-batch means, so a short last batch
     weighs as much as a full one."""
     if not parts or n_samples == 0:
@@ -99,7 +99,7 @@ def _aggregate(parts: Sequence[float], n_samples: int, metric: Metric) -> float:
 
 
 def compute_metric(batches: Iterable[tuple[Tensor, Tensor]], metric: Metric) -> float:
-    """The metric over ``(logits, labels)`` batches (lib_spec E; see :func:`_aggregate`)."""
+    """The metric over ``(logits, labels)`` batches (method §E; see :func:`_aggregate`)."""
     _check_metric(metric)
     parts, n = [], 0
     for logits, labels in batches:
@@ -227,12 +227,12 @@ def compute_exponential_schedule(
     exp_base: float = 2.0,
     specific_points: Sequence[int] = (),
 ) -> list[int]:
-    """Kept counts of the reference's exponential schedule, ascending (lib_spec E).
+    """Kept counts of the reference's exponential schedule, ascending (method §E).
 
     Every kept count from 0 to ``ablate_every_vec_cutoff`` is included; from there the number of
     ablated vectors ``a`` steps down as ``a ← int(a − base**x)``, x = 0, 1, ..., to 0 (nothing
     ablated).
-    Build it on the *original* dimension (lib_spec C.1.2): ``n = 129`` with cutoff 10 and base
+    Build it on the *original* dimension (method §C.1.2): ``n = 129`` with cutoff 10 and base
     1.05 gives 0..11, 13, 15, 17, ..., 125, 129.
 
     Args:
@@ -268,7 +268,7 @@ def compute_linear_schedule(
     n: int, *, n_points: int, specific_points: Sequence[int] = ()
 ) -> list[int]:
     """Kept counts of the reference's linear schedule, ascending: ``int(linspace(n, 0, n_points))``
-    ablated vectors (lib_spec E)."""
+    ablated vectors (method §E)."""
     if not 2 <= n_points <= n + 1:
         raise ValueError(f"n_points must be in [2, {n + 1}], got {n_points}.")
     ablated = [int(a) for a in np.linspace(n, 0, n_points)]
@@ -283,10 +283,10 @@ def compute_linear_schedule(
 def compute_node_ablation_matrix(
     C: Float[Tensor, "orig feature"], C_pinv: Float[Tensor, "feature orig"], n_kept: int
 ) -> Float[Tensor, "orig orig"]:
-    """``C_ablated C⁺``: keep the first ``n_kept`` features, zero the rest (lib_spec E).
+    """``C_ablated C⁺``: keep the first ``n_kept`` features, zero the rest (method §E).
 
     Kept counts at or above the number of features give the identity, as in the reference: the
-    truncation projection ``C C⁺ ≠ I`` is never applied (lib_spec F.10).
+    truncation projection ``C C⁺ ≠ I`` is never applied (method §F.10).
     """
     orig, n_features = C.shape
     if not 0 <= n_kept <= orig:
@@ -315,11 +315,11 @@ def compute_node_ablation_scores(
     metric: Metric = "accuracy",
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict[int, float]:
-    """Score with only the first ``k`` features of ``layer`` kept, for each ``k`` (lib_spec E).
+    """Score with only the first ``k`` features of ``layer`` kept, for each ``k`` (method §E).
 
     The activations at ``layer`` are multiplied by ``C_ablated C⁺`` (every position), and the
     model runs on from there. Counts at or above the basis size reuse the unablated score
-    (lib_spec F.10). One pass over the data evaluates every count.
+    (method §F.10). One pass over the data evaluates every count.
 
     Args:
         model: the sectioned model; its dtype is the evaluation dtype.
@@ -329,7 +329,7 @@ def compute_node_ablation_scores(
         kept_counts: numbers of kept features, each in [0, orig], e.g. from
             :func:`compute_exponential_schedule`.
         metric: ``accuracy`` or ``ce_loss``.
-        batch_size: evaluation batch size (matters for ``ce_loss``, lib_spec E).
+        batch_size: evaluation batch size (matters for ``ce_loss``, method §E).
 
     Returns:
         ``{k: score}`` in the order of ``kept_counts``.
@@ -358,7 +358,7 @@ def compute_node_ablation_scores(
 def compute_edge_mask(
     edges: Float[Tensor, "out in"], n_kept: int, *, keep_constant_input: bool = True
 ) -> Bool[Tensor, "out in"]:
-    """Keep the ``n_kept`` largest edges (ties keep more), lib_spec E.
+    """Keep the ``n_kept`` largest edges (ties keep more), method §E.
 
     With ``keep_constant_input`` every edge from input node 0 is kept for free and the ranking
     runs over ``E[:, 1:]`` (the output constant row included). ``n_kept`` above the number of
@@ -420,7 +420,7 @@ def _edge_setup(
 
 
 class _EdgeAblation:
-    """Repeated edge-ablation scores of one layer pair (lib_spec E).
+    """Repeated edge-ablation scores of one layer pair (method §E).
 
     What does not change between masks is computed once: the layer inputs in feature
     coordinates and, per group of output features (its mask row and its columns), the group's
@@ -599,7 +599,7 @@ def bisect_minimum(
     scaling: Scaling = "linear",
     tolerance: int = 1,
 ) -> BisectResult:
-    """The smallest ``x`` in ``(lo, hi]`` whose score is good, by bisection (lib_spec E).
+    """The smallest ``x`` in ``(lo, hi]`` whose score is good, by bisection (method §E).
 
     ``is_good(score_fn(x))`` is assumed monotone: bad up to a boundary, good above it. ``hi`` is
     assumed good and ``lo`` bad; neither is evaluated. Midpoints are taken in the *ablated*
@@ -634,12 +634,12 @@ class EdgesRequired(NamedTuple):
         score: the score at ``n_edges_required``.
         base_score: the unablated score.
         epsilon: the smallest non-constant edge kept at ``n_edges_required`` (the ε of the
-            by-layer log edge norm, lib_spec D).
+            by-layer log edge norm, method §D).
         mask: the edge mask at ``n_edges_required``.
         n_kept_last: kept count of the last evaluated proposal.
         epsilon_last: ε from the mask of the last evaluated proposal: what the reference saved
-            (lib_spec F.8); it differs from ``epsilon`` when the last proposal was bad.
-        total: size of the search space, ``orig_in × orig_out`` (lib_spec F.9).
+            (method §F.8); it differs from ``epsilon`` when the last proposal was bad.
+        total: size of the search space, ``orig_in × orig_out`` (method §F.9).
         scores: every evaluated ``n_kept`` and its score, in evaluation order.
     """
 
@@ -657,7 +657,7 @@ class EdgesRequired(NamedTuple):
 def compute_edge_threshold(
     edges: Float[Tensor, "out in"], mask: Bool[Tensor, "out in"], *, ignore_constant: bool = True
 ) -> float:
-    """The smallest kept edge, ignoring the constant row and column (lib_spec D, ``ε_l``).
+    """The smallest kept edge, ignoring the constant row and column (method §D, ``ε_l``).
 
     The reference takes the minimum of ``E[1:, 1:]`` over the mask whenever the bases are
     centred, so the first output row is skipped even for ``output``, which has no constant node.
@@ -687,14 +687,14 @@ def compute_edges_required(
 ) -> EdgesRequired:
     """Fewest edges from ``layer`` to the next node layer that keep the score within ``delta``.
 
-    The reference's bisect edge ablation (lib_spec E, C.1.3): search the number of ablated edges
-    in ``[0, orig_in × orig_out]`` (original dimensions, lib_spec F.9); a proposal is good if
+    The reference's bisect edge ablation (method §E, C.1.3): search the number of ablated edges
+    in ``[0, orig_in × orig_out]`` (original dimensions, method §F.9); a proposal is good if
     ``accuracy ≥ base − delta`` (``loss ≤ base + delta``); ``n_edges_required = total − lo``.
     Kept counts above the number of non-constant edges keep everything and reuse the base
     score without running the model.
 
     ``epsilon`` is taken from the mask at ``n_edges_required``. The reference saved the mask of
-    the *last evaluated* proposal instead (lib_spec F.8); that value is ``epsilon_last``.
+    the *last evaluated* proposal instead (method §F.8); that value is ``epsilon_last``.
 
     Args:
         model: the sectioned model (its dtype is the evaluation dtype; float32 reproduces the

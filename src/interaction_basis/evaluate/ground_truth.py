@@ -1,6 +1,6 @@
 """Scores against a planted answer: block purity of features and the ARI of the modules.
 
-For the planted-module MLP (lib_spec H) every coordinate of every node layer belongs to one of
+For the planted-module MLP (method §H) every coordinate of every node layer belongs to one of
 two blocks that never interact. A feature's **purity** is the largest fraction of its
 direction's squared weight on one block: 1 for a feature inside a block, 0.5 at worst. Its
 direction is its row of ``C⁺`` (activations ≈ Σ_j f̂_j C⁺_j), without the folded constant

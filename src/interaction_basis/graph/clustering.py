@@ -1,9 +1,9 @@
-"""Interaction graphs and Leiden modules (lib_spec D).
+"""Interaction graphs and Leiden modules (method §D).
 
 The graph has one node per feature of every chosen node layer and undirected, weighted edges
 between consecutive chosen layers only. Modules are found with leidenalg's
 ``RBConfigurationVertexPartition`` (Newman modularity with a resolution γ); the reported ``Q`` is
-igraph's weighted modularity at γ = 1, whatever γ the clustering used (lib_spec D.3, F.15).
+igraph's weighted modularity at γ = 1, whatever γ the clustering used (method §D.3, F.15).
 """
 
 import itertools
@@ -46,7 +46,7 @@ def _layer_epsilon(epsilon: Mapping[str, float] | float | None, layer: str, norm
     if epsilon is None:
         raise ValueError(
             f"edge_norm={norm!r} needs epsilon: one float or a dict keyed by the input layer "
-            "(e.g. the smallest edge kept by the edge ablation, lib_spec D.2)."
+            "(e.g. the smallest edge kept by the edge ablation, method §D.2)."
         )
     if isinstance(epsilon, Mapping):
         if layer not in epsilon:
@@ -67,7 +67,7 @@ def compute_edge_weights(
     edge_norm: EdgeNorm,
     epsilon: float | None = None,
 ) -> Float[np.ndarray, "out in"]:
-    """Graph weights from one edge matrix (lib_spec D.2); zero means "no edge".
+    """Graph weights from one edge matrix (method §D.2); zero means "no edge".
 
     Args:
         e: non-negative edges ``E`` (out × in) of one pair of layers.
@@ -106,7 +106,7 @@ def build_interaction_graph(
     epsilon: Mapping[str, float] | float | None = None,
     exclude_constant: bool = True,
 ) -> ig.Graph:
-    """The undirected, weighted interaction graph over the features of ``layers`` (lib_spec D.1).
+    """The undirected, weighted interaction graph over the features of ``layers`` (method §D.1).
 
     Args:
         edges: ``E`` per ``(in_layer, out_layer)``, each of shape (out_features, in_features).
@@ -244,7 +244,7 @@ def _check_graph(graph: ig.Graph) -> None:
 
 
 def compute_modularity(graph: ig.Graph, membership: Sequence[int]) -> float:
-    """Weighted Newman modularity at γ = 1 (lib_spec D.3), NaN for a graph without edges."""
+    """Weighted Newman modularity at γ = 1 (method §D.3), NaN for a graph without edges."""
     _check_graph(graph)
     if len(membership) != graph.vcount():
         raise ValueError(f"membership has {len(membership)} entries for {graph.vcount()} vertices.")
@@ -260,7 +260,7 @@ def compute_modules(
     seed: int,
     n_iterations: int = 10,
 ) -> Modules:
-    """Leiden modules of an interaction graph (lib_spec D.3, with igraph + leidenalg).
+    """Leiden modules of an interaction graph (method §D.3, with igraph + leidenalg).
 
     Args:
         graph: from :func:`build_interaction_graph` (``weight`` edge attribute; a ``layer`` and
@@ -332,7 +332,7 @@ def compute_within_module_fraction(
 ) -> dict[tuple[str, str], float]:
     """Fraction of each layer pair's edges (or edge weight) that falls inside modules.
 
-    The analogue of the reference's ``num_edges_kept`` (lib_spec D.4). Pairs without edges give
+    The analogue of the reference's ``num_edges_kept`` (method §D.4). Pairs without edges give
     NaN.
     """
     _check_graph(graph)

@@ -1,5 +1,5 @@
 """How concentrated a layer pair's edge weight is: the fewest edges holding a share of it
-(lib_spec C.1.3), and the ε of the log edge norm derived from it."""
+(method §C.1.3), and the ε of the log edge norm derived from it."""
 
 from collections.abc import Sequence
 
@@ -17,7 +17,7 @@ def compute_edge_mass_counts(
     *,
     skip_constant_input: bool = True,
 ) -> dict[float, int]:
-    """Fewest top entries of ``E[:, 1:]`` holding each fraction of its total (lib_spec C.1.3).
+    """Fewest top entries of ``E[:, 1:]`` holding each fraction of its total (method §C.1.3).
 
     A scale-free sparsity measure: every output row (the output constant node included) and every
     input column except the constant input are ranked in descending order.
@@ -39,7 +39,7 @@ def compute_edge_mass_counts(
 def compute_epsilon_from_mass(edges: Tensor, mass: float) -> float:
     """ε of the log edge norm: the weakest of the strongest non-constant edges holding
     ``mass`` of the non-constant weight (as the paper's ε is the weakest edge kept by edge
-    ablation, lib_spec D)."""
+    ablation, method §D)."""
     n = compute_edge_mass_counts(edges, (mass,))[mass]
     values = torch.sort(edges[:, 1:].flatten().to(torch.float64), descending=True).values
     return float(values[n - 1])

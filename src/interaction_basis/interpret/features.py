@@ -303,7 +303,7 @@ def compute_fourier_evidence(
     """Mod-add: each feature's power per frequency over all ``(a, b)`` and its dominant term.
 
     ``acts`` are the activations on all ``modulus²`` inputs (``build_modadd_dataset`` order);
-    the features are summed over positions (lib_spec C.1.4), as for the module labels.
+    the features are summed over positions (method §C.1.4), as for the module labels.
     """
     out = {}
     for layer, basis in bases.items():

@@ -1,4 +1,4 @@
-"""Fourier labels for modular-addition features (lib_spec C.1.4).
+"""Fourier labels for modular-addition features (method §C.1.4).
 
 A feature is evaluated on all ``modulus**2`` inputs ``(a, b)``, ordered ``index = a * modulus +
 b``. Its 2-D DFT over ``(a, b)`` splits the non-constant part of the feature into Fourier terms
@@ -71,7 +71,7 @@ def compute_frequency_power(
     Args:
         features: activations of a layer's features on all inputs, ordered
             ``index = a * modulus + b`` (``build_modadd_dataset``). For ``ln1.0`` sum the
-            features over the three positions first (lib_spec C.1.4).
+            features over the three positions first (method §C.1.4).
         modulus: the modulus ``p``; ``features`` must have ``p²`` rows.
 
     Returns:

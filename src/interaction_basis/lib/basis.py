@@ -1,4 +1,4 @@
-"""Per-layer bases: LIB (``jacobian`` formula), centred PCA and neuron (lib_spec A.3, A.4).
+"""Per-layer bases: LIB (``jacobian`` formula), centred PCA and neuron (method §A.3, A.4).
 
 Every basis maps activations to features, ``f̂ = f C``, and back, ``f ≈ f̂ C⁺``. Feature 0 is the
 constant direction when centring, followed by the LayerNorm-variance node where isolated.
@@ -13,7 +13,7 @@ from torch import Tensor
 from interaction_basis.lib.linalg import compute_centering_matrices, compute_sorted_eigh
 from interaction_basis.lib.records import Basis
 
-CONST_TOLERANCE = 1e-6  # lib_spec A.3: |U[last, k]| and |D_k| above this mark the constant
+CONST_TOLERANCE = 1e-6  # method §A.3: |U[last, k]| and |D_k| above this mark the constant
 
 
 class DeadLayerError(ValueError):
@@ -86,7 +86,7 @@ def compute_pca_basis(
     center: bool = True,
     isolate_var: bool = False,
 ) -> Basis:
-    """The centred PCA baseline ``C = Y U``, ``C⁺ = U^T Y⁻¹`` (lib_spec A.3, ``svd``)."""
+    """The centred PCA baseline ``C = Y U``, ``C⁺ = U^T Y⁻¹`` (method §A.3, ``svd``)."""
     vals, u, n_masked = compute_pca_directions(
         gram, truncation=truncation, center=center, isolate_var=isolate_var
     )
@@ -120,7 +120,7 @@ def compute_lib_basis(
     center: bool = True,
     isolate_var: bool = False,
 ) -> Basis:
-    """The LIB basis ``C = Y U D^{-1/2} V Λ^{1/2}`` (lib_spec A.3 steps 1-7).
+    """The LIB basis ``C = Y U D^{-1/2} V Λ^{1/2}`` (method §A.3 steps 1-7).
 
     Args:
         gram: centred Gram of the layer.
@@ -154,7 +154,7 @@ def compute_lib_basis(
             "for every sample): look at the activations, change the weights' seed, scale or "
             "bias, or analyse this model with the pca or neuron basis."
         )
-    # Masked nodes are always kept (fixes lib_spec F.7, which dropped the wrong index).
+    # Masked nodes are always kept (fixes method §F.7, which dropped the wrong index).
     keep = truncation.keep(lam)
     keep[:n_m] = True
     lam, v = lam[keep], v[:, keep]
@@ -179,7 +179,7 @@ def fix_signs(basis: Basis) -> Basis:
 
 
 def compute_neuron_basis(d: int, constant_last: bool = False) -> Basis:
-    """The identity basis (also the unrotated final layer, lib_spec A.4).
+    """The identity basis (also the unrotated final layer, method §A.4).
 
     With ``constant_last`` (a layer whose last coordinate is the folded constant), the features
     are the neurons with the constant moved to feature 0 and masked, as in every other basis:

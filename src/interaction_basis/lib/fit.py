@@ -91,7 +91,7 @@ def fit_final_basis(
     center: bool = True,
     rotate_final: bool = False,
 ) -> Basis:
-    """The last node layer: its PCA basis if rotated, else the identity (lib_spec A.4)."""
+    """The last node layer: its PCA basis if rotated, else the identity (method §A.4)."""
     if not rotate_final:
         return compute_neuron_basis(stats.gram.shape[0])
     if not has_constant(layer):
@@ -150,7 +150,7 @@ def fit_bases(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[dict[str, Basis], dict[str, Tensor]]:
-    """Bases for every node layer, from the last backwards (lib_spec A.3, A.4).
+    """Bases for every node layer, from the last backwards (method §A.3, A.4).
 
     Returns:
         (bases, m_dash): the basis per layer, and for LIB the ``M′`` each basis was fitted on.
@@ -198,7 +198,7 @@ def compute_edges(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[tuple[str, str], Float[Tensor, "out in"]]:
-    """Edges ``E`` (out × in) between every pair of adjacent node layers (lib_spec A.6)."""
+    """Edges ``E`` (out × in) between every pair of adjacent node layers (method §A.6)."""
     sums = compute_edge_sums(
         model,
         batches,

@@ -1,8 +1,8 @@
-"""Batched Jacobian contractions: M′ (lib_spec A.3 step 3) and squared edges (A.6).
+"""Batched Jacobian contractions: M′ (method §A.3 step 3) and squared edges (A.6).
 
 Both are sums over (sample, output coordinate) of Jacobian products. There is no Python loop
 over output coordinates or samples: one ``torch.func`` call takes the Jacobian of a sub-batch of
-samples along a chunk of directions (lib_spec F.4), ``vmap``-ed twice:
+samples along a chunk of directions (method §F.4), ``vmap``-ed twice:
 
 - the outer ``vmap`` runs over samples, the inner one over directions. Directions that are the
   same for every sample (one-hot cotangents, one-hot or ``C⁺`` tangents) stay unbatched over
@@ -91,7 +91,7 @@ class ClosedForm(Protocol):
 
 
 class Integration(NamedTuple):
-    """An integration rule over the path ``α f``, α ∈ [0, 1] (lib_spec A.7)."""
+    """An integration rule over the path ``α f``, α ∈ [0, 1] (method §A.7)."""
 
     method: IntegrationMethod = "gradient"
     n_intervals: int = 0
@@ -694,7 +694,7 @@ def compute_edges_sum(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     mode: Mode | None = None,
 ) -> Float[Tensor, "k_out k_in"]:
-    """``Σ_x Σ_t A_{t,i,j}(x)²`` for one batch (lib_spec A.6, ``squared``), in float64.
+    """``Σ_x Σ_t A_{t,i,j}(x)²`` for one batch (method §A.6, ``squared``), in float64.
 
     ``A_{t,i,j} = Σ_α w_α Σ_s ∂F̂_{t,i}/∂g_{s,j}|_{g=α f̂} · f̂_{s,j}`` with
     ``F̂(f̂) = section(f̂ C⁺_in) C_out``. Divide by ``N · P_in`` to get ``E``. Reverse mode takes

@@ -1,4 +1,4 @@
-"""Dataset statistics (lib_spec A.2) and the small linear-algebra helpers the bases share.
+"""Dataset statistics (method §A.2) and the small linear-algebra helpers the bases share.
 
 Statistics are sums over (sample, position) pairs so that batches and shards can be added up
 before one final division by the count.
@@ -33,7 +33,7 @@ def compute_shifted_sums(
 def compute_centering_matrices(
     mean: Float[Tensor, " d"], center: bool = True
 ) -> tuple[Float[Tensor, "d d"], Float[Tensor, "d d"]]:
-    """``Y`` with ``f Y = f - μ̃`` and its inverse (lib_spec A.3 step 2)."""
+    """``Y`` with ``f Y = f - μ̃`` and its inverse (method §A.3 step 2)."""
     d = mean.shape[0]
     y = torch.eye(d, dtype=torch.float64)
     y_inv = torch.eye(d, dtype=torch.float64)

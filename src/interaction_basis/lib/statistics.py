@@ -1,4 +1,4 @@
-"""Means and centred Grams of node-layer activations (lib_spec A.2), as compensated sums that
+"""Means and centred Grams of node-layer activations (method §A.2), as compensated sums that
 add up across shards to the last bit; and the shards' sample ranges."""
 
 from collections.abc import Iterable
@@ -16,7 +16,7 @@ from interaction_basis.models.sectioned import check_activations
 
 
 def isolates_var(layer: str) -> bool:
-    """LayerNorm-variance isolation applies to ``ln1_out``/``ln2_out`` only (lib_spec A.3)."""
+    """LayerNorm-variance isolation applies to ``ln1_out``/``ln2_out`` only (method §A.3)."""
     return layer.split(".")[0] in ("ln1_out", "ln2_out")
 
 
@@ -78,7 +78,7 @@ class MomentSums(NamedTuple):
         return self._replace(shift=self.shift.cpu(), total=self.total.cpu(), gram=self.gram.cpu())
 
     def finalize(self, layer: str) -> LayerStats:
-        """The mean and the Gram centred on it (or uncentred), lib_spec A.2, on the CPU.
+        """The mean and the Gram centred on it (or uncentred), method §A.2, on the CPU.
 
         With ``w = Σ(x - s) / n`` and ``u`` its centring part (``w`` without the constant
         entry, or 0), ``Σ(x - s - u)(x - s - u)ᵀ = Σ(x - s)(x - s)ᵀ - n(u wᵀ + w uᵀ - u uᵀ)``.
@@ -104,7 +104,7 @@ def compute_layer_statistics(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> LayerStats:
-    """Mean and centred Gram of a layer in one pass (lib_spec A.2), summed on ``device``."""
+    """Mean and centred Gram of a layer in one pass (method §A.2), summed on ``device``."""
     moments = None
     for x in progress_bar(batches(layer), f"statistics {layer}", progress):
         x = x.to(device)

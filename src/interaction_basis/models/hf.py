@@ -1,13 +1,13 @@
 """Hugging Face causal LMs (GPT-2, GPT-Neo, GPT-NeoX/Pythia) as bias-folded sectioned models.
 
 :func:`build_hf_sections` re-implements the forward pass of a loaded ``transformers`` model from
-its weights, in the form LIB differentiates (lib_spec A.1): every activation is
+its weights, in the form LIB differentiates (method §A.1): every activation is
 ``(batch, pos, d)`` with the folded constant 1 as its last coordinate, and the model is a chain
 of steps (:class:`~interaction_basis.models.sectioned.Step`) named after the node layer at
 their input.
 
 Weight processing (how this differs from the reference, which used TransformerLens'
-``from_pretrained`` defaults, lib_spec A.1):
+``from_pretrained`` defaults, method §A.1):
 
 - ``fold_ln``: always. The LayerNorm affine weight ``γ`` and bias ``β`` are folded into the
   linear map that reads the LayerNorm output: ``W' = diag(γ) W`` and ``b' = β W + b``. The node
@@ -26,7 +26,7 @@ Weight processing (how this differs from the reference, which used TransformerLe
   to 1). No activation changes, but the attention section's derivative with respect to the
   constant input at each position does: kept in the values, each head's ``b_V W_O`` is
   weighted by that head's pattern; folded, the sum over heads goes into ``b_O``, whose folded
-  row is spread equally over the heads' patterns (lib_spec A.1). So the constant feature's Λ
+  row is spread equally over the heads' patterns (method §A.1). So the constant feature's Λ
   and edges change (by 2.9e-6 relative at ``ln1.0`` in the cross-check against the
   reference). Switch it off to keep ``b_V`` in the values.
 - Rotary embeddings (GPT-NeoX) use the ``cos``/``sin`` tables of the model's own rotary module,
@@ -60,7 +60,7 @@ LN-normalised residual with the constant; ``ln_final_out`` does not pass the res
 ``output`` (logits, no constant). LayerNorm-out clamps the variance node with a ReLU (edge
 ablations can make it negative).
 
-Bias folding follows lib_spec A.1: ``W_E`` gets a 0 column (1 for rotary models without a
+Bias folding follows method §A.1: ``W_E`` gets a 0 column (1 for rotary models without a
 positional embedding), ``W_pos`` a 1 column, Q/K/V the bias as an input row, V an output column
 carrying the constant, ``W_O`` the row ``b_O / n_heads``, ``W_in`` the bias row and the column
 ``(0, ..., 0, r1)`` with ``act(r1) = 1``, ``W_out`` the bias row, ``W_U`` the bias row.
@@ -101,7 +101,7 @@ from interaction_basis.models.sectioned import (
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoForCausalLM", "GPTNeoXForCausalLM")
 NodeLayerKind = Literal["ln", "resid", "all"]
 
-#: Root finding interval for ``act(r1) = 1`` (lib_spec A.1).
+#: Root finding interval for ``act(r1) = 1`` (method §A.1).
 _R1_BRACKET = (-1.0, 4.0)
 
 
@@ -205,7 +205,7 @@ def hf_node_layers(
     Args:
         model: a GPT-2, GPT-Neo or GPT-NeoX causal LM.
         kind: ``"ln"``: the reference's LayerNorm-split set (per block ``ln1, ln1_out, attn_in,
-            ln2, ln2_out, mlp_in``, then ``ln_final, ln_final_out``; lib_spec A.1); ``"resid"``:
+            ln2, ln2_out, mlp_in``, then ``ln_final, ln_final_out``; method §A.1); ``"resid"``:
             the residual stream only (``resid_pre.L``, ``resid_mid.L`` where it exists, and the
             last ``resid_post``); ``"all"``: every available name.
         final: last node layer, ``"unembed"`` (the LM configs, with ``rotate_final``) or
@@ -477,7 +477,7 @@ def _center_writes(w: Tensor) -> Tensor:
 
 
 def _solve_r1(act: Callable[[Tensor], Tensor], dtype: torch.dtype) -> float:
-    """``r1`` with ``act(r1) = 1``: bisection on [-1, 4] to float64 resolution (lib_spec A.1).
+    """``r1`` with ``act(r1) = 1``: bisection on [-1, 4] to float64 resolution (method §A.1).
 
     The spec's root finder stops at tol 1e-11; bisecting to the last bit is as cheap.
     """

@@ -1,9 +1,9 @@
-"""Fully connected image classifiers (lib_spec B.2): trainable and bias-folded sectioned forms.
+"""Fully connected image classifiers (method §B.2): trainable and bias-folded sectioned forms.
 
 :class:`MLP` is a plain ``nn.Module`` for training. Its parameters follow the reference's
 naming and orientation: ``layers.{i}.W`` of shape (in, out), used as ``x @ W + b``, and
 ``layers.{i}.b`` of shape (out,). :func:`build_mlp_sections` turns those arrays into the
-bias-folded :class:`SectionedModel` that LIB differentiates (lib_spec A.1, "For MLPs").
+bias-folded :class:`SectionedModel` that LIB differentiates (method §A.1, "For MLPs").
 
 Node layer ``layers.{i}`` is the input of the ``i``-th linear layer: ``layers.0`` is the flattened
 input, ``layers.{i>0}`` the post-activation of hidden layer ``i``, and ``output`` the logits.
@@ -200,7 +200,7 @@ def validate_mlp_weights(
 
 @cache
 def _gelu_one() -> float:
-    """``r1`` with ``gelu(r1) = 1``: bisection on [-1, 4] in float64 (lib_spec A.1).
+    """``r1`` with ``gelu(r1) = 1``: bisection on [-1, 4] in float64 (method §A.1).
 
     gelu < 1 on [-1, 1] and is increasing beyond, so the bracket holds one root. The reference
     stops at tol 1e-11; bisecting down to adjacent floats keeps the folded constant at 1 to
@@ -223,7 +223,7 @@ def _gelu_one() -> float:
 
 
 def constant_preimage(activation: str) -> float | None:
-    """The ``r1`` of lib_spec A.1 with ``act(r1) = 1``; ``None`` where none exists (tanh)."""
+    """The ``r1`` of method §A.1 with ``act(r1) = 1``; ``None`` where none exists (tanh)."""
     if activation == "relu":
         return 1.0
     if activation == "gelu":
@@ -237,7 +237,7 @@ def build_mlp_sections(
     dtype: torch.dtype = torch.float64,
     activation: Activation = "relu",
 ) -> SectionedModel:
-    """The bias-folded sectioned MLP (lib_spec A.1, "For MLPs").
+    """The bias-folded sectioned MLP (method §A.1, "For MLPs").
 
     The flattened input is concatenated with 1. Each hidden layer becomes ``[W; b]`` (in+1 rows)
     with an extra output column ``(0, …, 0, r1)``, where ``act(r1) = 1`` (``r1 = 1`` for relu, a

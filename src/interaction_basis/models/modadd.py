@@ -1,8 +1,8 @@
-"""The paper's 1-layer modular-addition transformer (lib_spec B.1).
+"""The paper's 1-layer modular-addition transformer (method §B.1).
 
 Two forms of the same weights: :class:`ModAddTransformer`, a plain ``nn.Module`` in
 TransformerLens state-dict naming for training, and :func:`build_modadd_sections`, the
-bias-folded sectioned model (lib_spec A.1) that LIB differentiates.
+bias-folded sectioned model (method §A.1) that LIB differentiates.
 """
 
 import math
@@ -162,7 +162,7 @@ def build_modadd_sections(
     node_layers: Sequence[str] = MODADD_NODE_LAYERS,
     dtype: torch.dtype = torch.float64,
 ) -> SectionedModel:
-    """The bias-folded sectioned mod-add transformer (lib_spec A.1).
+    """The bias-folded sectioned mod-add transformer (method §A.1).
 
     Node layers: ``ln1.0`` (embedding, all positions), ``ln2.0`` (after attention, last
     position only), ``unembed`` (after the MLP), ``output`` (logits).

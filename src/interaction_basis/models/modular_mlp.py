@@ -1,4 +1,4 @@
-"""The planted-module MLP (lib_spec H): constructed, not trained, with a known answer.
+"""The planted-module MLP (method §H): constructed, not trained, with a known answer.
 
 Every linear layer is ``block_diag(B1, B2)``, so the two coordinate blocks never interact: the
 reference implementation's sanity case for LIB, PCA and the neuron basis. The parameter names,
@@ -133,7 +133,7 @@ def build_modular_mlp_sections(
     dtype: torch.dtype = torch.float64,
     activation: Activation = "relu",
 ) -> SectionedModel:
-    """The bias-folded sectioned network (lib_spec A.1, "For MLPs"), mixings included.
+    """The bias-folded sectioned network (method §A.1, "For MLPs"), mixings included.
 
     Section ``i`` maps ``[a_i, 1]`` to ``[act([a_i, 1] W̃_i) Q_{i+1}, 1]`` where ``W̃_i`` is
     ``[Q_iᵀ W_i; b_i]`` with the constant column of :func:`~.mlp.build_mlp_sections` (``Q = I``

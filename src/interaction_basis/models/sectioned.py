@@ -1,4 +1,4 @@
-"""Models as chains of sections between named node layers (lib_spec A.1).
+"""Models as chains of sections between named node layers (method §A.1).
 
 A model is described by an ``embed`` function (raw inputs to the activations of the first
 possible node layer) and an ordered list of :class:`Step`s. Each step is named after the node

@@ -130,7 +130,7 @@ def plot_interaction_graphs(
 
 
 def plot_node_ablation(results: Mapping[str, Mapping], path: Path, x_max: int = 30) -> None:
-    """Score vs number of kept features, LIB vs PCA, one panel per layer (lib_spec C.1.2)."""
+    """Score vs number of kept features, LIB vs PCA, one panel per layer (method §C.1.2)."""
     methods = list(results)
     layers = list(results[methods[0]]["layers"])
     fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.4), squeeze=False)

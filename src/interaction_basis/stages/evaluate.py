@@ -1,4 +1,4 @@
-"""Stage 7 (evaluation): node and edge ablations on held-out data (lib_spec E)."""
+"""Stage 7 (evaluation): node and edge ablations on held-out data (method §E)."""
 
 import logging
 
@@ -45,7 +45,7 @@ def ablate_nodes(
     node_ablation: str,
     tokens: str | None = None,
 ) -> None:
-    """Score with the k most important features kept, per node layer (lib_spec E)."""
+    """Score with the k most important features kept, per node layer (method §E)."""
     cfg = evaluate
     net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens)
     layers = {}
@@ -91,7 +91,7 @@ def ablate_edges(
     edge_ablation: str,
     tokens: str | None = None,
 ) -> None:
-    """Fewest edges per layer pair that keep the score within ``edge_delta`` (lib_spec E)."""
+    """Fewest edges per layer pair that keep the score within ``edge_delta`` (method §E)."""
     cfg = evaluate
     net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens)
     pair_edges = storage.read_edges(edges)

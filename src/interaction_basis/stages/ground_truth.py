@@ -1,4 +1,4 @@
-"""Stage 6b: features and modules scored against a network's planted modules (lib_spec H)."""
+"""Stage 6b: features and modules scored against a network's planted modules (method §H)."""
 
 import logging
 

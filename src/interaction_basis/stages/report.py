@@ -11,7 +11,7 @@ from interaction_basis.report.figures import (
     plot_node_ablation,
 )
 
-MODULES_TITLE = "Leiden modules, log edge norm with ε from the edge-ablation threshold (lib_spec D)"
+MODULES_TITLE = "Leiden modules, log edge norm with ε from the edge-ablation threshold (method §D)"
 
 
 def make_report_figures(

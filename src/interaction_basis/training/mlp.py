@@ -1,4 +1,4 @@
-"""Training the image-classifier MLP (lib_spec B.2: Adam, lr 1e-3, batch 64, seed 0).
+"""Training the image-classifier MLP (method §B.2: Adam, lr 1e-3, batch 64, seed 0).
 
 The reference trains CIFAR-10 with 3072 → 100 → 100 → 10, ReLU, 12 epochs, on pixels in
 [0, 1]. Everything here is seeded (initialisation and shuffling), runs in float32 and returns

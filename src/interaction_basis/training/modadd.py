@@ -1,11 +1,11 @@
-"""Training the modular-addition transformer (lib_spec B.1), with a recipe that groks fast.
+"""Training the modular-addition transformer (method §B.1), with a recipe that groks fast.
 
 Model, data and loss are the paper's: 1 layer, d_model 128, 4 heads x 32, d_mlp 512, ReLU, no
 LayerNorm, n_ctx 3, vocabulary p + 1 = 114; 30% of the 113² pairs train (split seed 0), the
 other 70% are the held-out test pairs; cross-entropy on the last-position logits over all 114
 classes; full-batch AdamW with the LambdaLR warm-up ``min(step / 10, 1)``. Only the optimiser
 schedule differs: the paper's lr 1e-3 / weight decay 1 / 60 000 epochs groks by about epoch
-30 000 (lib_spec B.1), hours on a 2-core CPU. The defaults here:
+30 000 (method §B.1), hours on a 2-core CPU. The defaults here:
 
     lr 1e-2, weight_decay 2.5, betas (0.9, 0.98), frac_train 0.3, warm-up 10 steps,
     evaluate every 10 epochs, stop once the test accuracy is >= 0.999 for 5 evaluations
@@ -124,7 +124,7 @@ def _loss_and_accuracy(
 def train_modadd(
     cfg: ModAddTrainConfig, *, progress: bool = True, num_threads: int | None = None
 ) -> TrainResult:
-    """Train the 1-layer mod-add transformer full-batch with AdamW (lib_spec B.1).
+    """Train the 1-layer mod-add transformer full-batch with AdamW (method §B.1).
 
     Deterministic for a given config and torch thread count: the split and the initialisation
     use their own generators and full-batch training has no other randomness.

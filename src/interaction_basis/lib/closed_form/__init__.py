@@ -1,4 +1,4 @@
-"""Sections whose Jacobian contractions have closed forms (lib_spec A.3 step 3, A.6).
+"""Sections whose Jacobian contractions have closed forms (method §A.3 step 3, A.6).
 
 The generic path (:mod:`interaction_basis.lib.jacobians`) takes one autograd pass per output
 coordinate or input direction. For the blocks of the mod-add transformer (attention, MLP,
@@ -25,7 +25,7 @@ code inputs from the imports, so this package re-exports nothing):
   (:class:`~.common.Contraction`, :class:`~.common.EdgeInputs`).
 
 Notation (row vectors, ``dx ↦ dx J``): ``J̄_s = Σ_α w_α ∂F(α x)/∂x_s`` is the integrated
-Jacobian of the section at input position ``s`` (lib_spec A.7), ``R_s = J̄_s C_out``
+Jacobian of the section at input position ``s`` (method §A.7), ``R_s = J̄_s C_out``
 (``d_in × k_out``), ``M′ ∝ Σ_{x,s} R_s R_sᵀ`` and ``E_{ij} ∝ Σ_x (Σ_s f̂_{s,j} (C⁺ R_s)_{j,i})²``.
 Everything is computed in float64, whatever the activations' dtype.
 """
