@@ -68,7 +68,10 @@ def _reference_case(reference_dir: Path, max_samples: int | None):
     with torch.no_grad():
         acts = model.activations(tokens[train])
     source = batches_from_tensors(acts, 1024)
-    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
+    stats = {
+        layer: compute_layer_statistics(source, layer, model.traits(layer))
+        for layer in model.node_layers
+    }
     methods = {}
     for method in ("lib", "pca"):
         bases, _ = fit_bases(model, source, stats, method, truncation=Truncation(1e-15, False))

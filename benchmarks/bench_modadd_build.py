@@ -85,7 +85,10 @@ def _full_build(fit, model, tokens, batch_size: int):
         acts = model.activations(tokens)
     lap()
     source = fit.batches_from_tensors(acts, batch_size)
-    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
+    stats = {
+        layer: compute_layer_statistics(source, layer, model.traits(layer))
+        for layer in model.node_layers
+    }
     lap()
     bases, m_dash = fit.fit_bases(
         model, source, stats, "lib", truncation=Truncation(1e-15, relative=False)
@@ -207,7 +210,10 @@ def _child_bound(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         acts = model.activations(tokens)
     source = fit.batches_from_tensors(acts, args.batch_size)
-    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
+    stats = {
+        layer: compute_layer_statistics(source, layer, model.traits(layer))
+        for layer in model.node_layers
+    }
     with FlopCounterMode(display=False) as counter:
         bases, _ = fit.fit_bases(
             model, source, stats, "lib", truncation=Truncation(1e-15, relative=False)

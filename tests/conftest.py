@@ -66,7 +66,10 @@ def reference_builds(reference_dir):
         with torch.no_grad():
             acts = model.activations(tokens[train])
         source = batches_from_tensors(acts, 1024)
-        stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
+        stats = {
+            layer: compute_layer_statistics(source, layer, model.traits(layer))
+            for layer in model.node_layers
+        }
         out = dict(
             seed=seed, weights=weights, model=model, tokens=tokens, labels=labels, train=train,
             test=compute_modadd_split(len(labels), 0.3, 0)[1], acts=acts, stats=stats,

@@ -64,7 +64,10 @@ def full_build(model: SectionedModel, inputs: torch.Tensor, method: str = "lib",
     with torch.no_grad():
         acts = model.activations(inputs)
     source = batches_from_tensors(acts, kwargs.pop("batch_size", 16))
-    stats = {layer: compute_layer_statistics(source, layer) for layer in model.node_layers}
+    stats = {
+        layer: compute_layer_statistics(source, layer, model.traits(layer))
+        for layer in model.node_layers
+    }
     bases, m_dash = fit_bases(model, source, stats, method, truncation=truncation, **kwargs)
     edges = compute_edges(
         model,

@@ -37,7 +37,7 @@ import xarray as xr
 import zarr
 from torch import Tensor
 
-from interaction_basis.lib.records import Basis, BatchSource, LayerStats, Partial
+from interaction_basis.lib.records import Basis, BatchSource, LayerStats, LayerTraits, Partial
 from interaction_basis.lib.statistics import MomentSums
 from interaction_basis.lib.summation import CompensatedSum
 
@@ -366,8 +366,16 @@ def _stats_dataset(layer: str, s: LayerStats) -> xr.Dataset:
             "mean": (("feature",), s.mean.numpy()),
             "gram": (("feature", "feature_t"), s.gram.numpy()),
         },
-        attrs={"count": s.count, "layer": layer},
+        attrs={"count": s.count, "layer": layer, **_traits_attrs(s.traits)},
     )
+
+
+def _traits_attrs(t: LayerTraits) -> dict:
+    return {"constant": int(t.constant), "variance_first": int(t.variance_first)}
+
+
+def _read_traits(attrs: Mapping) -> LayerTraits:
+    return LayerTraits(bool(attrs["constant"]), bool(attrs["variance_first"]))
 
 
 def _compensated_vars(name: str, dims: tuple[str, ...], s: CompensatedSum) -> dict:
@@ -389,7 +397,7 @@ def _moments_dataset(m: MomentSums) -> xr.Dataset:
             **_compensated_vars("moment_sum", f, m.total),
             **_compensated_vars("moment_gram", ff, m.gram),
         },
-        attrs={"count": m.count, "centred": int(m.centred)},
+        attrs={"count": m.count, "centred": int(m.centred), **_traits_attrs(m.traits)},
     )
 
 
@@ -407,6 +415,7 @@ def read_moments(path: str | os.PathLike) -> dict[str, MomentSums]:
             _read_compensated(g, "moment_gram"),
             int(g.attrs["count"]),
             bool(g.attrs["centred"]),
+            _read_traits(g.attrs),
         )
     return out
 
@@ -467,6 +476,7 @@ def read_stats(path: str | os.PathLike) -> dict[str, LayerStats]:
             torch.from_numpy(g["mean"].values),
             torch.from_numpy(g["gram"].values),
             int(g.attrs["count"]),
+            _read_traits(g.attrs),
         )
     return out
 

@@ -247,7 +247,9 @@ def lib_builds(models, tokens):
             model = build_hf_sections(models[arch], hf_node_layers(models[arch], "ln"))
             acts = model.activations(tokens)
             batches = batches_from_tensors(acts, batch_size=4)
-            stats = {n: compute_layer_statistics(batches, n) for n in model.node_layers}
+            stats = {
+                n: compute_layer_statistics(batches, n, model.traits(n)) for n in model.node_layers
+            }
             bases, m_dashes = fit_bases(model, batches, stats, "lib", rotate_final=True)
             cache[arch] = (model, acts, batches, stats, bases, m_dashes)
         return cache[arch]

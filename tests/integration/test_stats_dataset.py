@@ -59,12 +59,17 @@ def test_statistics_come_from_the_stats_chunks(lm):
     expected_acts = {layer: torch.cat([a[layer] for a in acts]) for layer in LAYERS}
     stats = storage.read_stats(out)
     for layer in LAYERS:
-        expected = compute_layer_statistics(batches_from_tensors(expected_acts, BATCH), layer)
+        traits = model.traits(layer)
+        expected = compute_layer_statistics(
+            batches_from_tensors(expected_acts, BATCH), layer, traits
+        )
         assert stats[layer].count == N_STATS * N_CTX
         assert torch.equal(stats[layer].gram, expected.gram), layer
         assert torch.equal(stats[layer].mean, expected.mean), layer
         fit_only = compute_layer_statistics(
-            batches_from_tensors({layer: storage.read_activations(out, layer)}, BATCH), layer
+            batches_from_tensors({layer: storage.read_activations(out, layer)}, BATCH),
+            layer,
+            traits,
         )
         assert not torch.allclose(fit_only.gram, expected.gram), layer
 

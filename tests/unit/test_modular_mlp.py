@@ -200,7 +200,9 @@ def _scores(weights, x, method):
     ]
     blocks = compute_block_labels(6, 3)
     mixings = {layer: mixing_of(weights, layer) for layer in bases}
-    return score_method(bases, edges, {"layers": layers, "nodes": nodes}, blocks, mixings), bases
+    constant = {layer: model.traits(layer).constant for layer in bases}
+    modules = {"layers": layers, "nodes": nodes}
+    return score_method(bases, edges, modules, blocks, mixings, constant), bases
 
 
 def test_plain_neuron_basis_sees_the_blocks():

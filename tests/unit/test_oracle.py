@@ -6,7 +6,6 @@ import torch
 from factories import full_build, tiny_mlp, tiny_modadd
 from interaction_basis.lib.basis import Truncation, compute_lib_basis
 from interaction_basis.lib.jacobians import Integration
-from interaction_basis.lib.statistics import has_constant
 
 RULES = [
     Integration("gradient", 0),
@@ -87,7 +86,7 @@ def test_batched_build_matches_autograd_loop(factory, integration):
             s.mean,
             oracle_m,
             truncation=Truncation(1e-10, relative=True),
-            center=has_constant(layer),
+            center=s.traits.constant,
         )
         lam = bases[layer].importance
         torch.testing.assert_close(lam, oracle_basis.importance, rtol=1e-10, atol=0)

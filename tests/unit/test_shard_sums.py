@@ -1,6 +1,7 @@
 """Shards add up to the unsharded run: statistics, M' and edges (issue: sharded stages)."""
 
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from interaction_basis.lib.fit import (
 )
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.linalg import compute_shifted_sums
-from interaction_basis.lib.records import add_partials
+from interaction_basis.lib.records import LayerTraits, add_partials
 from interaction_basis.lib.statistics import MomentSums, compute_layer_statistics, shard_range
 
 BATCH = 5
@@ -44,8 +45,8 @@ def _shards(acts: dict, n_shards: int):
     return out
 
 
-def _moments(batches, layer, first, center):
-    moments = MomentSums.start(first, layer, center)
+def _moments(batches, layer, traits, first, center):
+    moments = MomentSums.start(first, traits, center)
     for x in batches(layer):
         moments = moments.add(x, layer)
     return moments
@@ -57,9 +58,10 @@ def test_shard_moments_add_up_to_the_pooled_statistics_exactly(tiny, center):
     model, acts = tiny
     full = batches_from_tensors(acts, BATCH)
     for layer in model.node_layers:
-        pooled = compute_layer_statistics(full, layer, center=center)
+        traits = model.traits(layer)
+        pooled = compute_layer_statistics(full, layer, traits, center=center)
         first = acts[layer][:BATCH]
-        parts = [_moments(s, layer, first, center) for _, s in _shards(acts, 3)]
+        parts = [_moments(s, layer, traits, first, center) for _, s in _shards(acts, 3)]
         merged = parts[2].merge(parts[0]).merge(parts[1])
         combined = merged.finalize(layer)
         assert combined.count == pooled.count
@@ -79,8 +81,8 @@ def test_shard_moments_add_up_to_the_pooled_statistics_exactly(tiny, center):
 def test_moment_sums_around_different_shifts_do_not_merge(tiny):
     model, acts = tiny
     layer = model.node_layers[0]
-    a = MomentSums.start(acts[layer][:BATCH], layer, True)
-    b = MomentSums.start(acts[layer][BATCH : 2 * BATCH], layer, True)
+    a = MomentSums.start(acts[layer][:BATCH], model.traits(layer), True)
+    b = MomentSums.start(acts[layer][BATCH : 2 * BATCH], model.traits(layer), True)
     with pytest.raises(ValueError, match="shift from the run's first batch"):
         a.merge(b)
 
@@ -105,7 +107,10 @@ def test_sharded_m_dash_and_edges_with_stochastic_sources(tiny):
     """Sources are drawn per global batch, so shards reproduce the unsharded draws exactly."""
     model, acts = tiny
     full = batches_from_tensors(acts, BATCH)
-    stats = {layer: compute_layer_statistics(full, layer) for layer in model.node_layers}
+    stats = {
+        layer: compute_layer_statistics(full, layer, model.traits(layer))
+        for layer in model.node_layers
+    }
     kw = dict(integration=Integration("trapezoidal", 2), sources=Sources(n_hidden=2), seed=3)
     bases, m_dashes = fit_bases(model, full, stats, "lib", **kw)
     shards = _shards(acts, 3)
@@ -130,7 +135,10 @@ def test_sharded_m_dash_and_edges_with_stochastic_sources(tiny):
 def test_sign_convention_undoes_a_flipped_feature(tiny):
     model, acts = tiny
     full = batches_from_tensors(acts, BATCH)
-    stats = {layer: compute_layer_statistics(full, layer) for layer in model.node_layers}
+    stats = {
+        layer: compute_layer_statistics(full, layer, model.traits(layer))
+        for layer in model.node_layers
+    }
     basis = fit_bases(model, full, stats, "lib")[0]["ln2.0"]
     k = basis.n_masked + 1
     flipped = basis._replace(C=basis.C.clone(), C_pinv=basis.C_pinv.clone())
@@ -149,7 +157,9 @@ def test_one_pass_statistics_equal_the_two_pass_definition(center):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(50, 3, 5, generator=gen, dtype=torch.float64) * torch.tensor([1, 2, 3, 4, 0.0])
     x += torch.tensor([1e6, -3e6, 0.5, 0.0, 1.0])  # the last coordinate: the constant 1
-    stats = compute_layer_statistics(batches_from_tensors({"l": x}, 7), "l", center=center)
+    stats = compute_layer_statistics(
+        batches_from_tensors({"l": x}, 7), "l", LayerTraits(constant=True), center=center
+    )
     rows = [[Fraction(v) for v in row] for row in x.reshape(-1, 5).tolist()]  # exact arithmetic
     n = len(rows)
     mean = [sum(col) / n for col in zip(*rows, strict=True)]
@@ -167,3 +177,43 @@ def test_one_pass_statistics_equal_the_two_pass_definition(center):
     plain_gram = plain.T @ plain / n
     if center:
         assert (plain_gram - exact_gram).abs().max() > 1e-12
+
+
+def test_layer_traits_come_from_the_model_not_from_names():
+    """The statistics and the bases read a layer's traits from where its model declares them
+    (``Step``), whatever the layer is called: a variance-first layer named like no LayerNorm
+    keeps its variance out of the rotation, and final outputs named like a hidden layer carry
+    no constant."""
+    from interaction_basis.lib.fit import fit_layer_basis
+    from interaction_basis.models.sectioned import Step, build_sectioned_model
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+
+    def affine(x):  # keeps the constant coordinate
+        return torch.cat([x[..., :-1] @ w[:3, :3], x[..., -1:]], dim=-1)
+
+    def logits(x):  # no constant coordinate
+        return x[..., :-1] @ w[:3, :2]
+
+    steps = [Step("a", affine, variance_first=True), Step("b", logits)]
+    model = build_sectioned_model(lambda x: x, steps, "layers.9", ["a", "b", "layers.9"])
+    assert model.traits("a") == LayerTraits(constant=True, variance_first=True)
+    assert model.traits("b") == LayerTraits()
+    assert model.traits("layers.9") == LayerTraits(constant=False)
+    x = torch.randn(40, 2, 4, generator=gen, dtype=torch.float64)
+    x[..., -1] = 1.0
+    source = batches_from_tensors(model.activations(x), BATCH)
+    stats = {n: compute_layer_statistics(source, n, model.traits(n)) for n in model.node_layers}
+    assert stats["layers.9"].mean[-1] != 1.0  # no constant to pin to 1
+    assert fit_layer_basis(stats["a"], "a", "pca").n_masked == 2  # constant and variance
+    assert fit_layer_basis(stats["b"], "b", "pca").n_masked == 1
+
+
+def test_the_generic_maths_names_no_layer():
+    """lib/ decides nothing by a layer's name (issue 24)."""
+    lib = Path(__file__).resolve().parents[2] / "src" / "interaction_basis" / "lib"
+    for path in lib.rglob("*.py"):
+        text = path.read_text()
+        for name in ('"output"', "ln1_out", "ln2_out", '"unembed"'):
+            assert name not in text, (path.name, name)

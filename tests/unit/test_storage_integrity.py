@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from interaction_basis import planning, storage
-from interaction_basis.lib.records import Basis, LayerStats
+from interaction_basis.lib.records import Basis, LayerStats, LayerTraits
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +105,7 @@ def test_store_without_record_is_refused_and_bare_directories_removed(tmp_path):
 
 def test_non_finite_values_are_refused_on_read(tmp_path):
     path = tmp_path / "stats.zarr"
-    stats = LayerStats(torch.tensor([1.0, float("nan")]), torch.eye(2), 4)
+    stats = LayerStats(torch.tensor([1.0, float("nan")]), torch.eye(2), 4, LayerTraits())
     storage.write_stats(path, {"l": stats}, {})
     with pytest.raises(storage.DamagedInputError, match="l/mean holds NaN or inf"):
         storage.read_stats(path)
@@ -139,7 +139,7 @@ def _activation_store(path, n_batches=3):
     with storage.activation_writer(path, {}, chunk_samples=4) as store:
         for x in batches:
             store.append({"l": x})
-        stats = LayerStats(torch.zeros(3, dtype=torch.float64), torch.eye(3), 24)
+        stats = LayerStats(torch.zeros(3, dtype=torch.float64), torch.eye(3), 24, LayerTraits())
         store.write_stats({"l": stats})
     return torch.cat(batches)
 

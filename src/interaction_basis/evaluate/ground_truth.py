@@ -18,7 +18,6 @@ from jaxtyping import Float, Int
 from sklearn.metrics import adjusted_rand_score
 from torch import Tensor
 
-from interaction_basis.lib.fit import has_constant
 from interaction_basis.lib.records import Basis
 
 #: Importance, relative to the layer's largest non-constant one, above which a feature enters
@@ -33,11 +32,13 @@ def compute_block_weights(
     layer: str,
     blocks: Int[np.ndarray, " width"],
     mixing: Float[np.ndarray, "width width"] | None = None,
+    *,
+    constant: bool = True,
 ) -> Float[np.ndarray, "feature 2"]:
     """Each feature's share of squared direction weight on block 0 and block 1; NaN rows for
     the constant feature(s)."""
     d = basis.C_pinv.to("cpu").double().numpy()
-    if has_constant(layer):
+    if constant:  # the folded constant coordinate belongs to no block
         d = d[:, :-1]
     if d.shape[1] != len(blocks):
         raise ValueError(
@@ -89,6 +90,7 @@ def score_method(
     modules: Mapping,
     blocks: Int[np.ndarray, " width"],
     mixings: Mapping[str, np.ndarray | None],
+    constant: Mapping[str, bool],
     threshold: float = ARI_IMPORTANCE_THRESHOLD,
 ) -> dict:
     """Purity per feature and layer, and the ARI of one method's modules (``modules.json``).
@@ -100,7 +102,7 @@ def score_method(
     ``modules_spanning_both_blocks``.
     """
     shares = {
-        layer: compute_block_weights(b, layer, blocks, mixings.get(layer))
+        layer: compute_block_weights(b, layer, blocks, mixings.get(layer), constant=constant[layer])
         for layer, b in bases.items()
     }
     purity = {layer: s.max(axis=1) for layer, s in shares.items()}

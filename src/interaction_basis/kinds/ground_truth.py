@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 class PlantedBlocks(NamedTuple):
     blocks: "np.ndarray"  # (width,) the planted block of each coordinate
     mixings: dict[str, "np.ndarray | None"]  # per node layer: its orthogonal mixing, or None
+    constant: dict[str, bool]  # per node layer: whether it ends with the folded constant
 
 
 @runtime_checkable

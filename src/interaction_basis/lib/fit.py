@@ -26,7 +26,7 @@ from interaction_basis.lib.jacobians import (
     compute_m_dash_sum,
 )
 from interaction_basis.lib.records import Basis, BatchSource, LayerStats, Partial
-from interaction_basis.lib.statistics import has_constant, isolates_var, progress_bar
+from interaction_basis.lib.statistics import progress_bar
 from interaction_basis.lib.summation import CompensatedSum
 from interaction_basis.models.sectioned import SectionedModel
 
@@ -94,7 +94,7 @@ def fit_final_basis(
     """The last node layer: its PCA basis if rotated, else the identity (method §A.4)."""
     if not rotate_final:
         return compute_neuron_basis(stats.gram.shape[0])
-    if not has_constant(layer):
+    if not stats.traits.constant:
         raise ValueError(
             "rotate_final needs a last node layer with a constant coordinate "
             f"(e.g. 'unembed'), got {layer!r}."
@@ -112,9 +112,9 @@ def fit_layer_basis(
     center: bool = True,
 ) -> Basis:
     """The basis of one non-final node layer; LIB needs its ``M′``."""
-    isolate_var = isolates_var(layer)
+    isolate_var = stats.traits.variance_first
     if method == "neuron":
-        return compute_neuron_basis(stats.gram.shape[0], constant_last=has_constant(layer))
+        return compute_neuron_basis(stats.gram.shape[0], constant_last=stats.traits.constant)
     if method == "pca":
         return compute_pca_basis(
             stats.gram, stats.mean, truncation=truncation, center=center, isolate_var=isolate_var

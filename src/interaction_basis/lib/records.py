@@ -30,12 +30,24 @@ class Basis(NamedTuple):
     n_masked: int
 
 
+class LayerTraits(NamedTuple):
+    """What the generic maths must know about a node layer, declared where the model makes the
+    layer (``models.sectioned.Step``) and stored with its statistics."""
+
+    #: The activations end with the folded constant 1 (method §A.1); the logits do not.
+    constant: bool = True
+    #: Coordinate 0 is a LayerNorm's variance, kept out of the rotation as its own node
+    #: (method §A.3).
+    variance_first: bool = False
+
+
 class LayerStats(NamedTuple):
     """Mean and centred Gram of one node layer over ``count`` (sample, position) pairs."""
 
     mean: Float[Tensor, " d"]
     gram: Float[Tensor, "d d"]
     count: int  # type: ignore[assignment]  # (shadows tuple.count)
+    traits: LayerTraits
 
 
 class Partial(NamedTuple):

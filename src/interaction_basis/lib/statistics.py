@@ -10,19 +10,9 @@ from torch import Tensor
 
 from interaction_basis import progress as bars
 from interaction_basis.lib.linalg import centering_shift, compute_shifted_sums, compute_sum
-from interaction_basis.lib.records import BatchSource, LayerStats
+from interaction_basis.lib.records import BatchSource, LayerStats, LayerTraits
 from interaction_basis.lib.summation import CompensatedSum
 from interaction_basis.models.sectioned import check_activations
-
-
-def isolates_var(layer: str) -> bool:
-    """LayerNorm-variance isolation applies to ``ln1_out``/``ln2_out`` only (method §A.3)."""
-    return layer.split(".")[0] in ("ln1_out", "ln2_out")
-
-
-def has_constant(layer: str) -> bool:
-    """Every node layer but the logits carries the folded constant coordinate."""
-    return layer != "output"
 
 
 def progress_bar(it: Iterable[Tensor], desc: str, enable: bool):
@@ -43,15 +33,19 @@ class MomentSums(NamedTuple):
     gram: CompensatedSum
     count: int  # type: ignore[assignment]  # (shadows tuple.count)
     centred: bool
+    traits: LayerTraits
 
     @classmethod
-    def start(cls, first: Float[Tensor, "batch pos d"], layer: str, center: bool) -> "MomentSums":
-        """Empty sums around the centring shift of ``first``, the run's first batch."""
-        centred = center and has_constant(layer)
+    def start(
+        cls, first: Float[Tensor, "batch pos d"], traits: LayerTraits, center: bool
+    ) -> "MomentSums":
+        """Empty sums around the centring shift of ``first``, the run's first batch (centred
+        only where the layer has a constant coordinate to hold the mean)."""
+        centred = center and traits.constant
         shift = centering_shift(compute_sum(first) / (first.shape[0] * first.shape[1]), centred)
         d = first.shape[-1]
         zeros = CompensatedSum.zeros
-        return cls(shift, zeros(d, shift.device), zeros((d, d), shift.device), 0, centred)
+        return cls(shift, zeros(d, shift.device), zeros((d, d), shift.device), 0, centred, traits)
 
     def add(self, x: Float[Tensor, "batch pos d"], layer: str) -> "MomentSums":
         check_activations(x, layer)
@@ -91,14 +85,15 @@ class MomentSums(NamedTuple):
         correction = torch.outer(u, w) + torch.outer(w, u) - torch.outer(u, u)
         gram = m.gram.value() / m.count - correction
         mean = m.shift + w
-        if has_constant(layer):
+        if m.traits.constant:
             mean[-1] = 1.0
-        return LayerStats(mean, gram, m.count)
+        return LayerStats(mean, gram, m.count, m.traits)
 
 
 def compute_layer_statistics(
     batches: BatchSource,
     layer: str,
+    traits: LayerTraits,
     *,
     center: bool = True,
     device: torch.device | str = "cpu",
@@ -108,7 +103,7 @@ def compute_layer_statistics(
     moments = None
     for x in progress_bar(batches(layer), f"statistics {layer}", progress):
         x = x.to(device)
-        moments = (moments or MomentSums.start(x, layer, center)).add(x, layer)
+        moments = (moments or MomentSums.start(x, traits, center)).add(x, layer)
     if moments is None:
         raise ValueError(f"No activations for layer {layer!r}.")
     return moments.finalize(layer)

@@ -631,21 +631,33 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
     steps = [
         Step(f"resid_pre.{layer}", identity),
         Step(f"ln1.{layer}", LayerNormIn(ln1_in, d)),
-        Step(f"ln1_out.{layer}", LayerNormOut(ln1_out, d, blk.eps1, passthrough=1)),
+        Step(
+            f"ln1_out.{layer}",
+            LayerNormOut(ln1_out, d, blk.eps1, passthrough=1),
+            variance_first=True,
+        ),
     ]
     if parallel:
         steps += [
             # The raw input x travels next to y = x + attn so that LN2 can read x.
             Step(f"attn_in.{layer}", attention_section(keep_input=True)),
             Step(f"ln2.{layer}", PerToken(dual_ln2_in)),
-            Step(f"ln2_out.{layer}", LayerNormOut(dual_ln2_out, d, blk.eps2, 1 + big)),
+            Step(
+                f"ln2_out.{layer}",
+                LayerNormOut(dual_ln2_out, d, blk.eps2, 1 + big),
+                variance_first=True,
+            ),
         ]
     else:
         steps += [
             Step(f"attn_in.{layer}", attention_section(keep_input=False)),
             Step(f"resid_mid.{layer}", identity),
             Step(f"ln2.{layer}", LayerNormIn(ln2_in, d)),
-            Step(f"ln2_out.{layer}", LayerNormOut(ln2_out, d, blk.eps2, passthrough=1)),
+            Step(
+                f"ln2_out.{layer}",
+                LayerNormOut(ln2_out, d, blk.eps2, passthrough=1),
+                variance_first=True,
+            ),
         ]
     return steps + [
         Step(f"mlp_in.{layer}", ResidualMLP(blk.w_in, blk.w_out, blk.act)),

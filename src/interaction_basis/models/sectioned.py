@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interaction_basis.lib.closed_form.per_token import PerToken
+from interaction_basis.lib.records import LayerTraits
 
 Activations = Float[Tensor, "batch pos d"]
 SectionFn = Callable[[Tensor], Tensor]
@@ -24,10 +25,17 @@ CPU = torch.device("cpu")
 
 @dataclass(frozen=True)
 class Step:
-    """One atomic piece of a model; ``name`` is the node layer at its input."""
+    """One atomic piece of a model; ``name`` is the node layer at its input, whose traits the
+    step declares where the architecture makes the layer."""
 
     name: str
     fn: SectionFn
+    #: The activations end with the folded constant 1 (method §A.1); a model's final outputs
+    #: (the logits) never do.
+    constant: bool = True
+    #: Coordinate 0 is a LayerNorm's variance, kept out of the rotation as its own node
+    #: (method §A.3).
+    variance_first: bool = False
 
 
 def identity(x: Tensor) -> Tensor:
@@ -56,7 +64,8 @@ class SectionedModel:
     """A model cut into sections at ``node_layers``.
 
     Attributes:
-        node_layers: the chosen node layers, in forward order.
+        node_layers: the chosen node layers, in forward order (their traits, see
+            :class:`Step`, in ``constant_free`` and ``variance_first``).
         embed: raw inputs -> activations at ``node_layers[0]`` (never differentiated).
         sections: ``sections[l]`` maps activations at ``node_layers[l]`` to those at
             ``node_layers[l + 1]``.
@@ -67,6 +76,14 @@ class SectionedModel:
     embed: Callable[[Tensor], Tensor]
     sections: tuple[SectionFn, ...]
     device: torch.device = CPU
+    #: Node layers without the folded constant coordinate (the logits).
+    constant_free: frozenset[str] = frozenset()
+    #: Node layers whose coordinate 0 is a LayerNorm's variance.
+    variance_first: frozenset[str] = frozenset()
+
+    def traits(self, layer: str) -> LayerTraits:
+        """What the generic maths must know about ``layer`` (declared by its :class:`Step`)."""
+        return LayerTraits(layer not in self.constant_free, layer in self.variance_first)
 
     def activations(self, inputs: Tensor) -> dict[str, Activations]:
         """Activations at every node layer for one batch of raw inputs."""
@@ -92,7 +109,8 @@ def build_sectioned_model(
     node_layers: Sequence[str],
     device: torch.device = CPU,
 ) -> SectionedModel:
-    """Cut a model given as steps at the chosen node layers.
+    """Cut a model given as steps at the chosen node layers; ``output_name`` names the final
+    outputs (the logits: no constant coordinate).
 
     Raises:
         ValueError: if a node layer is unknown, repeated, or out of forward order.
@@ -118,7 +136,15 @@ def build_sectioned_model(
     def full_embed(inputs: Tensor) -> Tensor:
         return _compose(pre)(embed(inputs))
 
-    return SectionedModel(tuple(node_layers), full_embed, sections, device)
+    chosen = set(node_layers)
+    return SectionedModel(
+        tuple(node_layers),
+        full_embed,
+        sections,
+        device,
+        constant_free=frozenset({s.name for s in steps if not s.constant} | {output_name}) & chosen,
+        variance_first=frozenset(s.name for s in steps if s.variance_first) & chosen,
+    )
 
 
 def check_activations(x: Tensor, layer: str) -> None:

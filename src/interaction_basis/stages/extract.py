@@ -50,7 +50,10 @@ def extract_activations(
     with torch.no_grad():
         # Every shard centres its sums on the first batch of the whole run, so they add up.
         first = net.activations(stats_inputs[:size].to(net.device))
-    moments = {layer: MomentSums.start(x, layer, extract_cfg.center) for layer, x in first.items()}
+    moments = {
+        layer: MomentSums.start(x, net.traits(layer), extract_cfg.center)
+        for layer, x in first.items()
+    }
 
     def add(batch_acts):
         return {layer: m.add(batch_acts[layer], layer) for layer, m in moments.items()}
