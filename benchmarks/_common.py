@@ -33,3 +33,52 @@ def gemm_rate(n_rows: int, k: int, n: int, reps: int = 9) -> float:
         a @ b
         times.append(time.perf_counter() - t0)
     return 2 * n_rows * k * n / statistics.median(times) / 1e9
+
+
+def lm_configs(
+    model_dir: str,
+    node_layers: list[str],
+    *,
+    n_ctx: int,
+    n_samples: int,
+    batch_size: int,
+    n_pos: int | None,
+    seed: int = 0,
+    n_eval_samples: int = 8,
+):
+    """ModelConfig, ExtractConfig, BasisConfig and EdgesConfig of a language-model benchmark run:
+    the local model at ``model_dir`` on random token ids, LIB in float64 (relative τ 1e-10,
+    rotated final layer), ``n_pos`` position sources or exact (None)."""
+    from interaction_basis.config import (
+        BasisConfig,
+        EdgesConfig,
+        ExtractConfig,
+        HubModelConfig,
+        ModelConfig,
+        SourcesConfig,
+        TextDataConfig,
+    )
+
+    model = ModelConfig(
+        kind="hf",
+        hub=HubModelConfig(source=model_dir),
+        text=TextDataConfig(
+            source="random token ids",
+            n_ctx=n_ctx,
+            n_samples=n_samples,
+            n_eval_samples=n_eval_samples,
+            seed=seed,
+        ),
+    )
+    extract = ExtractConfig(
+        node_layers=node_layers, dtype="float64", batch_size=batch_size, center=True
+    )
+    basis = BasisConfig(
+        methods=["lib"],
+        truncation=1e-10,
+        relative=True,
+        rotate_final=True,
+        sources=SourcesConfig(n_pos=n_pos, n_hidden=None),
+        seed=seed,
+    )
+    return model, extract, basis, EdgesConfig(n_sources_pos=n_pos, seed=seed)

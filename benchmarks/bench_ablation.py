@@ -35,14 +35,30 @@ DEFAULT_REFERENCE = Path(os.environ.get("IB_REFERENCE_DIR", REPO.parent / "share
 BASELINE_REVISION = "309a196"  # ablation.py before the edge ablation reused group outputs
 
 
+#: Where ablation.py and the modules it imports lived before the package was laid out by
+#: pipeline step (issue 24): a baseline from then reads the current modules under their old names.
+_BEFORE_THE_LAYOUT = {
+    "interaction_basis.basis": "interaction_basis.lib.basis",
+    "interaction_basis.records": "interaction_basis.lib.records",
+    "interaction_basis.ablated_sections": "interaction_basis.evaluate.ablated_sections",
+}
+
+
 def _load_baseline(revision: str):
     """``ablation.py`` at ``revision`` as a module of its own (it imports the current package)."""
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{revision}:src/interaction_basis/evaluate/ablation.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    for path in ("evaluate/ablation.py", "ablation.py"):
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{revision}:src/interaction_basis/{path}"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"no ablation.py at revision {revision}: {done.stderr.strip()}")
+    source = done.stdout
+    for old, new in _BEFORE_THE_LAYOUT.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
     path = Path(tempfile.mkdtemp()) / "ablation_baseline.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("ablation_baseline", path)
@@ -52,30 +68,26 @@ def _load_baseline(revision: str):
 
 
 def _reference_case(reference_dir: Path, max_samples: int | None):
+    """The reference seed-0 mod-add model's LIB and PCA bases and edges (as the tests build
+    them), and its float32 model on the test split."""
     import numpy as np
     import torch
 
     from interaction_basis.data.modadd import build_modadd_dataset, compute_modadd_split
     from interaction_basis.lib.basis import Truncation
-    from interaction_basis.lib.fit import batches_from_tensors, compute_edges, fit_bases
-    from interaction_basis.lib.statistics import compute_layer_statistics
+    from interaction_basis.lib.fit import build_in_memory
     from interaction_basis.models.modadd import build_modadd_sections
 
     weights = dict(np.load(reference_dir / "modadd_seed0" / "weights.npz"))
     train = torch.as_tensor(np.load(reference_dir / "modadd_train_split.npz")["train_index"])
-    model = build_modadd_sections(weights)
     tokens, labels = build_modadd_dataset()
-    with torch.no_grad():
-        acts = model.activations(tokens[train])
-    source = batches_from_tensors(acts, 1024)
-    stats = {
-        layer: compute_layer_statistics(source, layer, model.traits(layer))
-        for layer in model.node_layers
-    }
-    methods = {}
-    for method in ("lib", "pca"):
-        bases, _ = fit_bases(model, source, stats, method, truncation=Truncation(1e-15, False))
-        methods[method] = (bases, compute_edges(model, source, bases))
+    built = build_in_memory(
+        build_modadd_sections(weights),
+        tokens[train],
+        ("lib", "pca"),
+        truncation=Truncation(1e-15, False),
+    ).methods
+    methods = {m: (bases, edges) for m, (bases, _, edges) in built.items()}
     _, test = compute_modadd_split(len(labels), 0.3, 0)
     test = test[:max_samples]
     model32 = build_modadd_sections(weights, dtype=torch.float32)
@@ -88,21 +100,21 @@ def _workflow_case(results: Path, max_samples: int | None):
 
     from interaction_basis import storage
     from interaction_basis.config import WorkflowConfig
-    from interaction_basis.stages.evaluate import _eval_set, _model
+    from interaction_basis.stages.evaluate import _setup
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     experiment = WorkflowConfig.model_validate(config).experiments[0]
     model_cfg, cfg = experiment.model, experiment.evaluate
     methods = {}
     for method in ("lib", "pca"):
-        model, bases = _model(
+        model, bases, inputs, labels, _ = _setup(
             model_cfg,
+            cfg,
             str(results / "model" / "weights.npz"),
             str(results / method / "basis.zarr"),
-            cfg.dtype,
+            None,
         )
         methods[method] = (bases, storage.read_edges(str(results / method / "edges.zarr")))
-    inputs, labels = _eval_set(model_cfg, cfg, None)
     return model, inputs[:max_samples], labels[:max_samples], methods
 
 

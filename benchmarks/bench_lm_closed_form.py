@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import gemm_rate, peak_rss_mib, run_child
+from _common import gemm_rate, lm_configs, peak_rss_mib, run_child
 
 IMPLEMENTATIONS = ("closed", "generic")
 STAGES = ("basis", "edges")
@@ -63,39 +63,17 @@ def _paths(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _configs(args: argparse.Namespace):
-    from interaction_basis.config import (
-        BasisConfig,
-        EdgesConfig,
-        ExtractConfig,
-        HubModelConfig,
-        ModelConfig,
-        SourcesConfig,
-        TextDataConfig,
-    )
     from interaction_basis.models.hf import hf_node_layers, load_hf_model
 
     p = _paths(args)
-    layers = hf_node_layers(load_hf_model(p["model"]), "ln")
-    n_pos = 1 if args.sources == "pos" else None
-    model = ModelConfig(
-        kind="hf",
-        hub=HubModelConfig(source=p["model"]),
-        text=TextDataConfig(
-            source="random token ids", n_ctx=args.n_ctx, n_samples=args.n_samples, seed=0
-        ),
+    return lm_configs(
+        p["model"],
+        hf_node_layers(load_hf_model(p["model"]), "ln"),
+        n_ctx=args.n_ctx,
+        n_samples=args.n_samples,
+        batch_size=args.batch_size,
+        n_pos=1 if args.sources == "pos" else None,
     )
-    extract = ExtractConfig(
-        node_layers=layers, dtype="float64", batch_size=args.batch_size, center=True
-    )
-    basis = BasisConfig(
-        methods=["lib"],
-        truncation=1e-10,
-        relative=True,
-        rotate_final=True,
-        sources=SourcesConfig(n_pos=n_pos, n_hidden=None),
-        seed=0,
-    )
-    return model, extract, basis, EdgesConfig(n_sources_pos=n_pos, seed=0)
 
 
 def _prepare(args: argparse.Namespace) -> None:

@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import peak_rss_mib, run_child
+from _common import lm_configs, peak_rss_mib, run_child
 
 STAGES = ("extract", "basis", "edges")
 FLAT_TOLERANCE = 0.10
@@ -60,44 +60,16 @@ def _node_layers(n_layer: int) -> list[str]:
 
 def _configs(args: argparse.Namespace, n_samples: int):
     """ModelConfig, ExtractConfig, BasisConfig and EdgesConfig of one run."""
-    from interaction_basis.config import (
-        BasisConfig,
-        EdgesConfig,
-        ExtractConfig,
-        HubModelConfig,
-        ModelConfig,
-        SourcesConfig,
-        TextDataConfig,
-    )
-
-    work = Path(args.workdir)
-    model = ModelConfig(
-        kind="hf",
-        hub=HubModelConfig(source=str(work / "model")),
-        text=TextDataConfig(
-            source="random token ids",
-            n_ctx=args.n_ctx,
-            n_samples=n_samples,
-            n_eval_samples=N_EVAL,
-            seed=args.seed,
-        ),
-    )
-    extract = ExtractConfig(
-        node_layers=_node_layers(args.n_layer),
-        dtype="float64",
+    return lm_configs(
+        str(Path(args.workdir) / "model"),
+        _node_layers(args.n_layer),
+        n_ctx=args.n_ctx,
+        n_samples=n_samples,
         batch_size=args.batch_size,
-        center=True,
-    )
-    basis = BasisConfig(
-        methods=["lib"],
-        truncation=1e-10,
-        relative=True,
-        rotate_final=True,
-        sources=SourcesConfig(n_pos=1, n_hidden=None),
+        n_pos=1,
         seed=args.seed,
+        n_eval_samples=N_EVAL,
     )
-    edges = EdgesConfig(n_sources_pos=1, seed=args.seed)
-    return model, extract, basis, edges
 
 
 def _paths(args: argparse.Namespace, n_samples: int) -> dict[str, str]:

@@ -49,8 +49,7 @@ def reference_builds(reference_dir):
     """
     from interaction_basis.data.modadd import build_modadd_dataset, compute_modadd_split
     from interaction_basis.lib.basis import Truncation
-    from interaction_basis.lib.fit import batches_from_tensors, compute_edges, fit_bases
-    from interaction_basis.lib.statistics import compute_layer_statistics
+    from interaction_basis.lib.fit import build_in_memory
     from interaction_basis.models.modadd import build_modadd_sections
 
     builds = {}
@@ -63,23 +62,13 @@ def reference_builds(reference_dir):
         train = torch.as_tensor(split)
         model = build_modadd_sections(weights)
         tokens, labels = build_modadd_dataset()
-        with torch.no_grad():
-            acts = model.activations(tokens[train])
-        source = batches_from_tensors(acts, 1024)
-        stats = {
-            layer: compute_layer_statistics(source, layer, model.traits(layer))
-            for layer in model.node_layers
-        }
-        out = dict(
+        acts, stats, methods = build_in_memory(
+            model, tokens[train], ("lib", "pca"), truncation=Truncation(1e-15, relative=False)
+        )
+        builds[seed] = dict(
             seed=seed, weights=weights, model=model, tokens=tokens, labels=labels, train=train,
-            test=compute_modadd_split(len(labels), 0.3, 0)[1], acts=acts, stats=stats,
+            test=compute_modadd_split(len(labels), 0.3, 0)[1], acts=acts, stats=stats, **methods,
         )  # fmt: skip
-        for method in ("lib", "pca"):
-            bases, m_dash = fit_bases(
-                model, source, stats, method, truncation=Truncation(1e-15, relative=False)
-            )
-            out[method] = (bases, m_dash, compute_edges(model, source, bases))
-        builds[seed] = out
-        return out
+        return builds[seed]
 
     return build

@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from interaction_basis.lib.basis import Truncation
-from interaction_basis.lib.fit import batches_from_tensors, compute_edges, fit_bases
-from interaction_basis.lib.statistics import compute_layer_statistics
+from interaction_basis.lib.fit import build_in_memory
 from interaction_basis.models.modadd import build_modadd_sections, modadd_shapes
 from interaction_basis.models.sectioned import SectionedModel, Step, build_sectioned_model
 
@@ -59,20 +58,9 @@ def tiny_mlp(
 
 
 def full_build(model: SectionedModel, inputs: torch.Tensor, method: str = "lib", **kwargs):
-    """Statistics, bases and edges of a model on in-memory inputs."""
-    truncation = kwargs.pop("truncation", Truncation(1e-10, relative=True))
-    with torch.no_grad():
-        acts = model.activations(inputs)
-    source = batches_from_tensors(acts, kwargs.pop("batch_size", 16))
-    stats = {
-        layer: compute_layer_statistics(source, layer, model.traits(layer))
-        for layer in model.node_layers
-    }
-    bases, m_dash = fit_bases(model, source, stats, method, truncation=truncation, **kwargs)
-    edges = compute_edges(
-        model,
-        source,
-        bases,
-        **{k: v for k, v in kwargs.items() if k in ("integration", "sources", "seed")},
-    )
-    return acts, stats, bases, m_dash, edges
+    """Statistics, bases and edges of a model on in-memory inputs (batches of 16, relative
+    truncation 1e-10 unless given)."""
+    kwargs.setdefault("truncation", Truncation(1e-10, relative=True))
+    kwargs.setdefault("batch_size", 16)
+    acts, stats, methods = build_in_memory(model, inputs, [method], **kwargs)
+    return acts, stats, *methods[method]

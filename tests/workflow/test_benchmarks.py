@@ -1,5 +1,5 @@
 """The benchmark scripts still run against the current package (tiny sizes, one repetition):
-their figures are in the README, so API drift must not break them silently."""
+their figures are in docs/performance.md, so API drift must not break them silently."""
 
 import json
 import os
@@ -63,3 +63,14 @@ def test_ablation_benchmark_runs(tmp_path, reference_dir):
         for a, b in (("ln1.0", "ln2.0"), ("ln2.0", "unembed"), ("unembed", "output"))
     }
     assert set(seed0["median_s_per_pair"]["current"]) == set(seed0["results"])
+
+
+def test_lm_closed_form_benchmark_runs(tmp_path):
+    result = _run(
+        "bench_lm_closed_form.py",
+        *("--n-embd", "16", "--n-layer", "1", "--n-head", "2", "--n-ctx", "8"),
+        *("--n-samples", "2", "--reps", "1", "--threads", "1"),
+        tmp_path=tmp_path,
+    )
+    assert set(result["speedup"]) == {"basis", "edges"}
+    assert all(d < 1e-10 for d in result["max_rel_diff"].values()), result["max_rel_diff"]

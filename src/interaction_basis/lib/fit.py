@@ -5,7 +5,7 @@ node layer; it may read from memory or from a Zarr store. Nothing here opens fil
 """
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from interaction_basis.lib.jacobians import (
     compute_m_dash_sum,
 )
 from interaction_basis.lib.records import Basis, BatchSource, LayerStats, Partial
-from interaction_basis.lib.statistics import progress_bar
+from interaction_basis.lib.statistics import compute_layer_statistics, progress_bar
 from interaction_basis.lib.summation import CompensatedSum
 from interaction_basis.models.sectioned import SectionedModel
 
@@ -267,3 +267,53 @@ def batches_from_tensors(acts: Mapping[str, Tensor], batch_size: int) -> BatchSo
             yield x[start : start + batch_size]
 
     return batches
+
+
+class InMemoryBuild(NamedTuple):
+    """Everything a build computes on in-memory inputs; ``methods[m] = (bases, m_dash, edges)``."""
+
+    acts: dict[str, Tensor]
+    stats: dict[str, LayerStats]
+    methods: dict[str, tuple]
+
+
+def build_in_memory(
+    model: SectionedModel,
+    inputs: Tensor,
+    methods: Sequence[Method] = ("lib",),
+    *,
+    batch_size: int = 1024,
+    truncation: Truncation = Truncation(),
+    integration: Integration = Integration(),
+    sources: Sources = Sources(),
+    seed: int = 0,
+    **basis_kwargs,
+) -> InMemoryBuild:
+    """Activations, statistics, and per method the bases, their ``M′`` and the edges of
+    ``model`` on ``inputs``, all in memory (a notebook's or a test's whole pipeline; the
+    workflow runs the same functions over stored activations, stage by stage)."""
+    with torch.no_grad():
+        acts = model.activations(inputs)
+    source = batches_from_tensors(acts, batch_size)
+    stats = {
+        layer: compute_layer_statistics(source, layer, model.traits(layer))
+        for layer in model.node_layers
+    }
+    out: dict[str, tuple] = {}
+    for method in methods:
+        bases, m_dash = fit_bases(
+            model,
+            source,
+            stats,
+            method,
+            truncation=truncation,
+            integration=integration,
+            sources=sources,
+            seed=seed,
+            **basis_kwargs,
+        )
+        edges = compute_edges(
+            model, source, bases, integration=integration, sources=sources, seed=seed
+        )
+        out[method] = (bases, m_dash, edges)
+    return InMemoryBuild(acts, stats, out)

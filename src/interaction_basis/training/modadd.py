@@ -11,42 +11,14 @@ schedule differs: the paper's lr 1e-3 / weight decay 1 / 60 000 epochs groks by 
     evaluate every 10 epochs, stop once the test accuracy is >= 0.999 for 5 evaluations
     in a row, at most 3000 epochs.
 
-Why (epochs until test accuracy >= 99%, measured every 50 epochs; seed 0 unless noted):
-
-- The learning rate and the weight decay set the grokking time, and the learning rate more so:
-  lr 3e-3/wd 3: 1850; 5e-3/2: 1250; 1e-2/1: 600; 1e-2/2: 400; 1e-2/3: 250.
-- Too much decay keeps the model from fitting the train set at all: at lr 1e-2, wd 4 is at
-  67% test accuracy (train loss 0.86) after 1200 epochs and wd 5 never gets past ~10%
-  (train loss ~3). wd 2.5 keeps a margin from that cliff. Across seeds, wd 2 (seeds 0-3: 400, 350,
-  600, 600; seed 2 then sat at 99.8% for 500 epochs) and wd 3 (seeds 0-5: 250, 500, 350, 450,
-  550, 700) are within the seed-to-seed spread of wd 2.5.
-- lr 2e-2 (wd 1) groks by 450 but its loss spikes afterwards (test accuracy back to 99.2%).
-- Early stopping: the test accuracy goes from 99% to >= 99.9% within ~50-150 epochs; the
-  target 0.999 matches the paper's checkpoints (0.9989-1.0), and 5 evaluations in a row
-  avoid stopping on a transient.
-- frac_train stays at the paper's 0.3 because LIB is built on the train split.
-
-Measured with the defaults (``train_modadd``, history every 10 epochs,
-``torch.set_num_threads(2)``) on the 2-core development machine while it was otherwise idle:
-
-    seed  test acc >= 99% at  stopped at  final test acc  wall (s/epoch)
-    0     310                 370         1.0000          28.5 s (0.077)
-    1     640                 730         0.9999          52.2 s (0.071)
-    2     520                 570         1.0000          41.2 s (0.072)
-    3     400                 570         0.9992          40.6 s (0.071)
-    4     580                 630         0.9999          43.7 s (0.069)
-
-All reach 100% train accuracy; the 3000-epoch cap bounds a run at ~3.5 min. On a busy machine
-2 threads are much slower (the same runs took 210-580 s while other jobs held the cores:
-torch's OpenMP threads wait on each other whenever one is descheduled), and 1 thread then
-did better (46-102 s for seeds 0-2). The runs are bit-for-bit repeatable for a thread count;
-between 1 and 2 threads float sums change order and the epoch counts shift a little (seed 0:
-320 vs 310, seed 1: 590 vs 640).
+Why these values (the sweep behind them, and the measured epochs and timings per seed): see
+docs/results.md, "Training recipe". In short: the learning rate and the decay set the grokking
+time, decay 4 and above stops the model from fitting the training set, so 2.5 keeps a margin;
+the target 0.999 matches the paper's checkpoints, 5 evaluations in a row avoid a transient.
 
 Cost per epoch: :func:`_last_position_logits` computes only the last position's query, MLP and
-unembedding and embeds by a one-hot matmul, ~2.3x cheaper than ``ModAddTransformer.forward``
-(0.06 vs 0.13 s per full-batch training step on 2 idle cores). An evaluation of both splits
-costs about one training step, so ``eval_every`` 10 adds ~10%.
+unembedding and embeds by a one-hot matmul, about half the cost of ``ModAddTransformer.forward``;
+an evaluation of both splits costs about one training step.
 """
 
 import math
