@@ -1,4 +1,4 @@
-"""Hub downloads (hub.py) and token chunks (text_data.py), without any network.
+"""Hub downloads (data/hub.py) and token chunks (data/text.py), without any network.
 
 A tiny GPT-2 and a byte-level BPE tokenizer are built in-process and saved to a local folder.
 Hub ids are exercised offline: against an empty cache (the clear error) and against a cache

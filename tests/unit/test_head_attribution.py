@@ -1,4 +1,4 @@
-"""Head scores and feature writers (head_attribution.py) on a tiny random GPT-2."""
+"""Head scores and feature writers (interpret/heads.py) on a tiny random GPT-2."""
 
 import numpy as np
 import torch

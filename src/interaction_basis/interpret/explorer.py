@@ -1,7 +1,7 @@
 """The explorer: one self-contained HTML page (Bokeh, its JavaScript inlined) per experiment.
 
 The page draws the layered interaction graph of every basis method (a button switches), nodes
-grouped by module (``graph_layout``), sized by importance, edges by log weight, and a card per
+grouped by module (``graph.layout``), sized by importance, edges by log weight, and a card per
 feature: its strongest incoming and outgoing edges, activation summary, top examples and, where
 defined, its direct effect on the outputs and its Fourier term. Every card is rendered here as
 HTML, so the page needs no templating logic of its own; the few lines of JavaScript only swap

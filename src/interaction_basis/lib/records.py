@@ -1,6 +1,6 @@
 """The records stages hand to each other through storage: a layer's fitted basis, its
-statistics, and partial sums before their division. Containers only: fitting is in ``basis``
-and ``build``, so editing the math there does not rerun the stages that merely store them."""
+statistics, and partial sums before their division. Containers only: fitting is in ``lib.basis``
+and ``lib.fit``, so editing the math there does not rerun the stages that merely store them."""
 
 from collections.abc import Callable, Iterable
 from typing import NamedTuple

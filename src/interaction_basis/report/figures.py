@@ -59,7 +59,7 @@ def plot_interaction_graphs(
     max_nodes: int = 40,
 ) -> None:
     """Layers left to right; each layer's top features by importance, grouped top-down into
-    module blocks (``graph_layout``, the explorer's order); edge width by log weight, nodes
+    module blocks (``graph.layout``, the explorer's order); edge width by log weight, nodes
     coloured by module (grey: singletons), modules with a Fourier frequency labelled in the
     legend (below each panel, so that it hides no node)."""
     methods = list(edges)

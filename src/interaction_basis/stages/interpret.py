@@ -1,6 +1,6 @@
 """Stage 8: per-feature evidence of each basis on held-out data (features.zarr). The math is in
-``features``; what a model kind adds (Fourier spectra, token windows, class names) comes from
-its ``kinds/<kind>/interpretation.py``."""
+``interpret.features``; what a model kind adds (Fourier spectra, token windows, class names)
+comes from its ``kinds/<kind>/interpretation.py``."""
 
 import logging
 
@@ -27,7 +27,7 @@ def interpret_features(
     features: str,
     tokens: str | None = None,
 ) -> None:
-    """Per-feature evidence of one basis on the held-out split (see ``features``)."""
+    """Per-feature evidence of one basis on the held-out split (see ``interpret.features``)."""
     kind = interpretation.get(model.kind)
     bases = storage.read_bases(basis)
     layers = list(bases)

@@ -3,7 +3,7 @@
 :func:`train_toy_lm` generates the induction corpus (:mod:`induction_corpus`), trains a
 word-level tokenizer on it with ``tokenizers``, and trains a small GPT-2
 (:mod:`models.toy_gpt2`) on random ``n_ctx``-token windows of the tokenised training documents
-(EOS after each, as ``text_data.tokenize_texts`` packs them), or on whole documents each after
+(EOS after each, as ``data.text.tokenize_texts`` packs them), or on whole documents each after
 an EOS (``train.windows: documents``: no copy is cut from its source), until its accuracy on the
 predictable words of the repeated spans of the held-out documents reaches
 ``target_accuracy``. The model and tokenizer are saved with ``save_pretrained`` and the corpus
