@@ -1,5 +1,5 @@
-"""Damaged inputs are refused with the fix (issue 15): every store written through ``storage`` carries
-an integrity record, checked when it is read; weights and JSON are checked too."""
+"""Damaged inputs are refused with the fix (issue 15): every store written through ``storage``
+carries an integrity record, checked when it is read; weights and JSON are checked too."""
 
 import json
 import os
