@@ -11,7 +11,9 @@ data sources and show a card. Model names in the page (``nodes``, ``edges``, ``c
 
 import html
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import resources
 from typing import NamedTuple
 
@@ -104,6 +106,35 @@ def _asset(name: str) -> str:
     return (resources.files(__package__) / "explorer_assets" / name).read_text(encoding="utf-8")
 
 
+@contextmanager
+def _stable_ids(experiment: str) -> Iterator[None]:
+    """Bokeh's ids made a function of the page alone, so that the same inputs give the same
+    bytes (issue 23.7). Bokeh numbers models from a process-wide counter (``p1000``, ...) and
+    gives the document and its root elements random UUIDs; Bokeh 3 has no setting for either.
+    Within this block the counter restarts at Bokeh's own start value (the page's models are
+    all made here, in a new Document, so ids stay unique within the page) and the UUIDs come
+    from a generator seeded by the experiment's name. Both are restored on leaving."""
+    import random
+
+    from bokeh.util import serialization
+
+    rng = random.Random(f"explorer:{experiment}")
+
+    class _SeededUUID:
+        @staticmethod
+        def uuid4() -> uuid.UUID:
+            return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+    counter, module = serialization._simple_id, serialization.uuid
+    serialization._simple_id = 999
+    serialization.uuid = _SeededUUID  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        serialization._simple_id = max(counter, serialization._simple_id)
+        serialization.uuid = module
+
+
 def build_page(
     experiment: str,
     data: Mapping[str, MethodData],
@@ -114,7 +145,29 @@ def build_page(
     page_examples: int,
     thumbnails: Mapping[int, str] | None = None,
 ) -> str:
-    """The explorer's HTML text."""
+    """The explorer's HTML text, the same bytes for the same inputs."""
+    with _stable_ids(experiment):
+        return _build_page(
+            experiment,
+            data,
+            summary=summary,
+            evaluation=evaluation,
+            max_edges=max_edges,
+            page_examples=page_examples,
+            thumbnails=thumbnails,
+        )
+
+
+def _build_page(
+    experiment: str,
+    data: Mapping[str, MethodData],
+    *,
+    summary: Mapping | None,
+    evaluation: Mapping | None,
+    max_edges: int,
+    page_examples: int,
+    thumbnails: Mapping[int, str] | None,
+) -> str:
     from bokeh.document import Document
     from bokeh.embed import file_html
     from bokeh.events import DocumentReady
