@@ -24,5 +24,17 @@ for (let i = 0; i < e.before.length; i++) { if (e.before[i] < x) keep.push(i); }
 const out = {};
 for (const k of Object.keys(e)) { out[k] = keep.map(i => e[k][i]); }
 edges.data = out;
-note.text = keep.length + ' edges drawn (the strongest, holding ' + mass.value +
-  '% of the weight). ' + get(t, 'drawn');
+// What is drawn, per layer pair: its count and the share of its weight it holds (the
+// share before the last kept edge plus that edge's own).
+const names = get(t, 'pairs');
+const totals = get(t, 'totals');
+const count = names.map(() => 0);
+const held = names.map(() => 0);
+for (const i of keep) {
+  const p = e.pair[i];
+  count[p] += 1;
+  held[p] = Math.max(held[p], e.before[i] + e.weight[i] / totals[p]);
+}
+const parts = names.map((n, p) => n + ': ' + count[p] + ' (' + (100 * held[p]).toFixed(1) + '%)');
+note.text = keep.length + ' edges drawn: the strongest of each layer pair up to ' + mass.value +
+  '% of its weight (' + parts.join('; ') + '). ' + get(t, 'drawn');
