@@ -1,13 +1,14 @@
 """The explorer: one self-contained HTML page (Bokeh, its JavaScript inlined) per experiment.
 
 The page draws the layered interaction graph of every basis method (a button switches), nodes
-grouped by module (``graph_layout``), sized by importance, edges by log weight, and a card per
-feature: its strongest incoming and outgoing edges, activation summary, top examples and, where
-defined, its direct effect on the outputs and its Fourier term. Every card is rendered here as
-HTML, so the page needs no templating logic of its own; the few lines of JavaScript only swap
-data sources and show a card. Model names in the page (``nodes``, ``edges``, ``card``,
-``method``, ``mass``) are its interface for tests.
-"""
+grouped by module (``graph_layout``) and coloured alike in every basis (``module_colours``),
+sized by importance, edges by log weight, and a card per feature: its strongest incoming and
+outgoing edges, activation summary, top examples and, where defined, its direct effect on the
+outputs and its Fourier term. Every card is rendered here as HTML; ``explorer_assets/explorer.js``
+swaps data sources, filters edges (slider, focus, path and search modes) and keeps the view in
+the URL hash. Model names in the page (``nodes``, ``edges``, ``card``, ``method``, ``mass``,
+``search``, ``edge_note``) are its interface for tests. The same inputs give the same bytes
+(``_stable_ids``)."""
 
 import html
 import re
@@ -184,7 +185,7 @@ def _build_page(
 
     # The widgets' own module: bokeh.models re-exports them by a computed __all__, which
     # type checkers cannot follow.
-    from bokeh.models.widgets import Div, RadioButtonGroup, Slider
+    from bokeh.models.widgets import Div, RadioButtonGroup, Slider, TextInput
     from bokeh.plotting import figure
     from bokeh.resources import INLINE
 
@@ -234,7 +235,24 @@ def _build_page(
         nonselection_fill_alpha=0.45,
         nonselection_line_alpha=0.45,
     )
-    fig.add_tools(HoverTool(renderers=[glyph], tooltips="@label"), TapTool(renderers=[glyph]))
+    # Focus, path and search modes mark nodes in an overlay (explorer.js fills it) instead of
+    # changing the nodes' data: that would rebuild the hit-test index between a hover and
+    # the tap that follows it, and the tap would miss.
+    focus = ColumnDataSource(
+        {k: [] for k in ("x", "y", "size", "fill", "line", "fa", "lw")}, name="focus"
+    )
+    fig.scatter(
+        "x",
+        "y",
+        source=focus,
+        size="size",
+        fill_color="fill",
+        fill_alpha="fa",
+        line_color="line",
+        line_width="lw",
+    )
+    hover = HoverTool(renderers=[glyph], tooltips="@label")
+    fig.add_tools(hover, TapTool(renderers=[glyph]))
     fig.xaxis.ticker = list(range(n_layers))
     fig.xaxis.major_label_overrides = {i: lay for i, lay in enumerate(first.layers)}
     fig.yaxis.visible = False
@@ -248,9 +266,22 @@ def _build_page(
         stylesheets=[InlineStyleSheet(css=_asset("card.css") + _thumbnail_css(thumbnails or {}))],
     )
     legend = Div(name="legend", text=first.legend, sizing_mode="stretch_width")
-    note = Div(name="edge_note", text="", sizing_mode="stretch_width")
+    # A fixed height: the note changes on every hover, and a graph that moved under the
+    # pointer between a hover and a click would miss the click.
+    note = Div(
+        name="edge_note",
+        text="",
+        sizing_mode="stretch_width",
+        height=72,
+        styles={"overflow-y": "auto"},
+    )
     headline = Div(name="headline", text=first.headline, sizing_mode="stretch_width")
     method = RadioButtonGroup(name="method", labels=[m.upper() for m in methods], active=0)
+    search = TextInput(
+        name="search",
+        placeholder="find: layer:index, module N, or label text (e.g. cos, induction, '7')",
+        width=360,
+    )
     mass = Slider(
         name="mass",
         title="edges holding this % of each layer pair's weight",
@@ -271,6 +302,7 @@ def _build_page(
     }
     args = dict(
         nodes=nodes,
+        focus=focus,
         edges=edges,
         card=card,
         legend=legend,
@@ -285,16 +317,25 @@ def _build_page(
         **stores,
     )
     stores_js = ", ".join(f"{m}: [nodes_{m}, edges_{m}]" for m in methods)
-    update = CustomJS(args=args, code=f"const stores = {{{stores_js}}};\n" + _asset("update.js"))
+    ready = CustomJS(args=args, code=f"const stores = {{{stores_js}}};\n" + _asset("explorer.js"))
+    update = CustomJS(code="if (window.ib) window.ib.update();")
     method.js_on_change("active", update)
     mass.js_on_change("value", update)
-    show = CustomJS(args=dict(nodes=nodes, card=card), code=_asset("select.js"))
-    nodes.selected.js_on_change("indices", show)
+    nodes.selected.js_on_change("indices", CustomJS(code="if (window.ib) window.ib.onSelect();"))
+    search.js_on_change("value", CustomJS(code="if (window.ib) window.ib.search(cb_obj.value);"))
+    hover.callback = CustomJS(
+        code="if (window.ib) { const i = cb_data.index.indices; window.ib.onHover("
+        "i.length ? i[0] : null); }"
+    )
     title = Div(
         text=f"<h2>interaction-basis explorer: {html.escape(experiment)}</h2>"
         "<p>Layers left to right; nodes grouped by module within each layer (colour), sized by "
         "importance; the constant feature is a square on top. Edge width and opacity follow "
-        "log10 of the edge weight. Click a node for its card; the buttons switch the basis. "
+        "log10 of the edge weight relative to its layer pair's strongest. Hover or click a node: "
+        "only its edges are drawn, its neighbours coloured by their share of its weight, and its "
+        "card opens (partner rows are links); shift-click pins nodes and draws the paths between "
+        "them. Selection and pins are in the address (share the link). The buttons switch the "
+        "basis. "
         f"The view opens on the top {SHOWN_SLOTS} slots of each layer: zoom out or reset for "
         "all.</p>",
         sizing_mode="stretch_width",
@@ -308,14 +349,14 @@ def _build_page(
         title,
         numbers,
         headline,
-        row(method, mass, sizing_mode="stretch_width"),
+        row(method, mass, search, sizing_mode="stretch_width"),
         note,
         row(column(fig, legend, sizing_mode="stretch_width"), card, sizing_mode="stretch_width"),
         sizing_mode="stretch_width",
     )
     document = Document()
     document.add_root(page)
-    document.js_on_event(DocumentReady, update)
+    document.js_on_event(DocumentReady, ready)
     text = file_html(document, resources=INLINE, title=f"explorer: {experiment}")
     if EXTERNAL.search(text):
         raise RuntimeError("internal: the explorer page loads an external resource")
@@ -367,8 +408,10 @@ def _method_view(
             "marker",
             "label",
             "card",
+            "key",
         )
     }
+    row_of: dict[tuple[str, int], int] = {}
     empty = []
     imp_all = np.concatenate([d.bases[lay].importance.numpy() for lay in layers])
     imp_pos = imp_all[imp_all > 0]
@@ -389,6 +432,8 @@ def _method_view(
             imp = float(basis.importance[i])
             c = lay.module[i]
             size = 5 + 13 * (np.log10(imp) - lo) / max(hi - lo, 1e-9) if imp > 0 else 4
+            row_of[(layer, i)] = len(cols["x"])
+            cols["key"].append(f"{layer}:{i}")
             cols["x"].append(x)
             cols["y"].append(slot[(layer, i)][1])
             cols["layer"].append(layer)
@@ -423,7 +468,7 @@ def _method_view(
                     all_layers,
                 )
             )
-    edges, drawn_note, pairs, totals = _edge_columns(d, layers, slot, max_edges)
+    edges, drawn_note, pairs, totals = _edge_columns(d, layers, slot, row_of, max_edges)
     legend = _legend(ranked, colour, labels, d.modules, empty)
     headline = _headline_method(method, d)
     n_slots = max((d.bases[lay].C.shape[1] for lay in layers), default=1)
@@ -661,14 +706,20 @@ def _edge_table(d: MethodData, layer, i, label_of, all_layers) -> str:
         w = mat[i, :] if pick == "row" else mat[:, i]
         partner = pair[0] if pick == "row" else pair[1]
         top = np.argsort(-w, kind="stable")[:N_CARD_EDGES]
+        total = float(w.sum())
+        # Each partner row links to the partner (explorer.js selects it from the hash); the
+        # weight is also given as its share of this node's incoming or outgoing weight.
         items = "".join(
-            f"<tr><td>{html.escape(label_of.get((partner, int(j)), f'{partner} #{j}'))}</td>"
-            f"<td style='text-align:right'>{_fmt(float(w[j]))}</td></tr>"
+            f"<tr><td><a href='#sel={html.escape(partner)}:{int(j)}'>"
+            f"{html.escape(label_of.get((partner, int(j)), f'{partner} #{j}'))}</a></td>"
+            f"<td style='text-align:right'>{_fmt(float(w[j]))}</td>"
+            f"<td style='text-align:right'>{100 * float(w[j]) / total if total > 0 else 0:.1f}%"
+            "</td></tr>"
             for j in top
         )
         rows.append(
-            f"<p><b>top {len(top)} {title} edges</b> ({html.escape(partner)})</p>"
-            f"<table class='edges'>{items}</table>"
+            f"<p><b>top {len(top)} {title} edges</b> ({html.escape(partner)}; weight, share of "
+            f"this feature's {title} weight)</p><table class='edges'>{items}</table>"
         )
     return "".join(rows)
 
@@ -742,7 +793,7 @@ def _window(g, key, r, i) -> str:
 
 
 def _edge_columns(
-    d: MethodData, layers, slot, max_edges: int
+    d: MethodData, layers, slot, row_of, max_edges: int
 ) -> tuple[dict, str, list[str], list[float]]:
     """The edges between drawn, non-constant nodes, strongest first within each layer pair.
 
@@ -775,7 +826,8 @@ def _edge_columns(
     keep_all = np.argsort(before_all, kind="stable")[:max_edges]
     kept_mask = np.zeros(n_all, dtype=bool)
     kept_mask[keep_all] = True
-    cols: dict[str, list] = {k: [] for k in ("x0", "y0", "x1", "y1", "weight", "before", "pair")}
+    names = ("x0", "y0", "x1", "y1", "weight", "before", "pair", "src", "dst")
+    cols: dict[str, list] = {k: [] for k in names}
     pairs, start, held = [], 0, []
     for a, b, out_i, in_i, w, before, total in per_pair:
         mask = kept_mask[start : start + len(w)]
@@ -799,13 +851,16 @@ def _edge_columns(
             cols["weight"].append(float(wt))
             cols["before"].append(float(bf))
             cols["pair"].append(len(pairs) - 1)
+            cols["src"].append(row_of[(a, int(n))])
+            cols["dst"].append(row_of[(b, int(o))])
     w = np.array(cols["weight"])
     # Width and opacity by the edge's log weight relative to its pair's strongest edge.
     top = np.array([per_pair[k][4][0] if len(per_pair[k][4]) else 1.0 for k in cols["pair"]])
     logw = np.log10(np.maximum(w, 1e-300)) - np.log10(np.maximum(top, 1e-300))
     t = np.clip(1 + logw / 6, 0, 1) if len(w) else np.zeros(0)
     out = {k: np.array(v, dtype=float) for k, v in cols.items()}
-    out["pair"] = np.array(cols["pair"], dtype=np.int32)
+    for k in ("pair", "src", "dst"):
+        out[k] = np.array(cols[k], dtype=np.int32)
     out["lw"] = 0.3 + 2.7 * t
     out["alpha"] = 0.08 + 0.72 * t
     if len(keep_all) < n_all:
