@@ -119,10 +119,16 @@ def _closure(module: str, package_dir: Path) -> frozenset[str]:
 
 
 def module_closure(modules: Iterable[str], package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """Source files of ``modules`` and every package module they import, transitively."""
+    """Source files of ``modules`` and every package module they import, transitively, with
+    their package data."""
     files = set()
     for m in modules:
         files |= {module_file(x, package_dir) for x in _closure(m, package_dir.resolve())}
+    # A module's package data (``<module>_assets/``, e.g. the explorer's JavaScript) is its code.
+    for f in list(files):
+        assets = f.with_name(f"{f.stem}_assets")
+        if assets.is_dir():
+            files |= {a for a in assets.iterdir() if a.is_file()}
     return sorted(files)
 
 

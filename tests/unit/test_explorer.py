@@ -1,5 +1,7 @@
 """The explorer page built from small synthetic inputs: its data, and its answers to bad input."""
 
+import base64
+import gzip
 import html
 import json
 import re
@@ -19,6 +21,7 @@ from interaction_basis.interpret.explorer import (
     check_features,
     edge_mass_prefix,
     head_roles_of,
+    module_colours,
 )
 from interaction_basis.interpret.features import compute_activation_evidence
 from interaction_basis.lib.records import Basis
@@ -34,7 +37,9 @@ def _bases(counts=LAYERS):
     return out
 
 
-def _features(tmp_path, bases, sha="abc"):
+def _features(tmp_path, bases, sha="abc", extra=None, constant=("a", "b")):
+    """A features store; ``extra``: more variables per layer; ``constant``: the layers whose
+    feature 0 is constant."""
     x = torch.randn(30, 2, 5, dtype=torch.float64)
     ev = compute_activation_evidence(
         lambda i: {layer: x[i] for layer in bases},
@@ -47,8 +52,9 @@ def _features(tmp_path, bases, sha="abc"):
     )
     for layer, b in bases.items():
         n = b.C.shape[1]
-        ev[layer]["is_constant"] = (("feature",), np.arange(n) == 0)
+        ev[layer]["is_constant"] = (("feature",), (np.arange(n) == 0) & (layer in constant))
         ev[layer]["importance"] = (("feature",), b.importance.numpy())
+        ev[layer] |= (extra or {}).get(layer, {})
     path = tmp_path / f"features-{sha}.zarr"
     storage.write_features(path, ev, {"basis_config_sha256": sha, "method": "lib"})
     return path
@@ -74,6 +80,43 @@ MODULES = {
 }
 
 
+def _doc(data, **kw) -> dict:
+    """The page's Bokeh document (JSON)."""
+    kw = {"max_edges": 5, **kw}
+    text = build_page("x", data, summary=None, evaluation=None, page_examples=3, **kw)
+    doc = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
+    return json.loads(html.unescape(doc.group(1)))
+
+
+def _sources(data, **kw) -> dict[str, dict]:
+    """The columns of every named data source of the page, arrays decoded."""
+    out = {}
+
+    def value(v):
+        if isinstance(v, dict) and v.get("type") == "ndarray":
+            raw = v["array"]
+            if isinstance(raw, dict) and raw.get("type") == "bytes":
+                data = base64.b64decode(raw["data"])
+                data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+                return np.frombuffer(data, dtype=v["dtype"]).tolist()
+            return list(raw)
+        return v
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            attrs = obj.get("attributes", {})
+            if obj.get("name") == "ColumnDataSource" and "name" in attrs:
+                out[attrs["name"]] = {k: value(v) for k, v in attrs["data"]["entries"]}
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    walk(_doc(data, **kw))
+    return out
+
+
 def _page(data, **kw):
     """The page's text, its embedded Bokeh document decoded (it escapes non-ASCII and tags)."""
     text = build_page("x", data, summary=None, evaluation=None, max_edges=5, page_examples=3, **kw)
@@ -89,9 +132,10 @@ def test_page_is_self_contained_and_holds_every_node(tmp_path):
     tree = xr.open_datatree(tmp_path / "features-abc.zarr", engine="zarr", consolidated=False)
     assert tree["a"]["top_value"].dims == ("rank", "feature")
     html = _page({"lib": MethodData(bases, _edges(bases), MODULES, feats)})
-    assert "module 1 · freq 7 (3 nodes)" in html
-    # 4 + 3 drawn features: the 12 + 6 non-constant edges among a, b are capped at 5.
-    assert "only the 5 strongest of 6 non-constant edges" in html
+    assert "module 1 · a ×2, b ×1 (3 nodes)" in html  # its composition, not one name
+    # 4 + 3 drawn features: the 3 × 2 non-constant edges between a and b are capped at 5.
+    assert "the page holds 5 of 6 non-constant edges" in html
+    assert "a→b: 5 of 6 (" in html
     assert "ablations not evaluated" in html
 
 
@@ -142,8 +186,8 @@ def test_toy_lm_features_name_the_heads_that_write_them(tmp_path):
     }
     data = MethodData(bases, _edges(bases), MODULES, feats, head_roles_of(heads, "lib"))
     page = _page({"lib": data})
-    assert "lib a #1 · module 1 (freq 7) · previous-token head L0.H1" in page
-    assert "lib b #1 · module 1 (freq 7) · induction head L1.H0" in page
+    assert "lib a #1 · module 1 (a ×2, b ×1) · previous-token head L0.H1" in page
+    assert "lib b #1 · module 1 (a ×2, b ×1) · induction head L1.H0" in page
     assert "L0.H1 80% (previous-token head), embed 10%" in page
     assert "L0.mlp 60%, embed 10%" in page  # not a head with a role: no mark
     assert "lib a #2" in page and not re.search(r'lib a #2[^"]*head', page)
@@ -174,3 +218,135 @@ def test_example_windows_shade_each_token_by_a_class_the_card_styles():
     for cls in set(re.findall(r"class=(w[pn]\d+c?)", out + centred)):
         assert re.search(rf"\.{cls}[,{{]", css), cls
     assert re.search(r"\.wp2c[^{]*\{border-bottom", css)
+
+
+def test_rebuilding_the_page_gives_the_same_bytes(tmp_path):
+    """Identical inputs give a byte-identical page: Bokeh's element ids (random UUIDs) and
+    model ids (a process-wide counter) are fixed per page, so a second build in the same
+    process, after other Bokeh models were made, changes nothing."""
+    from bokeh.plotting import figure
+
+    bases = _bases()
+    feats = storage.read_features(_features(tmp_path, bases))
+    data = {"lib": MethodData(bases, _edges(bases), MODULES, feats)}
+
+    def build():
+        return build_page(
+            "x", data, summary=None, evaluation=None, max_edges=5, page_examples=3
+        ).encode()
+
+    first = build()
+    figure()  # other models in between move Bokeh's id counter
+    assert build() == first
+
+
+def _modadd_method(tmp_path, name, freqs, clusters):
+    """A method whose features have dominant Fourier frequencies ``freqs`` per layer and whose
+    modules are ``clusters`` per layer."""
+    bases = _bases({"a": 4, "b": 3})
+    extra = {lay: {"dominant_frequency": (("feature",), np.array(f))} for lay, f in freqs.items()}
+    feats = storage.read_features(_features(tmp_path, bases, sha=name, extra=extra))
+    modules = {
+        **MODULES,
+        "nodes": [
+            {"layer": lay, "index": i, "cluster": c}
+            for lay, cs in clusters.items()
+            for i, c in enumerate(cs)
+        ],
+    }
+    return MethodData(bases, _edges(bases), modules, feats)
+
+
+def test_module_colours_follow_the_dominant_frequency_in_both_bases(tmp_path):
+    """The module of frequency 38 is LIB's largest and PCA's second: it has one colour in both
+    (colours by rank gave it two), and modules are labelled by their members' frequencies."""
+    lib = _modadd_method(
+        tmp_path, "lib", {"a": [0, 38, 5, 38], "b": [0, 38, 5]}, {"a": [0, 1, 2, 1], "b": [3, 1, 2]}
+    )
+    pca = _modadd_method(
+        tmp_path, "pca", {"a": [0, 5, 5, 38], "b": [0, 5, 38]}, {"a": [0, 4, 4, 6], "b": [3, 4, 6]}
+    )
+    src = _sources({"lib": lib, "pca": pca})
+
+    freqs_of = {
+        "lib": {"a": [0, 38, 5, 38], "b": [0, 38, 5]},
+        "pca": {"a": [0, 5, 5, 38], "b": [0, 5, 38]},
+    }
+
+    def colour(method, freq):
+        nodes = src[f"nodes_{method}"]
+        (found,) = {
+            c
+            for c, lay, i in zip(nodes["color"], nodes["layer"], nodes["index"], strict=True)
+            if i > 0 and freqs_of[method][lay][i] == freq
+        }
+        return found
+
+    assert colour("lib", 38) == colour("pca", 38) != colour("lib", 5) == colour("pca", 5)
+    page = json.dumps(_doc({"lib": lib, "pca": pca}), ensure_ascii=False)
+    assert "module 1 · freq 38 ×3 (3 nodes)" in page
+    assert "module 4 · freq 5 ×3 (3 nodes)" in page
+
+
+def test_module_colours_without_frequencies_follow_the_best_overlap(tmp_path):
+    """Without Fourier labels a PCA module takes the colour of the LIB module whose member
+    directions it overlaps most, whatever its rank."""
+    lib = _modadd_method(tmp_path, "l", {}, {"a": [0, 1, 1, 2], "b": [3, 1, 2]})
+    # PCA's largest module (with the two constants) has the directions of LIB's module 2, its
+    # second those of LIB's module 1 (the bases here share their directions).
+    pca = _modadd_method(tmp_path, "p", {}, {"a": [5, 6, 6, 5], "b": [5, 6, 5]})
+    colours = module_colours({"lib": lib, "pca": pca})
+    assert colours["pca"][6] == colours["lib"][1]
+    assert colours["pca"][5] == colours["lib"][2]
+
+
+def test_output_feature_0_counts_in_the_output_pair_headline(tmp_path):
+    """Digits: output feature 0 is class '0', not a constant; only ``is_constant`` features
+    are left out of the edge counts (the old headline dropped row 0 of every pair)."""
+    bases = _bases()
+    feats = storage.read_features(_features(tmp_path, bases))  # output: no constant
+    edges = _edges(bases)
+    edges[("b", "output")] = torch.tensor([[0.0, 10.0, 5.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    page = _page({"lib": MethodData(bases, edges, MODULES, feats)})
+    # Weights 10, 5, 1, 1 (column 0 is b's constant): 90% needs 3 edges, 99% all 4.
+    assert "b→output: 3 / 4" in page
+    assert "modules.json (rule cluster_graph" in page  # which clustering Q is of
+
+
+def test_promoted_and_suppressed_outputs_are_split_by_sign(tmp_path):
+    """A feature that raises every output suppresses none: the lowest of its positive effects
+    are not listed as suppressed."""
+    bases = _bases()
+    dims = ("direct_rank", "feature")
+    extra = {
+        "b": {
+            "promoted_value": (dims, np.array([[2.0, 2.0, 1.0], [0.5, -1.0, -2.0]])),
+            "promoted_output": (dims, np.array([[0, 0, 1], [1, 1, 0]])),
+            "suppressed_value": (dims, np.array([[0.5, -3.0, -2.0], [2.0, 2.0, 1.0]])),
+            "suppressed_output": (dims, np.array([[1, 1, 0], [0, 0, 1]])),
+        }
+    }
+    feats = storage.read_features(_features(tmp_path, bases, extra=extra))
+    nodes = _sources({"lib": MethodData(bases, _edges(bases), MODULES, feats)})["nodes_lib"]
+    card = {(lay, i): c for lay, i, c in zip(nodes["layer"], nodes["index"], nodes["card"])}
+    assert "promotes 0 (2), 1 (0.5); suppresses none" in card[("b", 0)]
+    assert "promotes 0 (2); suppresses 1 (-3)" in card[("b", 1)]
+
+
+def test_mass_slider_share_is_per_layer_pair(tmp_path):
+    """Each pair's edges carry the share of *that pair's* weight held by its stronger edges:
+    one pair's large weights cannot hide another's (PCA's ln1.0→ln2.0 drew 0 edges at 90%)."""
+    bases = _bases({"a": 4, "b": 3, "c": 3})
+    feats = storage.read_features(_features(tmp_path, bases, constant=("a", "b", "c")))
+    edges = _edges(bases)
+    edges[("a", "b")] *= 1e6  # a pair far stronger than the other
+    modules = {**MODULES, "layers": ["a", "b", "c"]}
+    data = {"lib": MethodData(bases, edges, modules, feats)}
+    e = _sources(data, max_edges=1000)["edges_lib"]
+    for p, (a, b) in enumerate([("a", "b"), ("b", "c")]):
+        w = edges[(a, b)].numpy()[1:, 1:].ravel()  # the constants left out
+        mine = [k for k, q in enumerate(e["pair"]) if q == p]
+        assert len(mine) == len(w)
+        kept = [e["weight"][k] for k in mine if e["before"][k] < 0.9]
+        assert len(kept) == edge_mass_prefix(w, 0.9) > 0
+        assert sum(kept) >= 0.9 * w.sum()

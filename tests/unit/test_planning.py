@@ -91,6 +91,8 @@ def test_a_rule_has_only_the_kind_concerns_it_uses():
         assert not {f"kinds/{kind}/{c}.py" for c in ("interpretation", "training", "data")} & fit
         assert not {"interpret/explorer.py", "interpret/fourier.py", "interpret/features.py"} & fit
     assert "interpret/fourier.py" in _code("interpret_features", "modadd")
+    # The page's JavaScript is code of the page: editing it rebuilds the explorer.
+    assert "interpret/explorer_assets/explorer.js" in _code("build_explorer", "modadd")
     assert "kinds/modadd/interpretation.py" in _code("cluster_graph", "modadd")
     assert "kinds/modadd/training.py" in _code("train_model", "modadd")
     assert "kinds/mlp/training.py" not in _code("extract_activations", "mlp")

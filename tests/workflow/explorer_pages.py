@@ -7,9 +7,10 @@ from pathlib import Path
 
 
 @contextmanager
-def open_explorer(browser, html: Path) -> Iterator:
+def open_explorer(browser, html: Path, url: str | None = None) -> Iterator:
     """The page, offline, once Bokeh has drawn its nodes; on leaving, it asserts that the page
-    raised no JavaScript error and asked for nothing outside the file."""
+    raised no JavaScript error and asked for nothing outside the file. ``url``: the page's
+    address with a hash (a shared view)."""
     assert html.is_file(), f"{html} was not made"
     context = browser.new_context(offline=True, viewport={"width": 1500, "height": 1000})
     requests: list[str] = []
@@ -17,7 +18,7 @@ def open_explorer(browser, html: Path) -> Iterator:
     errors: list[str] = []
     page = context.new_page()
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(html.as_uri())
+    page.goto(url or html.as_uri())
     page.wait_for_function(
         "() => window.Bokeh && Bokeh.documents.length"
         " && Bokeh.documents[0].get_model_by_name('nodes')"

@@ -6,6 +6,7 @@ the tests skip, except in CI (``CI`` or ``IB_REQUIRE_BROWSER=1``), where they fa
 """
 
 import json
+import re
 import warnings
 from collections import Counter
 
@@ -101,3 +102,99 @@ def test_clicking_a_node_opens_its_card(page, tmp_path):
     assert "activation</b> (held-out)" in card
     page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
     assert (tmp_path / "explorer.png").stat().st_size > 10_000
+
+
+def _select(page, indices):
+    """Select nodes as a tap does, the mouse hovering over none (hover focuses too)."""
+    page.mouse.move(1, 1)  # off the graph
+    page.evaluate("() => window.ib.onHover(null)")
+    model_value(page, "nodes", f"(m.selected.indices = {list(indices)}, 0)")
+    page.wait_for_timeout(100)
+
+
+def _shown_edges(page) -> list[tuple[int, int]]:
+    return [
+        tuple(e) for e in model_value(page, "edges", "m.data.src.map((s, i) => [s, m.data.dst[i]])")
+    ]
+
+
+def test_focus_mode_draws_only_the_selected_nodes_edges(page):
+    """A selected node keeps only its own edges; its neighbours take colours by share, the
+    other nodes fade; the selection is in the address."""
+    _select(page, [])
+    i = model_value(page, "nodes", "m.data.index.findIndex(v => v > 0)")
+    _select(page, [i])
+    shown = _shown_edges(page)
+    assert shown and all(i in e for e in shown)
+    key = model_value(page, "nodes", f"m.data.key[{i}]")
+    assert f"sel={key}" in page.evaluate("location.hash")
+    # The overlay fills each neighbour with its share colour and rings the node itself.
+    neighbours = {a if b == i else b for a, b in shown}
+    marked = model_value(page, "focus", "m.data.x.length")
+    assert marked == len(neighbours) + 1
+    assert model_value(page, "focus", "m.data.fa.filter(a => a === 1).length") == len(neighbours)
+    assert "Focus" in model_value(page, "edge_note", "m.text")
+    _select(page, [])
+    assert len(_shown_edges(page)) > len(shown)
+
+
+def test_partner_rows_in_the_card_select_the_partner(page):
+    _select(page, [])
+    i = model_value(page, "nodes", "m.data.index.findIndex(v => v > 0)")
+    _select(page, [i])
+    link = page.locator("table.edges a").first
+    target = link.get_attribute("href").split("=", 1)[1]
+    link.click()
+    page.wait_for_function(
+        f"() => Bokeh.documents[0].get_model_by_name('nodes').data.key["
+        f"Bokeh.documents[0].get_model_by_name('nodes').selected.indices[0]] === '{target}'"
+    )
+    assert f"sel={target}" in page.evaluate("location.hash")
+
+
+def test_pins_live_in_the_url_and_draw_the_paths_between_them(browser, tiny_run):
+    """A shared address with pins reopens in path mode: the drawn edges join nodes between
+    the pinned ones (downstream of one pin and upstream of another)."""
+    html = tiny_run.results() / "explorer.html"
+    with open_explorer(browser, html) as first:
+        keys = model_value(first, "nodes", "Array.from(m.data.key)")
+        e = first.evaluate(
+            "() => { const d = window.ib.store()[1].data; "
+            "return Array.from(d.src).map((s, i) => [s, d.dst[i]]); }"
+        )
+        a, b = e[0]  # an edge the page holds: its two ends are joined by a path
+        pins = f"{keys[a]},{keys[b]}"
+    url = html.as_uri() + f"#m=lib&pins={pins}"
+    with open_explorer(browser, html, url=url) as pg:
+        assert sorted(model_value(pg, "nodes", "Array.from(m.selected.indices)")) == sorted([a, b])
+        shown = _shown_edges(pg)
+        assert (a, b) in shown
+        assert "Path mode" in model_value(pg, "edge_note", "m.text")
+        assert f"pins={pins}" in pg.evaluate("location.hash")
+
+
+def test_search_by_key_module_and_label(page):
+    _select(page, [])
+    key = model_value(page, "nodes", "m.data.key[m.data.index.findIndex(v => v > 0)]")
+    model_value(page, "search", f"(m.value = '{key}', 0)")
+    page.wait_for_timeout(100)
+    assert model_value(page, "nodes", "m.data.key[m.selected.indices[0]]") == key
+    module = model_value(page, "nodes", "m.data.module.find(v => v >= 0)")
+    model_value(page, "search", f"(m.value = 'module {module}', 0)")
+    page.wait_for_timeout(100)
+    n = model_value(page, "nodes", f"m.data.module.filter(v => v === {module}).length")
+    assert f"<b>Search</b>: {n} match" in model_value(page, "edge_note", "m.text")
+    model_value(page, "search", "(m.value = 'no such label anywhere', 0)")
+    page.wait_for_timeout(100)
+    assert "<b>Search</b>: 0 matches" in model_value(page, "edge_note", "m.text")
+    model_value(page, "search", "(m.value = '', 0)")
+    _select(page, [])
+
+
+def test_mass_slider_keeps_the_share_of_every_layer_pair(page):
+    """At 90% every layer pair draws edges holding at least 90% of its own weight."""
+    _select(page, [])
+    model_value(page, "mass", "(m.value = 90, 0)")
+    note = model_value(page, "edge_note", "m.text")
+    shares = [float(s) for s in re.findall(r"→[^:]+: \d+ \((\d+\.\d)%\)", note)]
+    assert shares and all(s >= 90.0 for s in shares), note

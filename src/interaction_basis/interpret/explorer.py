@@ -1,17 +1,21 @@
 """The explorer: one self-contained HTML page (Bokeh, its JavaScript inlined) per experiment.
 
 The page draws the layered interaction graph of every basis method (a button switches), nodes
-grouped by module (``graph.layout``), sized by importance, edges by log weight, and a card per
-feature: its strongest incoming and outgoing edges, activation summary, top examples and, where
-defined, its direct effect on the outputs and its Fourier term. Every card is rendered here as
-HTML, so the page needs no templating logic of its own; the few lines of JavaScript only swap
-data sources and show a card. Model names in the page (``nodes``, ``edges``, ``card``,
-``method``, ``mass``) are its interface for tests.
-"""
+grouped by module (``graph.layout``) and coloured alike in every basis (``module_colours``),
+sized by importance, edges by log weight, and a card per feature: its strongest incoming and
+outgoing edges, activation summary, top examples and, where defined, its direct effect on the
+outputs and its Fourier term. Every card is rendered here as HTML; ``explorer_assets/explorer.js``
+swaps data sources, filters edges (slider, focus, path and search modes) and keeps the view in
+the URL hash. Model names in the page (``nodes``, ``edges``, ``card``, ``method``, ``mass``,
+``search``, ``edge_note``) are its interface for tests. The same inputs give the same bytes
+(``_stable_ids``)."""
 
 import html
 import re
-from collections.abc import Mapping
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import resources
 from typing import NamedTuple
 
@@ -104,6 +108,35 @@ def _asset(name: str) -> str:
     return (resources.files(__package__) / "explorer_assets" / name).read_text(encoding="utf-8")
 
 
+@contextmanager
+def _stable_ids(experiment: str) -> Iterator[None]:
+    """Bokeh's ids made a function of the page alone, so that the same inputs give the same
+    bytes (issue 23.7). Bokeh numbers models from a process-wide counter (``p1000``, ...) and
+    gives the document and its root elements random UUIDs; Bokeh 3 has no setting for either.
+    Within this block the counter restarts at Bokeh's own start value (the page's models are
+    all made here, in a new Document, so ids stay unique within the page) and the UUIDs come
+    from a generator seeded by the experiment's name. Both are restored on leaving."""
+    import random
+
+    from bokeh.util import serialization
+
+    rng = random.Random(f"explorer:{experiment}")
+
+    class _SeededUUID:
+        @staticmethod
+        def uuid4() -> uuid.UUID:
+            return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+    counter, module = serialization._simple_id, serialization.uuid
+    serialization._simple_id = 999
+    serialization.uuid = _SeededUUID  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        serialization._simple_id = max(counter, serialization._simple_id)
+        serialization.uuid = module
+
+
 def build_page(
     experiment: str,
     data: Mapping[str, MethodData],
@@ -114,7 +147,29 @@ def build_page(
     page_examples: int,
     thumbnails: Mapping[int, str] | None = None,
 ) -> str:
-    """The explorer's HTML text."""
+    """The explorer's HTML text, the same bytes for the same inputs."""
+    with _stable_ids(experiment):
+        return _build_page(
+            experiment,
+            data,
+            summary=summary,
+            evaluation=evaluation,
+            max_edges=max_edges,
+            page_examples=page_examples,
+            thumbnails=thumbnails,
+        )
+
+
+def _build_page(
+    experiment: str,
+    data: Mapping[str, MethodData],
+    *,
+    summary: Mapping | None,
+    evaluation: Mapping | None,
+    max_edges: int,
+    page_examples: int,
+    thumbnails: Mapping[int, str] | None,
+) -> str:
     from bokeh.document import Document
     from bokeh.embed import file_html
     from bokeh.events import DocumentReady
@@ -130,15 +185,17 @@ def build_page(
 
     # The widgets' own module: bokeh.models re-exports them by a computed __all__, which
     # type checkers cannot follow.
-    from bokeh.models.widgets import Div, RadioButtonGroup, Slider
+    from bokeh.models.widgets import Div, RadioButtonGroup, Slider, TextInput
     from bokeh.plotting import figure
     from bokeh.resources import INLINE
 
     if not data:
         raise ValueError("No basis method to show.")
     methods = list(data)
+    colours = module_colours(data)
     views = {
-        m: _method_view(m, d, max_edges, page_examples, thumbnails or {}) for m, d in data.items()
+        m: _method_view(m, d, colours[m], max_edges, page_examples, thumbnails or {})
+        for m, d in data.items()
     }
     first = views[methods[0]]
     # The shown sources start empty and are filled from the method's store when the page is
@@ -178,7 +235,24 @@ def build_page(
         nonselection_fill_alpha=0.45,
         nonselection_line_alpha=0.45,
     )
-    fig.add_tools(HoverTool(renderers=[glyph], tooltips="@label"), TapTool(renderers=[glyph]))
+    # Focus, path and search modes mark nodes in an overlay (explorer.js fills it) instead of
+    # changing the nodes' data: that would rebuild the hit-test index between a hover and
+    # the tap that follows it, and the tap would miss.
+    focus = ColumnDataSource(
+        {k: [] for k in ("x", "y", "size", "fill", "line", "fa", "lw")}, name="focus"
+    )
+    fig.scatter(
+        "x",
+        "y",
+        source=focus,
+        size="size",
+        fill_color="fill",
+        fill_alpha="fa",
+        line_color="line",
+        line_width="lw",
+    )
+    hover = HoverTool(renderers=[glyph], tooltips="@label")
+    fig.add_tools(hover, TapTool(renderers=[glyph]))
     fig.xaxis.ticker = list(range(n_layers))
     fig.xaxis.major_label_overrides = {i: lay for i, lay in enumerate(first.layers)}
     fig.yaxis.visible = False
@@ -192,23 +266,43 @@ def build_page(
         stylesheets=[InlineStyleSheet(css=_asset("card.css") + _thumbnail_css(thumbnails or {}))],
     )
     legend = Div(name="legend", text=first.legend, sizing_mode="stretch_width")
-    note = Div(name="edge_note", text="", sizing_mode="stretch_width")
+    # A fixed height: the note changes on every hover, and a graph that moved under the
+    # pointer between a hover and a click would miss the click.
+    note = Div(
+        name="edge_note",
+        text="",
+        sizing_mode="stretch_width",
+        height=72,
+        styles={"overflow-y": "auto"},
+    )
     headline = Div(name="headline", text=first.headline, sizing_mode="stretch_width")
     method = RadioButtonGroup(name="method", labels=[m.upper() for m in methods], active=0)
+    search = TextInput(
+        name="search",
+        placeholder="find: layer:index, module N, or label text (e.g. cos, induction, '7')",
+        width=360,
+    )
     mass = Slider(
         name="mass",
-        title="edges holding this % of the weight",
+        title="edges holding this % of each layer pair's weight",
         start=50,
         end=100,
         step=0.5,
         value=90,
     )
     texts = {
-        m: {"legend": v.legend, "headline": v.headline, "drawn": v.drawn_note}
+        m: {
+            "legend": v.legend,
+            "headline": v.headline,
+            "drawn": v.drawn_note,
+            "pairs": v.pairs,
+            "totals": v.totals,
+        }
         for m, v in views.items()
     }
     args = dict(
         nodes=nodes,
+        focus=focus,
         edges=edges,
         card=card,
         legend=legend,
@@ -223,16 +317,25 @@ def build_page(
         **stores,
     )
     stores_js = ", ".join(f"{m}: [nodes_{m}, edges_{m}]" for m in methods)
-    update = CustomJS(args=args, code=f"const stores = {{{stores_js}}};\n" + _asset("update.js"))
+    ready = CustomJS(args=args, code=f"const stores = {{{stores_js}}};\n" + _asset("explorer.js"))
+    update = CustomJS(code="if (window.ib) window.ib.update();")
     method.js_on_change("active", update)
     mass.js_on_change("value", update)
-    show = CustomJS(args=dict(nodes=nodes, card=card), code=_asset("select.js"))
-    nodes.selected.js_on_change("indices", show)
+    nodes.selected.js_on_change("indices", CustomJS(code="if (window.ib) window.ib.onSelect();"))
+    search.js_on_change("value", CustomJS(code="if (window.ib) window.ib.search(cb_obj.value);"))
+    hover.callback = CustomJS(
+        code="if (window.ib) { const i = cb_data.index.indices; window.ib.onHover("
+        "i.length ? i[0] : null); }"
+    )
     title = Div(
         text=f"<h2>interaction-basis explorer: {html.escape(experiment)}</h2>"
         "<p>Layers left to right; nodes grouped by module within each layer (colour), sized by "
         "importance; the constant feature is a square on top. Edge width and opacity follow "
-        "log10 of the edge weight. Click a node for its card; the buttons switch the basis. "
+        "log10 of the edge weight relative to its layer pair's strongest. Hover or click a node: "
+        "only its edges are drawn, its neighbours coloured by their share of its weight, and its "
+        "card opens (partner rows are links); shift-click pins nodes and draws the paths between "
+        "them. Selection and pins are in the address (share the link). The buttons switch the "
+        "basis. "
         f"The view opens on the top {SHOWN_SLOTS} slots of each layer: zoom out or reset for "
         "all.</p>",
         sizing_mode="stretch_width",
@@ -246,14 +349,14 @@ def build_page(
         title,
         numbers,
         headline,
-        row(method, mass, sizing_mode="stretch_width"),
+        row(method, mass, search, sizing_mode="stretch_width"),
         note,
         row(column(fig, legend, sizing_mode="stretch_width"), card, sizing_mode="stretch_width"),
         sizing_mode="stretch_width",
     )
     document = Document()
     document.add_root(page)
-    document.js_on_event(DocumentReady, update)
+    document.js_on_event(DocumentReady, ready)
     text = file_html(document, resources=INLINE, title=f"explorer: {experiment}")
     if EXTERNAL.search(text):
         raise RuntimeError("internal: the explorer page loads an external resource")
@@ -268,10 +371,17 @@ class _View(NamedTuple):
     headline: str
     drawn_note: str
     n_slots: int
+    pairs: list[str]  # the layer pairs' names, by the edges' ``pair`` column
+    totals: list[float]  # each pair's non-constant weight
 
 
 def _method_view(
-    method: str, d: MethodData, max_edges: int, page_examples: int, thumbnails
+    method: str,
+    d: MethodData,
+    colour: Mapping[int, str],
+    max_edges: int,
+    page_examples: int,
+    thumbnails,
 ) -> _View:
     all_layers = list(d.bases)
     layers = (
@@ -280,8 +390,7 @@ def _method_view(
         else [lay for lay in all_layers if lay != "output"] or all_layers
     )
     ranked = module_order(d.modules)
-    colour = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(ranked)}
-    labels = _module_labels(d.modules)
+    labels = module_labels(d)
     feats = d.features
     slot: dict[tuple[str, int], tuple[int, int]] = {}
     module_of: dict[tuple[str, int], int] = {}
@@ -299,8 +408,10 @@ def _method_view(
             "marker",
             "label",
             "card",
+            "key",
         )
     }
+    row_of: dict[tuple[str, int], int] = {}
     empty = []
     imp_all = np.concatenate([d.bases[lay].importance.numpy() for lay in layers])
     imp_pos = imp_all[imp_all > 0]
@@ -321,6 +432,8 @@ def _method_view(
             imp = float(basis.importance[i])
             c = lay.module[i]
             size = 5 + 13 * (np.log10(imp) - lo) / max(hi - lo, 1e-9) if imp > 0 else 4
+            row_of[(layer, i)] = len(cols["x"])
+            cols["key"].append(f"{layer}:{i}")
             cols["x"].append(x)
             cols["y"].append(slot[(layer, i)][1])
             cols["layer"].append(layer)
@@ -355,21 +468,172 @@ def _method_view(
                     all_layers,
                 )
             )
-    edges, drawn_note = _edge_columns(d, layers, slot, max_edges)
+    edges, drawn_note, pairs, totals = _edge_columns(d, layers, slot, row_of, max_edges)
     legend = _legend(ranked, colour, labels, d.modules, empty)
     headline = _headline_method(method, d)
     n_slots = max((d.bases[lay].C.shape[1] for lay in layers), default=1)
-    return _View(layers, cols, edges, legend, headline, drawn_note, n_slots)
+    return _View(layers, cols, edges, legend, headline, drawn_note, n_slots, pairs, totals)
 
 
-def _module_labels(modules: Mapping | None) -> dict[int, str]:
+def is_constant(d: MethodData, layer: str, n: int) -> np.ndarray:
+    """Which of a layer's ``n`` features are constant (features.zarr's ``is_constant``; none
+    where the store does not describe the layer). Only these are left out of edge counts."""
+    if layer in d.features.children and "is_constant" in d.features[layer].ds:
+        return np.asarray(d.features[layer].ds["is_constant"].values, dtype=bool)[:n]
+    return np.zeros(n, dtype=bool)
+
+
+def _pair_weights(d: MethodData, a: str, b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edges ``a → b`` (rows: features of ``b``), and the non-constant rows and columns."""
+    mat = d.edges[(a, b)].numpy()
+    return mat, ~is_constant(d, b, mat.shape[0]), ~is_constant(d, a, mat.shape[1])
+
+
+def _members(d: MethodData) -> dict[int, list[tuple[str, int]]]:
+    """The non-constant members of each module of two or more nodes."""
+    ranked = set(module_order(d.modules))
+    out: dict[int, list[tuple[str, int]]] = {}
+    consts = {}
+    for node in (d.modules or {}).get("nodes", []):
+        layer, i, c = node["layer"], node["index"], node["cluster"]
+        if c not in ranked or layer not in d.bases:
+            continue
+        if layer not in consts:
+            consts[layer] = is_constant(d, layer, d.bases[layer].C.shape[1])
+        if i < len(consts[layer]) and not consts[layer][i]:
+            out.setdefault(c, []).append((layer, i))
+    return out
+
+
+def _member_frequencies(d: MethodData) -> dict[int, Counter] | None:
+    """Mod-add: per module, how many members have each dominant Fourier frequency (features
+    without one left out); None where features.zarr has no Fourier evidence."""
+    if not any("dominant_frequency" in d.features[lay].ds for lay in d.features.children):
+        return None
     out = {}
-    for c in (modules or {}).get("clusters", []):
-        freq = c.get("frequency")
-        if isinstance(freq, Mapping) and freq.get("frequency", -1) >= 0:
-            out[c["id"]] = f"freq {freq['frequency']}"
-        elif isinstance(freq, int | float) and freq >= 0:
-            out[c["id"]] = f"freq {freq}"
+    for c, members in _members(d).items():
+        count: Counter = Counter()
+        for layer, i in members:
+            g = d.features[layer].ds
+            if "dominant_frequency" in g and int(g["dominant_frequency"].values[i]) > 0:
+                count[int(g["dominant_frequency"].values[i])] += 1
+        out[c] = count
+    return out
+
+
+def _ranked_items(count: Counter) -> list[tuple]:
+    """A composition's items, most members first (ties in their natural order)."""
+    return sorted(count.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def module_labels(d: MethodData) -> dict[int, str]:
+    """Each module's composition: its members' dominant Fourier frequencies for mod-add
+    ("freq 53 ×9, 9 ×3, 18 ×2"), else its layers ("ln1.0 ×3, ln2.0 ×5"), never one name that
+    fits only part of it."""
+    freqs = _member_frequencies(d)
+    out = {}
+    for c, members in _members(d).items():
+        if freqs is not None:
+            items = _ranked_items(freqs[c])
+            unlabelled = len(members) - sum(freqs[c].values())
+            text = ", ".join(f"{f} ×{k}" for f, k in items[:4]) + (", …" if len(items) > 4 else "")
+            text = f"freq {text}" if items else "no dominant frequency"
+            out[c] = text + (f" (+{unlabelled} without)" if unlabelled and items else "")
+        else:
+            layers = Counter(layer for layer, _ in members)
+            order = list(d.bases)
+            out[c] = ", ".join(f"{lay} ×{layers[lay]}" for lay in sorted(layers, key=order.index))
+    return out
+
+
+def module_colours(data: Mapping[str, MethodData]) -> dict[str, dict[int, str]]:
+    """A colour per module that means the same in every basis.
+
+    Mod-add: the colour of a module's dominant Fourier frequency (most members; ties to the
+    lower frequency), one colour per frequency over all methods (the most frequent first).
+    Otherwise the first method's modules take colours by size, and each other method's module
+    takes the colour of the first method's module it overlaps most (greedy, best pairs first;
+    overlap: the summed squared cosines between the member features' directions ``C[:, i]``
+    in each layer); the rest take unused colours.
+    """
+    freqs = {m: _member_frequencies(d) for m, d in data.items()}
+    out: dict[str, dict[int, str]] = {}
+    if any(f is not None for f in freqs.values()):
+        key = {
+            m: {c: (_ranked_items(n)[0][0] if n else None) for c, n in (f or {}).items()}
+            for m, f in freqs.items()
+        }
+        total: Counter = Counter()
+        for m, f in freqs.items():
+            for c, n in (f or {}).items():
+                if key[m][c] is not None:
+                    total[key[m][c]] += sum(n.values())
+        by_freq = {f: PALETTE[i % len(PALETTE)] for i, (f, _) in enumerate(_ranked_items(total))}
+        spare = len(by_freq)
+        for m, d in data.items():
+            out[m] = {}
+            for c in module_order(d.modules):
+                f = key[m].get(c)
+                if f is None:
+                    out[m][c] = PALETTE[spare % len(PALETTE)]
+                    spare += 1
+                else:
+                    out[m][c] = by_freq[f]
+        return out
+    methods = list(data)
+    first = data[methods[0]]
+    out[methods[0]] = {
+        c: PALETTE[i % len(PALETTE)] for i, c in enumerate(module_order(first.modules))
+    }
+    for m in methods[1:]:
+        d = data[m]
+        mine, theirs = module_order(d.modules), module_order(first.modules)
+        overlap = _module_overlap(d, first, mine, theirs)
+        out[m] = {}
+        taken = set()
+        for flat in np.argsort(-overlap, axis=None, kind="stable"):
+            r, t = divmod(int(flat), len(theirs))
+            if overlap[r, t] <= 0:
+                break
+            if mine[r] in out[m] or theirs[t] in taken:
+                continue
+            out[m][mine[r]] = out[methods[0]][theirs[t]]
+            taken.add(theirs[t])
+        used = set(out[m].values())
+        free = [p for p in PALETTE if p not in used] or PALETTE
+        for k, c in enumerate(c for c in mine if c not in out[m]):
+            out[m][c] = free[k % len(free)]
+    return out
+
+
+def _module_overlap(d: MethodData, other: MethodData, mine: list, theirs: list) -> np.ndarray:
+    """``[i, j]``: Σ over layers and member pairs of cos²(C[:, a], C'[:, b]) between module
+    ``mine[i]`` of ``d`` and ``theirs[j]`` of ``other``."""
+    out = np.zeros((len(mine), len(theirs)))
+    if not mine or not theirs:
+        return out
+    a_members, b_members = _members(d), _members(other)
+    for layer in d.bases:
+        if layer not in other.bases:
+            continue
+        a = [(r, i) for r, c in enumerate(mine) for lay, i in a_members.get(c, []) if lay == layer]
+        b = [
+            (t, j) for t, c in enumerate(theirs) for lay, j in b_members.get(c, []) if lay == layer
+        ]
+        if not a or not b:
+            continue
+        ca = d.bases[layer].C.numpy()[:, [i for _, i in a]]
+        cb = other.bases[layer].C.numpy()[:, [j for _, j in b]]
+        if ca.shape[0] != cb.shape[0]:
+            continue
+        ca = ca / np.maximum(np.linalg.norm(ca, axis=0), 1e-300)
+        cb = cb / np.maximum(np.linalg.norm(cb, axis=0), 1e-300)
+        cos2 = (ca.T @ cb) ** 2
+        ra = np.zeros((len(a), len(mine)))
+        ra[np.arange(len(a)), [r for r, _ in a]] = 1
+        rb = np.zeros((len(b), len(theirs)))
+        rb[np.arange(len(b)), [t for t, _ in b]] = 1
+        out += ra.T @ cos2 @ rb
     return out
 
 
@@ -442,29 +706,42 @@ def _edge_table(d: MethodData, layer, i, label_of, all_layers) -> str:
         w = mat[i, :] if pick == "row" else mat[:, i]
         partner = pair[0] if pick == "row" else pair[1]
         top = np.argsort(-w, kind="stable")[:N_CARD_EDGES]
+        total = float(w.sum())
+        # Each partner row links to the partner (explorer.js selects it from the hash); the
+        # weight is also given as its share of this node's incoming or outgoing weight.
         items = "".join(
-            f"<tr><td>{html.escape(label_of.get((partner, int(j)), f'{partner} #{j}'))}</td>"
-            f"<td style='text-align:right'>{_fmt(float(w[j]))}</td></tr>"
+            f"<tr><td><a href='#sel={html.escape(partner)}:{int(j)}'>"
+            f"{html.escape(label_of.get((partner, int(j)), f'{partner} #{j}'))}</a></td>"
+            f"<td style='text-align:right'>{_fmt(float(w[j]))}</td>"
+            f"<td style='text-align:right'>{100 * float(w[j]) / total if total > 0 else 0:.1f}%"
+            "</td></tr>"
             for j in top
         )
         rows.append(
-            f"<p><b>top {len(top)} {title} edges</b> ({html.escape(partner)})</p>"
-            f"<table class='edges'>{items}</table>"
+            f"<p><b>top {len(top)} {title} edges</b> ({html.escape(partner)}; weight, share of "
+            f"this feature's {title} weight)</p><table class='edges'>{items}</table>"
         )
     return "".join(rows)
 
 
 def _direct_effect(g, i) -> str:
-    def items(key):
+    """The outputs the feature's direction raises (positive effect) and lowers (negative), each
+    list only of its own sign."""
+
+    def items(key, sign):
         name = f"{key}_label" if f"{key}_label" in g else f"{key}_output"
-        return ", ".join(
-            f"{html.escape(repr(str(lab)) if f'{key}_label' in g else str(lab))} ({_fmt(float(v))})"
+        quoted = f"{key}_label" in g
+        out = [
+            f"{html.escape(repr(str(lab)) if quoted else str(lab))} ({_fmt(float(v))})"
             for lab, v in zip(g[name].values[:, i], g[f"{key}_value"].values[:, i], strict=True)
-        )
+            if sign * float(v) > 0
+        ]
+        return ", ".join(out) or "none"
 
     return (
         "<p><b>direct effect on the outputs</b> (the feature's direction through the "
-        f"unembedding): promotes {items('promoted')}; suppresses {items('suppressed')}</p>"
+        f"unembedding): promotes {items('promoted', 1)}; suppresses "
+        f"{items('suppressed', -1)}</p>"
     )
 
 
@@ -515,45 +792,89 @@ def _window(g, key, r, i) -> str:
     return "<span class='window'>" + "".join(spans) + "</span>"
 
 
-def _edge_columns(d: MethodData, layers, slot, max_edges: int) -> tuple[dict, str]:
-    """The strongest edges between drawn, non-constant nodes, capped at ``max_edges``;
-    ``before`` is the weight fraction held by the stronger edges (for the mass slider)."""
-    rows = []
+def _edge_columns(
+    d: MethodData, layers, slot, row_of, max_edges: int
+) -> tuple[dict, str, list[str], list[float]]:
+    """The edges between drawn, non-constant nodes, strongest first within each layer pair.
+
+    ``before`` is the share of its pair's weight held by the pair's stronger edges, so the mass
+    slider keeps the same share of every pair (one pair's large weights cannot crowd out
+    another's). Past ``max_edges`` the edges are kept in order of ``before`` over all pairs, so
+    the cap cuts every pair at the same share; the note says what that share is."""
+    per_pair = []
     for a, b in zip(layers, layers[1:]):
         if (a, b) not in d.edges:
             continue
-        mat = d.edges[(a, b)].numpy()
-        out_i, in_i = np.nonzero(mat > 0)
-        for o, n, w in zip(out_i, in_i, mat[out_i, in_i], strict=True):
-            if (a, int(n)) in slot and (b, int(o)) in slot and o != 0 and n != 0:
-                rows.append((float(w), a, int(n), b, int(o)))
-    total = sum(r[0] for r in rows)
-    rows.sort(key=lambda r: -r[0])
-    shown = rows[:max_edges]
-    w = np.array([r[0] for r in shown])
-    before = (np.cumsum(w) - w) / total if total > 0 else np.zeros(len(w))
-    logw = np.log10(np.maximum(w, 1e-300))
-    lo, hi = (logw.min(), logw.max()) if len(w) else (0.0, 1.0)
-    t = (logw - lo) / max(hi - lo, 1e-9)
-    cols = {
-        "x0": np.array([slot[(r[1], r[2])][0] for r in shown], dtype=float),
-        "y0": np.array([slot[(r[1], r[2])][1] for r in shown], dtype=float),
-        "x1": np.array([slot[(r[3], r[4])][0] for r in shown], dtype=float),
-        "y1": np.array([slot[(r[3], r[4])][1] for r in shown], dtype=float),
-        "weight": w,
-        "before": before,
-        "lw": 0.3 + 2.7 * t,
-        "alpha": 0.08 + 0.72 * t,
-    }
-    if len(rows) > len(shown):
-        held = 100 * float(w.sum()) / total
+        mat, rows_ok, cols_ok = _pair_weights(d, a, b)
+        out_i, in_i = np.nonzero((mat > 0) & rows_ok[:, None] & cols_ok[None, :])
+        keep = [
+            k
+            for k, (o, n) in enumerate(zip(out_i, in_i, strict=True))
+            if (a, int(n)) in slot and (b, int(o)) in slot
+        ]
+        out_i, in_i = out_i[keep], in_i[keep]
+        w = mat[out_i, in_i].astype(np.float64)
+        order = np.argsort(-w, kind="stable")
+        out_i, in_i, w = out_i[order], in_i[order], w[order]
+        total = float(w.sum())
+        before = (np.cumsum(w) - w) / total if total > 0 else np.zeros(len(w))
+        per_pair.append((a, b, out_i, in_i, w, before, total))
+    before_all = np.concatenate([x[5] for x in per_pair]) if per_pair else np.zeros(0)
+    n_all = len(before_all)
+    # Over the cap, keep edges by their pair's share before them: every pair reaches the same
+    # level (ties by pair, then strength).
+    keep_all = np.argsort(before_all, kind="stable")[:max_edges]
+    kept_mask = np.zeros(n_all, dtype=bool)
+    kept_mask[keep_all] = True
+    names = ("x0", "y0", "x1", "y1", "weight", "before", "pair", "src", "dst")
+    cols: dict[str, list] = {k: [] for k in names}
+    pairs, start, held = [], 0, []
+    for a, b, out_i, in_i, w, before, total in per_pair:
+        mask = kept_mask[start : start + len(w)]
+        start += len(w)
+        pairs.append(f"{a}→{b}")
+        held.append(
+            (
+                f"{a}→{b}",
+                int(mask.sum()),
+                len(w),
+                100 * float(w[mask].sum()) / total if total > 0 else 100.0,
+            )
+        )
+        for o, n, wt, bf in zip(out_i[mask], in_i[mask], w[mask], before[mask], strict=True):
+            x0, y0 = slot[(a, int(n))]
+            x1, y1 = slot[(b, int(o))]
+            cols["x0"].append(x0)
+            cols["y0"].append(y0)
+            cols["x1"].append(x1)
+            cols["y1"].append(y1)
+            cols["weight"].append(float(wt))
+            cols["before"].append(float(bf))
+            cols["pair"].append(len(pairs) - 1)
+            cols["src"].append(row_of[(a, int(n))])
+            cols["dst"].append(row_of[(b, int(o))])
+    w = np.array(cols["weight"])
+    # Width and opacity by the edge's log weight relative to its pair's strongest edge.
+    top = np.array([per_pair[k][4][0] if len(per_pair[k][4]) else 1.0 for k in cols["pair"]])
+    logw = np.log10(np.maximum(w, 1e-300)) - np.log10(np.maximum(top, 1e-300))
+    t = np.clip(1 + logw / 6, 0, 1) if len(w) else np.zeros(0)
+    out = {k: np.array(v, dtype=float) for k, v in cols.items()}
+    for k in ("pair", "src", "dst"):
+        out[k] = np.array(cols[k], dtype=np.int32)
+    out["lw"] = 0.3 + 2.7 * t
+    out["alpha"] = 0.08 + 0.72 * t
+    if len(keep_all) < n_all:
+        level = min(h for *_, h in held)
+        lines = "; ".join(f"{name}: {k} of {n} ({h:.1f}% of its weight)" for name, k, n, h in held)
         note = (
-            f"<b>Capped:</b> only the {len(shown)} strongest of {len(rows)} non-constant edges "
-            f"are drawn (interpret.max_edges); they hold {held:.1f}% of the weight."
+            f"<b>Capped</b> at interpret.max_edges = {max_edges}: the page holds {len(keep_all)} "
+            f"of {n_all} non-constant edges, the strongest of each layer pair up to the same "
+            f"share of its weight ({lines}). Above {level:.1f}% the slider draws no more edges "
+            "in the pairs that reach the cap."
         )
     else:
-        note = f"All {len(rows)} non-constant edges with positive weight are available."
-    return cols, note
+        note = f"All {n_all} non-constant edges with positive weight are on the page."
+    return out, note, pairs, [x[6] for x in per_pair]
 
 
 def _legend(ranked, colour, labels, modules, empty) -> str:
@@ -584,12 +905,18 @@ def _legend(ranked, colour, labels, modules, empty) -> str:
 def _headline_method(method: str, d: MethodData) -> str:
     kept = ", ".join(f"{lay}: {b.C.shape[1]}" for lay, b in d.bases.items())
     pairs = []
-    for (a, b), mat in d.edges.items():
-        w = mat[1:, 1:].numpy().ravel()
+    for a, b in d.edges:
+        mat, rows_ok, cols_ok = _pair_weights(d, a, b)
+        w = mat[rows_ok][:, cols_ok].ravel()
         pairs.append(f"{a}→{b}: {edge_mass_prefix(w, 0.9)} / {edge_mass_prefix(w, 0.99)}")
     mod = (
-        f"modularity Q = {d.modules['modularity']:.3f} at γ = {d.modules['resolution']:g}, "
-        f"{d.modules['n_non_singleton']} modules of two or more nodes"
+        f"modularity Q = {d.modules['modularity']:.3f} (weighted Newman modularity at γ = 1) of "
+        "the modules drawn here: modules.json (rule cluster_graph, Leiden at "
+        f"γ = {d.modules['resolution']:g}, {d.modules.get('edge_norm', 'log')} edge norm, ε from "
+        "the cluster settings), "
+        f"{d.modules['n_non_singleton']} modules of two or more nodes. The modules per resolution "
+        "(modules_by_resolution.json, ε from the edge ablation, as in the paper) are another "
+        "clustering with its own Q."
         if d.modules
         else "no modules"
     )
@@ -602,8 +929,9 @@ def _headline_method(method: str, d: MethodData) -> str:
     )
     return (
         f"<p><b>{method.upper()}</b>: features kept (constant included) {html.escape(kept)}<br>"
-        f"non-constant edges holding 90% / 99% of the weight: {html.escape('; '.join(pairs))}<br>"
-        f"{mod}<br>{html.escape(direct_text)}</p>"
+        "non-constant edges (constant features left out) holding 90% / 99% of each layer "
+        f"pair's weight: {html.escape('; '.join(pairs))}<br>"
+        f"{html.escape(mod)}<br>{html.escape(direct_text)}</p>"
     )
 
 

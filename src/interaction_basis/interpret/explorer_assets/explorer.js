@@ -1,0 +1,239 @@
+// The explorer's behaviour, run once when the page is ready; it defines window.ib, which the
+// widgets' small callbacks call. Arguments (see build_page): the shown `nodes`/`edges` sources,
+// the per-method stores (`stores`, defined just before this code), the widgets, and
+// per-method texts and layer names. Bokeh may hand dict arguments to JavaScript as Map or as
+// plain objects: get() reads both.
+//
+// State: the method, the selected node `sel` (focus mode: only its edges, its neighbours
+// coloured by their share of its in- or out-weight), the pinned nodes `pins` (path mode, two
+// or more: the subgraph of the drawn edges on paths between pins), a hovered node (focus while
+// nothing is selected) and search matches. Selection and pins live in the URL hash as
+// `#m=<method>&sel=<layer>:<index>&pins=<layer>:<index>,...`; the card's partner rows are links
+// `#sel=<layer>:<index>` (method and pins kept).
+const get = (o, k) => (o instanceof Map ? o.get(k) : o[k]);
+const ib = {method: null, sel: null, pins: [], hover: null, matches: null, busy: false};
+window.ib = ib;
+const RAMP = ['#fee8c8', '#fdbb84', '#fc8d59', '#e34a33', '#b30000'];
+const shareColour = (s) => RAMP[Math.min(RAMP.length - 1, Math.floor(Math.sqrt(s) * RAMP.length))];
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => '&#' + c.charCodeAt(0) + ';');
+
+ib.store = () => stores[ib.method];
+ib.rowOf = (key) => (ib.index.has(key) ? ib.index.get(key) : null);
+ib.link = (i) => {
+  const d = ib.store()[0].data;
+  return "<a href='#sel=" + esc(d.key[i]) + "'>" + esc(d.label[i]) + '</a>';
+};
+
+ib.switchMethod = (m) => {
+  const [nodeStore] = stores[m];
+  ib.method = m;
+  ib.index = new Map();
+  nodeStore.data.key.forEach((k, i) => ib.index.set(k, i));
+  ib.sel = null;
+  ib.pins = [];
+  ib.hover = null;
+  ib.matches = null;
+  nodes.data = Object.assign({}, nodeStore.data);
+  const t = get(texts, m);
+  legend.text = get(t, 'legend');
+  headline.text = get(t, 'headline');
+  const over = {};
+  get(layers, m).forEach((name, i) => { over[i] = name; });
+  axis.major_label_overrides = over;
+  ib.busy = true;
+  method.active = methods.indexOf(m);
+  ib.busy = false;
+};
+
+ib.massKept = () => {
+  const e = ib.store()[1].data;
+  const x = mass.value / 100;
+  const keep = [];
+  for (let i = 0; i < e.before.length; i++) { if (e.before[i] < x) keep.push(i); }
+  return keep;
+};
+
+// Nodes on a path between pins along the given edges: reachable downstream from a pin and
+// upstream from a pin.
+ib.between = (keep) => {
+  const e = ib.store()[1].data;
+  const down = new Map();
+  const up = new Map();
+  for (const i of keep) {
+    if (!down.has(e.src[i])) down.set(e.src[i], []);
+    if (!up.has(e.dst[i])) up.set(e.dst[i], []);
+    down.get(e.src[i]).push(e.dst[i]);
+    up.get(e.dst[i]).push(e.src[i]);
+  }
+  const reach = (adj) => {
+    const seen = new Set(ib.pins);
+    const todo = [...ib.pins];
+    while (todo.length) {
+      for (const n of adj.get(todo.pop()) ?? []) {
+        if (!seen.has(n)) { seen.add(n); todo.push(n); }
+      }
+    }
+    return seen;
+  };
+  const f = reach(down);
+  const b = reach(up);
+  return new Set([...f].filter((n) => b.has(n)));
+};
+
+ib.render = () => {
+  const [nodeStore, edgeStore] = ib.store();
+  const e = edgeStore.data;
+  const nd = nodeStore.data;
+  const t = get(texts, ib.method);
+  // The overlay: neighbours filled with their share colour, path and search nodes ringed.
+  const mark = new Map();
+  const fill = (i, c) => mark.set(i, {fill: c, line: '#000', fa: 1.0, lw: 0.5});
+  const ring = (i) => mark.set(i, {fill: '#000', line: '#000', fa: 0.0, lw: 2.0});
+  const centre = ib.sel !== null ? ib.sel : (ib.pins.length ? null : ib.hover);
+  let keep;
+  let text;
+  if (ib.pins.length >= 2) {
+    const inner = ib.between(ib.massKept());
+    keep = ib.massKept().filter((i) => inner.has(e.src[i]) && inner.has(e.dst[i]));
+    for (const i of inner) ring(i);
+    text = '<b>Path mode</b>: ' + keep.length + ' drawn edges (of those holding ' + mass.value +
+      '% of each pair\'s weight) on paths between the ' + ib.pins.length + ' pinned nodes (' +
+      ib.pins.map(ib.link).join(', ') + '), ' + inner.size + ' nodes. Shift-click pins ' +
+      'more; a plain click leaves path mode.';
+  } else if (centre !== null) {
+    keep = [];
+    let wIn = 0;
+    let wOut = 0;
+    for (let i = 0; i < e.src.length; i++) {
+      if (e.dst[i] === centre) { keep.push(i); wIn += e.weight[i]; }
+      else if (e.src[i] === centre) { keep.push(i); wOut += e.weight[i]; }
+    }
+    for (const i of keep) {
+      const other = e.dst[i] === centre ? e.src[i] : e.dst[i];
+      fill(other, shareColour(e.weight[i] / (e.dst[i] === centre ? wIn : wOut)));
+    }
+    ring(centre);
+    text = '<b>Focus</b> on ' + ib.link(centre) + ': its ' + keep.length + ' edges in the page ' +
+      '(all strengths); neighbours coloured by their share of its incoming or outgoing weight ' +
+      '(light: small, dark red: large). Click the background to leave; shift-click pins nodes.';
+  } else {
+    keep = ib.massKept();
+    const names = get(t, 'pairs');
+    const totals = get(t, 'totals');
+    const count = names.map(() => 0);
+    const held = names.map(() => 0);
+    for (const i of keep) {
+      const p = e.pair[i];
+      count[p] += 1;
+      held[p] = Math.max(held[p], e.before[i] + e.weight[i] / totals[p]);
+    }
+    const parts = names.map((name, p) =>
+      name + ': ' + count[p] + ' (' + (100 * held[p]).toFixed(1) + '%)');
+    text = keep.length + ' edges drawn: the strongest of each layer pair up to ' + mass.value +
+      '% of its weight (' + parts.join('; ') + ').';
+  }
+  if (ib.matches !== null) {
+    for (const i of ib.matches) { if (!mark.has(i)) ring(i); }
+    text = '<b>Search</b>: ' + ib.matches.length + ' match' +
+      (ib.matches.length === 1 ? '' : 'es') + (ib.matches.length ? ': ' +
+      ib.matches.slice(0, 20).map(ib.link).join(', ') + (ib.matches.length > 20 ? ', …' : '') :
+      '') + '. ' + text;
+  }
+  const out = {};
+  for (const k of Object.keys(e)) { out[k] = keep.map((i) => e[k][i]); }
+  edges.data = out;
+  const ids = [...mark.keys()];
+  const m = ids.map((i) => mark.get(i));
+  focus.data = {
+    x: ids.map((i) => nd.x[i]), y: ids.map((i) => nd.y[i]),
+    size: ids.map((i) => nd.size[i] + 4),
+    fill: m.map((v) => v.fill), line: m.map((v) => v.line), fa: m.map((v) => v.fa),
+    lw: m.map((v) => v.lw),
+  };
+  note.text = text + ' ' + get(t, 'drawn');
+  if (ib.sel !== null) {
+    let pinned = '';
+    if (ib.pins.length) pinned = '<p><b>pinned</b>: ' + ib.pins.map(ib.link).join(', ') + '</p>';
+    card.text = pinned + nd.card[ib.sel];
+  } else {
+    card.text = '<i>Click a node to see its card; shift-click to pin nodes and see the paths ' +
+      'between them.</i>';
+  }
+  const want = ib.pins.length ? ib.pins : (ib.sel !== null ? [ib.sel] : []);
+  if (JSON.stringify(want) !== JSON.stringify(nodes.selected.indices)) {
+    ib.busy = true;
+    nodes.selected.indices = want;
+    ib.busy = false;
+  }
+  ib.writeHash();
+};
+
+ib.writeHash = () => {
+  const key = (i) => ib.store()[0].data.key[i];
+  let h = 'm=' + encodeURIComponent(ib.method);
+  if (ib.sel !== null) h += '&sel=' + encodeURIComponent(key(ib.sel));
+  if (ib.pins.length) h += '&pins=' + ib.pins.map((i) => encodeURIComponent(key(i))).join(',');
+  h = h.replace(/%3A/g, ':');
+  if (window.location.hash !== '#' + h) history.replaceState(null, '', '#' + h);
+};
+
+ib.readHash = () => {
+  const h = new URLSearchParams(window.location.hash.slice(1));
+  const m = h.get('m');
+  if (m !== null && methods.includes(m) && m !== ib.method) ib.switchMethod(m);
+  if (h.has('sel')) ib.sel = ib.rowOf(h.get('sel'));
+  if (h.has('pins')) {
+    ib.pins = h.get('pins').split(',').map(ib.rowOf).filter((i) => i !== null);
+  }
+  ib.render();
+};
+
+ib.update = () => {
+  if (ib.busy) return;
+  const m = methods[method.active];
+  if (m !== ib.method) ib.switchMethod(m);
+  ib.render();
+};
+
+ib.onSelect = () => {
+  if (ib.busy) return;
+  const ind = nodes.selected.indices;
+  if (ind.length === 0) { ib.sel = null; ib.pins = []; }
+  else if (ind.length === 1) { ib.sel = ind[0]; ib.pins = []; }
+  else { ib.pins = Array.from(ind); ib.sel = ind[ind.length - 1]; }
+  ib.render();
+};
+
+ib.onHover = (i) => {
+  if (i === ib.hover || ib.sel !== null || ib.pins.length) return;
+  ib.hover = i;
+  ib.render();
+};
+
+// `layer:index` selects that node; `module N` finds the module's nodes; anything else finds
+// the nodes whose label holds the text (Fourier term, head role, class, ...), case-blind.
+ib.search = (query) => {
+  const q = query.trim();
+  const d = ib.store()[0].data;
+  ib.matches = null;
+  if (!q) { ib.render(); return; }
+  const exact = ib.rowOf(q.replace(/\s*[:#]\s*/, ':').replace(/\s+/, ':'));
+  const mod = q.match(/^(?:module|m)\s*(-?\d+)$/i);
+  if (exact !== null) {
+    ib.sel = exact;
+    ib.pins = [];
+  } else if (mod) {
+    const c = Number(mod[1]);
+    ib.matches = d.module.map((v, i) => (v === c ? i : -1)).filter((i) => i >= 0);
+  } else {
+    const low = q.toLowerCase();
+    ib.matches = d.label.map((v, i) => (String(v).toLowerCase().includes(low) ? i : -1))
+      .filter((i) => i >= 0);
+  }
+  if (ib.matches !== null && ib.matches.length) { ib.sel = ib.matches[0]; ib.pins = []; }
+  ib.render();
+};
+
+window.addEventListener('hashchange', ib.readHash);
+ib.switchMethod(methods[method.active]);
+ib.readHash();
