@@ -223,7 +223,7 @@ def per_method(pattern):
 
 
 def final_targets(wildcards):
-    """Input function of rule all: every result the workflow makes (every output of every job
+    """The inputs of `all`, every result the workflow makes (every output of every job
     under results/: the README's stage table), so that a plain run rebuilds whatever is missing,
     and only what is computed from it. The downloads (resources/) are not results: a job that
     needs one fetches it again, and `all_downloads` fetches them all."""
