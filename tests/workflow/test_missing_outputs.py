@@ -65,7 +65,7 @@ def promised_outputs() -> dict[str, set[str]]:
 
 def all_inputs(tiny_run, workdir: Path | None = None) -> set[str]:
     out = tiny_run.smk("-n", "--forcerun", "all", workdir=workdir).output
-    match = re.search(r"^localrule all:\n\s+input: (.*)$", out, re.M)
+    match = re.search(r"^(?:local)?rule all:\n\s+input: (.*)$", out, re.M)
     assert match, out[-3000:]
     return {p.strip() for p in match.group(1).split(",")}
 
