@@ -186,6 +186,7 @@ def test_bare_directory_of_a_killed_job_is_rebuilt_not_deleted_by_planning(
     assert job_counts(result.output) == expected, result.describe()
     # Nothing else is forced: rerun-incomplete forces the outputs marked incomplete.
     assert reasons(result.output, "fit_basis") == ["reason: Forced execution"], result.describe()
+    tiny_run.smk("--unlock", workdir=workdir)  # the killed run's lock, as the README says
     tiny_run.smk("--cores", "2", workdir=workdir)
     assert set(storage.read_bases(store)) == {"ln1.0", "ln2.0", "unembed", "output"}
     assert job_counts(tiny_run.dry_run(workdir=workdir).output) == {}
