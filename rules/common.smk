@@ -4,7 +4,6 @@ import os
 import re
 from pathlib import Path
 
-from snakemake.logging import logger
 from snakemake.utils import validate
 
 from interaction_basis import planning
@@ -20,10 +19,10 @@ CONFIG = WorkflowConfig.model_validate(config)
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
 TOY_LMS = {t.name: t for t in CONFIG.toy_lms}
 
-# A bare *.zarr directory (no store inside) was left by a job that failed after Snakemake had
-# removed its old output: absent, it is planned again instead of trusted.
-for _store in planning.remove_incomplete_stores("results"):
-    logger.warning(f"Removed {_store}: an incomplete store (no Zarr metadata).")
+# Planning never deletes anything under results/ (a dry run leaves a user's files as they are).
+# A job's unfinished output is left only by a run that was killed: Snakemake marks it
+# incomplete, and the next run (rerun-incomplete in both profiles) rebuilds it; every reader
+# refuses a store without its integrity record.
 
 
 def _alternation(names):
@@ -160,7 +159,9 @@ def extract_params(wildcards):
 
 
 def basis_params(wildcards):
-    return experiment(wildcards).basis.model_dump(mode="json")
+    """One method's basis settings: not the list of methods, which would rerun every method's
+    jobs when a method is added."""
+    return experiment(wildcards).basis.settings().model_dump(mode="json")
 
 
 def edges_params(wildcards):
@@ -186,7 +187,13 @@ def cluster_sweep_params(wildcards):
     return experiment(wildcards).cluster.model_dump(mode="json", exclude={"resolution"})
 
 
-def interpret_params(wildcards):
+def features_params(wildcards):
+    """interpret_features' settings: not the page's (max_edges, page_examples), which would
+    rerun every method's features."""
+    return experiment(wildcards).interpret.features().model_dump(mode="json")
+
+
+def explorer_params(wildcards):
     return experiment(wildcards).interpret.model_dump(mode="json")
 
 
@@ -215,18 +222,65 @@ def per_method(pattern):
     return inputs
 
 
-def final_targets():
-    """summary.json per experiment, plus evaluation.json where evaluation is enabled,
-    explorer.html where interpretation is, and heads.md for the toy LMs trained here."""
-    targets = [f"results/{name}/summary.json" for name in EXPERIMENTS]
-    targets += [
-        f"results/{name}/evaluation.json" for name, e in EXPERIMENTS.items() if e.evaluate.enabled
-    ]
-    targets += [
-        f"results/{name}/explorer.html" for name, e in EXPERIMENTS.items() if e.interpret.enabled
-    ]
-    targets += [f"results/{name}/heads.md" for name in EXPERIMENTS if _reads_toy_lm(name)]
+def final_targets(wildcards):
+    """The inputs of `all`, every result the workflow makes (every output of every job
+    under results/: the README's stage table), so that a plain run rebuilds whatever is missing,
+    and only what is computed from it. The downloads (resources/) are not results: a job that
+    needs one fetches it again, and `all_downloads` fetches them all."""
+    targets = [f"results/toy_lms/{name}/{part}" for name in TOY_LMS for part in TOY_LM_OUTPUTS]
+    for name in EXPERIMENTS:
+        targets += experiment_results(name)
     return targets
+
+
+TOY_LM_OUTPUTS = ("model", "corpus.txt", "metrics.json")
+MODEL_OUTPUTS = ("model/weights.npz", "model/metrics.json", "model/training.png")
+SUMMARY_OUTPUTS = ("summary.md", "summary.json", "spectra.png", "graph.png")
+REPORT_OUTPUTS = (
+    "evaluation.json",
+    "node_ablation.png",
+    "edge_ablation.png",
+    "edge_distribution.png",
+    "modules.png",
+)
+METHOD_OUTPUTS = ("basis.zarr", "edges.zarr", "modules.json", "graph.graphml")
+EVALUATION_OUTPUTS = ("node_ablation.json", "edge_ablation.json", "modules_by_resolution.json")
+
+
+def experiment_results(name):
+    """Every output of the experiment's jobs, as the stage table lists them (paths relative to
+    results/{name}/ in the tuples above)."""
+    e = EXPERIMENTS[name]
+    parts = ["tokens.zarr"] if e.model.downloaded else list(MODEL_OUTPUTS)
+    parts += SUMMARY_OUTPUTS
+    per_method = list(METHOD_OUTPUTS)
+    if e.extract.n_shards == 1:
+        parts.append("activations.zarr")
+    else:
+        shards = range(e.extract.n_shards)
+        parts += [f"shards/{i}/activations.zarr" for i in shards] + ["stats.zarr"]
+        per_method += [f"shards/{i}/edges.zarr" for i in shards]
+        # The per-layer outputs are named once the statistics are gathered; until then every
+        # layer is rebuilt anyway, and a dry run still lists the whole plan.
+        if Path(f"results/{name}/stats.zarr/zarr.json").is_file():
+            layers = experiment_node_layers(name)
+            per_method += [f"layers/{layer}.zarr" for layer in layers]
+            if "lib" in e.basis.methods:
+                parts += [
+                    f"lib/shards/{i}/m_dash/{layer}.zarr" for i in shards for layer in layers[:-1]
+                ]
+    if e.model.planted:
+        parts.append("ground_truth.json")
+    if e.evaluate.enabled:
+        parts += REPORT_OUTPUTS
+        per_method += EVALUATION_OUTPUTS
+    if e.interpret.enabled:
+        parts.append("explorer.html")
+        per_method.append("features.zarr")
+    if _reads_toy_lm(name):
+        parts += ["heads.json", "heads.md"]
+    parts += [f"{method}/{part}" for method in e.basis.methods for part in per_method]
+    return [f"results/{name}/{part}" for part in parts]
 
 
 def _reads_toy_lm(name):
@@ -293,8 +347,12 @@ def _stored_node_layers(path, mtime_ns):
 
 
 def node_layers(wildcards):
+    return experiment_node_layers(wildcards.experiment)
+
+
+def experiment_node_layers(name):
     """Read once per store version: every per-layer and per-shard job's inputs ask for them."""
-    stats = checkpoints.gather_stats.get(experiment=wildcards.experiment).output.stats
+    stats = checkpoints.gather_stats.get(experiment=name).output.stats
     return _stored_node_layers(stats, Path(stats).stat().st_mtime_ns)
 
 

@@ -30,7 +30,7 @@ rule build_explorer:
         runtime=runtime(30),
     params:
         model=model_params,
-        interpret=interpret_params,
+        interpret=explorer_params,
         methods=methods,
     script:
         "../scripts/build_explorer.py"

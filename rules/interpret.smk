@@ -23,6 +23,6 @@ rule interpret_features:
     params:
         model=model_params,
         extract=extract_params,
-        interpret=interpret_params,
+        interpret=features_params,
     script:
         "../scripts/interpret_features.py"

@@ -394,12 +394,16 @@ class SourcesConfig(_Frozen):
     )
 
 
-class BasisConfig(_Frozen):
-    """Per-layer bases (method §A.3, A.4, A.8)."""
-
+class _BasisMethods(_Frozen):
     methods: list[Method] = Field(
         ["lib", "pca"], min_length=1, description="Bases to build: lib, pca, neuron."
     )
+
+
+class BasisSettings(_Frozen):
+    """What the jobs of one basis method read: every basis setting but ``methods``, so that
+    adding a method reruns no other method's jobs."""
+
     truncation: float = Field(
         1e-10,
         gt=0,
@@ -415,6 +419,14 @@ class BasisConfig(_Frozen):
     integration: IntegrationConfig = Field(default_factory=IntegrationConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     seed: int = Field(0, ge=0, description="Seed of the stochastic sources.")
+
+
+class BasisConfig(BasisSettings, _BasisMethods):
+    """Per-layer bases (method §A.3, A.4, A.8)."""
+
+    def settings(self) -> BasisSettings:
+        """The settings of one method's jobs (its rules' params)."""
+        return BasisSettings.model_validate(self.model_dump(exclude={"methods"}))
 
 
 class EdgesConfig(_Frozen):
@@ -518,8 +530,9 @@ class EvaluateConfig(ResolutionsConfig, EdgeAblationConfig, NodeAblationConfig):
         return model.model_validate(self.model_dump(include=set(model.model_fields)))
 
 
-class InterpretConfig(_Frozen):
-    """Per-feature evidence (features.zarr) and the interactive explorer page."""
+class FeaturesConfig(_Frozen):
+    """What rule interpret_features reads: the interpret settings but the page's, so that a
+    setting of the page reruns no method's features."""
 
     enabled: bool = Field(True, description="Make features.zarr and explorer.html.")
     max_samples: int | None = Field(
@@ -543,12 +556,23 @@ class InterpretConfig(_Frozen):
         10, ge=1, description="Top promoted and suppressed outputs per feature (direct effect)."
     )
     seed: int = Field(0, ge=0, description="Seed of the quantile subsample.")
+
+
+class InterpretConfig(FeaturesConfig):
+    """Per-feature evidence (features.zarr) and the interactive explorer page."""
+
     max_edges: int = Field(
         5000, ge=1, description="Explorer: draw at most this many strongest edges per method."
     )
     page_examples: int = Field(
         8, ge=1, description="Explorer: top examples shown on each feature's card."
     )
+
+    def features(self) -> FeaturesConfig:
+        """The settings of rule interpret_features (its params)."""
+        return FeaturesConfig.model_validate(
+            self.model_dump(include=set(FeaturesConfig.model_fields))
+        )
 
 
 class ExperimentConfig(_Frozen):

@@ -1,6 +1,7 @@
 """What the workflow needs while Snakemake plans, without importing torch, xarray or zarr (so
-that ``snakemake -n`` stays fast): each rule's code inputs from the package's import graph, the
-node layers recorded in a stats store, and the clean-up of stores that failed jobs left.
+that ``snakemake -n`` stays fast): each rule's code inputs from the package's import graph and the
+node layers recorded in a stats store. Planning only reads: it never deletes or changes a file
+(a dry run must leave a user's results, and anything else under ``results/``, as they are).
 
 Code inputs: a rule's stage function lives in one package module; that module and every
 package module it imports, transitively, are the rule's code, so editing any of them reruns the
@@ -17,7 +18,6 @@ import ast
 import functools
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,26 +25,6 @@ from interaction_basis.kinds.registry import CONCERNS
 
 PACKAGE = "interaction_basis"
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def remove_incomplete_stores(root: str | os.PathLike[str]) -> list[Path]:
-    """Delete every ``*.zarr`` directory under ``root`` that holds no store; return them.
-
-    Snakemake removes a directory output before its job runs; a job that then fails can leave
-    the bare directory (with a fresh timestamp) behind, which a later dry run would trust.
-    Removed, it is planned again, with everything computed from it. A store that has its root
-    metadata but no integrity record (written by an older version, or damaged) is kept: its
-    readers refuse it and name the command that rebuilds it, so a dry run never deletes data.
-    """
-    removed = []
-    for dirpath, dirnames, _ in os.walk(os.fspath(root)):
-        for name in [d for d in dirnames if d.endswith(".zarr") and not d.startswith(".")]:
-            dirnames.remove(name)  # never descend into a store
-            store = Path(dirpath, name)
-            if not (store / "zarr.json").is_file():
-                shutil.rmtree(store)
-                removed.append(store)
-    return removed
 
 
 def read_node_layers(path: str | os.PathLike) -> list[str]:

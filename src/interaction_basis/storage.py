@@ -13,9 +13,9 @@ attribute :data:`NAN_IS_DATA_ATTR` says why its NaNs are data (token windows pas
 end). Larger arrays (activations) are only counted and shape-checked when opened, so that
 opening stays cheap; their CRC-32, computed while streaming them in at write time, is checked
 at the end of every full pass over them, before anything computed from them is written. A
-store without the record is incomplete or from an older version, and refused;
-``planning.remove_incomplete_stores`` deletes the bare directories that failed jobs leave, at
-planning time, so that Snakemake rebuilds them instead of trusting them. A damaged input stops
+store without the record (or a bare directory without any store) is incomplete or from an
+older version, and refused; nothing deletes it but the job that writes that output again
+(planning never deletes anything). A damaged input stops
 the job with :class:`DamagedInputError`, which names the file, what is wrong, the rule that
 wrote it and the command that rebuilds it.
 """
@@ -267,6 +267,10 @@ _verified: set[tuple[str, int]] = set()
 def _verify(path: Path) -> dict:
     """Check a store against its integrity record; returns the record."""
     meta = path / "zarr.json"
+    if path.is_dir() and not meta.is_file():
+        raise DamagedInputError(
+            path, ["it holds no Zarr store (no zarr.json): the job that writes it did not finish"]
+        )
     try:
         key = (str(path.resolve()), meta.stat().st_mtime_ns)
         root = zarr.open_group(path, mode="r")

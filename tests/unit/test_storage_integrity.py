@@ -9,7 +9,7 @@ import pytest
 import torch
 import zarr
 
-from interaction_basis import planning, storage
+from interaction_basis import storage
 from interaction_basis.lib.records import Basis, LayerStats, LayerTraits
 
 
@@ -85,22 +85,23 @@ def test_malformed_record_and_array_replaced_by_a_group_are_refused(tmp_path):
         storage.read_bases(path)
 
 
-def test_store_without_record_is_refused_and_bare_directories_removed(tmp_path):
+def test_store_without_record_and_bare_directory_are_refused(tmp_path):
+    """Neither is deleted by anything but the job that writes it again (issue 23): its readers
+    refuse it and name the command that rebuilds it."""
     path = _written_basis(tmp_path)
     meta = json.loads((path / "zarr.json").read_text())
     del meta["attributes"][storage.INTEGRITY_ATTR]
     (path / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(storage.DamagedInputError, match="no integrity record"):
         storage.read_bases(path)
-    empty = tmp_path / "results" / "y" / "edges.zarr"
-    empty.mkdir(parents=True)
-    (empty / ".snakemake_timestamp").touch()
-    keep = tmp_path / "results" / "z" / "basis.zarr"
-    storage.write_bases(keep, _bases(), {}, "pca", {})
-    removed = planning.remove_incomplete_stores(tmp_path / "results")
-    assert removed == [empty]
-    assert not empty.exists() and keep.is_dir()
-    assert path.is_dir()  # holds data: refused by its readers, never deleted by a dry run
+    bare = tmp_path / "results" / "y" / "edges.zarr"
+    bare.mkdir(parents=True)
+    (bare / ".snakemake_timestamp").touch()
+    with pytest.raises(storage.DamagedInputError) as err:
+        storage.read_edges(bare)
+    msg = str(err.value)
+    assert "holds no Zarr store (no zarr.json)" in msg and f"--forcerun {bare}" in msg, msg
+    assert path.is_dir() and bare.is_dir()
 
 
 def test_non_finite_values_are_refused_on_read(tmp_path):

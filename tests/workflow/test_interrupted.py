@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from smk_helpers import SNAKEMAKE, job_counts, partial_files, planned_jobs
+from smk_helpers import SNAKEMAKE, job_counts, partial_files, planned_jobs, reasons
+
+from interaction_basis import storage
 
 UPSTREAM = {"train_model", "import_model", "extract_activations"}
 
@@ -104,12 +106,9 @@ def died_in_fit_basis(tiny_run, tmp_path):
     return workdir, expected
 
 
-@pytest.mark.slow
-def test_killed_job_leaves_no_trusted_output(tiny_run, died_in_fit_basis):
-    """SIGKILL the whole run while fit_basis (lib) is running: no basis.zarr appears, and the
-    next dry run plans fit_basis and what follows, not training or extraction."""
-    workdir, expected = died_in_fit_basis
-    out = tiny_run.results(workdir)
+def _kill_in_fit_basis(tiny_run, workdir: Path) -> None:
+    """Run plain ``snakemake`` and SIGKILL it, with every job it started, while fit_basis (lib)
+    is running."""
     log = workdir / "results" / "logs" / "fit_basis" / "tiny" / "lib.log"
     log.unlink()
     args = [
@@ -149,6 +148,15 @@ def test_killed_job_leaves_no_trusted_output(tiny_run, died_in_fit_basis):
             proc.wait(timeout=60)
         _kill_strays(workdir)
 
+
+@pytest.mark.slow
+def test_killed_job_leaves_no_trusted_output(tiny_run, died_in_fit_basis):
+    """SIGKILL the whole run while fit_basis (lib) is running: no basis.zarr appears, and the
+    next dry run plans fit_basis and what follows, not training or extraction."""
+    workdir, expected = died_in_fit_basis
+    out = tiny_run.results(workdir)
+    _kill_in_fit_basis(tiny_run, workdir)
+
     # A half-finished basis is at most a hidden partial sibling, never basis.zarr itself ...
     stray = [
         p.name for p in (out / "lib").iterdir() if not p.name.startswith(".basis.zarr.partial-")
@@ -159,6 +167,29 @@ def test_killed_job_leaves_no_trusted_output(tiny_run, died_in_fit_basis):
     assert not (out / "lib" / "basis.zarr").exists() or "incomplete" in result.output.lower()
     assert job_counts(result.output) == expected, result.describe()
     assert (out / "pca" / "basis.zarr").is_dir() and (out / "activations.zarr").is_dir()
+
+
+@pytest.mark.slow
+def test_bare_directory_of_a_killed_job_is_rebuilt_not_deleted_by_planning(
+    tiny_run, died_in_fit_basis
+):
+    """A job killed after its output folder appeared (a writer that makes the folder first)
+    leaves a bare basis.zarr: Snakemake's incomplete marker makes the next plain run rebuild it,
+    and planning deletes nothing (before: every dry run removed such folders, and any *.zarr
+    folder of a user's without zarr.json)."""
+    workdir, expected = died_in_fit_basis
+    store = tiny_run.results(workdir) / "lib" / "basis.zarr"
+    _kill_in_fit_basis(tiny_run, workdir)
+    (store / "ln1.0").mkdir(parents=True)
+    result = tiny_run.dry_run(workdir=workdir)
+    assert (store / "ln1.0").is_dir(), "planning deleted the killed job's folder"
+    assert job_counts(result.output) == expected, result.describe()
+    # Nothing else is forced: rerun-incomplete forces the outputs marked incomplete.
+    assert reasons(result.output, "fit_basis") == ["reason: Forced execution"], result.describe()
+    tiny_run.smk("--unlock", workdir=workdir)  # the killed run's lock, as the README says
+    tiny_run.smk("--cores", "2", workdir=workdir)
+    assert set(storage.read_bases(store)) == {"ln1.0", "ln2.0", "unembed", "output"}
+    assert job_counts(tiny_run.dry_run(workdir=workdir).output) == {}
 
 
 def _kill_strays(workdir: Path) -> None:
@@ -190,23 +221,3 @@ def test_rerun_removes_a_killed_jobs_leftover(tiny_run, tmp_path):
     tiny_run.smk(target, "--cores", "2", "--forcerun", target, workdir=workdir)
     assert partial_files(workdir) == []
     assert (lib / "basis.zarr").is_dir()
-
-
-@pytest.mark.slow
-def test_emptied_directory_output_is_not_trusted(tiny_run, tmp_path):
-    """A job failed after Snakemake had removed its old directory output, leaving the empty
-    directory (with a fresh timestamp): the next dry run removes it as incomplete instead of
-    planning, from it, the jobs that would read it."""
-    workdir = tiny_run.copy_run(tmp_path / "run")
-    store = tiny_run.results(workdir) / "lib" / "basis.zarr"
-    shutil.rmtree(store)
-    store.mkdir()
-    (store / ".snakemake_timestamp").touch()
-    result = tiny_run.dry_run(workdir=workdir)
-    assert not store.exists(), result.describe()
-    assert f"Removed {Path('results/tiny/lib/basis.zarr')}" in result.output, result.describe()
-    counts = job_counts(result.output)
-    readers = {"compute_edges", "ablate_nodes", "ablate_edges", "cluster_graph"}
-    assert "fit_basis" in counts or not set(counts) & readers, result.describe()
-    tiny_run.smk("--cores", "2", workdir=workdir)
-    assert job_counts(tiny_run.dry_run(workdir=workdir).output) == {}

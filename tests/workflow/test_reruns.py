@@ -224,3 +224,34 @@ def test_evaluate_batch_size_reruns_only_the_ablations(tiny_run, tmp_path):
     counts = job_counts(tiny_run.dry_run(configfile=cfg).output)
     assert counts.get("ablate_nodes") == 2 and counts.get("ablate_edges") == 2, counts
     assert not set(counts) & {*UPSTREAM_OF_BASIS, "fit_basis", "compute_edges"}, counts
+
+
+def test_adding_a_method_runs_only_its_jobs(tiny_run, tmp_path):
+    """Adding neuron plans the neuron jobs and what aggregates over the methods (summary,
+    report figures, explorer), not the lib and pca jobs (before: every fit_basis job held the
+    whole list of methods in its params, and 25 jobs were planned)."""
+    cfg = write_yaml(
+        tmp_path / "tiny.yaml", tiny_config(basis={"methods": ["lib", "pca", "neuron"]})
+    )
+    result = tiny_run.dry_run(configfile=cfg)
+    per_method = (
+        "fit_basis",
+        "compute_edges",
+        "cluster_graph",
+        "ablate_nodes",
+        "ablate_edges",
+        "cluster_resolutions",
+        "interpret_features",
+    )
+    aggregates = ("summarize_experiment", "make_report_figures", "build_explorer", "all")
+    assert job_counts(result.output) == dict.fromkeys(per_method + aggregates, 1), result.describe()
+    for rule in per_method:
+        assert all("Missing output files" in r for r in reasons(result.output, rule)), rule
+
+
+def test_explorer_setting_reruns_only_the_explorer(tiny_run, tmp_path):
+    """The page's settings (interpret.max_edges, page_examples) are not in interpret_features'
+    params, so they rerun no method's features."""
+    cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(interpret={"max_edges": 100}))
+    result = tiny_run.dry_run(configfile=cfg)
+    assert job_counts(result.output) == {"build_explorer": 1, "all": 1}, result.describe()

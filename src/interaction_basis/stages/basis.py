@@ -6,7 +6,7 @@ import logging
 from torch import Tensor
 
 from interaction_basis import storage
-from interaction_basis.config import BasisConfig, ExtractConfig, Method, ModelConfig
+from interaction_basis.config import BasisSettings, ExtractConfig, Method, ModelConfig
 from interaction_basis.kinds import network
 from interaction_basis.lib.basis import Truncation
 from interaction_basis.lib.fit import (
@@ -23,7 +23,7 @@ from interaction_basis.stages.common import provenance
 log = logging.getLogger(__name__)
 
 
-def _m_dash_settings(basis: BasisConfig) -> dict:
+def _m_dash_settings(basis: BasisSettings) -> dict:
     """The M′ settings, shared by the unsharded and the sharded paths so that they agree."""
     return dict(
         integration=Integration(basis.integration.method, basis.integration.n_intervals),
@@ -35,7 +35,7 @@ def _m_dash_settings(basis: BasisConfig) -> dict:
 def fit_basis(
     model: ModelConfig,
     extract: ExtractConfig,
-    basis: BasisConfig,
+    basis: BasisSettings,
     method: Method,
     weights: str,
     acts: str,
@@ -61,14 +61,14 @@ def fit_basis(
     storage.write_bases(basis_out, bases, m_dash, method, _basis_attrs(model, extract, basis))
 
 
-def _basis_attrs(model: ModelConfig, extract: ExtractConfig, basis: BasisConfig) -> dict:
+def _basis_attrs(model: ModelConfig, extract: ExtractConfig, basis: BasisSettings) -> dict:
     return provenance(model=model, extract=extract, basis=basis)
 
 
 def shard_m_dash(
     model: ModelConfig,
     extract: ExtractConfig,
-    basis: BasisConfig,
+    basis: BasisSettings,
     layer: str,
     weights: str,
     acts: str,
@@ -99,7 +99,7 @@ def shard_m_dash(
 def fit_layer(
     model: ModelConfig,
     extract: ExtractConfig,
-    basis: BasisConfig,
+    basis: BasisSettings,
     method: Method,
     layer: str,
     stats: str,
@@ -140,7 +140,7 @@ def fit_layer(
 def assemble_basis(
     model: ModelConfig,
     extract: ExtractConfig,
-    basis: BasisConfig,
+    basis: BasisSettings,
     method: Method,
     layers: list[str],
     basis_out: str,

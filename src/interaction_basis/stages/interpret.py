@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from interaction_basis import storage
-from interaction_basis.config import ExtractConfig, InterpretConfig, ModelConfig
+from interaction_basis.config import ExtractConfig, FeaturesConfig, ModelConfig
 from interaction_basis.interpret.features import compute_activation_evidence, compute_direct_effects
 from interaction_basis.kinds import data, interpretation, network
 from interaction_basis.kinds.registry import KINDS
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def interpret_features(
     model: ModelConfig,
     extract: ExtractConfig,
-    interpret: InterpretConfig,
+    interpret: FeaturesConfig,
     method: str,
     weights: str,
     basis: str,
