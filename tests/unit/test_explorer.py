@@ -12,6 +12,7 @@ import torch
 import xarray as xr
 
 from interaction_basis import storage
+from interaction_basis.graph.layout import NO_MODULE
 from interaction_basis.interpret.explorer import (
     EXTERNAL,
     MethodData,
@@ -22,6 +23,7 @@ from interaction_basis.interpret.explorer import (
     edge_mass_prefix,
     head_roles_of,
     module_colours,
+    module_groups,
 )
 from interaction_basis.interpret.features import compute_activation_evidence
 from interaction_basis.lib.records import Basis
@@ -350,3 +352,65 @@ def test_mass_slider_share_is_per_layer_pair(tmp_path):
         kept = [e["weight"][k] for k in mine if e["before"][k] < 0.9]
         assert len(kept) == edge_mass_prefix(w, 0.9) > 0
         assert sum(kept) >= 0.9 * w.sum()
+
+
+def _named(doc, name: str) -> dict:
+    """The attributes of the document's model named ``name``."""
+    found = []
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            if obj.get("attributes", {}).get("name") == name:
+                found.append(obj["attributes"])
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    walk(doc)
+    return found[0]
+
+
+def test_module_view_sums_the_edges_between_modules(tmp_path):
+    """One supernode per module per layer (and the layer's singletons), sized by members; an
+    edge between two supernodes carries the sum of all edges between their members (constant
+    features left out), not only the page's drawn ones."""
+    bases = _bases()
+    feats = storage.read_features(_features(tmp_path, bases))
+    edges = _edges(bases)
+    data = {"lib": MethodData(bases, edges, MODULES, feats)}
+    groups = module_groups(data["lib"], ["a", "b"])
+    # Module 1 (a1, a3, b1) is the only one of two or more nodes; feature 0 is constant.
+    assert groups == {"a": [(1, [1, 3]), (NO_MODULE, [2])], "b": [(1, [1]), (NO_MODULE, [2])]}
+    src = _sources(data, max_edges=1)  # the cap leaves one feature edge; the sums hold all
+    n, e = src["mnodes_lib"], src["medges_lib"]
+    assert n["key"] == ["a:m1", "a:singletons", "b:m1", "b:singletons"]
+    assert n["count"] == [2, 1, 1, 1]
+    assert n["size"][0] > n["size"][1]
+    mat = edges[("a", "b")].numpy()
+    got = {(n["key"][s], n["key"][t]): w for s, t, w in zip(e["src"], e["dst"], e["weight"])}
+    assert got == pytest.approx(
+        {
+            ("a:m1", "b:m1"): mat[1, [1, 3]].sum(),
+            ("a:m1", "b:singletons"): mat[2, [1, 3]].sum(),
+            ("a:singletons", "b:m1"): mat[1, 2],
+            ("a:singletons", "b:singletons"): mat[2, 2],
+        }
+    )
+    # Members are the feature view's rows, so a supernode's cards are its features' cards.
+    f = src["nodes_lib"]
+    assert sorted(f["key"][int(r)] for r in n["members"][0].split(",")) == ["a:1", "a:3"]
+
+
+def test_module_view_is_the_default_when_a_layer_exceeds_the_window(tmp_path):
+    """A layer with more features than the window opens in the module view, and the feature
+    view's note names every module that lies wholly below the window."""
+    bases = _bases()
+    feats = storage.read_features(_features(tmp_path, bases))
+    data = {"lib": MethodData(bases, _edges(bases), MODULES, feats)}
+    assert _named(_doc(data), "view")["active"] == 0  # 4 features fit 45 slots
+    doc = _doc(data, shown_slots=1)
+    assert _named(doc, "view")["active"] == 1
+    # Slot 0 is the constant: module 1 lies below a one-slot window in both layers.
+    assert "module 1 in a (2 features from slot 1)" in html.unescape(json.dumps(doc))

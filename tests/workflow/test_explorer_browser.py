@@ -198,3 +198,82 @@ def test_mass_slider_keeps_the_share_of_every_layer_pair(page):
     note = model_value(page, "edge_note", "m.text")
     shares = [float(s) for s in re.findall(r"→[^:]+: \d+ \((\d+\.\d)%\)", note)]
     assert shares and all(s >= 90.0 for s in shares), note
+
+
+@pytest.fixture(scope="module")
+def crowded_page(browser, tiny_run, tmp_path_factory):
+    """The tiny run's page rebuilt with a two-slot window, so that its layers exceed it."""
+    from interaction_basis import storage
+    from interaction_basis.interpret.explorer import MethodData, build_page
+
+    results = tiny_run.results()
+    data = {}
+    for m in METHODS:
+        data[m] = MethodData(
+            storage.read_bases(results / m / "basis.zarr"),
+            storage.read_edges(results / m / "edges.zarr"),
+            storage.read_json(results / m / "modules.json"),
+            storage.read_features(results / m / "features.zarr"),
+        )
+    html = tmp_path_factory.mktemp("crowded") / "explorer.html"
+    html.write_text(
+        build_page(
+            "tiny",
+            data,
+            summary=None,
+            evaluation=None,
+            max_edges=5000,
+            page_examples=4,
+            shown_slots=2,
+        ),
+        encoding="utf-8",
+    )
+    with open_explorer(browser, html) as pg:
+        yield pg, data
+
+
+def test_module_view_is_the_default_and_expands_a_clicked_module(crowded_page):
+    """A layer over the window opens in the module view: a supernode for every module of
+    every layer, edges carrying the summed weights; a click lists the members' cards side by
+    side and draws the members in the graph."""
+    from interaction_basis.interpret.explorer import module_edges, module_groups
+
+    page, data = crowded_page
+    assert model_value(page, "view", "m.active") == 1
+    assert "v=modules" in page.evaluate("location.hash")
+    d = data["lib"]
+    layers = list(d.modules["layers"])
+    groups = module_groups(d, layers)
+    keys = model_value(page, "nodes", "Array.from(m.data.key)")
+    want = [
+        f"{lay}:{'m' + str(c) if c >= 0 else 'singletons'}"
+        for lay in layers
+        for c, _ in groups[lay]
+    ]
+    assert keys == want
+    # Every module of two or more nodes has a supernode (in each layer it has members).
+    ranked = {n["cluster"] for n in d.modules["nodes"]} & {
+        c for c, k in Counter(n["cluster"] for n in d.modules["nodes"]).items() if k > 1
+    }
+    assert ranked <= {model_value(page, "nodes", f"m.data.module[{k}]") for k in range(len(keys))}
+    sums = module_edges(d, layers, groups)
+    drawn = model_value(page, "edges", "Array.from(m.data.weight)")
+    expected = sorted(float(w) for s in sums.values() for w in s.ravel() if w > 0)
+    assert sorted(drawn) == pytest.approx(expected)
+    # Click the biggest module's supernode in the first layer.
+    i = model_value(page, "nodes", "m.data.module.findIndex(v => v >= 0)")
+    members = len(groups[layers[0]][0][1])
+    model_value(page, "nodes", f"(m.selected.indices = [{i}], 0)")
+    page.wait_for_timeout(200)
+    assert model_value(page, "nodes", "m.data.x.length") == len(keys) + members
+    card = model_value(page, "card", "m.text")
+    assert card.count("class='member'") == min(members, 12)
+    assert f"{members} members" in card
+    assert "expanded" in model_value(page, "edge_note", "m.text")
+    assert f"open={keys[i]}" in page.evaluate("location.hash")
+    # Back to the feature view: every feature again.
+    page.get_by_role("button", name="features").click()
+    page.wait_for_timeout(200)
+    assert model_value(page, "nodes", "m.data.key.length") == sum(
+        b.C.shape[1] for lay, b in d.bases.items() if lay in layers
+    )

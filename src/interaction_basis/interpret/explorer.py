@@ -146,8 +146,11 @@ def build_page(
     max_edges: int,
     page_examples: int,
     thumbnails: Mapping[int, str] | None = None,
+    shown_slots: int = SHOWN_SLOTS,
 ) -> str:
-    """The explorer's HTML text, the same bytes for the same inputs."""
+    """The explorer's HTML text, the same bytes for the same inputs. ``shown_slots``: the
+    node slots per layer in view when the page opens; a layer with more features opens in the
+    module view."""
     with _stable_ids(experiment):
         return _build_page(
             experiment,
@@ -157,6 +160,7 @@ def build_page(
             max_edges=max_edges,
             page_examples=page_examples,
             thumbnails=thumbnails,
+            shown_slots=shown_slots,
         )
 
 
@@ -169,6 +173,7 @@ def _build_page(
     max_edges: int,
     page_examples: int,
     thumbnails: Mapping[int, str] | None,
+    shown_slots: int,
 ) -> str:
     from bokeh.document import Document
     from bokeh.embed import file_html
@@ -194,7 +199,7 @@ def _build_page(
     methods = list(data)
     colours = module_colours(data)
     views = {
-        m: _method_view(m, d, colours[m], max_edges, page_examples, thumbnails or {})
+        m: _method_view(m, d, colours[m], max_edges, page_examples, thumbnails or {}, shown_slots)
         for m, d in data.items()
     }
     first = views[methods[0]]
@@ -206,6 +211,8 @@ def _build_page(
     for m, v in views.items():
         stores[f"nodes_{m}"] = ColumnDataSource(dict(v.nodes), name=f"nodes_{m}")
         stores[f"edges_{m}"] = ColumnDataSource(dict(v.edges), name=f"edges_{m}")
+        stores[f"mnodes_{m}"] = ColumnDataSource(dict(v.mnodes), name=f"mnodes_{m}")
+        stores[f"medges_{m}"] = ColumnDataSource(dict(v.medges), name=f"medges_{m}")
     n_layers = max(len(v.layers) for v in views.values())
     fig = figure(
         name="graph",
@@ -216,7 +223,7 @@ def _build_page(
         # The top slots hold the modules and the most important features; pan or zoom out
         # (reset) for the rest.
         y_range=Range1d(
-            start=-min(max(v.n_slots for v in views.values()), SHOWN_SLOTS) + 0.5, end=0.8
+            start=-min(max(v.n_slots for v in views.values()), shown_slots) + 0.5, end=0.8
         ),
         toolbar_location="above",
     )
@@ -277,6 +284,10 @@ def _build_page(
     )
     headline = Div(name="headline", text=first.headline, sizing_mode="stretch_width")
     method = RadioButtonGroup(name="method", labels=[m.upper() for m in methods], active=0)
+    # The module view is the default where a layer has more features than the window shows:
+    # there every module is one node, and none can lie below the window.
+    crowded = any(v.n_slots > shown_slots and v.mnodes["x"] for v in views.values())
+    view = RadioButtonGroup(name="view", labels=["features", "modules"], active=1 if crowded else 0)
     search = TextInput(
         name="search",
         placeholder="find: layer:index, module N, or label text (e.g. cos, induction, '7')",
@@ -297,6 +308,8 @@ def _build_page(
             "drawn": v.drawn_note,
             "pairs": v.pairs,
             "totals": v.totals,
+            "hidden": v.hidden_note,
+            "slots": v.n_slots,
         }
         for m, v in views.items()
     }
@@ -308,6 +321,9 @@ def _build_page(
         legend=legend,
         note=note,
         method=method,
+        view=view,
+        yr=fig.y_range,
+        shown_slots=shown_slots,
         mass=mass,
         headline=headline,
         axis=fig.xaxis[0],
@@ -316,10 +332,11 @@ def _build_page(
         layers={m: v.layers for m, v in views.items()},
         **stores,
     )
-    stores_js = ", ".join(f"{m}: [nodes_{m}, edges_{m}]" for m in methods)
+    stores_js = ", ".join(f"{m}: [nodes_{m}, edges_{m}, mnodes_{m}, medges_{m}]" for m in methods)
     ready = CustomJS(args=args, code=f"const stores = {{{stores_js}}};\n" + _asset("explorer.js"))
     update = CustomJS(code="if (window.ib) window.ib.update();")
     method.js_on_change("active", update)
+    view.js_on_change("active", update)
     mass.js_on_change("value", update)
     nodes.selected.js_on_change("indices", CustomJS(code="if (window.ib) window.ib.onSelect();"))
     search.js_on_change("value", CustomJS(code="if (window.ib) window.ib.search(cb_obj.value);"))
@@ -336,8 +353,9 @@ def _build_page(
         "card opens (partner rows are links); shift-click pins nodes and draws the paths between "
         "them. Selection and pins are in the address (share the link). The buttons switch the "
         "basis. "
-        f"The view opens on the top {SHOWN_SLOTS} slots of each layer: zoom out or reset for "
-        "all.</p>",
+        f"The feature view opens on the top {shown_slots} slots of each layer (zoom out or reset "
+        "for all); the module view draws each module of each layer as one node (size: members) "
+        "with the summed edges; click one for its members' cards, expanded in the graph.</p>",
         sizing_mode="stretch_width",
     )
     numbers = Div(
@@ -349,7 +367,7 @@ def _build_page(
         title,
         numbers,
         headline,
-        row(method, mass, search, sizing_mode="stretch_width"),
+        row(method, view, mass, search, sizing_mode="stretch_width"),
         note,
         row(column(fig, legend, sizing_mode="stretch_width"), card, sizing_mode="stretch_width"),
         sizing_mode="stretch_width",
@@ -373,6 +391,9 @@ class _View(NamedTuple):
     n_slots: int
     pairs: list[str]  # the layer pairs' names, by the edges' ``pair`` column
     totals: list[float]  # each pair's non-constant weight
+    mnodes: dict  # the module view: one node per module (and the singletons) per layer
+    medges: dict  # ... and the summed edges between them
+    hidden_note: str  # the modules the feature view's window does not show
 
 
 def _method_view(
@@ -382,6 +403,7 @@ def _method_view(
     max_edges: int,
     page_examples: int,
     thumbnails,
+    shown_slots: int = SHOWN_SLOTS,
 ) -> _View:
     all_layers = list(d.bases)
     layers = (
@@ -472,7 +494,134 @@ def _method_view(
     legend = _legend(ranked, colour, labels, d.modules, empty)
     headline = _headline_method(method, d)
     n_slots = max((d.bases[lay].C.shape[1] for lay in layers), default=1)
-    return _View(layers, cols, edges, legend, headline, drawn_note, n_slots, pairs, totals)
+    groups = module_groups(d, layers)
+    mnodes, medges = _module_columns(method, d, layers, groups, colour, labels, row_of)
+    hidden = _hidden_note(layers, groups, slot, labels, shown_slots)
+    return _View(
+        layers,
+        cols,
+        edges,
+        legend,
+        headline,
+        drawn_note,
+        n_slots,
+        pairs,
+        totals,
+        mnodes,
+        medges,
+        hidden,
+    )
+
+
+def module_groups(d: MethodData, layers: list[str]) -> dict[str, list[tuple[int, list[int]]]]:
+    """Each layer's supernodes: its modules (of two or more nodes, largest first) with their
+    non-constant members there, then ``NO_MODULE`` with the layer's other non-constant
+    features (the singletons). The constant feature is in none (its edges are never drawn)."""
+    ranked = module_order(d.modules)
+    out: dict[str, list[tuple[int, list[int]]]] = {}
+    for layer in layers:
+        n = d.bases[layer].C.shape[1]
+        const = is_constant(d, layer, n)
+        lay = layout_layer(d.modules, layer, n, bool(n and const[0]))
+        by: dict[int, list[int]] = {}
+        for i in range(n):
+            if not const[i]:
+                by.setdefault(lay.module[i], []).append(i)
+        out[layer] = [(c, by[c]) for c in [*ranked, NO_MODULE] if c in by]
+    return out
+
+
+def module_edges(
+    d: MethodData, layers: list[str], groups: Mapping[str, list[tuple[int, list[int]]]]
+) -> dict[tuple[str, str], np.ndarray]:
+    """Per adjacent layer pair ``(a, b)``: ``[r, c]``, the summed weight of all edges from the
+    members of ``groups[a][c]`` to those of ``groups[b][r]`` (every edge, not only the page's
+    drawn ones)."""
+    out = {}
+    for a, b in zip(layers, layers[1:]):
+        if (a, b) not in d.edges:
+            continue
+        mat = d.edges[(a, b)].numpy().astype(np.float64)
+        s = np.zeros((len(groups[b]), len(groups[a])))
+        for r, (_, mb) in enumerate(groups[b]):
+            for c, (_, ma) in enumerate(groups[a]):
+                s[r, c] = mat[np.ix_(mb, ma)].sum()
+        out[(a, b)] = s
+    return out
+
+
+def _module_columns(method, d, layers, groups, colour, labels, row_of) -> tuple[dict, dict]:
+    """The module view's nodes and edges. A supernode's size follows its member count; its
+    ``members`` are the rows of its features in the feature view's nodes (most important
+    first), for its cards and its expansion."""
+    names = ("x", "y", "layer", "index", "importance", "module", "color", "size", "marker")
+    cols: dict[str, list] = {k: [] for k in (*names, "label", "key", "count", "members")}
+    row: dict[tuple[str, int], int] = {}
+    biggest = max((len(m) for g in groups.values() for _, m in g), default=1)
+    for x, layer in enumerate(layers):
+        imp = d.bases[layer].importance.numpy()
+        for k, (c, members) in enumerate(groups[layer]):
+            row[(layer, k)] = len(cols["x"])
+            members = sorted(members, key=lambda i: (-float(imp[i]), i))
+            total = float(imp[members].sum())
+            name = f"module {c}" if c != NO_MODULE else "singletons"
+            text = f"{method} {layer} · {name}"
+            if c in labels:
+                text += f" ({labels[c]})"
+            cols["x"].append(x)
+            cols["y"].append(-k)
+            cols["layer"].append(layer)
+            cols["index"].append(-1)
+            cols["importance"].append(total)
+            cols["module"].append(int(c))
+            cols["color"].append(colour.get(c, GREY))
+            cols["size"].append(8.0 + 26.0 * float(np.sqrt(len(members) / biggest)))
+            cols["marker"].append("circle" if c != NO_MODULE else "diamond")
+            cols["label"].append(f"{text}: {len(members)} features, Σ importance {_fmt(total)}")
+            cols["key"].append(f"{layer}:{'m' + str(c) if c != NO_MODULE else 'singletons'}")
+            cols["count"].append(len(members))
+            cols["members"].append(",".join(str(row_of[(layer, i)]) for i in members))
+    ecols: dict[str, list] = {k: [] for k in ("x0", "y0", "x1", "y1", "weight", "src", "dst")}
+    ecols["pair"] = []
+    for p, ((a, b), s) in enumerate(module_edges(d, layers, groups).items()):
+        top = float(s.max()) if s.size else 0.0
+        for r, c in zip(*np.nonzero(s > 0), strict=True):
+            ecols["x0"].append(layers.index(a))
+            ecols["y0"].append(-int(c))
+            ecols["x1"].append(layers.index(b))
+            ecols["y1"].append(-int(r))
+            ecols["weight"].append(float(s[r, c]))
+            ecols["src"].append(row[(a, int(c))])
+            ecols["dst"].append(row[(b, int(r))])
+            ecols["pair"].append(p)
+            # Width and opacity by log weight relative to the pair's strongest sum.
+            ecols.setdefault("rel", []).append(float(s[r, c]) / top)
+    rel = np.array(ecols.pop("rel", []), dtype=float)
+    t = np.clip(1 + np.log10(np.maximum(rel, 1e-300)) / 4, 0, 1) if rel.size else rel
+    out = {name: np.array(v, dtype=float) for name, v in ecols.items()}
+    for name in ("src", "dst", "pair"):
+        out[name] = np.array(ecols[name], dtype=np.int32)
+    out["lw"] = 0.5 + 7.5 * t
+    out["alpha"] = 0.1 + 0.6 * t
+    return cols, out
+
+
+def _hidden_note(layers, groups, slot, labels, shown_slots: int) -> str:
+    """The modules that the feature view's window of ``shown_slots`` slots per layer does not
+    show at all in some layer, so that none is hidden silently."""
+    items = []
+    for layer in layers:
+        for c, members in groups[layer]:
+            first = min(-slot[(layer, i)][1] for i in members)
+            if c != NO_MODULE and first >= shown_slots:
+                items.append(f"module {c} in {layer} ({len(members)} features from slot {first})")
+    if not items:
+        return ""
+    return (
+        f"<b>Below the top-{shown_slots} window</b> (zoom out, or use the module view): "
+        + html.escape("; ".join(items))
+        + "."
+    )
 
 
 def is_constant(d: MethodData, layer: str, n: int) -> np.ndarray:

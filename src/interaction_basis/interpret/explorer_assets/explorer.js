@@ -10,8 +10,14 @@
 // nothing is selected) and search matches. Selection and pins live in the URL hash as
 // `#m=<method>&sel=<layer>:<index>&pins=<layer>:<index>,...`; the card's partner rows are links
 // `#sel=<layer>:<index>` (method and pins kept).
+//
+// The module view (`view` active 1, `&v=modules&open=<layer>:m<module>` in the hash) draws the
+// method's module stores instead: one node per module per layer, the summed edges between
+// them. Clicking one (`open`) lists its members' cards side by side and draws its members
+// beside it, each with its page edges summed per neighbouring module.
 const get = (o, k) => (o instanceof Map ? o.get(k) : o[k]);
-const ib = {method: null, sel: null, pins: [], hover: null, matches: null, busy: false};
+const ib = {method: null, sel: null, pins: [], hover: null, matches: null, busy: false,
+  open: null, msel: null};
 window.ib = ib;
 const RAMP = ['#fee8c8', '#fdbb84', '#fc8d59', '#e34a33', '#b30000'];
 const shareColour = (s) => RAMP[Math.min(RAMP.length - 1, Math.floor(Math.sqrt(s) * RAMP.length))];
@@ -33,7 +39,12 @@ ib.switchMethod = (m) => {
   ib.pins = [];
   ib.hover = null;
   ib.matches = null;
-  nodes.data = Object.assign({}, nodeStore.data);
+  ib.open = null;
+  ib.msel = null;
+  ib.mindex = new Map();
+  stores[m][2].data.key.forEach((k, i) => ib.mindex.set(k, i));
+  ib.shown = null;
+  ib.fillNodes();
   const t = get(texts, m);
   legend.text = get(t, 'legend');
   headline.text = get(t, 'headline');
@@ -80,7 +91,124 @@ ib.between = (keep) => {
   return new Set([...f].filter((n) => b.has(n)));
 };
 
+ib.modules = () => view.active === 1;
+
+// The shown nodes: the feature store, or in the module view the supernodes and the open
+// supernode's members (their rows in the feature store: ib.memberRows).
+ib.fillNodes = () => {
+  const [nodeStore, , mStore] = ib.store();
+  const want = ib.modules() ? 'm' + ib.open : 'f';
+  if (ib.shown === want) return;
+  ib.shown = want;
+  const nSlots = ib.modules() ? Math.max(1, ...mStore.data.y.map((y) => 1 - y)) :
+    Math.min(get(get(texts, ib.method), 'slots'), shown_slots);
+  yr.start = -nSlots + 0.5;
+  yr.end = 0.8;
+  if (!ib.modules()) {
+    ib.memberRows = [];
+    nodes.data = Object.assign({}, nodeStore.data);
+    return;
+  }
+  const md = mStore.data;
+  const fd = nodeStore.data;
+  const out = {};
+  for (const k of ['x', 'y', 'layer', 'index', 'importance', 'module', 'color', 'size', 'marker',
+    'label', 'key']) {
+    out[k] = Array.from(md[k]);
+  }
+  ib.memberRows = ib.open === null ? [] : md.members[ib.open].split(',').map(Number);
+  const n = ib.memberRows.length;
+  const side = Math.max(1, Math.ceil(Math.sqrt(n)));
+  ib.memberRows.forEach((r, k) => {
+    out.x.push(md.x[ib.open] + 0.12 + 0.3 * (k % side) / side);
+    out.y.push(md.y[ib.open] + 0.35 - 0.7 * Math.floor(k / side) / side);
+    for (const c of ['layer', 'index', 'importance', 'module', 'color', 'marker', 'label', 'key']) {
+      out[c].push(fd[c][r]);
+    }
+    out.size.push(Math.max(4, 0.7 * fd.size[r]));
+  });
+  nodes.data = out;
+};
+
+// The module view's edges: the summed ones, and for the open supernode its members' page
+// edges summed per module at the other end (instead of the supernode's own).
+ib.renderModules = () => {
+  const [nodeStore, edgeStore, mStore, meStore] = ib.store();
+  ib.fillNodes();
+  const me = meStore.data;
+  const md = mStore.data;
+  const out = {x0: [], y0: [], x1: [], y1: [], weight: [], lw: [], alpha: []};
+  const push = (x0, y0, x1, y1, w, lw, a) => {
+    out.x0.push(x0); out.y0.push(y0); out.x1.push(x1); out.y1.push(y1);
+    out.weight.push(w); out.lw.push(lw); out.alpha.push(a);
+  };
+  for (let i = 0; i < me.src.length; i++) {
+    if (me.src[i] === ib.open || me.dst[i] === ib.open) continue;
+    push(me.x0[i], me.y0[i], me.x1[i], me.y1[i], me.weight[i], me.lw[i], me.alpha[i]);
+  }
+  let text = '<b>Module view</b>: ' + md.x.length + ' supernodes (every module of every ' +
+    'layer, and each layer\'s singletons as a diamond), sized by member count; ' +
+    me.src.length + ' edges, each the sum of all edges between the two groups. Click a ' +
+    'supernode for its members.';
+  if (ib.open !== null) {
+    const e = edgeStore.data;
+    const fd = nodeStore.data;
+    const shownRow = new Map(ib.memberRows.map((r, k) => [r, md.x.length + k]));
+    const superOf = (r) => {
+      const c = fd.module[r];
+      return ib.mindex.get(fd.layer[r] + ':' + (c >= 0 ? 'm' + c : 'singletons'));
+    };
+    const sums = new Map();
+    for (let i = 0; i < e.src.length; i++) {
+      const [mine, other] = shownRow.has(e.src[i]) ? [e.src[i], e.dst[i]] :
+        (shownRow.has(e.dst[i]) ? [e.dst[i], e.src[i]] : [null, null]);
+      if (mine === null) continue;
+      const s = superOf(other);
+      if (s === undefined) continue;
+      const k = mine + ',' + s;
+      sums.set(k, (sums.get(k) ?? 0) + e.weight[i]);
+    }
+    const top = Math.max(1e-300, ...sums.values());
+    for (const [k, w] of sums) {
+      const [mine, s] = k.split(',').map(Number);
+      const j = shownRow.get(mine);
+      const t = Math.min(1, Math.max(0, 1 + Math.log10(w / top) / 4));
+      push(nodes.data.x[j], nodes.data.y[j], md.x[s], md.y[s], w, 0.3 + 3 * t, 0.1 + 0.6 * t);
+    }
+    text = '<b>Module view</b>, ' + esc(md.label[ib.open]) + ' expanded: its ' +
+      ib.memberRows.length + ' members drawn beside it, each with its page edges summed per ' +
+      'module at the other end. Click the background to collapse. ' + text;
+  }
+  edges.data = out;
+  focus.data = {x: [], y: [], size: [], fill: [], line: [], fa: [], lw: []};
+  note.text = text;
+  const fd = nodeStore.data;
+  if (ib.msel !== null) {
+    card.text = fd.card[ib.msel];
+  } else if (ib.open !== null) {
+    const shown = ib.memberRows.slice(0, 12);
+    const rest = ib.memberRows.slice(12);
+    card.text = '<p><b>' + esc(md.label[ib.open]) + '</b>: ' + ib.memberRows.length +
+      ' members, most important first' + (rest.length ? ' (the first ' + shown.length +
+      ' as cards; the rest: ' + rest.map(ib.link).join(', ') + ')' : '') + '.</p>' +
+      "<div class='members' style='display:flex;gap:8px;overflow-x:auto;align-items:flex-start'>" +
+      shown.map((r) => "<div class='member' style='flex:0 0 300px;border-right:1px solid #ccc'>" +
+        fd.card[r] + '</div>').join('') + '</div>';
+  } else {
+    card.text = '<i>Click a supernode to see its members\' cards.</i>';
+  }
+  const want = ib.open !== null ? [ib.open] : [];
+  if (JSON.stringify(want) !== JSON.stringify(Array.from(nodes.selected.indices))) {
+    ib.busy = true;
+    nodes.selected.indices = want;
+    ib.busy = false;
+  }
+  ib.writeHash();
+};
+
 ib.render = () => {
+  if (ib.modules()) { ib.renderModules(); return; }
+  ib.fillNodes();
   const [nodeStore, edgeStore] = ib.store();
   const e = edgeStore.data;
   const nd = nodeStore.data;
@@ -150,7 +278,7 @@ ib.render = () => {
     fill: m.map((v) => v.fill), line: m.map((v) => v.line), fa: m.map((v) => v.fa),
     lw: m.map((v) => v.lw),
   };
-  note.text = text + ' ' + get(t, 'drawn');
+  note.text = text + ' ' + get(t, 'drawn') + ' ' + get(t, 'hidden');
   if (ib.sel !== null) {
     let pinned = '';
     if (ib.pins.length) pinned = '<p><b>pinned</b>: ' + ib.pins.map(ib.link).join(', ') + '</p>';
@@ -171,6 +299,10 @@ ib.render = () => {
 ib.writeHash = () => {
   const key = (i) => ib.store()[0].data.key[i];
   let h = 'm=' + encodeURIComponent(ib.method);
+  if (ib.modules()) {
+    h += '&v=modules';
+    if (ib.open !== null) h += '&open=' + encodeURIComponent(ib.store()[2].data.key[ib.open]);
+  }
   if (ib.sel !== null) h += '&sel=' + encodeURIComponent(key(ib.sel));
   if (ib.pins.length) h += '&pins=' + ib.pins.map((i) => encodeURIComponent(key(i))).join(',');
   h = h.replace(/%3A/g, ':');
@@ -181,6 +313,13 @@ ib.readHash = () => {
   const h = new URLSearchParams(window.location.hash.slice(1));
   const m = h.get('m');
   if (m !== null && methods.includes(m) && m !== ib.method) ib.switchMethod(m);
+  // A feature link (`sel`, e.g. from a member list) opens the feature view.
+  const v = h.has('sel') || h.has('pins') ? 0 : (h.get('v') === 'modules' ? 1 : view.active);
+  if (v !== view.active) { ib.busy = true; view.active = v; ib.busy = false; }
+  if (h.has('open') && ib.mindex.has(h.get('open'))) {
+    ib.open = ib.mindex.get(h.get('open'));
+    ib.msel = null;
+  }
   if (h.has('sel')) ib.sel = ib.rowOf(h.get('sel'));
   if (h.has('pins')) {
     ib.pins = h.get('pins').split(',').map(ib.rowOf).filter((i) => i !== null);
@@ -192,12 +331,23 @@ ib.update = () => {
   if (ib.busy) return;
   const m = methods[method.active];
   if (m !== ib.method) ib.switchMethod(m);
+  if (ib.lastView !== view.active) { ib.open = null; ib.msel = null; }
+  ib.lastView = view.active;
   ib.render();
 };
 
 ib.onSelect = () => {
   if (ib.busy) return;
   const ind = nodes.selected.indices;
+  if (ib.modules()) {
+    const nSuper = ib.store()[2].data.x.length;
+    const i = ind.length ? ind[ind.length - 1] : null;
+    if (i === null) { ib.open = null; ib.msel = null; }
+    else if (i < nSuper) { ib.open = i; ib.msel = null; }
+    else { ib.msel = ib.memberRows[i - nSuper]; }
+    ib.render();
+    return;
+  }
   if (ind.length === 0) { ib.sel = null; ib.pins = []; }
   else if (ind.length === 1) { ib.sel = ind[0]; ib.pins = []; }
   else { ib.pins = Array.from(ind); ib.sel = ind[ind.length - 1]; }
@@ -205,6 +355,7 @@ ib.onSelect = () => {
 };
 
 ib.onHover = (i) => {
+  if (ib.modules()) return;
   if (i === ib.hover || ib.sel !== null || ib.pins.length) return;
   ib.hover = i;
   ib.render();
@@ -215,6 +366,8 @@ ib.onHover = (i) => {
 ib.search = (query) => {
   const q = query.trim();
   const d = ib.store()[0].data;
+  if (q && ib.modules()) { ib.busy = true; view.active = 0; ib.busy = false; }
+  ib.lastView = view.active;
   ib.matches = null;
   if (!q) { ib.render(); return; }
   const exact = ib.rowOf(q.replace(/\s*[:#]\s*/, ':').replace(/\s+/, ':'));
@@ -235,5 +388,6 @@ ib.search = (query) => {
 };
 
 window.addEventListener('hashchange', ib.readHash);
+ib.lastView = view.active;
 ib.switchMethod(methods[method.active]);
 ib.readHash();
