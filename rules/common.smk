@@ -159,9 +159,9 @@ def extract_params(wildcards):
 
 
 def basis_params(wildcards):
-    """One method's basis settings: not the list of methods, which would rerun every method's
-    jobs when a method is added."""
-    return experiment(wildcards).basis.settings().model_dump(mode="json")
+    """One method's basis settings (BasisConfig.settings): not the list of methods, nor for PCA
+    and neuron LIB's M' settings, which would rerun them for a change that is not theirs."""
+    return experiment(wildcards).basis.settings(wildcards.method).model_dump(mode="json")
 
 
 def edges_params(wildcards):

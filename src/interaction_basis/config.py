@@ -401,8 +401,8 @@ class _BasisMethods(_Frozen):
 
 
 class BasisSettings(_Frozen):
-    """What the jobs of one basis method read: every basis setting but ``methods``, so that
-    adding a method reruns no other method's jobs."""
+    """What the jobs of one basis method read (see :meth:`BasisConfig.settings`), so that
+    adding a method, or changing LIB's M′ settings, reruns no other method's jobs."""
 
     truncation: float = Field(
         1e-10,
@@ -424,9 +424,13 @@ class BasisSettings(_Frozen):
 class BasisConfig(BasisSettings, _BasisMethods):
     """Per-layer bases (method §A.3, A.4, A.8)."""
 
-    def settings(self) -> BasisSettings:
-        """The settings of one method's jobs (its rules' params)."""
-        return BasisSettings.model_validate(self.model_dump(exclude={"methods"}))
+    def settings(self, method: str) -> BasisSettings:
+        """The settings of one method's jobs (its rules' params): not the list of methods, and
+        for the PCA and neuron bases not the settings of LIB's M′ (integration, sources, seed),
+        which they do not read (left at their defaults), so that changing those reruns LIB
+        only."""
+        lib_only = set() if method == "lib" else {"integration", "sources", "seed"}
+        return BasisSettings.model_validate(self.model_dump(exclude={"methods", *lib_only}))
 
 
 class EdgesConfig(_Frozen):

@@ -249,6 +249,16 @@ def test_adding_a_method_runs_only_its_jobs(tiny_run, tmp_path):
         assert all("Missing output files" in r for r in reasons(result.output, rule)), rule
 
 
+def test_lib_settings_rerun_only_lib(tiny_run, tmp_path, downstream):
+    """basis.seed, sources and integration are LIB's M′ settings: not in the PCA jobs' params."""
+    cfg = write_yaml(tmp_path / "tiny.yaml", tiny_config(basis={"seed": 7}))
+    result = tiny_run.dry_run(configfile=cfg)
+    counts = job_counts(result.output)
+    assert counts["fit_basis"] == 1 and counts["compute_edges"] == 1, result.describe()
+    assert all("Params have changed" in r for r in reasons(result.output, "fit_basis"))
+    assert "method=pca" not in result.output
+
+
 def test_explorer_setting_reruns_only_the_explorer(tiny_run, tmp_path):
     """The page's settings (interpret.max_edges, page_examples) are not in interpret_features'
     params, so they rerun no method's features."""
