@@ -26,7 +26,7 @@ from smk_helpers import (
 )
 
 from factories import random_modadd_weights
-from interaction_basis.config import BasisConfig, Method
+from interaction_basis.config import Method
 
 pytestmark = pytest.mark.slow
 
