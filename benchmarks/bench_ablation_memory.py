@@ -10,7 +10,8 @@ SLURM's ``--mem`` limits and what a laptop has to hold. The run's own outputs ar
 ``MALLOC_ARENA_MAX=1``), to compare allocator settings.
 
 Usage: ``python benchmarks/bench_ablation_memory.py --run <folder of a finished default run>
-[--experiment modadd] [--reps 5] [--threads 2] [--env K=V ...] [--json out.json]``.
+[--experiment modadd] [--configfile config/config.yaml] [--reps 5] [--threads 2]
+[--env K=V ...] [--json out.json]``.
 """
 
 import argparse
@@ -60,7 +61,9 @@ run_stage(smk, ablate_edges)
 """
 
 
-def peak_rss_mb(run: Path, experiment: str, method: str, threads: int, env: dict) -> float:
+def peak_rss_mb(
+    run: Path, experiment: str, method: str, threads: int, env: dict, configfile: Path
+) -> float:
     """One job in a fresh process: its maximum RSS (MB) as /usr/bin/time -v reports it."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [
@@ -74,7 +77,7 @@ def peak_rss_mb(run: Path, experiment: str, method: str, threads: int, env: dict
             method,
             out,
             str(threads),
-            str(REPO / "config" / "config.yaml"),
+            str(configfile),
         ]
         done = subprocess.run(
             cmd, capture_output=True, text=True, env={**os.environ, **env}, check=False
@@ -91,6 +94,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="folder of a finished run")
     parser.add_argument("--experiment", default="modadd")
+    parser.add_argument(
+        "--configfile",
+        type=Path,
+        default=REPO / "config" / "config.yaml",
+        help="the config the run used (whole, as the workflow merged it)",
+    )
     parser.add_argument("--methods", nargs="+", default=["lib", "pca"])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)

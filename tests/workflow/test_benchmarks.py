@@ -63,3 +63,13 @@ def test_ablation_benchmark_runs(tmp_path, reference_dir):
         for a, b in (("ln1.0", "ln2.0"), ("ln2.0", "unembed"), ("unembed", "output"))
     }
     assert set(seed0["median_s_per_pair"]["current"]) == set(seed0["results"])
+
+
+def test_ablation_memory_benchmark_runs(tmp_path, tiny_run):
+    result = _run(
+        "bench_ablation_memory.py",
+        *("--run", str(tiny_run.workdir), "--experiment", "tiny", "--reps", "1"),
+        *("--configfile", str(tiny_run.configfile), "--threads", "1"),
+        tmp_path=tmp_path,
+    )
+    assert all(len(v) == 1 and v[0] > 0 for v in result["peak_rss_mb"].values()), result
