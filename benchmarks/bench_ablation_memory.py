@@ -110,7 +110,10 @@ def main() -> None:
     peaks: dict[str, list[float]] = {m: [] for m in args.methods}
     for rep in range(args.reps):
         for method in args.methods:
-            peaks[method].append(peak_rss_mb(args.run, args.experiment, method, args.threads, env))
+            peak = peak_rss_mb(
+                args.run, args.experiment, method, args.threads, env, args.configfile
+            )
+            peaks[method].append(peak)
             print(f"rep {rep + 1} {method}: {peaks[method][-1]:.0f} MB", flush=True)
     print(f"\n{'method':8} {'min':>7} {'median':>7} {'max':>7}  (peak RSS, MB; env {env or '-'})")
     for method, values in peaks.items():
