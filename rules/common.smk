@@ -4,18 +4,18 @@ import os
 import re
 from pathlib import Path
 
-from snakemake.utils import validate
 
 from interaction_basis import planning
 from interaction_basis.config import (
     EdgeAblationConfig,
     NodeAblationConfig,
     ResolutionsConfig,
-    WorkflowConfig,
+    validate_config,
 )
 
-validate(config, schema="../config/schema.yaml")
-CONFIG = WorkflowConfig.model_validate(config)
+# The JSON schema of config/schema.yaml (generated from the pydantic models), then the models:
+# the verdict of `python -m interaction_basis.config --check`, in one line per problem.
+CONFIG = validate_config(config)
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
 TOY_LMS = {t.name: t for t in CONFIG.toy_lms}
 
@@ -23,6 +23,46 @@ TOY_LMS = {t.name: t for t in CONFIG.toy_lms}
 # A job's unfinished output is left only by a run that was killed: Snakemake marks it
 # incomplete, and the next run (rerun-incomplete in both profiles) rebuilds it; every reader
 # refuses a store without its integrity record.
+
+
+def _local_sources():
+    """A missing local model or dataset folder fails here, before any job (not after the
+    other download has run): (setting, source, whether its download job still has to run)."""
+    made_here = {
+        os.path.normpath(f"results/toy_lms/{name}/{part}")
+        for name in TOY_LMS
+        for part in ("model", "corpus.txt")
+    }
+    for name, e in EXPERIMENTS.items():
+        if not e.model.downloaded:
+            continue
+        for section, folder in (("hub", "models"), ("text", "datasets")):
+            source = getattr(e.model, section).source
+            yield (
+                f"experiment {name}: model.{section}.source",
+                source,
+                not Path(f"resources/{folder}/{name}").exists()
+                and os.path.normpath(source) not in made_here,
+            )
+
+
+for _setting, _source, _needed in _local_sources():
+    planning.check_local_source(_source, _setting, needed=_needed)
+
+
+def _resources_in_effect():
+    """(where, name, value) of every default and per-rule resource the profiles and the
+    command line set."""
+    settings = workflow.resource_settings
+    sources = [("default-resources", settings.default_resources or {})]
+    sources += [(f"set-resources {r}", v) for r, v in settings.overwrite_resources.items()]
+    for where, resources in sources:
+        for name in resources:
+            yield where, name, getattr(resources[name], "raw", resources[name])
+
+
+# A SLURM profile's placeholders (<account>, <cpu-partition>) stop the run until they are set.
+planning.check_placeholders(_resources_in_effect())
 
 
 def _alternation(names):

@@ -45,7 +45,9 @@ rule ablate_edges:
     threads: COMPUTE_THREADS
     resources:
         gpu=GPUS,
-        mem_mb=mem_mb(6000),
+        # Peak: the model and evaluation set (as ablate_nodes) plus at most 512 MiB of reused
+        # group outputs; stable since the job fixes glibc's mmap threshold (docs/performance.md).
+        mem_mb=mem_mb(4000),
         runtime=runtime(120),
     params:
         model=model_params,

@@ -4,9 +4,17 @@
 interaction_basis.config``) and a test keeps the two in sync. Building a config never does IO.
 """
 
+from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from interaction_basis.kinds.registry import KINDS
 
@@ -595,6 +603,28 @@ class ExperimentConfig(_Frozen):
     interpret: InterpretConfig = Field(default_factory=InterpretConfig)
 
     @model_validator(mode="after")
+    def _node_layers_exist(self) -> "ExperimentConfig":
+        # Where the kind knows its layers from the config alone, a misspelt name fails here,
+        # before any job; otherwise the first job that builds the model checks it.
+        chosen = self.extract.node_layers
+        known = KINDS[self.model.kind].node_layer_names(self.model)
+        if chosen is None or known is None:
+            return self
+        unknown = [name for name in chosen if name not in known]
+        if unknown:
+            raise ValueError(
+                f"extract.node_layers: unknown node layer(s) {unknown}; this {self.model.kind} "
+                f"model has: {', '.join(known)}."
+            )
+        positions = [known.index(name) for name in chosen]
+        if positions != sorted(set(positions)):
+            raise ValueError(
+                f"extract.node_layers {chosen} must be distinct and in forward order: "
+                f"{', '.join(known)}."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _modular_mlp_has_no_labels(self) -> "ExperimentConfig":
         if self.model.kind == "modular_mlp" and (self.evaluate.enabled or self.interpret.enabled):
             raise ValueError(
@@ -808,20 +838,120 @@ def check_yaml(path: str) -> None:
         ) from None
 
 
+class ConfigError(ValueError):
+    """A config the workflow refuses: one line naming the setting, the problem and the fix."""
+
+
+def validate_config(raw: dict) -> WorkflowConfig:
+    """The verdict of the workflow on a (merged) config: the JSON schema of
+    ``config/schema.yaml`` (generated from these models; YAML's reading of the file matters,
+    e.g. ``1e-10`` without a decimal point is text, not a number), then the models.
+
+    Raises:
+        ConfigError: the first problem, in one line, with the close matches of an unknown key.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(workflow_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
+    if error is not None:
+        raise ConfigError(f"Invalid config: {_schema_problem(error, raw)}")
+    try:
+        return WorkflowConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = _where(first["loc"], raw)
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"Invalid config: {where + ': ' if where else ''}{msg}") from None
+
+
+def _where(path, raw: dict) -> str:
+    """``experiments[0] (modadd).basis.truncation`` for a JSON path into the config."""
+    out = ""
+    node: object = raw
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                out += f" ({node['name']})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out
+
+
+def _schema_problem(error, raw: dict) -> str:
+    import difflib
+
+    where = _where(error.absolute_path, raw)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        problems = []
+        for key in [k for k in error.instance if k not in allowed]:
+            close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.6)
+            hint = (
+                f"did you mean {' or '.join(map(repr, close))}?"
+                if close
+                else f"known keys: {', '.join(allowed)}"
+            )
+            problems.append(f"unknown key {key!r} ({hint})")
+        return f"{where or 'the top level'}: {'; '.join(problems)}"
+    hint = ""
+    if error.validator == "type" and isinstance(error.instance, str):
+        try:
+            float(error.instance)
+            hint = (
+                f" YAML reads {error.instance} as text (a number needs a decimal point, as in "
+                "1.0e-10, or no exponent)."
+            )
+        except ValueError:
+            pass
+    return f"{where}: {error.message}.{hint}" if where else f"{error.message}.{hint}"
+
+
+def default_config_file() -> Path | None:
+    """The workflow's ``config/config.yaml`` that every ``--configfile`` is merged onto: the
+    one in the working directory (where ``snakemake`` runs), else the checkout's."""
+    for folder in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        path = folder / "config" / "config.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def check_files(paths: list[str], default: Path | None) -> WorkflowConfig:
+    """What ``snakemake --configfile <paths>`` would run: each file read as Snakemake reads it
+    and merged, in order, onto ``default`` (the workflow's config.yaml), then validated."""
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+
+    merged: dict = {}
+    for path in ([str(default)] if default else []) + paths:
+        check_yaml(path)
+        update_config(merged, load_configfile(path))
+    return validate_config(merged)
+
+
 if __name__ == "__main__":
     import sys
 
     import yaml
 
     if sys.argv[1:2] == ["--check"]:
-        # Check config files before a run (Snakemake cannot say where a --configfile is broken).
-        for path in sys.argv[2:]:
-            try:
-                check_yaml(path)
-                WorkflowConfig.model_validate(yaml.safe_load(open(path, encoding="utf-8")))
-            except ValueError as err:
-                sys.exit(str(err) if str(err).startswith(path) else f"{path}: {err}")
-            print(f"{path}: valid")
+        # Check config files before a run (Snakemake cannot say where a --configfile is
+        # broken), with the workflow's verdict: merged onto the default config, as Snakemake
+        # merges --configfile, and validated exactly as rules/common.smk does.
+        default = default_config_file()
+        files = sys.argv[2:]
+        others = [f for f in files if default is None or Path(f).resolve() != default]
+        try:
+            check_files(others, default)
+        except ValueError as err:
+            named = any(str(err).startswith(f) for f in files)
+            sys.exit(str(err) if named else f"{' + '.join(files)}: {err}")
+        merged = f" (merged onto {default})" if default and others else ""
+        print(f"{', '.join(files) or default}: valid{merged}")
         sys.exit(0)
     print("# Generated by `python -m interaction_basis.config`; do not edit by hand.")
     print(yaml.safe_dump(workflow_schema(), sort_keys=False, allow_unicode=True), end="")

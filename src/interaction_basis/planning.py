@@ -18,13 +18,50 @@ import ast
 import functools
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from interaction_basis.data.sources import looks_like_path
 from interaction_basis.kinds.registry import CONCERNS
 
 PACKAGE = "interaction_basis"
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def check_local_source(source: str, setting: str, *, needed: bool) -> None:
+    """Fail while the workflow is planned, before any job, when a model or dataset source is a
+    local path that does not exist and its download job would have to read it (``needed``: its
+    folder under ``resources/`` is not there yet, and no rule of the workflow makes it)."""
+    if not needed or not looks_like_path(source) or Path(source).expanduser().exists():
+        return
+    raise FileNotFoundError(
+        f"{setting} is {source!r}, a local folder or file that does not exist (relative to the "
+        f"working directory {os.getcwd()}). Fix the path, or name a hub id of the form "
+        "'org/name'; nothing was run."
+    )
+
+
+# How to find the value a profile placeholder stands for.
+_PLACEHOLDER_HINTS = {
+    "slurm_account": "your SLURM account (`sacctmgr -n show assoc user=$USER format=account`)",
+    "slurm_partition": "a partition (`sinfo -s` lists them)",
+    "gpu_model": "the GPU model of that partition (`sinfo -o '%P %G'`)",
+}
+
+
+def check_placeholders(resources: Iterable[tuple[str, str, object]]) -> None:
+    """Stop before any job while a profile still holds a placeholder (``"<account>"``), which
+    SLURM would refuse only after submission. ``resources``: (where, name, value) for every
+    default and per-rule resource in effect."""
+    for where, name, value in resources:
+        if isinstance(value, str) and re.fullmatch(r"\s*[\"']?<[^<>]*>[\"']?\s*", value):
+            hint = _PLACEHOLDER_HINTS.get(name, "the value for your site")
+            raise ValueError(
+                f"The resource {name} ({where}) is still the placeholder {value!r}: replace it "
+                f"with {hint} in the profile (the lines marked `# EDIT` in "
+                "profiles/slurm/profile.yaml), or remove it; nothing was submitted."
+            )
 
 
 def read_node_layers(path: str | os.PathLike) -> list[str]:

@@ -10,6 +10,7 @@ parameter (the code inputs) are not passed.
 
 import inspect
 import logging
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from interaction_basis.stages.common import set_threads
+from interaction_basis.storage import CannotWriteError
 
 _SOURCES = ("output", "input", "params", "wildcards")
 
@@ -25,7 +27,12 @@ _SOURCES = ("output", "input", "params", "wildcards")
 def run_stage(smk: Any, stage: Callable[..., None]) -> None:
     """Log into the rule's log (with progress and uncaught errors), set the threads, and call
     ``stage`` with the rule's files and settings."""
-    logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        logging.basicConfig(
+            filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(message)s"
+        )
+    except OSError as err:  # the log cannot be written (full disk, read-only folder)
+        sys.exit(str(CannotWriteError(smk.log[0], err)))
     set_threads(smk.threads)
     stage(**stage_arguments(smk, stage))
 

@@ -20,6 +20,7 @@ the job with :class:`DamagedInputError`, which names the file, what is wrong, th
 wrote it and the command that rebuilds it.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -89,20 +90,61 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds.
 
     Leftovers of earlier writes of the same output (a killed job's ``.<name>.partial-<pid>``)
-    are removed first: the job writing an output owns all of its partial siblings.
+    are removed first: the job writing an output owns all of its partial siblings. A full disk
+    or an unwritable folder raises :class:`CannotWriteError`, naming ``path`` and the fix.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}.partial-"
-    for stale in [p for p in final.parent.iterdir() if p.name.startswith(prefix)]:
-        _remove(stale)
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     try:
-        yield tmp
-        _remove(final)
-        os.replace(tmp, final)
-    finally:
-        _remove(tmp)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{final.name}.partial-"
+        for stale in [p for p in final.parent.iterdir() if p.name.startswith(prefix)]:
+            _remove(stale)
+        tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+        try:
+            yield tmp
+            _remove(final)
+            os.replace(tmp, final)
+        finally:
+            _remove(tmp)
+    except OSError as err:
+        if err.errno in _WRITE_ERRORS and not isinstance(err, CannotWriteError):
+            raise CannotWriteError(final, err) from err
+        raise
+
+
+# What a user can do about an output that cannot be written, by errno.
+_NO_SPACE = (
+    "free space on that disk (`df -h {folder}` shows it), or run the workflow in a folder on a "
+    "larger disk (`snakemake --directory <folder>`)"
+)
+_READ_ONLY = (
+    "make {folder} writable (`chmod -R u+w {folder}`), or run the workflow in a folder you can "
+    "write (`snakemake --directory <folder>`)"
+)
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", _NO_SPACE),
+    errno.EDQUOT: ("the disk quota is exceeded", _NO_SPACE),
+    errno.EROFS: ("the file system is read-only", _READ_ONLY),
+    errno.EACCES: ("permission denied", _READ_ONLY),
+    errno.EPERM: ("operation not permitted", _READ_ONLY),
+}
+
+
+class CannotWriteError(OSError):
+    """An output cannot be written (full disk, read-only folder): nothing of it was kept."""
+
+    def __init__(self, path: str | os.PathLike, err: OSError):
+        what, fix = _WRITE_ERRORS.get(err.errno or 0, (err.strerror or str(err), _READ_ONLY))
+        folder = Path(path).parent
+        super().__init__(
+            err.errno,
+            f"Cannot write {path}: {what} ([Errno {err.errno}] {err.strerror}); nothing of it "
+            f"was kept. To fix it, {fix.format(folder=folder)}, then run the same command "
+            "again.",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _remove(path: Path) -> None:
@@ -273,6 +315,20 @@ def _verify(path: Path) -> dict:
         )
     try:
         key = (str(path.resolve()), meta.stat().st_mtime_ns)
+    except OSError as err:
+        raise DamagedInputError(path, [f"not a readable Zarr store ({err})"]) from err
+    if key in _verified:
+        return _open_record(path)[1]
+    root, record = _open_record(path)
+    problems = _store_problems(root, record, full=False)
+    if problems:
+        raise DamagedInputError(path, problems, record.get("rule"))
+    _verified.add(key)
+    return record
+
+
+def _open_record(path: Path) -> tuple[zarr.Group, dict]:
+    try:
         root = zarr.open_group(path, mode="r")
         record = root.attrs.get(INTEGRITY_ATTR)
     except Exception as err:
@@ -282,8 +338,12 @@ def _verify(path: Path) -> dict:
             path,
             ["it has no integrity record: it is incomplete, or was written by an older version"],
         )
-    if key in _verified:
-        return record
+    return root, record
+
+
+def _store_problems(root: zarr.Group, record: dict, full: bool) -> list[str]:
+    """What differs from the integrity record. ``full``: also read every large array in full
+    and check its CRC-32 (otherwise checked at the end of a full streamed pass)."""
     problems = []
     for name, want in record["arrays"].items():
         try:
@@ -294,7 +354,13 @@ def _verify(path: Path) -> dict:
         if not isinstance(arr, zarr.Array):
             problems.append(f"{name} is a group, written as an array")
             continue
-        got = _array_record(arr) if arr.nbytes <= FULL_CHECK_BYTES else None
+        try:
+            got = _array_record(arr) if arr.nbytes <= FULL_CHECK_BYTES else None
+            if got is None and full:
+                got = _array_record(arr, *_streamed_crc(arr))
+        except Exception as err:  # a corrupt chunk fails to decompress: the same damage
+            problems.append(f"{name} cannot be read ({type(err).__name__}: {err})")
+            continue
         have = got or {"shape": list(arr.shape), "dtype": str(arr.dtype)}
         if have["shape"] != want["shape"] or have["dtype"] != want["dtype"]:
             problems.append(
@@ -309,13 +375,53 @@ def _verify(path: Path) -> dict:
             problems.append(f"the values of {name} differ from those written (CRC-32)")
         if want.get("finite") is False and not want.get(NAN_IS_DATA_ATTR):
             problems.append(f"{name} holds NaN or inf")
-    if problems:
-        raise DamagedInputError(path, problems, record.get("rule"))
-    _verified.add(key)
-    return record
+    return problems
 
 
-def _open_tree(path: str | os.PathLike) -> xr.DataTree:
+def _streamed_crc(arr: zarr.Array) -> tuple[int, bool]:
+    """CRC-32 and finiteness of a large array, read in slabs along its first axis (the order
+    in which :class:`ActivationWriter` checksummed it), so that memory stays at one slab."""
+    row_bytes = max(1, arr.nbytes // max(1, arr.shape[0]))
+    step = max(1, FULL_CHECK_BYTES // row_bytes)
+    crc, finite = 0, True
+    for start in range(0, arr.shape[0], step):
+        values = np.asarray(arr[start : start + step])
+        crc, finite = _crc(values, crc), finite and _finite(values)
+    return crc, finite
+
+
+def check_store(path: str | os.PathLike) -> list[str]:
+    """Everything wrong with a finished store, reading every array in full (``verify``)."""
+    try:
+        root, record = _open_record(Path(path))
+    except DamagedInputError as err:
+        return err.problems
+    return _store_problems(root, record, full=True)
+
+
+def check_file(path: str | os.PathLike) -> list[str]:
+    """What is wrong with a result file that has no integrity record: a JSON that does not
+    parse, a weights.npz that does not read in full (``verify``)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            read_json(path)
+        elif path.suffix == ".npz":
+            read_weights(path)
+    except (DamagedInputError, ValueError, OSError) as err:
+        problems = getattr(err, "problems", None)
+        return list(problems) if problems else [str(err)]
+    return []
+
+
+def open_store(path: str | os.PathLike) -> xr.DataTree:
+    """A result store, checked against its integrity record, as a lazily loaded DataTree.
+
+    ``xr.open_datatree(path, engine="zarr", consolidated=False)`` with the check first, and
+    without Zarr's warning about the ``.snakemake_timestamp`` file that Snakemake writes into
+    every directory output (it has no setting to leave it out), filtered when this module is
+    imported.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Zarr store {path} does not exist; run the stage that makes it.")
@@ -407,7 +513,7 @@ def _moments_dataset(m: MomentSums) -> xr.Dataset:
 
 def read_moments(path: str | os.PathLike) -> dict[str, MomentSums]:
     """A shard's moment sums per node layer (see :class:`MomentSums`)."""
-    tree = _open_tree(path)
+    tree = open_store(path)
     out = {}
     for layer in tree.attrs["node_layers"]:
         g = tree[layer]
@@ -432,7 +538,7 @@ def write_stats(path: str | os.PathLike, stats: Mapping[str, LayerStats], attrs:
 
 def read_attrs(path: str | os.PathLike) -> dict:
     """The root attributes a stage wrote (without the integrity record)."""
-    return {k: v for k, v in _open_tree(path).attrs.items() if k != INTEGRITY_ATTR}
+    return {k: v for k, v in open_store(path).attrs.items() if k != INTEGRITY_ATTR}
 
 
 def write_partial_sums(path: str | os.PathLike, parts: Mapping[str, Partial], attrs: dict) -> None:
@@ -449,7 +555,7 @@ def write_partial_sums(path: str | os.PathLike, parts: Mapping[str, Partial], at
 
 
 def read_partial_sums(path: str | os.PathLike) -> dict[str, Partial]:
-    tree = _open_tree(path)
+    tree = open_store(path)
     return {
         name: Partial(_read_compensated(tree[name], "sum"), int(tree[name].attrs["count"]))
         for name in tree.attrs["names"]
@@ -468,11 +574,11 @@ def activation_writer(
 
 
 def read_node_layers(path: str | os.PathLike) -> list[str]:
-    return list(_open_tree(path).attrs["node_layers"])
+    return list(open_store(path).attrs["node_layers"])
 
 
 def read_stats(path: str | os.PathLike) -> dict[str, LayerStats]:
-    tree = _open_tree(path)
+    tree = open_store(path)
     out = {}
     for layer in tree.attrs["node_layers"]:
         g = tree[layer]
@@ -541,12 +647,12 @@ def _batches_from_tree(path: Path, record: dict, tree: xr.DataTree, batch_size: 
 def open_activation_batches(path: str | os.PathLike, batch_size: int) -> BatchSource:
     """A BatchSource that reads one batch of samples at a time from the store; a pass that
     reads an activation array to its end checks its CRC-32 before the last batch is given out."""
-    tree = _open_tree(path)
+    tree = open_store(path)
     return _batches_from_tree(Path(path), _verify(Path(path)), tree, batch_size)
 
 
 def read_activations(path: str | os.PathLike, layer: str) -> Tensor:
-    tree = _open_tree(path)
+    tree = open_store(path)
     values = _array(tree, layer, "activations").values
     _StreamCheck(Path(path), _verify(Path(path)), f"{layer}/activations").update(
         0, values, len(values)
@@ -578,7 +684,7 @@ def write_bases(
 
 
 def read_bases(path: str | os.PathLike) -> dict[str, Basis]:
-    tree = _open_tree(path)
+    tree = open_store(path)
     out = {}
     for layer in tree.attrs["node_layers"]:
         g = tree[layer]
@@ -593,7 +699,7 @@ def read_bases(path: str | os.PathLike) -> dict[str, Basis]:
 
 
 def read_m_dash(path: str | os.PathLike) -> dict[str, Tensor]:
-    tree = _open_tree(path)
+    tree = open_store(path)
     return {
         layer: torch.from_numpy(tree[layer]["M_dash"].values)
         for layer in tree.attrs["node_layers"]
@@ -621,7 +727,7 @@ def write_edges(
 
 
 def read_edges(path: str | os.PathLike) -> dict[tuple[str, str], Tensor]:
-    tree = _open_tree(path)
+    tree = open_store(path)
     return {
         (a, b): torch.from_numpy(tree[edge_group_name(a, b)]["E"].values)
         for a, b in tree.attrs["pairs"]
@@ -677,7 +783,7 @@ class TokenRows:
 
 def read_token_chunks(path: str | os.PathLike) -> dict[str, TokenRows]:
     """The groups written by :func:`write_token_chunks` (``fit``, ``eval``, maybe ``stats``)."""
-    tree = _open_tree(path)
+    tree = open_store(path)
     missing = {"fit", "eval"} - set(tree.children)
     if missing:
         raise ValueError(
@@ -706,7 +812,7 @@ def write_features(
 def read_features(path: str | os.PathLike) -> xr.DataTree:
     """The store written by :func:`write_features`, loaded (it is small)."""
     with _text_arrays_quiet():
-        return _open_tree(path).load()
+        return open_store(path).load()
 
 
 @contextmanager

@@ -1,8 +1,11 @@
 """Bad input fails early and clearly, and leaves nothing behind that looks like a result.
 
-Invalid configs are refused by the schema before any job (``snakemake -n`` fails and no
-results/ appears); what only the model can judge (node layer names, weight files) fails in the
-first job that reads it, with a message naming the problem.
+Invalid configs are refused before any job (``snakemake -n`` fails and no results/ appears),
+in one line that names the setting and the fix, and ``python -m interaction_basis.config
+--check`` gives the same verdict; so are node layer names the kind knows from the config, a
+missing local model folder and a SLURM profile's placeholders. What only the model can judge
+(weight files; a language model's layer names) fails in the first job that reads it, with a
+message naming the problem.
 """
 
 import os
@@ -23,7 +26,7 @@ from smk_helpers import (
 )
 
 from factories import random_modadd_weights
-from interaction_basis.config import BasisConfig, Method
+from interaction_basis.config import Method
 
 pytestmark = pytest.mark.slow
 
@@ -57,30 +60,55 @@ def assert_nothing_ran(result, workdir):
 INVALID = {
     "unknown_key": (
         {"basis": {"truncaton": 1.0e-3}},
-        ["'truncaton' was unexpected", *BasisConfig.model_fields],
+        ["experiments[0] (tiny).basis: unknown key 'truncaton' (did you mean 'truncation'?)"],
     ),
     "bad_enum": (
         {"basis": {"methods": ["foo"]}},
-        ["'foo' is not one of", str(list(get_args(Method))), "['basis']['methods']"],
+        ["'foo' is not one of", str(list(get_args(Method))), "(tiny).basis.methods[0]"],
     ),
     "negative_truncation": (
         {"basis": {"truncation": -1.0}},
-        ["-1.0 is less than or equal to the minimum of 0", "['basis']['truncation']"],
+        ["(tiny).basis.truncation: -1.0 is less than or equal to the minimum of 0"],
+    ),
+    # YAML reads 1e-10 without a decimal point as text; the checker must agree (below).
+    "number_as_text": (
+        {"basis": {"truncation": "1e-10"}},
+        ["(tiny).basis.truncation: '1e-10' is not of type 'number'", "1.0e-10"],
+    ),
+    # The mod-add layers are known from the config: no training first.
+    "unknown_node_layer": (
+        {"extract": {"node_layers": ["ln1.0", "bogus", "unembed", "output"]}},
+        [
+            "extract.node_layers: unknown node layer(s) ['bogus']; this modadd model has: "
+            "ln1.0, ln2.0, unembed, output."
+        ],
     ),
 }
 
 
 @pytest.mark.parametrize("case", INVALID)
 def test_invalid_config_fails_before_any_job(case, tmp_path):
+    """One line naming the setting and the fix (no schema dump), from the workflow and from
+    `python -m interaction_basis.config --check` alike."""
     sections, expected = INVALID[case]
     cfg = write_yaml(tmp_path / "bad.yaml", tiny_config(**sections))
     workdir = tmp_path / "run"
     workdir.mkdir()
     result = checkout_dry_run(cfg, workdir)
     assert_nothing_ran(result, workdir)
-    assert "Error validating config file" in result.output, result.describe()
+    error = [line for line in result.output.splitlines() if line.startswith("Invalid config: ")]
+    assert len(error) == 1, result.describe()
     for text in expected:
-        assert text in result.output, f"{text!r} not in the error\n{result.describe()}"
+        assert text in error[0], f"{text!r} not in the error\n{result.describe()}"
+    assert "$defs" not in result.output and "'properties'" not in result.output
+    assert len(result.output.strip().splitlines()) < 12, result.describe()
+    check = run(
+        [sys.executable, "-m", "interaction_basis.config", "--check", str(cfg)],
+        cwd=REPO,
+        check=False,
+    )
+    assert check.returncode != 0, check.describe()
+    assert error[0] in check.output, check.describe()
 
 
 def test_missing_weights_file_is_a_missing_input(tmp_path):
@@ -131,33 +159,55 @@ def test_malformed_weights_fail_the_import_job(tmp_path):
         assert not (workdir / "results" / name / "model" / "weights.npz").exists()
 
 
-def test_unknown_node_layer_fails_extraction_listing_the_valid_ones(tiny_run, tmp_path):
-    """Layer names are checked against the model, in the extraction job (the first that
-    builds it); train_model is not rerun, and no activations are left behind."""
-    workdir = tiny_run.copy_run(tmp_path / "run")
+def test_missing_local_model_fails_before_any_download(tmp_path):
+    """Offline, with a local model folder that does not exist: planning stops, naming the
+    setting and the path, before download_dataset (or anything) runs."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a b c\n" * 50)
     cfg = write_yaml(
-        tmp_path / "tiny.yaml",
-        tiny_config(extract={"node_layers": ["ln1.0", "bogus", "unembed", "output"]}),
+        tmp_path / "lm.yaml",
+        {
+            "experiments": [
+                {
+                    "name": "lm",
+                    "model": {
+                        "kind": "hf",
+                        "hub": {"source": str(tmp_path / "no_such_model")},
+                        "text": {"source": str(corpus)},
+                    },
+                    "evaluate": {"metric": "ce_loss"},
+                }
+            ]
+        },
     )
-    result = tiny_run.smk(
-        "--cores",
-        "2",
-        "results/tiny/activations.zarr",
-        configfile=cfg,
-        workdir=workdir,
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    result = checkout_snakemake("--cores", "1", configfile=cfg, workdir=workdir)
+    assert_nothing_ran(result, workdir)
+    assert (
+        f"experiment lm: model.hub.source is '{tmp_path / 'no_such_model'}', a local folder or "
+        "file that does not exist"
+    ) in result.output, result.describe()
+    assert not (workdir / "resources").exists()
+
+
+def test_slurm_profile_placeholders_stop_a_dry_run(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    result = snakemake(
+        "-n",
+        "--workflow-profile",
+        str(REPO / "profiles" / "slurm"),
+        "--directory",
+        str(workdir),
+        cwd=REPO,
         check=False,
-        timeout=600,
     )
-    assert result.returncode != 0, result.describe()
-    assert "rule train_model" not in result.output, "changing node_layers retrained the model"
-    error = next(
-        (line for line in result.output.splitlines() if "Unknown node layer" in line), None
-    )
-    assert error is not None, result.describe()
-    assert "bogus" in error
-    for valid in ("ln1.0", "ln2.0", "unembed", "output"):
-        assert valid in error.split("this model has")[-1], error
-    assert not (tiny_run.results(workdir) / "activations.zarr").exists()
+    assert_nothing_ran(result, workdir)
+    assert (
+        "The resource slurm_account (default-resources) is still the placeholder '<account>'"
+    ) in result.output, result.describe()
+    assert "sacctmgr" in result.output
 
 
 def test_damaged_store_stops_the_jobs_that_read_it(tiny_run, tmp_path):

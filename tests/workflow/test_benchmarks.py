@@ -74,3 +74,13 @@ def test_lm_closed_form_benchmark_runs(tmp_path):
     )
     assert set(result["speedup"]) == {"basis", "edges"}
     assert all(d < 1e-10 for d in result["max_rel_diff"].values()), result["max_rel_diff"]
+
+
+def test_ablation_memory_benchmark_runs(tmp_path, tiny_run):
+    result = _run(
+        "bench_ablation_memory.py",
+        *("--run", str(tiny_run.workdir), "--experiment", "tiny", "--reps", "1"),
+        *("--configfile", str(tiny_run.configfile), "--threads", "1"),
+        tmp_path=tmp_path,
+    )
+    assert all(len(v) == 1 and v[0] > 0 for v in result["peak_rss_mb"].values()), result

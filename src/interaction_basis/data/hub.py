@@ -43,6 +43,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from interaction_basis.data.sources import looks_like_path
 from interaction_basis.storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -230,13 +231,7 @@ def _as_local_path(source: str, kind: str) -> Path | None:
     path = Path(source).expanduser()
     if path.exists():
         return path.resolve()
-    looks_like_path = (
-        os.path.isabs(source)
-        or source.startswith((".", "~"))
-        or source.count("/") > 1
-        or "\\" in source
-    )
-    if looks_like_path:
+    if looks_like_path(source):
         raise FileNotFoundError(
             f"Local {kind} source {source!r} does not exist. Check the path in the config (a "
             f"hub id has the form 'org/name' and is not a path)."

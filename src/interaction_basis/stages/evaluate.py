@@ -8,6 +8,7 @@ from interaction_basis.evaluate import ablation
 from interaction_basis.graph.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
 from interaction_basis.kinds import data, network
 from interaction_basis.progress import progress
+from interaction_basis.stages.common import return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def ablate_edges(
     tokens: str | None = None,
 ) -> None:
     """Fewest edges per layer pair that keep the score within ``edge_delta`` (method §E)."""
+    return_freed_memory()  # a stable peak: see docs/performance.md, edge ablation memory
     cfg = evaluate
     net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens)
     pair_edges = storage.read_edges(edges)
