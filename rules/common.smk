@@ -201,7 +201,9 @@ def extract_params(wildcards):
 def basis_params(wildcards):
     """One method's basis settings (BasisConfig.settings): not the list of methods, nor for PCA
     and neuron LIB's M' settings, which would rerun them for a change that is not theirs."""
-    return experiment(wildcards).basis.settings(wildcards.method).model_dump(mode="json")
+    # shard_m_dash has no method wildcard: it computes LIB's M' only.
+    method = wildcards.method if "method" in wildcards.keys() else "lib"
+    return experiment(wildcards).basis.settings(method).model_dump(mode="json")
 
 
 def edges_params(wildcards):
