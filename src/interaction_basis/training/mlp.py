@@ -2,7 +2,7 @@
 
 The reference trains CIFAR-10 with 3072 → 100 → 100 → 10, ReLU, 12 epochs, on pixels in
 [0, 1]. Everything here is seeded (initialisation and shuffling), runs in float32 and returns
-plain arrays, so that storage stays in ``io.py``.
+plain arrays, so that storage stays in ``storage.py``.
 """
 
 import math
