@@ -18,6 +18,11 @@ from interaction_basis.config import (
 CONFIG = validate_config(config)
 EXPERIMENTS = {e.name: e for e in CONFIG.experiments}
 TOY_LMS = {t.name: t for t in CONFIG.toy_lms}
+# The toy LMs' models and corpora, which experiments read as local sources (normalised paths).
+TOY_LM_MODELS = {os.path.normpath(f"results/toy_lms/{name}/model") for name in TOY_LMS}
+TOY_LM_SOURCES = TOY_LM_MODELS | {
+    os.path.normpath(f"results/toy_lms/{name}/corpus.txt") for name in TOY_LMS
+}
 
 # Planning never deletes anything under results/ (a dry run leaves a user's files as they are).
 # A job's unfinished output is left only by a run that was killed: Snakemake marks it
@@ -28,11 +33,6 @@ TOY_LMS = {t.name: t for t in CONFIG.toy_lms}
 def _local_sources():
     """A missing local model or dataset folder fails here, before any job (not after the
     other download has run): (setting, source, whether its download job still has to run)."""
-    made_here = {
-        os.path.normpath(f"results/toy_lms/{name}/{part}")
-        for name in TOY_LMS
-        for part in ("model", "corpus.txt")
-    }
     for name, e in EXPERIMENTS.items():
         if not e.model.downloaded:
             continue
@@ -42,7 +42,7 @@ def _local_sources():
                 f"experiment {name}: model.{section}.source",
                 source,
                 not Path(f"resources/{folder}/{name}").exists()
-                and os.path.normpath(source) not in made_here,
+                and os.path.normpath(source) not in TOY_LM_SOURCES,
             )
 
 
@@ -172,15 +172,10 @@ def toy_lm_params(wildcards):
 def toy_lm_output(section):
     """Input function: a hub or text source that is a toy LM's output (so that the download
     rule waits for its training); [] for any other source, which is read as it is."""
-    outputs = {
-        os.path.normpath(f"results/toy_lms/{name}/{part}")
-        for name in TOY_LMS
-        for part in ("model", "corpus.txt")
-    }
 
     def inputs(wildcards):
         source = getattr(experiment(wildcards).model, section).source
-        return [source] if os.path.normpath(source) in outputs else []
+        return [source] if os.path.normpath(source) in TOY_LM_SOURCES else []
 
     return inputs
 
@@ -328,9 +323,7 @@ def experiment_results(name):
 def _reads_toy_lm(name):
     """Whether the experiment's model is a toy LM trained here (a GPT-2: attribute_heads)."""
     e = EXPERIMENTS[name]
-    return e.model.downloaded and os.path.normpath(e.model.hub.source) in {
-        os.path.normpath(f"results/toy_lms/{t}/model") for t in TOY_LMS
-    }
+    return e.model.downloaded and os.path.normpath(e.model.hub.source) in TOY_LM_MODELS
 
 
 def basis_targets():
