@@ -527,28 +527,22 @@ def _model_jobs(name):
     return rows
 
 
-def _lm_disk(name):
-    """The stores of a language-model experiment still to be written: store -> bytes."""
+def _lm_disk(name, scheduled):
+    """The stores of a language-model experiment that the run writes (their paths among the
+    ``scheduled`` jobs' outputs): store -> bytes."""
     e = EXPERIMENTS[name]
     sizes = job_sizes.store_sizes(LM_PLANS[name][1])
-    done = {
-        "activations": Path(
-            f"results/{name}/activations.zarr"
-            if e.extract.n_shards == 1
-            else f"results/{name}/stats.zarr"
-        ),
-        "bases": [Path(f"results/{name}/{m}/basis.zarr") for m in e.basis.methods],
-        "edges": [Path(f"results/{name}/{m}/edges.zarr") for m in e.basis.methods],
+    written = {
+        "activations": [
+            f"results/{name}/activations.zarr",
+            f"results/{name}/stats.zarr",
+            *(f"results/{name}/shards/{i}/activations.zarr" for i in range(e.extract.n_shards)),
+        ],
+        "bases": [f"results/{name}/{m}/basis.zarr" for m in e.basis.methods],
+        "edges": [f"results/{name}/{m}/edges.zarr" for m in e.basis.methods],
     }
     return {
-        store: (
-            0
-            if all(
-                p.exists()
-                for p in ([done[store]] if isinstance(done[store], Path) else done[store])
-            )
-            else size
-        )
+        store: size if any(os.path.normpath(p) in scheduled for p in written[store]) else 0
         for store, size in sizes.items()
     }
 
@@ -608,7 +602,8 @@ def check_disk_space():
     results folder's filesystem (onstart: real runs only, not dry runs)."""
     if not CONFIG.resources.check_disk:
         return
-    needed = {n: _lm_disk(n) for n, found in LM_PLANS.items() if found is not None}
+    scheduled = {os.path.normpath(f) for job in workflow.dag.needrun_jobs() for f in job.output}
+    needed = {n: _lm_disk(n, scheduled) for n, found in LM_PLANS.items() if found is not None}
     hints = []
     stored = [
         n for n in needed if needed[n]["activations"] and EXPERIMENTS[n].extract.store_activations

@@ -204,7 +204,7 @@ def store_sizes(plan: Plan) -> dict[str, int]:
     }
 
 
-def format_bytes(n: float) -> str:
+def format_bytes(n: int | float) -> str:
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
@@ -219,7 +219,7 @@ def forward_flops_per_token(shape: ModelShape, n_ctx: int) -> float:
     scores and mixing (causal: half of n_ctx on average, twice) and the unembedding."""
     d = shape.d_model
     block = 2 * (4 * d * d + 2 * d * shape.d_mlp) + 2 * n_ctx * d
-    return shape.n_layers * block + 2 * d * shape.vocab_size
+    return float(shape.n_layers * block + 2 * d * shape.vocab_size)
 
 
 def jacobian_flops_per_sample(plan: Plan, directions: Sequence[int], pos: int | None) -> float:
@@ -230,7 +230,7 @@ def jacobian_flops_per_sample(plan: Plan, directions: Sequence[int], pos: int | 
     n_pos = plan.n_ctx if pos is None else pos
     section = forward_flops_per_token(plan.shape, plan.n_ctx) / max(1, len(plan.node_layers) - 1)
     per_pair = [n * n_pos * BACKWARD_COST * section * plan.n_ctx for n in directions]
-    return plan.integration_points * sum(per_pair)
+    return float(plan.integration_points * sum(per_pair))
 
 
 def stage_flops_per_sample(plan: Plan, stage: str, layer: str | None = None) -> float:
@@ -253,7 +253,7 @@ def stage_flops_per_sample(plan: Plan, stage: str, layer: str | None = None) -> 
     raise ValueError(f"Unknown stage {stage!r}; use extract, m_dash or edges.")
 
 
-def runtime_minutes(flops: float, *, gpu: bool, threads: int, dtype: str = "float64") -> int:
+def runtime_minutes(flops: int | float, *, gpu: bool, threads: int, dtype: str = "float64") -> int:
     """A runtime request (minutes) for ``flops`` at the stated rate, with the margin."""
     rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_THREAD * threads * (2 if dtype == "float32" else 1)
     minutes = RUNTIME_MARGIN * flops / rate / 60 + STARTUP_MINUTES
@@ -267,13 +267,13 @@ def weights_bytes(plan: Plan) -> int:
     return WEIGHT_COPIES * plan.shape.n_params * plan.value_bytes + RUNTIME_OVERHEAD_BYTES
 
 
-def _working(fixed: float, plan: Plan) -> float:
+def _working(fixed: int | float, plan: Plan) -> int | float:
     """``fixed`` plus the closed forms' working memory: ``extract.memory_budget_mb`` where set,
     else the job gives them ``BUDGET_SHARE`` of its memory, so the request is fixed / (1 - share)
     (and holds at least ``MIN_BUDGET_BYTES`` for them)."""
     if plan.memory_budget_mb is not None:
-        return fixed + plan.memory_budget_mb * 2**20
-    return max(fixed / (1 - BUDGET_SHARE), fixed + MIN_BUDGET_BYTES)
+        return float(fixed + plan.memory_budget_mb * 2**20)
+    return float(max(fixed / (1 - BUDGET_SHARE), fixed + MIN_BUDGET_BYTES))
 
 
 def stage_memory_bytes(plan: Plan, stage: str) -> int:
@@ -304,5 +304,5 @@ def stage_memory_bytes(plan: Plan, stage: str) -> int:
     return int(_working(fixed, plan))
 
 
-def mem_mb(n_bytes: float) -> int:
+def mem_mb(n_bytes: int | float) -> int:
     return max(MIN_MEM_MB, math.ceil(n_bytes / 1e6))
