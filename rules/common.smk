@@ -573,21 +573,32 @@ def _print_lm_plans():
             + ("" if plan.store_activations else " (extract.store_activations: false)"),
             file=sys.stderr,
         )
-        hours, longest = 0.0, (0, "")
+        hours, computing, longest = 0.0, 0.0, (0, "")
+        on_gpu = _uses_gpu(name) or GPUS > 0
         for rule, wildcards, count in _model_jobs(name):
             mb = model_mem_mb(rule)(wildcards, 1)
             minutes = model_runtime(rule)(wildcards)
             n_gpus = gpus(wildcards)
             hours += count * minutes / 60 * max(1, n_gpus)
             longest = max(longest, (minutes, rule))
+            flops = _stage_cost(name, rule, wildcards)[1] or 0
+            seconds = job_sizes.compute_seconds(
+                flops, gpu=on_gpu, threads=COMPUTE_THREADS, dtype=plan.dtype
+            )
+            computing += count * seconds / 3600 * max(1, n_gpus)
             print(
                 f"  {rule} x{count}"
                 + (f" ({wildcards['layer']})" if "layer" in wildcards else "")
                 + f": mem_mb {mb}, runtime {minutes} min, gpu {n_gpus}",
                 file=sys.stderr,
             )
-        unit = "GPU" if _uses_gpu(name) or GPUS else "job"
-        print(f"  {unit}-hours requested by these jobs: {hours:.0f}", file=sys.stderr)
+        unit = "GPU" if on_gpu else "job"
+        print(
+            f"  {unit}-hours: {hours:.0f} requested by these jobs, of which about "
+            f"{computing:.0f} of M', edges and extraction at the stated rate "
+            "(interaction_basis.resources)",
+            file=sys.stderr,
+        )
         if longest[0] > job_sizes.LONG_JOB_MINUTES:
             print(
                 f"  The longest job ({longest[1]}) asks for {longest[0] / 60:.1f} h: "

@@ -1,6 +1,7 @@
 """What the workflow needs while Snakemake plans, without importing torch, xarray or zarr (so
-that ``snakemake -n`` stays fast): each rule's code inputs from the package's import graph and the
-node layers recorded in a stats store. Planning only reads: it never deletes or changes a file
+that ``snakemake -n`` stays fast): each rule's code inputs from the package's import graph, the
+node layers recorded in a stats store, a language model's shape (its ``config.json``) and the
+free space for its stores. Planning only reads: it never deletes or changes a file
 (a dry run must leave a user's results, and anything else under ``results/``, as they are).
 
 Code inputs: a rule's stage function lives in one package module; that module and every

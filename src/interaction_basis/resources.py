@@ -253,10 +253,18 @@ def stage_flops_per_sample(plan: Plan, stage: str, layer: str | None = None) -> 
     raise ValueError(f"Unknown stage {stage!r}; use extract, m_dash or edges.")
 
 
+def compute_seconds(
+    flops: int | float, *, gpu: bool, threads: int, dtype: str = "float64"
+) -> float:
+    """Seconds of computation for ``flops`` at the stated rate (no margin, no start-up)."""
+    rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_THREAD * threads * (2 if dtype == "float32" else 1)
+    return float(flops / rate)
+
+
 def runtime_minutes(flops: int | float, *, gpu: bool, threads: int, dtype: str = "float64") -> int:
     """A runtime request (minutes) for ``flops`` at the stated rate, with the margin."""
-    rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_THREAD * threads * (2 if dtype == "float32" else 1)
-    minutes = RUNTIME_MARGIN * flops / rate / 60 + STARTUP_MINUTES
+    seconds = compute_seconds(flops, gpu=gpu, threads=threads, dtype=dtype)
+    minutes = RUNTIME_MARGIN * seconds / 60 + STARTUP_MINUTES
     return max(MIN_RUNTIME_MINUTES, math.ceil(minutes))
 
 
