@@ -589,6 +589,7 @@ def _print_lm_plans():
             print(
                 f"  {rule} x{count}"
                 + (f" ({wildcards['layer']})" if "layer" in wildcards else "")
+                + (f" ({wildcards['method']})" if rule == "fit_basis" else "")
                 + f": mem_mb {mb}, runtime {minutes} min, gpu {n_gpus}",
                 file=sys.stderr,
             )
