@@ -35,6 +35,12 @@ include: "rules/explorer.smk"
 include: "rules/heads.smk"
 
 
+# A run (not a dry run) whose language-model stores would not fit on the results folder's
+# filesystem stops here, before any job (the sizes are printed at planning).
+onstart:
+    check_disk_space()
+
+
 # Every result (see final_targets): a plain run rebuilds whatever is missing.
 rule all:
     default_target: True

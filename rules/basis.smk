@@ -6,6 +6,7 @@ rule fit_basis:
     input:
         weights=model_input,
         acts="results/{experiment}/activations.zarr",
+        tokens=recompute_tokens,
         code=stage_code("fit_basis"),
     output:
         basis_out=directory("results/{experiment}/{method}/basis.zarr"),
@@ -19,9 +20,9 @@ rule fit_basis:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=mem_mb(4000),
-        runtime=runtime(120),
+        gpu=gpus,
+        mem_mb=model_mem_mb("fit_basis"),
+        runtime=model_runtime("fit_basis"),
     params:
         model=model_params,
         extract=extract_params,
@@ -34,6 +35,7 @@ rule shard_m_dash:
     input:
         weights=model_input,
         acts="results/{experiment}/shards/{shard}/activations.zarr",
+        tokens=recompute_tokens,
         next_basis=next_layer_basis,
         code=stage_code("shard_m_dash"),
     output:
@@ -48,9 +50,9 @@ rule shard_m_dash:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=mem_mb(4000),
-        runtime=runtime(120),
+        gpu=gpus,
+        mem_mb=model_mem_mb("shard_m_dash"),
+        runtime=model_runtime("shard_m_dash"),
     params:
         model=model_params,
         extract=extract_params,

@@ -2,10 +2,14 @@
 import functools
 import os
 import re
+import sys
 from pathlib import Path
 
 
 from interaction_basis import planning
+from interaction_basis import resources as job_sizes
+from interaction_basis.data.sources import looks_like_path
+from interaction_basis.kinds.registry import KINDS
 from interaction_basis.config import (
     EdgeAblationConfig,
     NodeAblationConfig,
@@ -127,6 +131,12 @@ def model_input(wildcards):
 
 def tokens_input(wildcards):
     return f"results/{wildcards.experiment}/tokens.zarr" if is_hub(wildcards) else []
+
+
+def recompute_tokens(wildcards):
+    """tokens.zarr where the basis and edge jobs recompute a language model's activations
+    (extract.store_activations false); the other kinds' inputs need no file."""
+    return [] if experiment(wildcards).extract.store_activations else tokens_input(wildcards)
 
 
 def metrics_input(wildcards):
@@ -343,9 +353,104 @@ def cluster_targets():
 
 
 # Job resources, scaled by the config's `resources` section; cluster specifics (partition,
-# account, GPU model) live only in profiles/.
+# account, GPU model) live only in profiles/. A language model's model jobs (a `stage` below)
+# ask for what the formulas of interaction_basis.resources give for its shape and settings; every
+# other job, and a language model whose config.json is not there yet, for the rule's default.
 COMPUTE_THREADS = CONFIG.resources.threads
 GPUS = CONFIG.resources.gpu
+
+
+def _lm_plan(name):
+    """(config.json, job_sizes.Plan) of a language-model experiment; None for other kinds and
+    while its shape is unknown (not downloaded, not in the hub cache)."""
+    e = EXPERIMENTS[name]
+    if not e.model.downloaded:
+        return None
+    source = e.model.hub.source
+    folders = [f"resources/models/{name}"] + ([source] if looks_like_path(source) else [])
+    found = planning.read_model_shape(folders, source, e.model.hub.revision)
+    if found is None:
+        return None
+    shape, config_file = found
+    text, x, b = e.model.text, e.extract, e.basis
+    points = max(1, b.integration.n_intervals + (b.integration.method == "trapezoidal"))
+    plan = job_sizes.Plan(
+        shape=shape,
+        node_layers=tuple(x.node_layers or job_sizes.default_node_layers(shape)),
+        dtype=x.dtype,
+        batch_size=x.batch_size,
+        n_ctx=text.n_ctx,
+        n_samples=text.n_samples,
+        n_stats_samples=text.n_stats_samples,
+        n_shards=x.n_shards,
+        store_activations=x.store_activations,
+        lib="lib" in b.methods,
+        n_methods=len(b.methods),
+        m_dash_pos=b.sources.n_pos,
+        m_dash_hidden=b.sources.n_hidden,
+        edges_pos=e.edges.n_sources_pos,
+        integration_points=points,
+        memory_budget_mb=getattr(x, "memory_budget_mb", None),
+    )
+    return config_file, plan
+
+
+LM_PLANS = {name: _lm_plan(name) for name in EXPERIMENTS}
+
+
+def _uses_gpu(name):
+    e = EXPERIMENTS[name]
+    return e.extract.device == "cuda" and KINDS[e.model.kind].uses_gpu
+
+
+def gpus(wildcards):
+    """GPUs of a model job: resources.gpu, or with extract.device cuda one per job of a
+    language model."""
+    name = wildcards.get("experiment")
+    if GPUS or name is None:
+        return GPUS
+    return 1 if _uses_gpu(name) else 0
+
+
+def _job_samples(plan, rule_name):
+    """Fitting samples one job of rule ``rule_name`` passes over (a shard's when sharded)."""
+    # (`rule_name`: the linter reads a line with "rule", a space and a colon as a rule.)
+    stats = plan.n_stats_samples or 0
+    if rule_name.startswith("extract"):
+        sharded = rule_name == "extract_shard"
+        return (
+            plan.shard_samples + -(-stats // plan.n_shards) if sharded else plan.n_samples + stats
+        )
+    return plan.shard_samples if rule_name.startswith("shard_") else plan.n_samples
+
+
+def _stage_cost(name, rule, wildcards):
+    """(memory bytes, FLOP) of one job of ``rule`` for a language model with a known shape."""
+    plan = LM_PLANS[name][1]
+    stage = MODEL_RULES[rule][0]
+    method = wildcards.get("method", "lib")
+    layer = wildcards.get("layer")
+    memory = job_sizes.stage_memory_bytes(plan, "extract" if stage == "forward" else stage)
+    if stage == "forward" or (stage == "m_dash" and method != "lib"):
+        return memory, None  # no pass over the fitting data: the rule's default runtime
+    flops = job_sizes.stage_flops_per_sample(plan, stage, layer) * _job_samples(plan, rule)
+    return memory, flops
+
+
+# The model rules of a language model: the formula their resources follow (a forward pass over
+# the data: extract; M': m_dash; the edges; a job that holds the model and a batch: forward),
+# and the requests (MB, minutes) for the other kinds and a language model of unknown shape.
+MODEL_RULES = {
+    "extract_activations": ("extract", 4000, 60),
+    "extract_shard": ("extract", 4000, 60),
+    "fit_basis": ("m_dash", 4000, 120),
+    "shard_m_dash": ("m_dash", 4000, 120),
+    "compute_edges": ("edges", 4000, 120),
+    "shard_edges": ("edges", 4000, 120),
+    "ablate_nodes": ("forward", 4000, 60),
+    "ablate_edges": ("forward", 4000, 120),
+    "interpret_features": ("forward", 4000, 60),
+}
 
 
 def mem_mb(base):
@@ -360,6 +465,174 @@ def mem_mb(base):
 def runtime(minutes):
     """Runtime request (minutes)."""
     return max(1, round(minutes * CONFIG.resources.runtime_scale))
+
+
+def model_mem_mb(rule):
+    """Memory request (MB) of a model rule, doubling with each retry: its formula for a
+    language model of known shape, else its default in MODEL_RULES; times
+    resources.mem_mb_scale."""
+
+    def mem(wildcards, attempt):
+        name = wildcards.get("experiment")
+        mb = MODEL_RULES[rule][1]
+        if LM_PLANS.get(name) is not None:
+            mb = job_sizes.mem_mb(_stage_cost(name, rule, wildcards)[0])
+        return int(mb * CONFIG.resources.mem_mb_scale * 2 ** (attempt - 1))
+
+    return mem
+
+
+def model_runtime(rule):
+    """Runtime request (minutes) of a model rule: one job's cost for a language model of known
+    shape at the stated rate, with the margin (interaction_basis.resources), else its default
+    in MODEL_RULES; times resources.runtime_scale."""
+
+    def request(wildcards):
+        name = wildcards.get("experiment")
+        minutes = MODEL_RULES[rule][2]
+        flops = _stage_cost(name, rule, wildcards)[1] if LM_PLANS.get(name) else None
+        if flops is not None:
+            minutes = job_sizes.runtime_minutes(
+                flops,
+                gpu=_uses_gpu(name) or GPUS > 0,
+                threads=COMPUTE_THREADS,
+                dtype=EXPERIMENTS[name].extract.dtype,
+            )
+        return max(1, round(minutes * CONFIG.resources.runtime_scale))
+
+    return request
+
+
+def _model_jobs(name):
+    """(rule, wildcards, number of jobs) of a language model's model jobs, one row per kind of
+    job (the wildcards of one of them)."""
+    e = EXPERIMENTS[name]
+    plan = LM_PLANS[name][1]
+    n, methods = e.extract.n_shards, e.basis.methods
+    first = {"experiment": name, "method": methods[0]}
+    if n == 1:
+        rows = [("extract_activations", first, 1)]
+        rows += [("fit_basis", {**first, "method": m}, 1) for m in methods]
+        rows.append(("compute_edges", first, len(methods)))
+    else:
+        rows = [("extract_shard", first, n)]
+        if plan.lib:
+            layers = plan.node_layers[:-1]
+            rows += [("shard_m_dash", {**first, "layer": layer}, n) for layer in layers]
+        rows.append(("shard_edges", first, n * len(methods)))
+    if e.evaluate.enabled:
+        rows += [("ablate_nodes", first, len(methods)), ("ablate_edges", first, len(methods))]
+    if e.interpret.enabled:
+        rows.append(("interpret_features", first, len(methods)))
+    return rows
+
+
+def _lm_disk(name, scheduled):
+    """The stores of a language-model experiment that the run writes (their paths among the
+    ``scheduled`` jobs' outputs): store -> bytes."""
+    e = EXPERIMENTS[name]
+    sizes = job_sizes.store_sizes(LM_PLANS[name][1])
+    written = {
+        "activations": [
+            f"results/{name}/activations.zarr",
+            f"results/{name}/stats.zarr",
+            *(f"results/{name}/shards/{i}/activations.zarr" for i in range(e.extract.n_shards)),
+        ],
+        "bases": [f"results/{name}/{m}/basis.zarr" for m in e.basis.methods],
+        "edges": [f"results/{name}/{m}/edges.zarr" for m in e.basis.methods],
+    }
+    return {
+        store: size if any(os.path.normpath(p) in scheduled for p in written[store]) else 0
+        for store, size in sizes.items()
+    }
+
+
+def _print_lm_plans():
+    """At planning: per language model, its stores' sizes and its model jobs' requests."""
+    for name, found in LM_PLANS.items():
+        e = EXPERIMENTS[name]
+        if not e.model.downloaded:
+            continue
+        if found is None:
+            print(
+                f"Plan of {name}: the shape of {e.model.hub.source} is not known yet (no "
+                f"config.json in resources/models/{name} or the hub cache), so its jobs ask "
+                "for the rules' defaults (4000 MB, 60-120 min). Download it first "
+                "(snakemake --cores 1 all_downloads), then plan again.",
+                file=sys.stderr,
+            )
+            continue
+        config_file, plan = found
+        shape = plan.shape
+        sizes = job_sizes.store_sizes(plan)
+        print(
+            f"Plan of {name} ({config_file}: {shape.n_layers} layers, d_model "
+            f"{shape.d_model}, {len(plan.node_layers)} node layers, {plan.n_samples} chunks of "
+            f"{plan.n_ctx} tokens, {plan.dtype}):\n  disk: "
+            + ", ".join(f"{k} {job_sizes.format_bytes(v)}" for k, v in sizes.items())
+            + ("" if plan.store_activations else " (extract.store_activations: false)"),
+            file=sys.stderr,
+        )
+        hours, computing, longest = 0.0, 0.0, (0, "")
+        on_gpu = _uses_gpu(name) or GPUS > 0
+        for rule, wildcards, count in _model_jobs(name):
+            mb = model_mem_mb(rule)(wildcards, 1)
+            minutes = model_runtime(rule)(wildcards)
+            n_gpus = gpus(wildcards)
+            hours += count * minutes / 60 * max(1, n_gpus)
+            longest = max(longest, (minutes, rule))
+            flops = _stage_cost(name, rule, wildcards)[1] or 0
+            seconds = job_sizes.compute_seconds(
+                flops, gpu=on_gpu, threads=COMPUTE_THREADS, dtype=plan.dtype
+            )
+            computing += count * seconds / 3600 * max(1, n_gpus)
+            print(
+                f"  {rule} x{count}"
+                + (f" ({wildcards['layer']})" if "layer" in wildcards else "")
+                + (f" ({wildcards['method']})" if rule == "fit_basis" else "")
+                + f": mem_mb {mb}, runtime {minutes} min, gpu {n_gpus}",
+                file=sys.stderr,
+            )
+        unit = "GPU" if on_gpu else "job"
+        print(
+            f"  {unit}-hours: {hours:.0f} requested by these jobs, of which about "
+            f"{computing:.0f} of M', edges and extraction at the stated rate "
+            "(interaction_basis.resources)",
+            file=sys.stderr,
+        )
+        if longest[0] > job_sizes.LONG_JOB_MINUTES:
+            print(
+                f"  The longest job ({longest[1]}) asks for {longest[0] / 60:.1f} h: "
+                "extract.n_shards splits the passes over the data into one job per shard (and "
+                "M' into one job per layer and shard); see docs/cluster.md.",
+                file=sys.stderr,
+            )
+
+
+def check_disk_space():
+    """Refuse to start a run whose language-model stores need more than the free space of the
+    results folder's filesystem (onstart: real runs only, not dry runs)."""
+    if not CONFIG.resources.check_disk:
+        return
+    scheduled = {os.path.normpath(f) for job in workflow.dag.needrun_jobs() for f in job.output}
+    needed = {n: _lm_disk(n, scheduled) for n, found in LM_PLANS.items() if found is not None}
+    hints = []
+    stored = [
+        n for n in needed if needed[n]["activations"] and EXPERIMENTS[n].extract.store_activations
+    ]
+    if stored:
+        hints.append(
+            f"extract.store_activations: false ({', '.join(stored)}: keeps only the means and "
+            "Grams; the basis and edge jobs recompute the activations)"
+        )
+    hints.append("fewer text.n_samples or extract.node_layers")
+    if any(EXPERIMENTS[n].extract.n_shards > 1 for n in needed):
+        hints.append("fewer extract.n_shards (each shard keeps its own sums)")
+    planning.check_disk(needed, "results", hints)
+
+
+if workflow.is_main_process:
+    _print_lm_plans()
 
 
 # Sharded experiments (extract.n_shards > 1): the node layers are known once the statistics

@@ -6,6 +6,7 @@ rule compute_edges:
     input:
         weights=model_input,
         acts="results/{experiment}/activations.zarr",
+        tokens=recompute_tokens,
         basis="results/{experiment}/{method}/basis.zarr",
         code=stage_code("compute_edges"),
     output:
@@ -20,9 +21,9 @@ rule compute_edges:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=mem_mb(4000),
-        runtime=runtime(120),
+        gpu=gpus,
+        mem_mb=model_mem_mb("compute_edges"),
+        runtime=model_runtime("compute_edges"),
     params:
         model=model_params,
         extract=extract_params,
@@ -35,6 +36,7 @@ rule shard_edges:
     input:
         weights=model_input,
         acts="results/{experiment}/shards/{shard}/activations.zarr",
+        tokens=recompute_tokens,
         basis="results/{experiment}/{method}/basis.zarr",
         code=stage_code("shard_edges"),
     output:
@@ -49,9 +51,9 @@ rule shard_edges:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=mem_mb(4000),
-        runtime=runtime(120),
+        gpu=gpus,
+        mem_mb=model_mem_mb("shard_edges"),
+        runtime=model_runtime("shard_edges"),
     params:
         model=model_params,
         extract=extract_params,

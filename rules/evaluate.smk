@@ -17,9 +17,9 @@ rule ablate_nodes:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=mem_mb(4000),
-        runtime=runtime(60),
+        gpu=gpus,
+        mem_mb=model_mem_mb("ablate_nodes"),
+        runtime=model_runtime("ablate_nodes"),
     params:
         model=model_params,
         evaluate=evaluate_params(NodeAblationConfig),
@@ -44,11 +44,11 @@ rule ablate_edges:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
+        gpu=gpus,
         # Peak: the model and evaluation set (as ablate_nodes) plus at most 512 MiB of reused
         # group outputs; stable since the job fixes glibc's mmap threshold (docs/performance.md).
-        mem_mb=mem_mb(4000),
-        runtime=runtime(120),
+        mem_mb=model_mem_mb("ablate_edges"),
+        runtime=model_runtime("ablate_edges"),
     params:
         model=model_params,
         evaluate=evaluate_params(EdgeAblationConfig),

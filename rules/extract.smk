@@ -19,9 +19,9 @@ rule extract_activations:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=mem_mb(4000),
-        runtime=runtime(60),
+        gpu=gpus,
+        mem_mb=model_mem_mb("extract_activations"),
+        runtime=model_runtime("extract_activations"),
     params:
         model=model_params,
         extract=extract_params,
@@ -46,9 +46,9 @@ rule extract_shard:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=mem_mb(4000),
-        runtime=runtime(60),
+        gpu=gpus,
+        mem_mb=model_mem_mb("extract_shard"),
+        runtime=model_runtime("extract_shard"),
     params:
         model=model_params,
         extract=extract_params,

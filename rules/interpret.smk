@@ -17,9 +17,9 @@ rule interpret_features:
         "../envs/interaction_basis.yaml"
     threads: COMPUTE_THREADS
     resources:
-        gpu=GPUS,
-        mem_mb=mem_mb(4000),
-        runtime=runtime(60),
+        gpu=gpus,
+        mem_mb=model_mem_mb("interpret_features"),
+        runtime=model_runtime("interpret_features"),
     params:
         model=model_params,
         extract=extract_params,

@@ -376,6 +376,13 @@ class ExtractConfig(_Frozen):
         description="Contiguous shards of whole batches: extraction, statistics, M' and edges "
         "run as one job per shard and are summed by gather jobs. 1: no shard jobs.",
     )
+    store_activations: bool = Field(
+        True,
+        description="Keep the per-token activations (activations.zarr; GPT-2 small: 0.62 GB "
+        "per 1024-token chunk). false (language models): only the means and Grams are stored, "
+        "and the basis and edge jobs recompute the activations with a forward pass of the "
+        "model over the token chunks (the same values: far less disk, a little more compute).",
+    )
 
 
 class IntegrationConfig(_Frozen):
@@ -644,6 +651,16 @@ class ExperimentConfig(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _only_language_models_recompute(self) -> "ExperimentConfig":
+        if not self.extract.store_activations and not self.model.downloaded:
+            raise ValueError(
+                "extract.store_activations false recomputes the activations from a language "
+                f"model's token chunks; model.kind {self.model.kind!r} has none. Set it to "
+                "true (its activations are small)."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _shards_fit_the_text_data(self) -> "ExperimentConfig":
         if not self.model.downloaded:
             return self  # other tasks' sample counts are known only when their data loads
@@ -680,7 +697,13 @@ class ResourcesConfig(_Frozen):
         ge=0,
         description="GPUs per model-running job (SLURM --gpus). Language models compute on "
         "them with extract.device auto or cuda; mod-add and MLP models and the evaluation "
-        "stages use the CPU.",
+        "stages use the CPU. 0 with extract.device cuda: one per language-model job.",
+    )
+    check_disk: bool = Field(
+        True,
+        description="Refuse to start a run whose language-model stores (activations, bases, "
+        "edges; printed at planning) need more space than the results folder's filesystem "
+        "has free. false: start anyway.",
     )
 
 

@@ -1,6 +1,7 @@
 """What the workflow needs while Snakemake plans, without importing torch, xarray or zarr (so
-that ``snakemake -n`` stays fast): each rule's code inputs from the package's import graph and the
-node layers recorded in a stats store. Planning only reads: it never deletes or changes a file
+that ``snakemake -n`` stays fast): each rule's code inputs from the package's import graph, the
+node layers recorded in a stats store, a language model's shape (its ``config.json``) and the
+free space for its stores. Planning only reads: it never deletes or changes a file
 (a dry run must leave a user's results, and anything else under ``results/``, as they are).
 
 Code inputs: a rule's stage function lives in one package module; that module and every
@@ -19,11 +20,13 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from interaction_basis.data.sources import looks_like_path
 from interaction_basis.kinds.registry import CONCERNS
+from interaction_basis.resources import ModelShape, format_bytes, shape_from_config
 
 PACKAGE = "interaction_basis"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -39,6 +42,57 @@ def check_local_source(source: str, setting: str, *, needed: bool) -> None:
         f"{setting} is {source!r}, a local folder or file that does not exist (relative to the "
         f"working directory {os.getcwd()}). Fix the path, or name a hub id of the form "
         "'org/name'; nothing was run."
+    )
+
+
+def read_model_shape(
+    folders: Iterable[str | os.PathLike], source: str, revision: str | None
+) -> tuple[ModelShape, Path] | None:
+    """A language model's shape and the ``config.json`` it was read from: in the first of
+    ``folders`` (its download, a local source) that has one, else in the Hugging Face hub cache
+    (never the network); None while it is not known (not downloaded yet)."""
+    found = next(
+        (Path(f) / "config.json" for f in folders if (Path(f) / "config.json").is_file()), None
+    )
+    if found is None and not looks_like_path(source):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json", revision=revision)
+        found = Path(cached) if isinstance(cached, str) else None
+    if found is None:
+        return None
+    return shape_from_config(json.loads(found.read_text(encoding="utf-8"))), found
+
+
+def free_bytes(folder: str | os.PathLike) -> tuple[int, Path]:
+    """Free bytes of the filesystem that holds ``folder`` (or would: its nearest existing
+    parent), and that folder."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free, path
+
+
+def check_disk(
+    needed: Mapping[str, Mapping[str, int]], folder: str | os.PathLike, hints: Iterable[str]
+) -> None:
+    """Stop before any job when the stores still to be written (``needed``: experiment ->
+    store -> bytes) need more than the free space of ``folder``'s filesystem; the error names
+    the sizes and ``hints`` (the settings that reduce them)."""
+    total = sum(sum(stores.values()) for stores in needed.values())
+    free, where = free_bytes(folder)
+    if total <= free:
+        return
+    parts = "; ".join(
+        f"{name}: " + ", ".join(f"{store} {format_bytes(n)}" for store, n in stores.items() if n)
+        for name, stores in needed.items()
+        if any(stores.values())
+    )
+    raise OSError(
+        f"Not enough disk space: the stores still to be written need {format_bytes(total)} "
+        f"({parts}), but the filesystem of {folder} ({where}) has {format_bytes(free)} free. "
+        f"To need less: {'; '.join(hints)}. Or free space, or move the results (--directory). "
+        "resources.check_disk: false starts anyway. Nothing was run."
     )
 
 

@@ -434,7 +434,8 @@ class ActivationWriter:
 
     Memory stays at one batch: each batch is appended along ``sample``. After the last batch,
     :meth:`write_stats` adds ``mean``, ``gram`` (feature, feature_t) and the (sample, position)
-    ``count`` per layer (or a shard's moment sums).
+    ``count`` per layer (or a shard's moment sums). A store given no batch holds only the
+    statistics (``extract.store_activations`` false).
     """
 
     def __init__(self, path: Path, attrs: dict, chunk_samples: int):
@@ -465,7 +466,10 @@ class ActivationWriter:
             ds = _stats_dataset(layer, s) if isinstance(s, LayerStats) else _moments_dataset(s)
             ds.to_zarr(self.path, group=layer, mode="a", consolidated=False)
         root = xr.open_zarr(self.path, consolidated=False).attrs
-        xr.Dataset(attrs={**root, "node_layers": self.layers}).to_zarr(
+        # Without stored activations (extract.store_activations false) the layers are those of
+        # the statistics, in the same forward order.
+        layers = self.layers or list(stats)
+        xr.Dataset(attrs={**root, "node_layers": layers}).to_zarr(
             self.path, mode="a", consolidated=False
         )
 
@@ -642,6 +646,13 @@ def _batches_from_tree(path: Path, record: dict, tree: xr.DataTree, batch_size: 
         return _LayerBatches(_array(tree, layer, "activations"), batch_size, check)
 
     return batches
+
+
+def has_activations(path: str | os.PathLike) -> bool:
+    """Whether an activation store keeps the per-token activations (not only the statistics:
+    extract.store_activations false)."""
+    tree = open_store(path)
+    return all("activations" in tree[layer].data_vars for layer in tree.attrs["node_layers"])
 
 
 def open_activation_batches(path: str | os.PathLike, batch_size: int) -> BatchSource:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from smk_helpers import REPO, SNAKEMAKE, TINY, copy_workflow, load_yaml, write_yaml
@@ -58,7 +59,7 @@ class SlurmRun:
     seconds: float = 0.0
     # SLURM job id -> (state, comment), as last seen by squeue while the run went on: slurmctld
     # forgets a job MinJobAge (600 s) after it ends, which can be before the test looks
-    records: dict[str, tuple[str, str]] = field(default_factory=dict)
+    records: dict[str, "JobRecord"] = field(default_factory=dict)
 
     @property
     def logfile(self) -> Path:
@@ -130,6 +131,22 @@ class SlurmRun:
             f"--- last {n} lines ---\n" + "\n".join(lines[-n:])
         )
 
+    def requested(self) -> dict[str, dict[str, str]]:
+        """Snakemake job id -> the ``resources:`` it announced for the job (what the rule asked
+        for, which the executor turns into sbatch flags)."""
+        found = {}
+        for block in re.split(r"\n(?=\[|rule |checkpoint )", self.output):
+            jobid = re.search(r"^\s+jobid: (\d+)$", block, re.M)
+            line = re.search(r"^\s+resources: (.*)$", block, re.M)
+            if jobid and line:
+                pairs = (item.split("=", 1) for item in line.group(1).split(", "))
+                found[jobid.group(1)] = dict(p for p in pairs if len(p) == 2)
+        return found
+
+    def submitted_jobs(self) -> dict[str, str]:
+        """SLURM job id -> the Snakemake job id it runs."""
+        return {slurm_id: jobid for jobid, slurm_id, _ in SUBMITTED.findall(self.output)}
+
     def submissions(self) -> list[tuple[str, str, Path]]:
         """(rule, SLURM job id, SLURM log) of every submitted job."""
         subs = []
@@ -142,14 +159,42 @@ class SlurmRun:
         return subs
 
 
-def squeue_records(job_ids) -> dict[str, tuple[str, str]]:
-    """SLURM job id -> (state, comment) for jobs slurmctld still knows (MinJobAge=600 s)."""
-    args = ["squeue", "--states=all", "-h", "-o", "%i|%T|%k", "-j", ",".join(job_ids)]
+class JobRecord(NamedTuple):
+    """What slurmctld holds of a submitted job: its state and comment (the plugin's rule
+    name), and what it was granted from the sbatch request: memory (``%m``, e.g. ``2000M``),
+    time limit (``%l``, e.g. ``1:00:00``) and CPUs (``%C``)."""
+
+    state: str
+    comment: str = ""
+    min_memory: str = ""
+    time_limit: str = ""
+    cpus: str = ""
+
+
+def squeue_records(job_ids) -> dict[str, JobRecord]:
+    """SLURM job id -> its JobRecord, for jobs slurmctld still knows (MinJobAge=600 s)."""
+    fmt = "%i|%T|%m|%l|%C|%k"  # the comment last: it may hold anything
+    args = ["squeue", "--states=all", "-h", "-o", fmt, "-j", ",".join(job_ids)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=30, env=clean_env()).stdout
-    return {
-        i: (state, comment)
-        for i, state, comment in (line.split("|", 2) for line in out.strip().splitlines())
-    }
+    records = {}
+    for line in out.strip().splitlines():
+        i, state, memory, limit, cpus, comment = line.split("|", 5)
+        records[i] = JobRecord(state, comment, memory, limit, cpus)
+    return records
+
+
+def slurm_minutes(limit: str) -> int:
+    """Minutes of a SLURM time limit: ``MM:SS``, ``HH:MM:SS`` or ``D-HH:MM:SS``."""
+    days, _, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
+    return (int(days or 0) * 86400 + seconds) // 60
+
+
+def slurm_megabytes(memory: str) -> int:
+    """MB of a SLURM memory size such as ``2000M`` or ``4G``."""
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
+    return round(float(memory[:-1]) * units[memory[-1].upper()])
 
 
 @dataclass

@@ -43,7 +43,7 @@ import os
 import re
 
 import pytest
-from slurm_cluster import BACKGROUND, N_SHARDS
+from slurm_cluster import BACKGROUND, N_SHARDS, JobRecord, slurm_megabytes, slurm_minutes
 from smk_helpers import sharded_job_counts
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -87,13 +87,18 @@ def test_tiny_runs_as_slurm_jobs(slurm_runs):
 
     # each ran inside its SLURM job (the job's log shows the rule finishing), which completed
     records = run.records
+    requested, jobids = run.requested(), run.submitted_jobs()
     for rule, slurm_id, log in subs:
         assert log.is_file(), f"no SLURM log {log} for rule {rule}"
         text = log.read_text(errors="replace")
         assert re.search(rf"Finished jobid: \d+ \(Rule: {rule}\)", text), f"{log}:\n{text[-3000:]}"
-        state, comment = records.get(slurm_id, ("missing", ""))
-        assert state == "COMPLETED", f"SLURM job {slurm_id} ({rule}): {state}"
-        assert comment.startswith(f"rule_{rule}_"), comment
+        record = records.get(slurm_id, JobRecord("missing"))
+        assert record.state == "COMPLETED", f"SLURM job {slurm_id} ({rule}): {record.state}"
+        assert record.comment.startswith(f"rule_{rule}_"), record.comment
+        # what the rule asked for reached sbatch: the job was granted its memory and time
+        asked = requested[jobids[slurm_id]]
+        assert slurm_megabytes(record.min_memory) == int(asked["mem_mb"]), (rule, record, asked)
+        assert slurm_minutes(record.time_limit) == int(asked["runtime"]), (rule, record, asked)
     # and every rule wrote its own log (results/logs/<rule>/...)
     for rule in submitted:
         assert any((run.workdir / "results" / "logs" / rule).rglob("*.log")), rule
@@ -116,4 +121,4 @@ def test_failed_slurm_job_fails_the_workflow(slurm_runs):
     assert slurm_log.is_file()
     assert "Cannot read" in slurm_log.read_text(errors="replace"), slurm_log.read_text()[-3000:]
     assert "Cannot read" in out, run.describe()
-    assert run.records.get(slurm_id, ("missing",))[0] == "FAILED"
+    assert run.records.get(slurm_id, JobRecord("missing")).state == "FAILED"

@@ -269,6 +269,43 @@ def batches_from_tensors(acts: Mapping[str, Tensor], batch_size: int) -> BatchSo
     return batches
 
 
+class _ForwardBatches:
+    """One node layer's activations, recomputed a batch at a time (sized, for the ETA)."""
+
+    def __init__(self, model: SectionedModel, inputs, start: int, stop: int, size: int, layer):
+        self.model, self.inputs, self.size = model, inputs, size
+        self.starts = range(start, stop, size)
+        self.stop, self.depth = stop, model.node_layers.index(layer)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for b0 in self.starts:
+            batch = self.inputs[b0 : min(b0 + self.size, self.stop)]
+            with torch.no_grad():
+                # The same operations on the same batch as SectionedModel.activations, stopped
+                # at the layer: the values extraction would have stored, to the last bit.
+                x = self.model.embed(batch.to(self.model.device))
+                for section in self.model.sections[: self.depth]:
+                    x = section(x)
+            yield x
+
+
+def batches_from_model(
+    model: SectionedModel, inputs, batch_size: int, start: int = 0, stop: int | None = None
+) -> BatchSource:
+    """A BatchSource that recomputes each layer's activations from the raw ``inputs[start:stop]``
+    (batches of ``batch_size`` from ``start``, as extraction made them) with a forward pass up
+    to the layer, in place of stored activations (``extract.store_activations`` false)."""
+    end = len(inputs) if stop is None else stop
+
+    def batches(layer: str) -> _ForwardBatches:
+        return _ForwardBatches(model, inputs, start, end, batch_size, layer)
+
+    return batches
+
+
 class InMemoryBuild(NamedTuple):
     """Everything a build computes on in-memory inputs; ``methods[m] = (bases, m_dash, edges)``."""
 

@@ -3,6 +3,7 @@ layer from the pooled statistics and the shards' M′ sums."""
 
 import logging
 
+import torch
 from torch import Tensor
 
 from interaction_basis import storage
@@ -10,6 +11,7 @@ from interaction_basis.config import BasisSettings, ExtractConfig, Method, Model
 from interaction_basis.kinds import network
 from interaction_basis.lib.basis import Truncation
 from interaction_basis.lib.fit import (
+    batches_from_model,
     compute_m_dash,
     fit_bases,
     fit_final_basis,
@@ -17,7 +19,8 @@ from interaction_basis.lib.fit import (
     next_basis_matrix,
 )
 from interaction_basis.lib.jacobians import Integration, Sources
-from interaction_basis.lib.records import Basis, add_partials
+from interaction_basis.lib.records import Basis, BatchSource, add_partials
+from interaction_basis.models.sectioned import SectionedModel
 from interaction_basis.stages.common import provenance
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,27 @@ def _m_dash_settings(basis: BasisSettings) -> dict:
     )
 
 
+def activation_batches(
+    net: SectionedModel, extract: ExtractConfig, acts: str, tokens: str | None
+) -> BatchSource:
+    """The fitting activations of the run or shard whose statistics are in ``acts``: read from
+    the store, or where it keeps none (``extract.store_activations`` false, language models)
+    recomputed with a forward pass over the same token chunks (the store's ``sample_start`` and
+    ``n_samples``) in the same batches, so that M' and the edges see what extraction saw."""
+    if storage.has_activations(acts):
+        return storage.open_activation_batches(acts, extract.batch_size)
+    if tokens is None:
+        raise ValueError(f"{acts} keeps no activations, and no token chunks were given.")
+    attrs = storage.read_attrs(acts)
+    start = int(attrs.get("sample_start", 0))
+    stop = start + int(attrs["n_samples"])
+    # The fitting inputs of a language model (kinds/hf/data.py): each chunk but its last token,
+    # whose only role is the next-token target.
+    inputs = torch.from_numpy(storage.read_token_chunks(tokens)["fit"][start:stop][:, :-1])
+    log.info("activations recomputed with the model: samples %d..%d", start, stop - 1)
+    return batches_from_model(net, inputs, extract.batch_size)
+
+
 def fit_basis(
     model: ModelConfig,
     extract: ExtractConfig,
@@ -40,14 +64,16 @@ def fit_basis(
     weights: str,
     acts: str,
     basis_out: str,
+    tokens: str | None = None,
 ) -> None:
-    """Bases of every node layer for one method, backwards from the output."""
+    """Bases of every node layer for one method, backwards from the output (the activations
+    recomputed from ``tokens`` where the store keeps none)."""
     net = network.load_model(
         model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
     bases, m_dash = fit_bases(
         net,
-        storage.open_activation_batches(acts, extract.batch_size),
+        activation_batches(net, extract, acts, tokens),
         storage.read_stats(acts),
         method,
         truncation=Truncation(basis.truncation, basis.relative),
@@ -74,6 +100,7 @@ def shard_m_dash(
     acts: str,
     next_basis: str,
     m_dash: str,
+    tokens: str | None = None,
 ) -> None:
     """One shard's sum behind a layer's ``M′``, given the next layer's (gathered) basis."""
     net = network.load_model(
@@ -85,7 +112,7 @@ def shard_m_dash(
     )
     part = compute_m_dash(
         net,
-        storage.open_activation_batches(acts, extract.batch_size),
+        activation_batches(net, extract, acts, tokens),
         layer,
         c_next,
         **_m_dash_settings(basis),

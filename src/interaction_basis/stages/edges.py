@@ -8,6 +8,7 @@ from interaction_basis.lib.fit import compute_edge_sums
 from interaction_basis.lib.fit import compute_edges as build_edges
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.records import add_partials
+from interaction_basis.stages.basis import activation_batches
 from interaction_basis.stages.common import provenance
 
 
@@ -20,12 +21,20 @@ def _edge_settings(edges_cfg: EdgesConfig) -> dict:
     )
 
 
-def _edge_inputs(model: ModelConfig, extract: ExtractConfig, weights: str, acts: str, basis: str):
-    """The network cut at the stored node layers, the activation batches and the bases."""
+def _edge_inputs(
+    model: ModelConfig,
+    extract: ExtractConfig,
+    weights: str,
+    acts: str,
+    basis: str,
+    tokens: str | None,
+):
+    """The network cut at the stored node layers, the activation batches (recomputed from
+    ``tokens`` where the store keeps none) and the bases."""
     net = network.load_model(
         model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
-    batches = storage.open_activation_batches(acts, extract.batch_size)
+    batches = activation_batches(net, extract, acts, tokens)
     return net, batches, storage.read_bases(basis)
 
 
@@ -37,10 +46,11 @@ def shard_edges(
     acts: str,
     basis: str,
     parts: str,
+    tokens: str | None = None,
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
     sums = compute_edge_sums(
-        *_edge_inputs(model, extract, weights, acts, basis),
+        *_edge_inputs(model, extract, weights, acts, basis, tokens),
         **_edge_settings(edges),
         first_batch=int(storage.read_attrs(acts)["first_batch"]),
         progress=True,
@@ -71,9 +81,12 @@ def compute_edges(
     acts: str,
     basis: str,
     edges_out: str,
+    tokens: str | None = None,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
     result = build_edges(
-        *_edge_inputs(model, extract, weights, acts, basis), **_edge_settings(edges), progress=True
+        *_edge_inputs(model, extract, weights, acts, basis, tokens),
+        **_edge_settings(edges),
+        progress=True,
     )
     storage.write_edges(edges_out, result, provenance(edges=edges))

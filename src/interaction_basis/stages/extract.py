@@ -68,7 +68,8 @@ def extract_activations(
         with torch.no_grad():
             for b0, batch in _batches(task.fit_inputs, start, stop, size, "extract"):
                 batch_acts = run(task.fit_inputs, b0, batch)
-                store.append({layer: x.cpu() for layer, x in batch_acts.items()})
+                if extract_cfg.store_activations:
+                    store.append({layer: x.cpu() for layer, x in batch_acts.items()})
                 if not separate:
                     moments = add(batch_acts)
             if separate:
