@@ -44,29 +44,40 @@ def current_rss_mib() -> float | None:
     return _status_mib("VmRSS")
 
 
+def _last_json(stdout: str) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    return {}
+
+
 def run_child(cmd: list[str], *, timeout: float | None = None, tolerate: bool = False) -> dict:
     """Run one measurement in a fresh process; its last stdout line is a JSON object.
 
     A child that fails or runs past ``timeout`` seconds stops the benchmark, or with
-    ``tolerate`` gives ``{"error": why}`` (e.g. a section killed for memory)."""
+    ``tolerate`` gives its last JSON line so far with ``error`` (why it failed) added: a
+    child that prints what it knows before the heavy part (e.g. a section killed for memory)
+    still reports that."""
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as stopped:
         if tolerate:
-            return {"error": f"ran past {timeout:.0f} s (stopped)"}
+            out = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else stopped.stdout
+            return {**_last_json(out or ""), "error": f"ran past {timeout:.0f} s (stopped)"}
         raise SystemExit(f"benchmark child ran past {timeout} s: {' '.join(cmd)}") from None
-    if done.returncode != 0:
-        sys.stderr.write(
-            (done.stdout + done.stderr)[-4000:] if tolerate else done.stdout + done.stderr
-        )
-        if tolerate:
-            rc = done.returncode
-            why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
-            if rc == -signal.SIGKILL:
-                why += " (out of memory?)"
-            return {"error": why}
+    if done.returncode == 0:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    sys.stderr.write(done.stdout + done.stderr if not tolerate else done.stderr[-3000:])
+    if not tolerate:
         raise SystemExit(f"benchmark child failed: {' '.join(cmd)}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    rc = done.returncode
+    why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+    if rc == -signal.SIGKILL:
+        why += " (out of memory?)"
+    return {**_last_json(done.stdout), "error": why}
 
 
 def gemm_rate(n_rows: int, k: int, n: int, reps: int = 9) -> float:

@@ -356,6 +356,8 @@ def _section_child(args: argparse.Namespace) -> dict:
         if "generic" in (out["path"], out["edges_path"]) and not args.run_generic:
             out["skipped"] = True
         else:
+            # What is known so far, should the run be killed (the parent reads the last line).
+            print(json.dumps({**out, "skipped": False}), flush=True)
             out.update(_measure(section, x, d_out, run), skipped=False)
             _paths(out)
     out["setup_peak_rss_mib"] = setup_peak
@@ -396,6 +398,11 @@ def _widths(model, n_ctx: int) -> dict[str, int]:
     return widths
 
 
+def _prepared_key(args: argparse.Namespace) -> dict:
+    """What the prepared model and activations depend on."""
+    return dict(n_ctx=args.n_ctx, vocab=args.vocab, n_samples=args.n_samples)
+
+
 def _prepare_child(args: argparse.Namespace) -> dict:
     """Save the random model, run it on random chunks and keep the inputs of the chosen
     sections (``acts.pt``), with the node layers' widths and the run's settings."""
@@ -415,8 +422,7 @@ def _prepare_child(args: argparse.Namespace) -> dict:
     vocab = hf.config.vocab_size
     model = _sectioned(hf, run)
     del hf
-    chosen = _chosen(model.node_layers, args.sections)
-    keep = {model.node_layers[i] for i in chosen}
+    keep = {model.node_layers[i] for i in _chosen(model.node_layers, None)}
     tokens = torch.randint(
         0, vocab, (args.n_samples, n_ctx), generator=torch.Generator().manual_seed(0)
     )
@@ -431,7 +437,7 @@ def _prepare_child(args: argparse.Namespace) -> dict:
             x = section(x)
     torch.save(acts, work / "acts.pt")
     meta = dict(
-        run=run, n_ctx=n_ctx, vocab=vocab, n_samples=args.n_samples, chosen=chosen,
+        run=run, n_ctx=n_ctx, vocab=vocab, n_samples=args.n_samples, key=_prepared_key(args),
         node_layers=list(model.node_layers), widths=_widths(model, n_ctx),
         n_blocks=sum(n.startswith("ln1.") for n in model.node_layers),
         load_peak_rss_mib=phase_peak_rss_mib(), seconds=time.perf_counter() - t0,
@@ -490,13 +496,19 @@ def _bench_shape(args: argparse.Namespace, shape: str) -> dict:
         for row in result["sections"]:
             print(f"{shape} {row['section']}: {row['path']}", file=sys.stderr, flush=True)
         return result
-    meta = run_child(_child_cmd(args, "prepare", shape), timeout=args.timeout)
-    print(f"{shape}: model and activations ready in {meta['seconds']:.0f} s", file=sys.stderr)
+    prepared = Path(args.workdir) / shape / "meta.json"
+    meta = json.loads(prepared.read_text()) if prepared.is_file() else {}
+    if meta.get("key") == _prepared_key(args):  # --workdir of an earlier run: reuse
+        print(f"{shape}: reusing the model and activations in {prepared.parent}", file=sys.stderr)
+    else:
+        meta = run_child(_child_cmd(args, "prepare", shape), timeout=args.timeout)
+        print(f"{shape}: model and activations ready in {meta['seconds']:.0f} s", file=sys.stderr)
     sections = []
-    for index in meta["chosen"]:
+    for index in _chosen(meta["node_layers"], args.sections):
         row = run_child(_child_cmd(args, "section", shape, index), timeout=args.timeout,
                         tolerate=True)  # fmt: skip
-        row.setdefault("section", f"{meta['node_layers'][index]} → …")
+        layers = meta["node_layers"]
+        row.setdefault("section", f"{layers[index]} → {layers[index + 1]}")
         sections.append(row)
         print(f"{shape} {row['section']}: {_brief(row)}", file=sys.stderr, flush=True)
     if args.temporary_workdir:  # one shape's model at a time on disk (GPT-2: 0.5 GB)
@@ -531,17 +543,15 @@ def _extrapolate(result: dict, args: argparse.Namespace) -> dict:
     m_dash_runs = 1 if "lib" in methods else 0
     scale = run["n_samples"] / result["n_samples"]
     flop = cpu = 0.0
-    missing_flop, missing_cpu, generic = [], [], []
+    missing_flop, missing_cpu, generic, unknown = [], [], [], []
     for row in result["sections"]:
         mult = _multiplicity(row["section"], result["n_blocks"]) * scale
-        if "error" in row:
-            missing_flop.append(row["section"])
-            missing_cpu.append(row["section"])
-            continue
-        if "generic" in (row["path"], row["edges_path"]):
+        if "generic" in (row.get("path"), row.get("edges_path")):
             generic.append(row["section"])
+        elif "error" in row and "path" not in row:
+            unknown.append(row["section"])
         for phase, times in (("m_dash", m_dash_runs), ("edges", len(methods))):
-            got = row.get(phase, {})
+            got = row.get(phase, {})  # a failed run keeps the FLOP of its dry run
             if "flop" in got:
                 flop += mult * times * got["flop"]
             elif row["section"] not in missing_flop:
@@ -552,13 +562,14 @@ def _extrapolate(result: dict, args: argparse.Namespace) -> dict:
                 missing_cpu.append(row["section"])
     gpu_rate = args.gpu_tflops * 1e12 * args.gpu_fraction
     block_peak = [
-        r.get("process_peak_rss_mib") for r in result["sections"]
-        if r["section"].split(" ")[0].endswith(".0") and not r.get("skipped", True)
+        r["process_peak_rss_mib"] for r in result["sections"]
+        if r["section"].split(" ")[0].endswith(".0") and "cpu_seconds" in r.get("edges", {})
     ]  # fmt: skip
     return dict(
         chunks=run["n_samples"], n_ctx=run["n_ctx"], methods=methods, n_blocks=result["n_blocks"],
         flop=flop, cpu_seconds=cpu, gpu_seconds=flop / gpu_rate,
         flop_missing=missing_flop, cpu_missing=missing_cpu, generic_sections=generic,
+        path_unknown=unknown,
         context_as_config=result["n_ctx"] == run["n_ctx"],
         partial=bool(args.sections), block_peak_rss_mib=max(block_peak, default=None),
     )  # fmt: skip
@@ -572,6 +583,13 @@ def _hours(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.3g} min"
     return f"{seconds / 3600:,.3g} h"
+
+
+def _at_least(value: float, missing: list, show) -> str:
+    """``value`` shown, as a lower bound where some sections are missing from it."""
+    if not missing:
+        return show(value)
+    return f"≥ {show(value)}" if value else "–"
 
 
 def _mib(value: float | None) -> str:
@@ -596,17 +614,18 @@ def _section_rows(shape: str, result: dict, plan: bool) -> list[str]:
     rows = []
     for r in result["sections"]:
         m, e = r.get("m_dash", {}), r.get("edges", {})
-        if "error" in r:
-            rows.append(f"| {TITLES[shape]} | {r['section']} | failed: {r['error']} |" + " – |" * 7)
-            continue
-        path = r["path"] if r["path"] == r["edges_path"] else f"{r['path']} / {r['edges_path']}"
+        path = r.get("path", "unknown")
+        if r.get("edges_path", path) != path:
+            path += f" / {r['edges_path']}"
         notes = [] if plan or not r.get("skipped") else ["not run"]
+        if "error" in r:
+            notes.append(f"failed: {r['error']}")
         if "fake_error" in r:
             notes.append(f"FLOP not countable on fake tensors: {r['fake_error']}")
         path += f" ({'; '.join(notes)})" if notes else ""
         cpu = m.get("cpu_seconds", 0.0) + e.get("cpu_seconds", 0.0)
         rate = (m.get("flop", 0) + e.get("flop", 0)) / cpu / 1e9 if cpu else None
-        run = not r.get("skipped", True)
+        run = not r.get("skipped", True) and "error" not in r
         cells = [
             TITLES[shape], r["section"], path, _g(m.get("flop")), _g(e.get("flop")),
             f"{m['cpu_seconds']:.2f}" if "cpu_seconds" in m else "–",
@@ -635,10 +654,10 @@ def _summary_row(shape: str, result: dict, ext: dict, args: argparse.Namespace) 
     if args.plan:
         cpu = "– (plan)"
     else:
-        cpu = ("≥ " if ext["cpu_missing"] else "") + f"{ext['cpu_seconds'] / 3600:,.3g} h"
+        cpu = _at_least(ext["cpu_seconds"], ext["cpu_missing"], lambda v: f"{v / 3600:,.3g} h")
         if ext["cpu_missing"]:
             cpu += f" (not run: {', '.join(ext['cpu_missing'])})"
-    gpu = ("≥ " if ext["flop_missing"] else "") + _hours(ext["gpu_seconds"])
+    gpu = _at_least(ext["gpu_seconds"], ext["flop_missing"], _hours)
     return f"| {TITLES[shape]} | {what} | {flop} | {cpu} | {gpu} | {REFERENCE.get(shape, '–')} |"
 
 
@@ -648,9 +667,11 @@ def _targets(results: dict, extrapolated: dict) -> list[str]:
         for shape, e in extrapolated.items()
         if e["generic_sections"]
     ]
-    lines = [
-        "no section takes the generic path: " + ("NO: " + "; ".join(generic) if generic else "yes")
-    ]
+    unknown = [s for e in extrapolated.values() for s in e["path_unknown"]]
+    verdict = "NO: " + "; ".join(generic) if generic else ("unknown" if unknown else "yes")
+    if unknown:
+        verdict += f" (no path known for {', '.join(unknown)})"
+    lines = [f"no section takes the generic path: {verdict}"]
     if "gpt2" not in extrapolated:
         return lines
     ext = extrapolated["gpt2"]
