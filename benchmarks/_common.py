@@ -77,6 +77,8 @@ def run_child(cmd: list[str], *, timeout: float | None = None, tolerate: bool = 
     why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
     if rc == -signal.SIGKILL:
         why += " (out of memory?)"
+    elif "allocate memory" in done.stderr or "MemoryError" in done.stderr:
+        why += " (out of memory)"
     return {**_last_json(done.stdout), "error": why}
 
 
