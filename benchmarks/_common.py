@@ -1,24 +1,85 @@
 """What the benchmark scripts share: fresh child processes, peak memory, the GEMM rate."""
 
 import json
+import re
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_child(cmd: list[str]) -> dict:
-    """Run one measurement in a fresh process; its last stdout line is a JSON object."""
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
+def _status_mib(field: str) -> float | None:
+    try:
+        found = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(found.group(1)) / 1024 if found else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS, so that the next
+    :func:`phase_peak_rss_mib` is the peak of what runs in between; False where the kernel
+    does not allow it (Linux ≥ 4.0: ``/proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def phase_peak_rss_mib() -> float:
+    """Peak RSS since the last :func:`reset_peak_rss` (the process's peak without one)."""
+    value = _status_mib("VmHWM")
+    return peak_rss_mib() if value is None else value
+
+
+def current_rss_mib() -> float | None:
+    return _status_mib("VmRSS")
+
+
+def _last_json(stdout: str) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    return {}
+
+
+def run_child(cmd: list[str], *, timeout: float | None = None, tolerate: bool = False) -> dict:
+    """Run one measurement in a fresh process; its last stdout line is a JSON object.
+
+    A child that fails or runs past ``timeout`` seconds stops the benchmark, or with
+    ``tolerate`` gives its last JSON line so far with ``error`` (why it failed) added: a
+    child that prints what it knows before the heavy part (e.g. a section killed for memory)
+    still reports that."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as stopped:
+        if tolerate:
+            out = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else stopped.stdout
+            return {**_last_json(out or ""), "error": f"ran past {timeout:.0f} s (stopped)"}
+        raise SystemExit(f"benchmark child ran past {timeout} s: {' '.join(cmd)}") from None
+    if done.returncode == 0:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    sys.stderr.write(done.stdout + done.stderr if not tolerate else done.stderr[-3000:])
+    if not tolerate:
         raise SystemExit(f"benchmark child failed: {' '.join(cmd)}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    rc = done.returncode
+    why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+    if rc == -signal.SIGKILL:
+        why += " (out of memory?)"
+    elif "allocate memory" in done.stderr or "MemoryError" in done.stderr:
+        why += " (out of memory)"
+    return {**_last_json(done.stdout), "error": why}
 
 
 def gemm_rate(n_rows: int, k: int, n: int, reps: int = 9) -> float:

@@ -84,3 +84,28 @@ def test_ablation_memory_benchmark_runs(tmp_path, tiny_run):
         tmp_path=tmp_path,
     )
     assert all(len(v) == 1 and v[0] > 0 for v in result["peak_rss_mb"].values()), result
+
+
+def test_lm_shapes_benchmark_plans_what_it_runs(tmp_path):
+    """``--plan`` counts on fake tensors the FLOP that the measured run counts, and takes the
+    same paths (TinyStories-1M's shape at 8 tokens: every section in closed form)."""
+    tiny = ("--shapes", "tinystories", "--n-ctx", "8", "--vocab", "64")
+    tiny += ("--sections", "attn_in,mlp_in,ln_final_out")
+    plan = _run("bench_lm_shapes.py", *tiny, "--plan", tmp_path=tmp_path)
+    measured = _run("bench_lm_shapes.py", *tiny, tmp_path=tmp_path)
+    planned = plan["results"]["tinystories"]["sections"]
+    ran = measured["results"]["tinystories"]["sections"]
+    assert [r["section"] for r in ran] == [
+        "attn_in.0 → ln2.0",
+        "mlp_in.0 → ln1.1",
+        "ln_final_out → unembed",
+    ]
+    for p, r in zip(planned, ran, strict=True):
+        assert p["path"] == r["path"] == r["edges_path"] != "generic", (p, r)
+        for phase in ("m_dash", "edges"):
+            assert p[phase]["flop"] == r[phase]["flop"] > 0, (phase, p, r)
+            assert r[phase]["cpu_seconds"] > 0 and r[phase]["finite"]
+        assert r["process_peak_rss_mib"] > 0
+    ext = measured["extrapolated"]["tinystories"]
+    assert (ext["chunks"], ext["n_ctx"], ext["n_blocks"]) == (50000, 200, 8)
+    assert ext["flop"] > 0 and ext["gpu_seconds"] > 0 and not ext["context_as_config"]
