@@ -8,7 +8,7 @@ from interaction_basis.lib.fit import compute_edge_sums
 from interaction_basis.lib.fit import compute_edges as build_edges
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.records import add_partials
-from interaction_basis.stages.common import provenance
+from interaction_basis.stages.common import log_device_peak, provenance, resolve_device
 
 
 def _edge_settings(edges_cfg: EdgesConfig) -> dict:
@@ -23,7 +23,11 @@ def _edge_settings(edges_cfg: EdgesConfig) -> dict:
 def _edge_inputs(model: ModelConfig, extract: ExtractConfig, weights: str, acts: str, basis: str):
     """The network cut at the stored node layers, the activation batches and the bases."""
     net = network.load_model(
-        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
+        model,
+        weights,
+        storage.read_node_layers(acts),
+        extract.dtype,
+        resolve_device(extract.device, model.kind),
     )
     batches = storage.open_activation_batches(acts, extract.batch_size)
     return net, batches, storage.read_bases(basis)
@@ -39,12 +43,14 @@ def shard_edges(
     parts: str,
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
+    inputs = _edge_inputs(model, extract, weights, acts, basis)
     sums = compute_edge_sums(
-        *_edge_inputs(model, extract, weights, acts, basis),
+        *inputs,
         **_edge_settings(edges),
         first_batch=int(storage.read_attrs(acts)["first_batch"]),
         progress=True,
     )
+    log_device_peak(inputs[0].device)
     storage.write_partial_sums(
         parts,
         {storage.edge_group_name(a, b): part for (a, b), part in sums.items()},
@@ -73,7 +79,7 @@ def compute_edges(
     edges_out: str,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    result = build_edges(
-        *_edge_inputs(model, extract, weights, acts, basis), **_edge_settings(edges), progress=True
-    )
+    inputs = _edge_inputs(model, extract, weights, acts, basis)
+    result = build_edges(*inputs, **_edge_settings(edges), progress=True)
+    log_device_peak(inputs[0].device)
     storage.write_edges(edges_out, result, provenance(edges=edges))
