@@ -229,6 +229,12 @@ def evaluate_params(part):
     return params
 
 
+def device_params(wildcards):
+    """extract.device alone, for the stages that run the model but read no other extract
+    setting (the ablations), so that those settings do not rerun them."""
+    return experiment(wildcards).extract.device
+
+
 def cluster_sweep_params(wildcards):
     """cluster_resolutions takes its γ from evaluate.resolutions, not cluster.resolution."""
     return experiment(wildcards).cluster.model_dump(mode="json", exclude={"resolution"})

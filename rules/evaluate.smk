@@ -23,6 +23,7 @@ rule ablate_nodes:
     params:
         model=model_params,
         evaluate=evaluate_params(NodeAblationConfig),
+        device=device_params,
     script:
         "../scripts/ablate_nodes.py"
 
@@ -52,5 +53,6 @@ rule ablate_edges:
     params:
         model=model_params,
         evaluate=evaluate_params(EdgeAblationConfig),
+        device=device_params,
     script:
         "../scripts/ablate_edges.py"

@@ -20,6 +20,7 @@ from interaction_basis.kinds.registry import KINDS
 
 Method = Literal["lib", "pca", "neuron"]
 DType = Literal["float64", "float32"]
+Device = Literal["auto", "cpu", "cuda"]
 Activation = Literal["relu", "gelu", "tanh"]
 
 
@@ -365,10 +366,12 @@ class ExtractConfig(_Frozen):
     center: bool = Field(
         True, description="Mean-centre (keep the constant as feature 0; method §A.2)."
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
+    device: Device = Field(
         "auto",
-        description="Where extraction, statistics, M' and edges run: auto uses CUDA for "
-        "language models when present (mod-add and MLP models always run on the CPU).",
+        description="Where the models run: extraction and statistics, M', edges, both "
+        "ablations and the feature evidence (the basis solves run on the CPU). auto: CUDA for "
+        "language models when present; cuda: stop if there is none (mod-add and MLP models "
+        "always run on the CPU).",
     )
     n_shards: int = Field(
         1,
@@ -696,8 +699,8 @@ class ResourcesConfig(_Frozen):
         0,
         ge=0,
         description="GPUs per model-running job (SLURM --gpus). Language models compute on "
-        "them with extract.device auto or cuda; mod-add and MLP models and the evaluation "
-        "stages use the CPU. 0 with extract.device cuda: one per language-model job.",
+        "them with extract.device auto or cuda; mod-add and MLP models use the CPU. 0 with "
+        "extract.device cuda: one per language-model job.",
     )
     check_disk: bool = Field(
         True,

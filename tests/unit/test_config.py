@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from snakemake.utils import update_config
 
 from interaction_basis.config import WorkflowConfig, workflow_schema
-from interaction_basis.kinds.network import resolve_device
+from interaction_basis.stages.common import resolve_device
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
@@ -137,6 +137,9 @@ def test_device_auto_is_cpu_without_cuda(monkeypatch):
 
 def test_device_auto_picks_cuda_for_language_models_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # What the stage log says of the GPU: its name and free memory.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a GPU")
     assert resolve_device("auto", "hf") == torch.device("cuda")
     assert resolve_device("cuda", "hf") == torch.device("cuda")
     assert resolve_device("auto", "mlp") == torch.device("cpu")

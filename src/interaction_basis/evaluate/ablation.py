@@ -144,11 +144,12 @@ def _layer_index(model: SectionedModel, layer: str) -> int:
 def compute_layer_inputs(
     model: SectionedModel, layer: str, inputs: Tensor, *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> list[Float[Tensor, "batch pos d"]]:
-    """Activations at ``layer`` for consecutive batches of raw ``inputs`` (computed once)."""
+    """Activations at ``layer`` for consecutive batches of raw ``inputs`` (computed once), on
+    the model's device."""
     idx = _layer_index(model, layer)
     out = []
     for start in range(0, inputs.shape[0], batch_size):
-        x = model.embed(inputs[start : start + batch_size])
+        x = model.embed(inputs[start : start + batch_size].to(model.device))
         for section in model.sections[:idx]:
             x = section(x)
         out.append(x)
@@ -175,7 +176,7 @@ def _scores(
     start = 0
     with torch.no_grad():
         for b, x in enumerate(layer_inputs):
-            y = labels[start : start + x.shape[0]]
+            y = labels[start : start + x.shape[0]].to(x.device)
             start += x.shape[0]
             for i, transform in enumerate(transforms):
                 logits = model.forward_from(
@@ -202,13 +203,14 @@ def compute_unablated_score(
     return _scores(model, first, acts, labels, [None], metric)[0]
 
 
-def _cast_basis(basis: Basis, dtype: torch.dtype, d: int, layer: str) -> tuple[Tensor, Tensor]:
+def _cast_basis(basis: Basis, like: Tensor, d: int, layer: str) -> tuple[Tensor, Tensor]:
+    """``C`` and ``C⁺`` in the dtype and on the device of the activations ``like``."""
     if basis.C.shape[0] != d or basis.C_pinv.shape != (basis.C.shape[1], basis.C.shape[0]):
         raise ValueError(
             f"Basis of {layer!r} has C {tuple(basis.C.shape)} and C⁺ "
             f"{tuple(basis.C_pinv.shape)}, but the activations have {d} coordinates."
         )
-    return basis.C.to(dtype), basis.C_pinv.to(dtype)
+    return basis.C.to(like), basis.C_pinv.to(like)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ def compute_node_ablation_matrix(
     if not 0 <= n_kept <= orig:
         raise ValueError(f"n_kept must be in [0, {orig}] (the original dimension), got {n_kept}.")
     if n_kept >= n_features:
-        return torch.eye(orig, dtype=C.dtype)
+        return torch.eye(orig, dtype=C.dtype, device=C.device)
     # Zero columns and multiply the full matrices, like the reference (same float32 rounding).
     ablated = C.clone()
     ablated[:, n_kept:] = 0
@@ -338,7 +340,7 @@ def compute_node_ablation_scores(
     if _layer_index(model, layer) == len(model.node_layers) - 1:
         raise ValueError(f"Cannot ablate the last node layer {layer!r}: nothing runs after it.")
     acts = compute_layer_inputs(model, layer, inputs, batch_size=batch_size)
-    C, C_pinv = _cast_basis(basis, acts[0].dtype, acts[0].shape[-1], layer)
+    C, C_pinv = _cast_basis(basis, acts[0], acts[0].shape[-1], layer)
     counts = list(dict.fromkeys(int(k) for k in kept_counts))
     matrices = {k: compute_node_ablation_matrix(C, C_pinv, k) for k in counts}
     ablating = [k for k in counts if k < C.shape[1]]
@@ -398,7 +400,7 @@ def _mask_groups(mask: Bool[Tensor, "out in"]) -> list[tuple[bytes, Tensor, Tens
 def _assemble(parts: Sequence[tuple[Tensor, Tensor]], n_out: int) -> Tensor:
     """``f_out`` with each group's columns in place."""
     first = parts[0][1]
-    f_out = torch.zeros(*first.shape[:-1], n_out, dtype=first.dtype)
+    f_out = torch.zeros(*first.shape[:-1], n_out, dtype=first.dtype, device=first.device)
     for cols, values in parts:
         f_out[..., cols] = values
     return f_out
@@ -448,9 +450,9 @@ class _EdgeAblation:
         _check_eval_set(inputs, labels, batch_size)
         idx, self.out_layer = _edge_setup(model, layer, basis_in, basis_out, edges)
         acts = compute_layer_inputs(model, layer, inputs, batch_size=batch_size)
-        dtype = acts[0].dtype
-        C_in, _ = _cast_basis(basis_in, dtype, acts[0].shape[-1], layer)
-        C_out, C_out_pinv = _cast_basis(basis_out, dtype, basis_out.C.shape[0], self.out_layer)
+        dtype, self.device = acts[0].dtype, acts[0].device
+        C_in, _ = _cast_basis(basis_in, acts[0], acts[0].shape[-1], layer)
+        C_out, C_out_pinv = _cast_basis(basis_out, acts[0], basis_out.C.shape[0], self.out_layer)
         if base_score is None:
             base_score = _scores(model, layer, acts, labels, [None], metric)[0]
         self.base = float(base_score)
@@ -459,7 +461,10 @@ class _EdgeAblation:
         self.f_in = [x @ C_in for x in acts]
         self.n_out, self.C_out_pinv = C_out.shape[1], C_out_pinv
         section = model.sections[idx]
-        self.group_output = make_group_output(section, basis_in.C_pinv, basis_out.C, dtype)
+        # The maps stay float64 for the folds (see make_group_output), on the model's device.
+        self.group_output = make_group_output(
+            section, basis_in.C_pinv.to(self.device), basis_out.C.to(self.device), dtype
+        )
         self.prepared = [self.group_output.prepare(f) for f in self.f_in]
         with torch.no_grad():
             pos_out = section(acts[0][:1]).shape[1]
@@ -488,7 +493,9 @@ class _EdgeAblation:
         m = self.mask(n_kept)
         if bool(m.all()):
             return self.base  # nothing ablated: the reference reuses the base score
-        groups = _mask_groups(m)
+        groups = [
+            (key, kept.to(self.device), cols.to(self.device)) for key, kept, cols in _mask_groups(m)
+        ]
         self.used[n_kept] = {key for key, _, _ in groups}
 
         def replace_section(b: int, _: Tensor) -> Tensor:

@@ -212,8 +212,12 @@ def compute_activation_evidence(
     window: int | None = None,
     seed: int = 0,
     progress: Callable[[Iterable], Iterable] = iter,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Variables]:
     """Stream ``inputs`` through the model once; summaries and top examples per layer.
+
+    The model and the projections onto the features run on ``device`` (the model's); the
+    summaries are kept on the CPU.
 
     Args:
         activations: raw inputs -> activations per node layer (``SectionedModel.activations``).
@@ -221,8 +225,10 @@ def compute_activation_evidence(
         bases: the basis of every layer to describe.
         window: language models: half-width of the token window kept around each example.
         quantiles: the quantile levels to report.
+        device: where ``activations`` runs.
     """
     quantiles = list(quantiles)
+    maps = {layer: b.C.to(device, torch.float64) for layer, b in bases.items()}
     acc = {
         layer: FeatureAccumulator(
             b.C.shape[1], top_k=top_k, n_quantile_rows=n_quantile_rows, window=window, seed=seed
@@ -232,11 +238,11 @@ def compute_activation_evidence(
     with torch.no_grad():
         for start in progress(range(0, len(inputs), batch_size)):
             batch = inputs[start : start + batch_size]
-            acts = activations(batch)
+            acts = activations(batch.to(device))
             for layer, a in acc.items():
-                x = acts[layer].to("cpu", torch.float64)
-                tokens = batch if window is not None and batch.shape[1] == x.shape[1] else None
-                a.add(x @ bases[layer].C.to(torch.float64), start, tokens)
+                feats = (acts[layer].to(torch.float64) @ maps[layer]).cpu()
+                tokens = batch if window is not None and batch.shape[1] == feats.shape[1] else None
+                a.add(feats, start, tokens)
     out = {}
     for layer, a in acc.items():
         out[layer] = a.finish(quantiles)
@@ -250,6 +256,7 @@ def compute_direct_effects(
     n_top: int,
     *,
     chunk: int = 256,
+    device: torch.device | str = "cpu",
 ) -> Variables:
     """Each feature's direct effect on the logits: the top promoted and suppressed outputs.
 
@@ -258,13 +265,15 @@ def compute_direct_effects(
     straight through it, ``section(C⁺[i]) - section(0)``. The logits layer itself passes
     ``section = identity``.
 
+    ``section`` runs on ``device`` (the model's); the results come back to the CPU.
+
     Raises:
         ValueError: if the section is not linear (the layer has no direct effect).
     """
-    directions = basis.C_pinv.to(torch.float64)
+    directions = basis.C_pinv.to(device, torch.float64)
     d = directions.shape[1]
     with torch.no_grad():
-        zero = section(torch.zeros(1, 1, d, dtype=torch.float64))[0, 0]
+        zero = section(torch.zeros(1, 1, d, dtype=torch.float64, device=device))[0, 0]
         # Linear maps commute with negation and with sums of directions; ReLU-like maps,
         # positively homogeneous, would pass a scaling check but fail these.
         probe = directions[: min(4, len(directions))][:, None, :]
@@ -282,10 +291,10 @@ def compute_direct_effects(
             eff = section(directions[s : s + chunk][:, None, :])[:, 0] - zero
             up = torch.topk(eff, k, dim=1)
             down = torch.topk(eff, k, dim=1, largest=False)
-            up_v.append(up.values)
-            up_i.append(up.indices)
-            down_v.append(down.values)
-            down_i.append(down.indices)
+            up_v.append(up.values.cpu())
+            up_i.append(up.indices.cpu())
+            down_v.append(down.values.cpu())
+            down_i.append(down.indices.cpu())
     dims = ("direct_rank", "feature")
     return {
         "promoted_value": (dims, torch.cat(up_v).T.numpy()),

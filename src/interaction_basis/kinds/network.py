@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from interaction_basis.config import ModelConfig
 from interaction_basis.kinds._concern import implementation
-from interaction_basis.kinds.registry import KINDS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,15 +59,22 @@ def get(kind: str) -> Network:
 
 
 def build_model(
-    cfg: ModelConfig, weights: Any, node_layers: list[str] | None, dtype: str, device: str = "cpu"
+    cfg: ModelConfig,
+    weights: Any,
+    node_layers: list[str] | None,
+    dtype: str,
+    device: "torch.device | None" = None,
 ) -> "SectionedModel":
-    """The kind's sectioned model: ``node_layers`` (null: the kind's default), ``dtype`` and
-    ``device`` as in the config (``extract.device``, see :func:`resolve_device`)."""
+    """The kind's sectioned model: ``node_layers`` (null: the kind's default) and ``dtype`` as
+    in the config, its weights on ``device`` (the stage's, from
+    :func:`interaction_basis.stages.common.resolve_device`; None: the CPU)."""
+    import torch
+
     from interaction_basis.models import DTYPES
 
     kind = get(cfg.kind)
     layers = node_layers or kind.default_node_layers(cfg, weights)
-    return kind.build_model(cfg, weights, layers, DTYPES[dtype], resolve_device(device, cfg.kind))
+    return kind.build_model(cfg, weights, layers, DTYPES[dtype], device or torch.device("cpu"))
 
 
 def load_model(
@@ -76,34 +82,8 @@ def load_model(
     weights_path: str,
     node_layers: list[str] | None,
     dtype: str,
-    device: str = "cpu",
+    device: "torch.device | None" = None,
 ) -> "SectionedModel":
     """:func:`build_model` of the network at ``weights_path`` (see ``Network.load_weights``)."""
     weights = get(cfg.kind).load_weights(cfg, weights_path)
     return build_model(cfg, weights, node_layers, dtype, device)
-
-
-def resolve_device(name: str, kind: str) -> "torch.device":
-    """``extract.device`` as a torch device: ``auto`` is CUDA for kinds that gain from a GPU
-    (language models) when torch sees one; the toy models (mod-add, MLP) use the CPU."""
-    import torch
-
-    cpu = torch.device("cpu")
-    if name == "cpu":
-        return cpu
-    if not KINDS[kind].uses_gpu:
-        if name == "auto":
-            return cpu
-        raise ValueError(
-            f"extract.device {name!r} is for language models (model.kind hf); {kind} models "
-            "run on the CPU: set extract.device to auto or cpu."
-        )
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if name == "auto":
-        return cpu
-    raise ValueError(
-        f"extract.device is {name!r} but torch sees no CUDA device (torch {torch.__version__}, "
-        f"CUDA build: {torch.version.cuda}); set extract.device to auto or cpu, or install a "
-        "CUDA build of torch on the GPU nodes."
-    )

@@ -21,7 +21,7 @@ from interaction_basis.lib.fit import (
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.records import Basis, BatchSource, add_partials
 from interaction_basis.models.sectioned import SectionedModel
-from interaction_basis.stages.common import provenance
+from interaction_basis.stages.common import log_device_peak, provenance, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,11 @@ def fit_basis(
     """Bases of every node layer for one method, backwards from the output (the activations
     recomputed from ``tokens`` where the store keeps none)."""
     net = network.load_model(
-        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
+        model,
+        weights,
+        storage.read_node_layers(acts),
+        extract.dtype,
+        resolve_device(extract.device, model.kind),
     )
     bases, m_dash = fit_bases(
         net,
@@ -82,6 +86,7 @@ def fit_basis(
         **_m_dash_settings(basis),
         progress=True,
     )
+    log_device_peak(net.device)
     for layer, b in bases.items():
         log.info("%s %s: %d of %d directions kept", method, layer, b.C.shape[1], b.C.shape[0])
     storage.write_bases(basis_out, bases, m_dash, method, _basis_attrs(model, extract, basis))
@@ -104,7 +109,11 @@ def shard_m_dash(
 ) -> None:
     """One shard's sum behind a layer's ``M′``, given the next layer's (gathered) basis."""
     net = network.load_model(
-        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
+        model,
+        weights,
+        storage.read_node_layers(acts),
+        extract.dtype,
+        resolve_device(extract.device, model.kind),
     )
     nxt = net.node_layers[net.node_layers.index(layer) + 1]
     c_next = next_basis_matrix(
@@ -120,6 +129,7 @@ def shard_m_dash(
         progress=True,
     )
     log.info("M' %s (next %s): %d (sample, position) pairs", layer, nxt, part.count)
+    log_device_peak(net.device)
     storage.write_partial_sums(m_dash, {layer: part}, provenance(layer=layer))
 
 

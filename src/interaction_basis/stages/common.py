@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from interaction_basis import progress
 from interaction_basis.config import ModelConfig
+from interaction_basis.kinds.registry import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,54 @@ def provenance(**slices: object) -> dict:
         "config": blob,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def resolve_device(setting: str, kind: str) -> torch.device:
+    """Where a stage runs the model, from ``extract.device`` (resolved once per stage, here
+    only): ``auto`` is CUDA for kinds that gain from a GPU (language models) when torch sees
+    one, else the CPU; the toy models (mod-add, MLP) always use the CPU.
+
+    Raises:
+        ValueError: ``cuda`` asked for a toy model, or where torch sees no CUDA device.
+    """
+    cpu = torch.device("cpu")
+    if setting == "cpu":
+        device = cpu
+    elif not KINDS[kind].uses_gpu:
+        if setting != "auto":
+            raise ValueError(
+                f"extract.device {setting!r} is for language models (model.kind hf); {kind} "
+                "models run on the CPU: set extract.device to auto or cpu."
+            )
+        device = cpu
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif setting == "auto":
+        device = cpu
+    else:
+        raise ValueError(
+            f"extract.device is {setting!r} but torch sees no CUDA device (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda}); set extract.device to "
+            "auto or cpu, or install a CUDA build of torch on the GPU nodes."
+        )
+    log.info("device: %s (extract.device %s)", _describe(device), setting)
+    return device
+
+
+def _describe(device: torch.device) -> str:
+    if device.type != "cuda":
+        return str(device)
+    free, total = torch.cuda.mem_get_info(device)
+    name = torch.cuda.get_device_name(device)
+    return f"{device} ({name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
+
+
+def log_device_peak(device: torch.device) -> None:
+    """End of a stage on a GPU: its peak GPU memory into the rule log (Snakemake's benchmark
+    files record the host's memory only)."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        log.info("peak GPU memory on %s: %.2f GiB", device, peak / 2**30)
 
 
 #: glibc's ``mallopt`` parameter for the size from which allocations get their own mapping.

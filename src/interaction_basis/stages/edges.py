@@ -9,7 +9,7 @@ from interaction_basis.lib.fit import compute_edges as build_edges
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.records import add_partials
 from interaction_basis.stages.basis import activation_batches
-from interaction_basis.stages.common import provenance
+from interaction_basis.stages.common import log_device_peak, provenance, resolve_device
 
 
 def _edge_settings(edges_cfg: EdgesConfig) -> dict:
@@ -32,7 +32,11 @@ def _edge_inputs(
     """The network cut at the stored node layers, the activation batches (recomputed from
     ``tokens`` where the store keeps none) and the bases."""
     net = network.load_model(
-        model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
+        model,
+        weights,
+        storage.read_node_layers(acts),
+        extract.dtype,
+        resolve_device(extract.device, model.kind),
     )
     batches = activation_batches(net, extract, acts, tokens)
     return net, batches, storage.read_bases(basis)
@@ -49,12 +53,14 @@ def shard_edges(
     tokens: str | None = None,
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
+    inputs = _edge_inputs(model, extract, weights, acts, basis, tokens)
     sums = compute_edge_sums(
-        *_edge_inputs(model, extract, weights, acts, basis, tokens),
+        *inputs,
         **_edge_settings(edges),
         first_batch=int(storage.read_attrs(acts)["first_batch"]),
         progress=True,
     )
+    log_device_peak(inputs[0].device)
     storage.write_partial_sums(
         parts,
         {storage.edge_group_name(a, b): part for (a, b), part in sums.items()},
@@ -84,9 +90,7 @@ def compute_edges(
     tokens: str | None = None,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    result = build_edges(
-        *_edge_inputs(model, extract, weights, acts, basis, tokens),
-        **_edge_settings(edges),
-        progress=True,
-    )
+    inputs = _edge_inputs(model, extract, weights, acts, basis, tokens)
+    result = build_edges(*inputs, **_edge_settings(edges), progress=True)
+    log_device_peak(inputs[0].device)
     storage.write_edges(edges_out, result, provenance(edges=edges))

@@ -3,12 +3,12 @@
 import logging
 
 from interaction_basis import storage
-from interaction_basis.config import EdgeAblationConfig, ModelConfig, NodeAblationConfig
+from interaction_basis.config import Device, EdgeAblationConfig, ModelConfig, NodeAblationConfig
 from interaction_basis.evaluate import ablation
 from interaction_basis.graph.edge_mass import MASS_FRACTIONS, compute_edge_mass_counts
 from interaction_basis.kinds import data, network
 from interaction_basis.progress import progress
-from interaction_basis.stages.common import return_freed_memory
+from interaction_basis.stages.common import log_device_peak, resolve_device, return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,15 @@ def _setup(
     weights_path: str,
     basis_path: str,
     tokens: str | None,
+    device: Device,
 ):
-    """The network, its bases, the evaluation inputs and labels, and the unablated score."""
+    """The network (on the device of ``extract.device``), its bases, the evaluation inputs and
+    labels, and the unablated score."""
     bases = storage.read_bases(basis_path)
     # Scores need the logits: continue past a rotated final node layer (LMs end at unembed).
     layers = list(bases) if "output" in bases else [*bases, "output"]
-    net = network.load_model(model_cfg, weights_path, layers, cfg.dtype)
+    on = resolve_device(device, model_cfg.kind)
+    net = network.load_model(model_cfg, weights_path, layers, cfg.dtype, on)
     inputs, labels = _eval_set(model_cfg, cfg, tokens)
     base = ablation.compute_unablated_score(
         net, inputs, labels, metric=cfg.metric, batch_size=cfg.batch_size
@@ -45,10 +48,12 @@ def ablate_nodes(
     basis: str,
     node_ablation: str,
     tokens: str | None = None,
+    device: Device = "auto",
 ) -> None:
-    """Score with the k most important features kept, per node layer (method §E)."""
+    """Score with the k most important features kept, per node layer (method §E); ``device``
+    is ``extract.device``."""
     cfg = evaluate
-    net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens)
+    net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens, device)
     layers = {}
     for layer in progress(net.node_layers[:-1], "node ablation", unit="layer"):
         n = bases[layer].C.shape[0]
@@ -77,6 +82,7 @@ def ablate_nodes(
             "orig": n,
         }
         log.info("node ablation %s: %s", layer, scores)
+    log_device_peak(net.device)
     storage.write_json(
         node_ablation,
         {"metric": cfg.metric, "base_score": base, "n_samples": len(labels), "layers": layers},
@@ -91,11 +97,13 @@ def ablate_edges(
     edges: str,
     edge_ablation: str,
     tokens: str | None = None,
+    device: Device = "auto",
 ) -> None:
-    """Fewest edges per layer pair that keep the score within ``edge_delta`` (method §E)."""
+    """Fewest edges per layer pair that keep the score within ``edge_delta`` (method §E);
+    ``device`` is ``extract.device``."""
     return_freed_memory()  # a stable peak: see docs/performance.md, edge ablation memory
     cfg = evaluate
-    net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens)
+    net, bases, inputs, labels, base = _setup(model, cfg, weights, basis, tokens, device)
     pair_edges = storage.read_edges(edges)
     results = ablation.compute_all_edges_required(
         net,
@@ -109,6 +117,7 @@ def ablate_edges(
         batch_size=cfg.batch_size,
         base_score=base,
     )
+    log_device_peak(net.device)
     pairs = {}
     for (a, b), r in results.items():
         mass = compute_edge_mass_counts(pair_edges[(a, b)], (*MASS_FRACTIONS, 0.999))

@@ -10,7 +10,7 @@ from interaction_basis.config import ExtractConfig, ModelConfig
 from interaction_basis.kinds import data, network
 from interaction_basis.lib.statistics import MomentSums, shard_range
 from interaction_basis.progress import progress
-from interaction_basis.stages.common import provenance
+from interaction_basis.stages.common import log_device_peak, provenance, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,8 @@ def extract_activations(
         network.get(model_cfg.kind).load_weights(model_cfg, weights),
         extract_cfg.node_layers,
         extract_cfg.dtype,
-        extract_cfg.device,
+        resolve_device(extract_cfg.device, model_cfg.kind),
     )
-    log.info("device: %s", net.device)
     task = data.get(model_cfg.kind).load_data(model_cfg, tokens)
     size = extract_cfg.batch_size
     start, stop = _shard_bounds(len(task.fit_inputs), extract_cfg, shard)
@@ -81,6 +80,7 @@ def extract_activations(
             store.write_stats({layer: m.finalize(layer) for layer, m in moments.items()})
         else:
             store.write_stats({layer: m.cpu() for layer, m in moments.items()})
+    log_device_peak(net.device)
 
 
 def _shard_bounds(n: int, extract_cfg: ExtractConfig, shard: int | None) -> tuple[int, int]:

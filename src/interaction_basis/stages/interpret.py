@@ -12,7 +12,7 @@ from interaction_basis.interpret.features import compute_activation_evidence, co
 from interaction_basis.kinds import data, interpretation, network
 from interaction_basis.kinds.registry import KINDS
 from interaction_basis.progress import progress
-from interaction_basis.stages.common import provenance
+from interaction_basis.stages.common import log_device_peak, provenance, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def interpret_features(
             "Lower basis.truncation or drop the layer from extract.node_layers."
         )
     with_output = layers if layers[-1] == "output" else [*layers, "output"]
-    net = network.load_model(model, weights, with_output, extract.dtype, extract.device)
+    device = resolve_device(extract.device, model.kind)
+    net = network.load_model(model, weights, with_output, extract.dtype, device)
     inputs, split, labels = data.get(model.kind).held_out(model, tokens, interpret.max_samples)
     log.info("%s: %d held-out samples (%s)", method, len(inputs), split)
     evidence = compute_activation_evidence(
@@ -52,9 +53,11 @@ def interpret_features(
         window=interpret.window if KINDS[model.kind].text else None,
         seed=interpret.seed,
         progress=lambda r: progress(r, "features"),
+        device=device,
     )
     direct_layers = _add_direct_effects(net, bases, evidence, interpret.n_direct)
     kind.add_feature_evidence(model, net, bases, evidence, inputs)
+    log_device_peak(device)
     tokenizer = kind.tokenizer(model, weights)
     for layer, b in bases.items():
         v = evidence[layer]
@@ -89,7 +92,9 @@ def _add_direct_effects(model, bases, evidence, n_direct: int) -> list[str]:
         if layer not in bases:
             continue
         try:
-            evidence[layer] |= compute_direct_effects(section, bases[layer], n_direct)
+            evidence[layer] |= compute_direct_effects(
+                section, bases[layer], n_direct, device=model.device
+            )
             done.append(layer)
         except ValueError as err:
             log.info("%s: %s", layer, err)
