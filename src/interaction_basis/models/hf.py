@@ -641,7 +641,7 @@ def _block_steps(layer: int, blk: _FoldedBlock, raw: _RawModel, parallel: bool) 
         steps += [
             # The raw input x travels next to y = x + attn so that LN2 can read x.
             Step(f"attn_in.{layer}", attention_section(keep_input=True)),
-            Step(f"ln2.{layer}", PerToken(dual_ln2_in)),
+            Step(f"ln2.{layer}", LayerNormIn(dual_ln2_in, d, x_start=big)),
             Step(
                 f"ln2_out.{layer}",
                 LayerNormOut(dual_ln2_out, d, blk.eps2, 1 + big),

@@ -8,6 +8,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interaction_basis.lib.budget import budget_bytes
+
 #: An integration rule's α values and their weights (``Integration.points()``).
 Points = tuple[Sequence[float], Sequence[float]]
 
@@ -49,3 +51,35 @@ def identity_if_none(c: Tensor | None, d: int, like: Tensor) -> Tensor:
 def as_signs(draws: Tensor) -> Tensor:
     """Boolean draws (True: +1) as float64 ±1."""
     return draws.to(F64) * 2 - 1
+
+
+class Block(NamedTuple):
+    """Samples ``b0:b1`` × positions ``t0:t1`` of a batch: one step of :func:`token_blocks`."""
+
+    b0: int
+    b1: int
+    t0: int
+    t1: int
+
+
+def token_blocks(
+    batch: int, n_pos: int, token_bytes: int, sample_bytes: int = 0, fixed_bytes: int = 0
+) -> list[Block]:
+    """Blocks of samples × positions whose working set fits :func:`budget_bytes`, for a
+    contraction over tokens that keeps ``sample_bytes`` per sample (its accumulators),
+    ``token_bytes`` per token (its pieces) and ``fixed_bytes`` whatever the block.
+
+    Whole samples where one fits (as many as fit), else one sample at a time in runs of
+    positions, one position at least. A block's working set is
+    ``fixed_bytes + samples · (sample_bytes + positions · token_bytes)``: the planned figure,
+    which the tests check against the budget.
+    """
+    budget = max(0, budget_bytes() - fixed_bytes)
+    whole = sample_bytes + n_pos * token_bytes
+    if whole <= budget:
+        size = max(1, budget // max(1, whole))
+        return [Block(b, min(b + size, batch), 0, n_pos) for b in range(0, batch, size)]
+    run = max(1, (budget - sample_bytes) // max(1, token_bytes))
+    return [
+        Block(b, b + 1, t, min(t + run, n_pos)) for b in range(batch) for t in range(0, n_pos, run)
+    ]

@@ -131,10 +131,8 @@ class ElementwiseMLP:
             base = pinv @ c_out
         else:
             base = x.new_zeros(pinv.shape[0], c_out.shape[1])
-        binary = bool(((slopes == 0) | (slopes == 1)).all())  # ReLU, at any α > 0
-        blocks = _binary_blocks if binary else _dense_blocks
         edges = torch.zeros_like(base)
-        for rows, a in blocks(slopes, w_in_feats, p, base):
+        for rows, a in feature_blocks(slopes, w_in_feats, p, base):
             a *= f[rows, :, None]
             edges += a.square_().sum(0)
         return edges.T
@@ -144,15 +142,36 @@ class ElementwiseMLP:
 _MLP_ROWS = 16
 
 
+def block_bytes(hidden: int, k_in: int, k_out: int) -> int:
+    """Bytes per row of a block of :func:`feature_blocks` (the largest of its products)."""
+    return 8 * (hidden * (k_in + k_out) + 2 * k_in * k_out)
+
+
+def feature_blocks(
+    slopes: Float[Tensor, "rows hidden"],
+    w_feats: Float[Tensor, "k_in hidden"],
+    p: Float[Tensor, "hidden k_out"],
+    base: Float[Tensor, "k_in k_out"],
+    block_rows: int = _MLP_ROWS,
+) -> Iterator[tuple[Tensor | slice, Float[Tensor, "block k_in k_out"]]]:
+    """``base + w_feats diag(slopes_x) p`` per row ``x``, in blocks of at most ``block_rows``
+    rows: :func:`_binary_blocks` for 0/1 slopes (ReLU, at any α > 0), else
+    :func:`_dense_blocks`."""
+    binary = bool(((slopes == 0) | (slopes == 1)).all())
+    blocks = _binary_blocks if binary else _dense_blocks
+    yield from blocks(slopes, w_feats, p, base, block_rows)
+
+
 def _dense_blocks(
     slopes: Float[Tensor, "rows hidden"],
     w_feats: Float[Tensor, "k_in hidden"],
     p: Float[Tensor, "hidden k_out"],
     base: Float[Tensor, "k_in k_out"],
+    block_rows: int = _MLP_ROWS,
 ) -> Iterator[tuple[slice, Float[Tensor, "block k_in k_out"]]]:
     """``base + w_feats diag(slopes_x) p`` for blocks of rows ``x``."""
-    for start in range(0, slopes.shape[0], _MLP_ROWS):
-        rows = slice(start, start + _MLP_ROWS)
+    for start in range(0, slopes.shape[0], block_rows):
+        rows = slice(start, start + block_rows)
         scaled = slopes[rows, :, None] * p  # (block, hidden, k_out)
         yield rows, torch.baddbmm(base, w_feats.expand(len(scaled), -1, -1), scaled)
 
@@ -162,6 +181,7 @@ def _binary_blocks(
     w_feats: Float[Tensor, "k_in hidden"],
     p: Float[Tensor, "hidden k_out"],
     base: Float[Tensor, "k_in k_out"],
+    block_rows: int = _MLP_ROWS,
 ) -> Iterator[tuple[Tensor, Float[Tensor, "block k_in k_out"]]]:
     """:func:`_dense_blocks` for 0/1 slopes, summing over at most half the neurons per row: the
     active ones, or where more than half are active, the full product minus the inactive ones.
@@ -181,8 +201,8 @@ def _binary_blocks(
         # Each row's neuron indices in ascending order, then the padding index ``hidden``.
         neurons = torch.where(used, torch.arange(hidden, device=used.device), hidden).sort(1)[0]
         start_value = base + w_feats @ p if complement else base
-        for start in range(0, len(selected), _MLP_ROWS):
-            stop = min(start + _MLP_ROWS, len(selected))
+        for start in range(0, len(selected), block_rows):
+            stop = min(start + block_rows, len(selected))
             width = int(counts[stop - 1])
             index = neurons[start:stop, :width].reshape(-1)
             # Explicit last sizes: a block of rows with no neuron to sum (width 0) stays valid.
