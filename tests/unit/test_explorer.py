@@ -479,7 +479,7 @@ def test_cards_plot_the_histogram_fourier_power_and_sum_profile_and_drop_tied_ex
     assert card.count("<svg class='plot'") == 3
     assert "histogram (held-out" in card and "<rect" in card
     assert "fill='#c00'" in card  # the dominant frequency's bar
-    assert "against (a + b) mod 7" in card and "<polyline" in card
+    assert "(a + b) mod 7</span>" in card and "<polyline" in card
     assert re.search(r"<b>top 1 examples</b>.*?×5 tied", card)
     assert "examples across the quantiles" in card
     imp = bases["a"].importance.numpy()

@@ -230,8 +230,8 @@ def test_residual_direct_effect_is_the_first_order_logit_change_at_a_frozen_scal
     out = compute_readout_direct_effects(basis, readout, var.expand(n_feat), 5, chunk=3)
     eps = 1e-5
     for f in range(n_feat):
-        step = lambda s: full.sections[-1]((x + s * eps * v[f])[None, None])[0, 0]  # noqa: E731
-        brute = ((step(1) - step(-1)) / (2 * eps)).numpy()
+        up, down = (full.sections[-1]((x + s * eps * v[f])[None, None])[0, 0] for s in (1, -1))
+        brute = ((up - down) / (2 * eps)).numpy()
         order = np.argsort(-brute)
         np.testing.assert_array_equal(out["promoted_output"][1][:, f], order[:5])
         np.testing.assert_array_equal(out["suppressed_output"][1][:, f], order[::-1][:5])

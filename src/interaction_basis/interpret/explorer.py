@@ -1111,28 +1111,40 @@ def _modadd_plots(g, i) -> str:
     frequency (dominant frequency in red)."""
     out = []
     if "sum_profile" in g:
-        y = g["sum_profile"].values[i]
+        curves = [
+            (g[key].values[i], colour)
+            for key, colour in (("a_profile", "#4a7ebb"), ("b_profile", "#e08a00"))
+            if key in g
+        ] + [(g["sum_profile"].values[i], "#2a6")]
         w, h = 240, 56
-        lo, hi = float(y.min()), float(y.max())
+        lo = min(float(y.min()) for y, _ in curves)
+        hi = max(float(y.max()) for y, _ in curves)
         span = hi - lo if hi > lo else 1.0
-        pts = " ".join(
-            f"{w * k / (len(y) - 1):.1f},{2 + (h - 14) * (hi - v) / span:.1f}"
-            for k, v in enumerate(y)
-        )
-        zero = ""
+        body = ""
         if lo < 0 < hi:
             z = 2 + (h - 14) * hi / span
-            zero = f"<line x1=0 x2={w} y1={z:.1f} y2={z:.1f} stroke='#bbb'/>"
-        body = (
-            zero
-            + f"<polyline points='{pts}' fill=none stroke='#2a6' stroke-width=1.2/>"
-            + f"<text x=0 y={h - 1} font-size=9>0</text>"
-            + f"<text x={w} y={h - 1} font-size=9 text-anchor=end>{len(y) - 1}</text>"
+            body += f"<line x1=0 x2={w} y1={z:.1f} y2={z:.1f} stroke='#bbb'/>"
+        for y, colour in curves:
+            pts = " ".join(
+                f"{w * k / (len(y) - 1):.1f},{2 + (h - 14) * (hi - v) / span:.1f}"
+                for k, v in enumerate(y)
+            )
+            body += f"<polyline points='{pts}' fill=none stroke='{colour}' stroke-width=1.1/>"
+        n = len(curves[0][0])
+        body += (
+            f"<text x=0 y={h - 1} font-size=9>0</text>"
+            f"<text x={w} y={h - 1} font-size=9 text-anchor=end>{n - 1}</text>"
         )
+        parts = "<span style='color:#2a6'>(a + b) mod " + f"{n}</span>"
+        if len(curves) == 3:
+            parts = (
+                "<span style='color:#4a7ebb'>a</span> (mean over b), "
+                "<span style='color:#e08a00'>b</span> (mean over a), " + parts
+            )
         out.append(
-            "<p class='plotrow'>mean activation against (a + b) mod "
-            f"{len(y)} (range {_fmt(lo)} to {_fmt(hi)})<br>"
-            + _svg(w, h, body, "activation against (a+b) mod p")
+            f"<p class='plotrow'>mean activation against {parts} (range {_fmt(lo)} to "
+            f"{_fmt(hi)})<br>"
+            + _svg(w, h, body, "activation against a, b and (a+b) mod p")
             + "</p>"
         )
     if "frequency_power" in g:

@@ -454,6 +454,7 @@ def compute_fourier_evidence(
     for layer, basis in bases.items():
         feats = (acts[layer].to(torch.float64) @ basis.C.to(torch.float64)).sum(dim=1)
         power = compute_frequency_power(feats, modulus=modulus)
+        grid = feats.numpy().T.reshape(-1, modulus, modulus)  # (feature, a, b)
         freq, share = compute_dominant_frequencies(power)
         terms, term_share = compute_dominant_terms(power)
         out[layer] = {
@@ -464,6 +465,9 @@ def compute_fourier_evidence(
             "dominant_term": (("feature",), np.array(terms)),
             "dominant_term_share": (("feature",), term_share),
             "sum_profile": (("feature", "residue"), sum_profile(feats, modulus)),
+            # The mean over the other operand: a feature of a (or b) alone is flat in (a + b).
+            "a_profile": (("feature", "residue"), grid.mean(2)),
+            "b_profile": (("feature", "residue"), grid.mean(1)),
         }
     return out
 
