@@ -110,8 +110,15 @@ def synthetic_gpt2(folder: Path, n_layers: int = 12, n_features: int = 768) -> P
             bases[layer] = Basis(c, c.T.clone(), imp, 1)
         x = torch.randn(n_samples, n_pos, d, dtype=torch.float64)
         tokens = torch.randint(0, vocab, (n_samples, n_pos))
+        at = [0]  # batches come in order: the activations of the next len(batch) samples
+
+        def acts(batch, x=x, names=tuple(bases), at=at):
+            got = x[at[0] : at[0] + len(batch)]
+            at[0] += len(batch)
+            return dict.fromkeys(names, got)
+
         ev = compute_activation_evidence(
-            lambda i, x=x, names=list(bases): {layer: x[i] for layer in names},
+            acts,
             tokens,
             bases,
             batch_size=8,

@@ -36,6 +36,9 @@ from interaction_basis.lib.records import Basis
 # name: (dims, values) or (dims, values, attrs)
 Variables = dict[str, tuple]
 N_HISTOGRAM_BINS = 24  # activation histogram of each feature (card plot)
+# The histogram and the quantile examples read the rows of the quantile subsample with the
+# smallest keys: themselves a uniform subsample (bottom-k), small enough to cost little.
+N_PLOT_ROWS = 4096
 LINEARITY_RTOL = 1e-6  # float64 sections are linear to ~1e-15; a non-linear one is off by O(1)
 
 
@@ -173,33 +176,44 @@ class FeatureAccumulator:
                 win_t[new] = torch.where(inside, t, -1)
         return win_v, win_t
 
-    def _histogram(self) -> Variables:
-        """Counts of the quantile subsample's rows (all rows when the split has no more) in
-        ``N_HISTOGRAM_BINS`` equal bins from the exact minimum to the exact maximum."""
-        sample = self._sample.numpy()
+    def _plot_rows(self) -> np.ndarray:
+        """Indices into the quantile subsample of a uniform subsample of ``N_PLOT_ROWS`` rows
+        (all of them when it has no more)."""
+        keys = self._keys.numpy()
+        if len(keys) <= N_PLOT_ROWS:
+            return np.arange(len(keys))
+        return np.sort(np.argpartition(keys, N_PLOT_ROWS - 1)[:N_PLOT_ROWS])
+
+    def _histogram(self, rows: np.ndarray) -> Variables:
+        """Counts of a uniform subsample of ``N_PLOT_ROWS`` rows (all rows when the split has
+        no more) in ``N_HISTOGRAM_BINS`` equal bins from the exact minimum to the maximum."""
+        sample = self._sample.numpy()[rows]
         lo, hi = self.min.numpy(), self.max.numpy()
-        width = np.where(hi > lo, hi - lo, 1.0)
-        k = np.floor((sample - lo) / width * N_HISTOGRAM_BINS).astype(np.int64)
-        k = np.clip(k, 0, N_HISTOGRAM_BINS - 1)  # the maximum falls in the last bin
-        counts = np.zeros((self.n_features, N_HISTOGRAM_BINS), dtype=np.int64)
-        np.add.at(counts, (np.broadcast_to(np.arange(self.n_features), k.shape), k), 1)
+        scale = N_HISTOGRAM_BINS / np.where(hi > lo, hi - lo, 1.0)
+        k = ((sample - lo) * scale).astype(np.int64)  # non-negative: truncation is floor
+        np.minimum(k, N_HISTOGRAM_BINS - 1, out=k)  # the maximum falls in the last bin
+        flat = (k + N_HISTOGRAM_BINS * np.arange(self.n_features)).ravel()
+        counts = np.bincount(flat, minlength=self.n_features * N_HISTOGRAM_BINS)
+        counts = counts.reshape(self.n_features, N_HISTOGRAM_BINS)
         return {"histogram_count": (("feature", "bin"), counts)}
 
-    def _quantile_examples(self, q: np.ndarray) -> Variables:
-        """At each quantile level, the subsample row whose value is that quantile (the lower
-        order statistic): a real example from the middle of the distribution, with its sample
+    def _quantile_examples(self, q: np.ndarray, rows: np.ndarray) -> Variables:
+        """At each quantile level, the row of the plot subsample whose value is that quantile
+        (the lower order statistic): a real example from the middle of the distribution, with its sample
         and position, to show beside the extremes."""
-        sample = self._sample.numpy()
-        order = np.argsort(sample, axis=0, kind="stable")
+        sample = self._sample.numpy()[rows]
         at = np.floor(q * (len(sample) - 1)).astype(np.int64)
-        idx = order[at]  # (quantile, feature): indices into the subsample
-        rows = self._sample_rows.numpy()[idx]
+        # The order statistics alone (a partition, not a sort: 5x faster on 20,000 rows).
+        # Along contiguous rows: a partition down the strided columns is several times slower.
+        part = np.argpartition(np.ascontiguousarray(sample.T), np.unique(at), axis=1)
+        idx = part[:, at].T  # (quantile, feature): indices into the subsample
+        flat = self._sample_rows.numpy()[rows][idx]
         assert self.n_pos is not None  # set by the first batch
         dims = ("quantile", "feature")
         return {
             "quantile_example_value": (dims, np.take_along_axis(sample, idx, 0)),
-            "quantile_example_sample": (dims, rows // self.n_pos),
-            "quantile_example_position": (dims, rows % self.n_pos),
+            "quantile_example_sample": (dims, flat // self.n_pos),
+            "quantile_example_position": (dims, flat % self.n_pos),
         }
 
     def finish(self, quantiles: Iterable[float]) -> Variables:
@@ -215,8 +229,9 @@ class FeatureAccumulator:
             "max": (("feature",), self.max.numpy()),
             "quantile_value": (("quantile", "feature"), np.quantile(self._sample.numpy(), q, 0)),
         }
-        out |= self._histogram()
-        out |= self._quantile_examples(q)
+        rows = self._plot_rows()
+        out |= self._histogram(rows)
+        out |= self._quantile_examples(q, rows)
         for name, ranked, sign in (("top", self._top, 1.0), ("bottom", self._bottom, -1.0)):
             assert ranked is not None and self.n_pos is not None  # set by the first batch
             rows = ranked.rows.numpy()
@@ -475,8 +490,7 @@ def compute_fourier_evidence(
 def sum_profile(feats: Float[Tensor, "sample feature"], modulus: int) -> np.ndarray:
     """Each feature's mean over the inputs with the same ``(a + b) mod p``, ``(feature,
     residue)``; ``feats`` in ``build_modadd_dataset`` order (``index = a p + b``)."""
-    a, b = np.divmod(np.arange(modulus * modulus), modulus)
-    residue = (a + b) % modulus
-    out = np.zeros((feats.shape[1], modulus))
-    np.add.at(out.T, residue, feats.numpy())
-    return out / modulus  # every residue has exactly p pairs
+    grid = feats.numpy().T.reshape(-1, modulus, modulus)  # (feature, a, b)
+    a = np.arange(modulus)
+    b_of = (a[None, :] - a[:, None]) % modulus  # [a, r]: the b with a + b = r
+    return grid[:, a[:, None], b_of].mean(axis=1)  # every residue has exactly p pairs
