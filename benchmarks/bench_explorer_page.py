@@ -1,17 +1,18 @@
 """How fast an explorer page opens and shows a card, and how much it loads, in headless Chromium.
 
     python benchmarks/bench_explorer_page.py results/induction_lm/explorer.html [more.html ...]
-    python benchmarks/bench_explorer_page.py --synthetic-gpt2 /tmp/gpt2_shaped
+    python benchmarks/bench_explorer_page.py --synthetic gpt2 /tmp/gpt2_shaped
 
 For each page, ``--repeats`` fresh loads (a new browser context each, the network off): the
 median time from navigation to the graph's nodes drawn and the page's script ready ("open"),
 the bytes the page loads when it opens (every file:// response: the page is one file), the
 median time to show the card of a feature in a layer not opened before (its layer's cards
 inflated, the card drawn and painted), and the JavaScript heap after that card (after a
-garbage collection, through the DevTools protocol). ``--synthetic-gpt2`` first writes a page
-of GPT-2-small's shape (12 residual layers × 768 features, LIB and PCA, random bases, edges,
-modules and feature evidence in the formats the explorer stage reads, a 50257-token
-vocabulary) with ``build_page``: the pipeline itself is not run. Chromium: ``IB_CHROMIUM`` or
+garbage collection, through the DevTools protocol). ``--synthetic gpt2 FOLDER`` first writes
+a page of GPT-2-small's shape (12 residual layers × 768 features, LIB and PCA, random bases,
+edges, modules and feature evidence in the formats the explorer stage reads, a 50257-token
+vocabulary) with ``build_page``; the pipeline itself is not run (``induction``: the shape of
+``config/induction_lm.yaml``). Chromium: ``IB_CHROMIUM`` or
 the first of chromium, chromium-browser, google-chrome on the PATH.
 """
 
@@ -87,8 +88,26 @@ def measure(browser, page_path: Path, repeats: int) -> dict:
     }
 
 
-def synthetic_gpt2(folder: Path, n_layers: int = 12, n_features: int = 768) -> Path:
-    """A page of GPT-2-small's shape from random inputs in the explorer's formats."""
+SHAPES = {
+    # GPT-2 small: 12 residual layers of 768 (and the constant), 50257 tokens, a few samples.
+    "gpt2": dict(n_layers=12, n_features=768, vocab=50257, n_samples=16, n_pos=64),
+    # config/induction_lm.yaml: 5 residual node layers of 128 (and the constant), 256 words,
+    # 32 held-out chunks of 48 tokens.
+    "induction": dict(n_layers=5, n_features=129, vocab=256, n_samples=32, n_pos=48),
+}
+
+
+def synthetic_page(
+    folder: Path,
+    name: str,
+    n_layers: int,
+    n_features: int,
+    vocab: int,
+    n_samples: int,
+    n_pos: int,
+) -> Path:
+    """A language-model page of the given shape from random inputs in the explorer's
+    formats (bases, edges, modules, features.zarr with LM token windows and direct effects)."""
     import numpy as np
     import torch
 
@@ -100,7 +119,7 @@ def synthetic_gpt2(folder: Path, n_layers: int = 12, n_features: int = 768) -> P
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     layers = [f"resid_pre.{k}" for k in range(n_layers)]
-    d, vocab, n_samples, n_pos = n_features + 1, 50257, 16, 64
+    d = n_features + 1
     data = {}
     for method in ("lib", "pca"):
         bases = {}
@@ -176,7 +195,7 @@ def synthetic_gpt2(folder: Path, n_layers: int = 12, n_features: int = 768) -> P
         data[method] = MethodData(bases, edges, modules, feats)
     t0 = time.perf_counter()
     text = build_page(
-        "gpt2_shaped", data, summary=None, evaluation=None, max_edges=5000, page_examples=8
+        f"{name}_shaped", data, summary=None, evaluation=None, max_edges=5000, page_examples=8
     )
     print(f"build_page: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     out = folder / "explorer.html"
@@ -187,12 +206,19 @@ def synthetic_gpt2(folder: Path, n_layers: int = 12, n_features: int = 768) -> P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pages", nargs="*", type=Path)
-    parser.add_argument("--synthetic-gpt2", type=Path, help="folder to write that page into")
+    parser.add_argument(
+        "--synthetic",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("SHAPE", "FOLDER"),
+        help=f"build a random page of a shape ({', '.join(SHAPES)}) in FOLDER, then measure it",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     pages = list(args.pages)
-    if args.synthetic_gpt2:
-        pages.append(synthetic_gpt2(args.synthetic_gpt2))
+    for shape, folder in args.synthetic:
+        pages.append(synthetic_page(Path(folder), shape, **SHAPES[shape]))
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
