@@ -1,12 +1,12 @@
 """The README's explorer screenshots, taken in headless Chromium from built pages.
 
-    python benchmarks/explorer_screenshots.py results/modadd_seed3/explorer.html docs/explorer.png \\
-        --view path
+    python benchmarks/explorer_screenshots.py results/modadd_seed3/explorer.html \\
+        docs/explorer.png --view path
     python benchmarks/explorer_screenshots.py results/induction_lm/explorer.html \\
         docs/explorer_lm.png --view modules
 
 ``path``: LIB's path mode between the two most important non-constant features of the
-largest module, in the first and the last layer of the graph (pins in the address, as a
+largest module in the first layer of the graph and the two in the last (pins in the address, as a
 user would share them). ``modules``: LIB's module view with the largest module of the
 second layer opened. The PNG is reduced to 256 colours to stay small.
 """
@@ -23,15 +23,10 @@ PICK = {
       d.module.forEach((c) => { if (c >= 0) size.set(c, (size.get(c) ?? 0) + 1); });
       const big = [...size.entries()].sort((a, b) => b[1] - a[1])[0][0];
       const layers = [...new Set(d.layer)];
-      const best = (layer) => {
-        let row = -1;
-        d.layer.forEach((l, i) => {
-          if (l === layer && d.module[i] === big && d.index[i] > 0 &&
-              (row < 0 || d.importance[i] > d.importance[row])) row = i;
-        });
-        return d.key[row];
-      };
-      return 'm=lib&pins=' + best(layers[0]) + ',' + best(layers[layers.length - 1]);
+      const best = (layer) => d.key.map((k, i) => i)
+        .filter((i) => d.layer[i] === layer && d.module[i] === big && d.index[i] > 0)
+        .sort((a, b) => d.importance[b] - d.importance[a]).slice(0, 2).map((i) => d.key[i]);
+      return 'm=lib&pins=' + [...best(layers[0]), ...best(layers[layers.length - 1])].join(',');
     }""",
     "modules": """() => {
       const m = window.ib.store()[2].data;
