@@ -300,7 +300,11 @@ def test_mod_add_card_plots_render(page):
               if (el.shadowRoot) visit(el.shadowRoot);
               if (el.tagName === 'svg' && el.classList.contains('plot')) {
                 const r = el.getBoundingClientRect();
-                out.push([r.width, r.height, el.querySelectorAll('rect,polyline').length]);
+                // Drawn marks are the svg's own children: an unclosed element would swallow the
+                // next one, which is then not drawn.
+                const all = el.querySelectorAll('rect,polyline').length;
+                const own = el.querySelectorAll(':scope > rect, :scope > polyline').length;
+                out.push([r.width, r.height, all === own ? own : -1]);
               }
             }
           };

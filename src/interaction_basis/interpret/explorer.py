@@ -1129,7 +1129,7 @@ def _modadd_plots(g, i) -> str:
                 f"{w * k / (len(y) - 1):.1f},{2 + (h - 14) * (hi - v) / span:.1f}"
                 for k, v in enumerate(y)
             )
-            body += f"<polyline points='{pts}' fill=none stroke='{colour}' stroke-width=1.1/>"
+            body += f"<polyline points='{pts}' fill=none stroke='{colour}' stroke-width='1.1'/>"
         n = len(curves[0][0])
         body += (
             f"<text x=0 y={h - 1} font-size=9>0</text>"
