@@ -1029,7 +1029,8 @@ def _window(g, key, r, i) -> str:
         if np.isfinite(v):
             level = round(10 * min(1.0, abs(float(v)) / scale))
             cls = f"w{'p' if v >= 0 else 'n'}{level}{'c' if j == centre else ''}"
-            title = f" title={_fmt(float(v))}"
+            # Two digits: the shade already says how large; thousands of these per page.
+            title = f" title={float(v):.2g}"
         else:
             cls, title = "wx", ""
         if j == prev:
@@ -1086,8 +1087,8 @@ def _histogram(g, i) -> str:
     bar = w / n
     # Heights on a square-root scale: a single spike would flatten the rest.
     rects = "".join(
-        f"<rect x={k * bar:.1f} y={h - 12 - (h - 14) * np.sqrt(c / top):.1f} "
-        f"width={bar - 1:.1f} height={(h - 14) * np.sqrt(c / top):.1f} fill='#4a7ebb'/>"
+        f"<rect x={k * bar:.0f} y={h - 12 - (h - 14) * np.sqrt(c / top):.0f} "
+        f"width={bar - 1:.0f} height={(h - 14) * np.sqrt(c / top):.0f} fill='#4a7ebb'/>"
         for k, c in enumerate(counts)
         if c > 0
     )
@@ -1126,7 +1127,7 @@ def _modadd_plots(g, i) -> str:
             body += f"<line x1=0 x2={w} y1={z:.1f} y2={z:.1f} stroke='#bbb'/>"
         for y, colour in curves:
             pts = " ".join(
-                f"{w * k / (len(y) - 1):.1f},{2 + (h - 14) * (hi - v) / span:.1f}"
+                f"{w * k / (len(y) - 1):.1f},{2 + (h - 14) * (hi - v) / span:.0f}"
                 for k, v in enumerate(y)
             )
             body += f"<polyline points='{pts}' fill=none stroke='{colour}' stroke-width='1.1'/>"
@@ -1155,8 +1156,8 @@ def _modadd_plots(g, i) -> str:
         top = max(float(power.max()), 1e-300)
         bar = w / n
         rects = "".join(
-            f"<rect x={k * bar:.1f} y={h - 10 - (h - 12) * p / top:.1f} "
-            f"width={max(bar - 0.5, 0.5):.1f} height={(h - 12) * p / top:.1f} "
+            f"<rect x={k * bar:.1f} y={h - 10 - (h - 12) * p / top:.0f} "
+            f"width={max(bar - 0.5, 0.5):.1f} height={(h - 12) * p / top:.0f} "
             f"fill='{'#c00' if k == dom else '#888'}'/>"
             for k, p in enumerate(power)
             if p > 0
