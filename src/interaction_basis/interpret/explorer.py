@@ -4,9 +4,10 @@ The page draws the layered interaction graph of every basis method (a button swi
 grouped by module (``graph.layout``) and coloured alike in every basis (``module_colours``),
 sized by importance, edges by log weight, and a card per feature: its strongest incoming and
 outgoing edges, activation summary, top examples and, where defined, its direct effect on the
-outputs and its Fourier term. Every card is rendered here as HTML; ``explorer_assets/explorer.js``
-swaps data sources, filters edges (slider, focus, path and search modes) and keeps the view in
-the URL hash. Model names in the page (``nodes``, ``edges``, ``card``, ``method``, ``mass``,
+outputs, its Fourier term and small SVG plots. Every card is rendered here as HTML, each
+layer's cards compressed into one block (``pack_cards``) that the page inflates when one of
+them is first shown; ``explorer_assets/explorer.js`` swaps data sources, filters edges
+(slider, focus, path and search modes) and keeps the view in the URL hash. Model names in the page (``nodes``, ``edges``, ``card``, ``method``, ``mass``,
 ``search``, ``edge_note``) are its interface for tests. The same inputs give the same bytes
 (``_stable_ids``)."""
 
