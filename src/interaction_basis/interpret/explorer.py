@@ -7,9 +7,9 @@ outgoing edges, activation summary, top examples and, where defined, its direct 
 outputs, its Fourier term and small SVG plots. Every card is rendered here as HTML, each
 layer's cards compressed into one block (``pack_cards``) that the page inflates when one of
 them is first shown; ``explorer_assets/explorer.js`` swaps data sources, filters edges
-(slider, focus, path and search modes) and keeps the view in the URL hash. Model names in the page (``nodes``, ``edges``, ``card``, ``method``, ``mass``,
-``search``, ``edge_note``) are its interface for tests. The same inputs give the same bytes
-(``_stable_ids``)."""
+(slider, focus, path and search modes) and keeps the view in the URL hash. Model names in the
+page (``nodes``, ``edges``, ``card``, ``method``, ``mass``, ``search``, ``edge_note``) are its
+interface for tests. The same inputs give the same bytes (``_stable_ids``)."""
 
 import base64
 import html
