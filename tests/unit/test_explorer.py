@@ -20,10 +20,12 @@ from interaction_basis.interpret.explorer import (
     _window,
     build_page,
     check_features,
+    distinct_examples,
     edge_mass_prefix,
     head_roles_of,
     module_colours,
     module_groups,
+    unpack_cards,
 )
 from interaction_basis.interpret.features import compute_activation_evidence
 from interaction_basis.lib.records import Basis
@@ -119,6 +121,31 @@ def _sources(data, **kw) -> dict[str, dict]:
     return out
 
 
+def _cards(data, **kw) -> dict[tuple[str, str, int], str]:
+    """Every card of the page, inflated: ``(method, layer, index)`` -> HTML."""
+    out = {}
+
+    def walk(obj, parent=None):
+        if isinstance(obj, dict):
+            if obj.get("type") == "map":
+                for k, v in obj["entries"]:
+                    if k == "cards":
+                        for layer, blob in v["entries"]:
+                            for i, c in enumerate(unpack_cards(blob)):
+                                out[(parent, layer, i)] = c
+                    else:
+                        walk(v, k)
+                return
+            for v in obj.values():
+                walk(v, parent)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v, parent)
+
+    walk(_doc(data, **kw))
+    return out
+
+
 def _page(data, **kw):
     """The page's text, its embedded Bokeh document decoded (it escapes non-ASCII and tags)."""
     text = build_page("x", data, summary=None, evaluation=None, max_edges=5, page_examples=3, **kw)
@@ -188,10 +215,11 @@ def test_toy_lm_features_name_the_heads_that_write_them(tmp_path):
     }
     data = MethodData(bases, _edges(bases), MODULES, feats, head_roles_of(heads, "lib"))
     page = _page({"lib": data})
+    cards = "".join(_cards({"lib": data}).values())
     assert "lib a #1 · module 1 (a ×2, b ×1) · previous-token head L0.H1" in page
     assert "lib b #1 · module 1 (a ×2, b ×1) · induction head L1.H0" in page
-    assert "L0.H1 80% (previous-token head), embed 10%" in page
-    assert "L0.mlp 60%, embed 10%" in page  # not a head with a role: no mark
+    assert "L0.H1 80% (previous-token head), embed 10%" in cards
+    assert "L0.mlp 60%, embed 10%" in cards  # not a head with a role: no mark
     assert "lib a #2" in page and not re.search(r'lib a #2[^"]*head', page)
 
 
@@ -329,10 +357,10 @@ def test_promoted_and_suppressed_outputs_are_split_by_sign(tmp_path):
         }
     }
     feats = storage.read_features(_features(tmp_path, bases, extra=extra))
-    nodes = _sources({"lib": MethodData(bases, _edges(bases), MODULES, feats)})["nodes_lib"]
-    card = {(lay, i): c for lay, i, c in zip(nodes["layer"], nodes["index"], nodes["card"])}
-    assert "promotes 0 (2), 1 (0.5); suppresses none" in card[("b", 0)]
-    assert "promotes 0 (2); suppresses 1 (-3)" in card[("b", 1)]
+    cards = _cards({"lib": MethodData(bases, _edges(bases), MODULES, feats)})
+    card = {(lay, i): c for (_, lay, i), c in cards.items()}
+    assert "promotes 0 (2), 1 (0.5)</span>; <span class='down'>suppresses none" in card[("b", 0)]
+    assert "promotes 0 (2)</span>; <span class='down'>suppresses 1 (-3)" in card[("b", 1)]
 
 
 def test_mass_slider_share_is_per_layer_pair(tmp_path):
@@ -414,3 +442,46 @@ def test_module_view_is_the_default_when_a_layer_exceeds_the_window(tmp_path):
     assert _named(doc, "view")["active"] == 1
     # Slot 0 is the constant: module 1 lies below a one-slot window in both layers.
     assert "module 1 in a (2 features from slot 1)" in html.unescape(json.dumps(doc))
+
+
+def test_distinct_examples_show_ties_once_with_their_count():
+    vals = np.array([5.0, 5.0, 5.0 + 1e-12, 5.0, 4.0, 4.0, 3.0, np.nan, 2.0])
+    assert distinct_examples(vals, 2) == [(0, 4), (4, 2)]  # ties after the n-th still counted
+    seen = [4.0]
+    assert distinct_examples(vals, 5, seen) == [(0, 4), (6, 1), (8, 1)]  # 4 shown elsewhere
+    assert seen == [4.0, 5.0, 3.0, 2.0]
+
+
+def test_cards_plot_the_histogram_fourier_power_and_sum_profile_and_drop_tied_examples(
+    tmp_path,
+):
+    """A mod-add-like card: its activation histogram, Fourier power bars (dominant frequency
+    in red) and activation against (a + b) mod p are inline SVG; eight tied top examples are
+    one line with their count; the quantile examples are shown; Λ is given as a share of its
+    layer and edge weights as a share of the feature's weight."""
+    bases = _bases({"a": 4, "b": 3})
+    p, n = 7, 4
+    power = np.zeros((n, p // 2 + 1))
+    power[:, 2] = 0.9
+    ties = np.array([[9.0] * n] * 5)
+    extra = {
+        "a": {
+            "frequency_power": (("feature", "frequency"), power),
+            "mixed_power": (("feature",), np.full(n, 0.1)),
+            "dominant_frequency": (("feature",), np.full(n, 2)),
+            "sum_profile": (("feature", "residue"), np.cos(np.arange(p))[None].repeat(n, 0)),
+            "top_value": (("rank", "feature"), ties),
+        }
+    }
+    feats = storage.read_features(_features(tmp_path, bases, extra=extra))
+    cards = _cards({"lib": MethodData(bases, _edges(bases), MODULES, feats)})
+    card = cards[("lib", "a", 1)]
+    assert card.count("<svg class='plot'") == 3
+    assert "histogram (held-out" in card and "<rect" in card
+    assert "fill='#c00'" in card  # the dominant frequency's bar
+    assert "(a + b) mod 7</span>" in card and "<polyline" in card
+    assert re.search(r"<b>top 1 examples</b>.*?×5 tied", card)
+    assert "examples across the quantiles" in card
+    imp = bases["a"].importance.numpy()
+    assert f"({100 * imp[1] / imp.sum():.2g}% of the layer's Λ)" in card
+    assert re.search(r"<td style='text-align:right'>\d+\.\d%</td>", card)

@@ -153,3 +153,89 @@ def test_layout_puts_modules_in_contiguous_blocks():
     assert lay.module == [NO_MODULE, 5, 7, 5, 7, 5, NO_MODULE]
     assert layout_layer(modules, "b", 4, constant=False).order == [2, 3, 1, 0]
     assert layout_layer(None, "a", 3, constant=False).order == [0, 1, 2]
+
+
+def test_histogram_counts_every_row_between_the_minimum_and_the_maximum(data):
+    """With no more rows than the quantile subsample, the histogram counts every row."""
+    from interaction_basis.interpret.features import N_HISTOGRAM_BINS
+
+    feats, tokens = data
+    out = _stream(feats, tokens)
+    counts = out["histogram_count"][1]
+    f = feats.reshape(-1, F).numpy()
+    assert counts.shape == (F, N_HISTOGRAM_BINS)
+    for j in range(F):
+        want, _ = np.histogram(f[:, j], bins=N_HISTOGRAM_BINS, range=(f[:, j].min(), f[:, j].max()))
+        np.testing.assert_array_equal(counts[j], want)
+
+
+def test_quantile_examples_are_the_rows_at_each_quantile(data):
+    """Each quantile level names a real (sample, position) whose value is that order
+    statistic, so the card can show an example from the middle of the distribution."""
+    feats, tokens = data
+    out = _stream(feats, tokens)
+    f = feats.reshape(-1, F).numpy()
+    s, p = out["quantile_example_sample"][1], out["quantile_example_position"][1]
+    v = out["quantile_example_value"][1]
+    np.testing.assert_array_equal(v, feats.numpy()[s, p, np.arange(F)])
+    srt = np.sort(f, axis=0)
+    for k, q in enumerate([0.0, 0.5, 1.0]):
+        np.testing.assert_array_equal(v[k], srt[int(np.floor(q * (len(f) - 1)))])
+
+
+def test_previous_occurrence_and_token_windows():
+    from interaction_basis.interpret.features import previous_occurrence, token_windows
+
+    tokens = torch.tensor([[5, 1, 2, 5, 3, 1, 4], [7, 7, 7, 7, 7, 7, 7]])
+    sample, position = np.array([0, 0, 0, 1, 1]), np.array([3, 5, 0, 0, 4])
+    assert previous_occurrence(tokens, sample, position).tolist() == [0, 1, -1, -1, 3]
+    win = token_windows(tokens, np.array([0, 0]), np.array([1, -1]), 2, 1)
+    assert win.tolist() == [[-1, 5, 1, 2], [-1, -1, -1, -1]]
+
+
+def test_residual_direct_effect_is_the_first_order_logit_change_at_a_frozen_scale():
+    """The direct effect of a residual-stream direction v through the final LayerNorm and the
+    unembedding, LN scale frozen at the sample's own: against brute force on a tiny GPT-2.
+    Adding εv to the final residual (the direct path: later blocks unchanged), for v
+    orthogonal to the centred residual (so that the true LN scale does not move to first
+    order), changes the real model's logits by ε · effect(v) + O(ε²); promoted outputs are
+    the largest positive effects and suppressed the most negative, split by sign."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from interaction_basis.interpret.features import compute_readout_direct_effects
+    from interaction_basis.kinds.hf.interpretation import TAIL, FinalLayerNormReadout
+    from interaction_basis.models.hf import build_hf_sections
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=23, n_positions=8, n_embd=12, n_layer=2, n_head=2, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    hf = GPT2LMHeadModel(cfg).double().eval()
+    with torch.no_grad():  # a non-trivial final LayerNorm
+        hf.transformer.ln_f.weight.uniform_(0.5, 2.0)
+        hf.transformer.ln_f.bias.normal_()
+    readout = FinalLayerNormReadout(build_hf_sections(hf, TAIL, torch.float64))
+    full = build_hf_sections(hf, ["resid_pre.1", "ln_final", "output"], torch.float64)
+    assert readout.reads("resid_pre.1", 13) and not readout.reads("ln_final_out", 14)
+    tokens = torch.randint(0, 23, (3, 8))
+    x = full.activations(tokens)["ln_final"][1, 5]  # the sample's final residual (d + 1)
+    var = readout.variance(tokens)[1, 5]
+    xc = x[:12] - x[:12].mean()
+    np.testing.assert_allclose(float(var), float(xc.square().mean()), rtol=1e-12)
+    n_feat = 4
+    v = torch.randn(n_feat, 13, dtype=torch.float64)
+    v[:, :12] -= (v[:, :12] @ xc)[:, None] * xc / xc.square().sum()  # ⊥ centred residual
+    basis = Basis(torch.linalg.pinv(v), v, torch.ones(n_feat, dtype=torch.float64), 0)
+    out = compute_readout_direct_effects(basis, readout, var.expand(n_feat), 5, chunk=3)
+    eps = 1e-5
+    for f in range(n_feat):
+        up, down = (full.sections[-1]((x + s * eps * v[f])[None, None])[0, 0] for s in (1, -1))
+        brute = ((up - down) / (2 * eps)).numpy()
+        order = np.argsort(-brute)
+        np.testing.assert_array_equal(out["promoted_output"][1][:, f], order[:5])
+        np.testing.assert_array_equal(out["suppressed_output"][1][:, f], order[::-1][:5])
+        np.testing.assert_allclose(out["promoted_value"][1][:, f], brute[order[:5]], rtol=1e-7)
+        assert (out["promoted_value"][1][:, f][:1] > 0).all()
+        assert (out["suppressed_value"][1][:, f][:1] < 0).all()
+    np.testing.assert_array_equal(out["direct_variance"][1], np.full(n_feat, float(var)))

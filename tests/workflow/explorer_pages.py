@@ -25,6 +25,8 @@ def open_explorer(browser, html: Path, url: str | None = None) -> Iterator:
         " && Bokeh.documents[0].get_model_by_name('nodes').data.layer.length > 0",
         timeout=60_000,
     )
+    # A small page inflates its cards when it opens; cards are read synchronously after that.
+    page.wait_for_function("() => window.ib && window.ib.cardsReady", timeout=60_000)
     page.wait_for_timeout(300)
     yield page
     assert not errors, f"JavaScript errors: {errors}"

@@ -98,7 +98,8 @@ def test_clicking_a_node_opens_its_card(page, tmp_path):
     layer = model_value(page, "nodes", "m.data.layer[m.selected.indices[0]]")
     assert f"· {layer} · feature" in card
     assert "outgoing edges" in card or "incoming edges" in card
-    assert "top 8 examples" in card and "(a, b) = (" in card
+    # Up to 8 top examples: tied values are shown once, with their count.
+    assert re.search(r"top [1-8] examples", card) and "(a, b) = (" in card
     assert "activation</b> (held-out)" in card
     page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
     assert (tmp_path / "explorer.png").stat().st_size > 10_000
@@ -277,3 +278,62 @@ def test_module_view_is_the_default_and_expands_a_clicked_module(crowded_page):
     assert model_value(page, "nodes", "m.data.key.length") == sum(
         b.C.shape[1] for lay, b in d.bases.items() if lay in layers
     )
+
+
+def test_mod_add_card_plots_render(page):
+    """The selected feature's card draws its histogram, Fourier power bars and activation
+    profiles as inline SVG with visible size, in the card's shadow root."""
+    index = model_value(page, "nodes", "m.data.key[m.data.index.findIndex(v => v > 0)]")
+    page.evaluate(f"() => {{ window.location.hash = 'm=lib&sel={index}'; }}")
+    page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('card').text.includes('feature')"
+    )
+    card = model_value(page, "card", "m.text")
+    assert "histogram (held-out" in card and "Fourier power per frequency" in card
+    assert "(a + b) mod" in card and "examples across the quantiles" in card
+    page.wait_for_timeout(300)
+    boxes = page.evaluate(
+        """() => {
+          const out = [];
+          const visit = (root) => {
+            for (const el of root.querySelectorAll('*')) {
+              if (el.shadowRoot) visit(el.shadowRoot);
+              if (el.tagName === 'svg' && el.classList.contains('plot')) {
+                const r = el.getBoundingClientRect();
+                // Drawn marks are the svg's own children: an unclosed element would swallow the
+                // next one, which is then not drawn.
+                const all = el.querySelectorAll('rect,polyline').length;
+                const own = el.querySelectorAll(':scope > rect, :scope > polyline').length;
+                out.push([r.width, r.height, all === own ? own : -1]);
+              }
+            }
+          };
+          visit(document);
+          return out;
+        }"""
+    )
+    assert len(boxes) == 3 and all(w > 100 and h > 20 and n > 0 for w, h, n in boxes), boxes
+
+
+def test_cards_are_inflated_on_demand_from_file(page):
+    """From file://, a layer's cards are inflated only when one of its cards is first shown
+    (the card says so meanwhile), then drawn; later cards of the layer come at once."""
+    out = page.evaluate(
+        """async () => {
+          const ib = window.ib;
+          const nd = ib.store()[0].data;
+          const row = nd.index.findIndex((v) => v > 0);
+          ib.cards.clear();
+          const card = Bokeh.documents[0].get_model_by_name('card');
+          ib.sel = row; ib.pins = []; ib.render();
+          const first = card.text;
+          await ib.layerCards(ib.method, nd.layer[row]);
+          await new Promise((r) => setTimeout(r, 50));
+          const key = ib.method + '|' + nd.layer[row];
+          return [first, card.text, ib.cards.size, Array.isArray(ib.cards.get(key))];
+        }"""
+    )
+    first, later, n_layers, ready = out
+    assert "inflating" in first and "feature" in later and "inflating" not in later
+    assert n_layers == 1 and ready
+    page.evaluate("() => { window.location.hash = ''; window.ib.sel = null; window.ib.render(); }")

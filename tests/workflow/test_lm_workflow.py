@@ -132,12 +132,17 @@ def test_features_and_explorer_of_a_language_model(lm_run):
     np.testing.assert_array_equal(g["top_window_value"].values[:, :, 8], g["top_value"].values)
     assert (g["top_window_token"].values == -1).any()
     assert g["top_window_text"].shape == g["top_window_token"].shape
-    # The direct effect is defined where the section to the logits is linear: the unembedding.
-    assert list(feats.attrs["direct_effect_layers"]) == ["unembed"]
+    # The direct effect: exact where the section to the logits is linear (the unembedding),
+    # linearised at the top example's final-LayerNorm scale for the residual-stream layers.
+    assert list(feats.attrs["direct_effect_layers"]) == ["unembed", "ln1.0", "ln2.0", "ln_final"]
+    assert list(feats.attrs["direct_effect_linearised"]) == ["ln1.0", "ln2.0", "ln_final"]
     assert feats["unembed"]["promoted_label"].dims == ("direct_rank", "feature")
+    assert (feats["ln1.0"]["direct_variance"].values > 0).all()
     assert "promoted_output" not in feats["attn_in.0"]
-    html = (results / "explorer.html").read_text()
-    assert "direct effect on the outputs" in html and "class='window'" in html
+    # Every example's earlier occurrence of its current token (-1: none).
+    prev, pos = g["top_previous_position"].values, g["top_position"].values
+    assert ((prev == -1) | ((prev >= 0) & (prev < pos))).all()
+    assert g["quantile_example_window_text"].dims == ("quantile", "feature", "window")
 
 
 def test_example_windows_are_shaded_in_the_browser(lm_run, browser):
@@ -146,11 +151,10 @@ def test_example_windows_are_shaded_in_the_browser(lm_run, browser):
     centre token underlined."""
     results, *_ = lm_run
     with open_explorer(browser, results / "explorer.html") as page:
-        model_value(
-            page,
-            "card",
-            "m.text = Bokeh.documents[0].get_model_by_name('nodes')"
-            ".data.card.find((c) => c.includes('window'))",
+        page.evaluate(
+            "() => { const n = Bokeh.documents[0].get_model_by_name('nodes').data;"
+            " const row = n.key.findIndex((k, i) => window.ib.cardOf(i).includes('window'));"
+            " Bokeh.documents[0].get_model_by_name('card').text = window.ib.cardOf(row); }"
         )
         page.wait_for_timeout(300)
         spans = page.evaluate(
@@ -173,6 +177,37 @@ def test_example_windows_are_shaded_in_the_browser(lm_run, browser):
     full = [bg for cls, bg, _ in spans if cls in ("wp10", "wp10c", "wn10", "wn10c")]
     assert set(full) <= {"rgb(255, 120, 0)", "rgb(0, 120, 255)"} and full, spans
     assert all((b == "2px") == c.endswith("c") for c, _, b in spans), spans
+
+
+def test_language_model_card_plots_wrap_and_direct_effects_in_the_browser(lm_run, browser):
+    """An LM card opened from the address: its histogram, its token windows wrapped inside the
+    card (no example line wider than the card), and for a residual-stream layer the
+    linearised direct effect through the final LayerNorm, promoted and suppressed apart."""
+    results, *_ = lm_run
+    url = (results / "explorer.html").as_uri() + "#m=lib&sel=ln1.0:1"
+    with open_explorer(browser, results / "explorer.html", url=url) as page:
+        card = model_value(page, "card", "m.text")
+        assert "LIB · ln1.0 · feature 1" in card
+        assert "histogram (held-out" in card and "<svg class='plot'" in card
+        assert "final LayerNorm with its scale frozen" in card
+        assert "class='up'>promotes" in card and "class='down'>suppresses" in card
+        assert "examples across the quantiles" in card
+        widths = page.evaluate(
+            """() => {
+              const out = [];
+              const visit = (root) => {
+                for (const el of root.querySelectorAll('*')) {
+                  if (el.shadowRoot) visit(el.shadowRoot);
+                  if (el.classList && el.classList.contains('examples')) {
+                    out.push([el.scrollWidth, el.clientWidth]);
+                  }
+                }
+              };
+              visit(document);
+              return out;
+            }"""
+        )
+    assert widths and all(sw <= cw + 1 for sw, cw in widths), widths
 
 
 def _dry_run(lm_run, *args: str) -> dict[str, int]:

@@ -4,15 +4,18 @@ The page draws the layered interaction graph of every basis method (a button swi
 grouped by module (``graph.layout``) and coloured alike in every basis (``module_colours``),
 sized by importance, edges by log weight, and a card per feature: its strongest incoming and
 outgoing edges, activation summary, top examples and, where defined, its direct effect on the
-outputs and its Fourier term. Every card is rendered here as HTML; ``explorer_assets/explorer.js``
-swaps data sources, filters edges (slider, focus, path and search modes) and keeps the view in
-the URL hash. Model names in the page (``nodes``, ``edges``, ``card``, ``method``, ``mass``,
-``search``, ``edge_note``) are its interface for tests. The same inputs give the same bytes
-(``_stable_ids``)."""
+outputs, its Fourier term and small SVG plots. Every card is rendered here as HTML, each
+layer's cards compressed into one block (``pack_cards``) that the page inflates when one of
+them is first shown; ``explorer_assets/explorer.js`` swaps data sources, filters edges
+(slider, focus, path and search modes) and keeps the view in the URL hash. Model names in the
+page (``nodes``, ``edges``, ``card``, ``method``, ``mass``, ``search``, ``edge_note``) are its
+interface for tests. The same inputs give the same bytes (``_stable_ids``)."""
 
+import base64
 import html
 import re
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -93,6 +96,22 @@ def check_features(features: xr.DataTree, bases: Mapping[str, Basis], basis_sha:
                 f"{path}: layer {layer!r} has {n} features, its basis {b.C.shape[1]}; "
                 "rerun interpret_features."
             )
+
+
+CARD_SEPARATOR = "\x1e"  # ASCII record separator: never in escaped HTML
+
+
+def pack_cards(cards: list[str]) -> str:
+    """A layer's cards as one base64 zlib blob (the page inflates it with the browser's
+    DecompressionStream, offline): card HTML is repetitive, so this is a tenth of the text,
+    and no card becomes a string in the page's memory before its layer is opened."""
+    joined = CARD_SEPARATOR.join(cards).encode()
+    return base64.b64encode(zlib.compress(joined, 9)).decode("ascii")
+
+
+def unpack_cards(blob: str) -> list[str]:
+    """The cards of :func:`pack_cards` (tests, tools)."""
+    return zlib.decompress(base64.b64decode(blob)).decode().split(CARD_SEPARATOR)
 
 
 def edge_mass_prefix(weights: np.ndarray, fraction: float) -> int:
@@ -310,6 +329,7 @@ def _build_page(
             "totals": v.totals,
             "hidden": v.hidden_note,
             "slots": v.n_slots,
+            "cards": v.cards,
         }
         for m, v in views.items()
     }
@@ -394,6 +414,7 @@ class _View(NamedTuple):
     mnodes: dict  # the module view: one node per module (and the singletons) per layer
     medges: dict  # ... and the summed edges between them
     hidden_note: str  # the modules the feature view's window does not show
+    cards: dict[str, str]  # per layer, its cards (``pack_cards``)
 
 
 def _method_view(
@@ -429,7 +450,6 @@ def _method_view(
             "size",
             "marker",
             "label",
-            "card",
             "key",
         )
     }
@@ -468,14 +488,16 @@ def _method_view(
             cols["label"].append(
                 _short_label(method, layer, i, g, c, labels) + _writers(d.heads, layer, i)[0]
             )
-    # Cards after all labels exist (they name the partners).
+    # Cards after all labels exist (they name the partners). Each layer's cards are one
+    # compressed blob that the page inflates when a card of that layer is first shown.
     label_of = {(lay, i): lab for lay, i, lab in zip(cols["layer"], cols["index"], cols["label"])}
+    cards = {}
     for layer in layers:
         if layer in empty:
             continue
         g = feats[layer].ds
-        for i in range(d.bases[layer].C.shape[1]):
-            cols["card"].append(
+        cards[layer] = pack_cards(
+            [
                 _card(
                     method,
                     layer,
@@ -489,7 +511,9 @@ def _method_view(
                     thumbnails,
                     all_layers,
                 )
-            )
+                for i in range(d.bases[layer].C.shape[1])
+            ]
+        )
     edges, drawn_note, pairs, totals = _edge_columns(d, layers, slot, row_of, max_edges)
     legend = _legend(ranked, colour, labels, d.modules, empty)
     headline = _headline_method(method, d)
@@ -510,6 +534,7 @@ def _method_view(
         mnodes,
         medges,
         hidden,
+        cards,
     )
 
 
@@ -813,8 +838,11 @@ def _card(method, layer, i, g, d, module_of, labels, label_of, n_ex, thumbnails,
         if module == NO_MODULE
         else (f"{module}" + (f" — {labels[module]}" if module in labels else ""))
     )
+    imp = d.bases[layer].importance.numpy()
+    share = 100 * float(imp[i]) / float(imp.sum()) if imp.sum() > 0 else 0.0
     parts.append(
-        f"<p>{imp_name} = {_fmt(float(d.bases[layer].importance[i]))}; module: {e(mod_text)}</p>"
+        f"<p>{imp_name} = {_fmt(float(imp[i]))} ({share:.2g}% of the layer's {imp_name}); "
+        f"module: {e(mod_text)}</p>"
     )
     if "dominant_term" in g:
         parts.append(
@@ -823,6 +851,7 @@ def _card(method, layer, i, g, d, module_of, labels, label_of, n_ex, thumbnails,
             f"<b>{int(g['dominant_frequency'].values[i])}</b> "
             f"({100 * float(g['dominant_share'].values[i]):.0f}%)</p>"
         )
+    parts.append(_modadd_plots(g, i))
     q = ", ".join(
         f"q{100 * float(lev):g}={_fmt(float(v))}"
         for lev, v in zip(g["quantile"].values, g["quantile_value"].values[:, i], strict=True)
@@ -833,10 +862,13 @@ def _card(method, layer, i, g, d, module_of, labels, label_of, n_ex, thumbnails,
         f"min {_fmt(float(g['min'].values[i]))}, max {_fmt(float(g['max'].values[i]))}<br>"
         f"{q}</p>"
     )
+    parts.append(_histogram(g, i))
     parts.append(_writers(d.heads, layer, i)[1])
     parts.append(_edge_table(d, layer, i, label_of, all_layers))
     if "promoted_output" in g:
-        parts.append(_direct_effect(g, i))
+        parts.append(
+            _direct_effect(g, i, layer in d.features.attrs.get("direct_effect_linearised", []))
+        )
     parts.append(_examples(g, i, n_ex, thumbnails))
     return "".join(parts)
 
@@ -873,9 +905,10 @@ def _edge_table(d: MethodData, layer, i, label_of, all_layers) -> str:
     return "".join(rows)
 
 
-def _direct_effect(g, i) -> str:
+def _direct_effect(g, i, linearised: bool = False) -> str:
     """The outputs the feature's direction raises (positive effect) and lowers (negative), each
-    list only of its own sign."""
+    list only of its own sign; ``linearised``: a residual-stream layer, read through the final
+    LayerNorm frozen at the feature's top example (``compute_readout_direct_effects``)."""
 
     def items(key, sign):
         name = f"{key}_label" if f"{key}_label" in g else f"{key}_output"
@@ -887,58 +920,261 @@ def _direct_effect(g, i) -> str:
         ]
         return ", ".join(out) or "none"
 
+    how = "the feature's direction through the unembedding"
+    if linearised:
+        var = float(g["direct_variance"].values[i]) if "direct_variance" in g else float("nan")
+        how = (
+            "a stated linearisation: a unit of the feature, its direction C⁺ added to the final "
+            "residual (skipping the later blocks), through the final LayerNorm with its scale "
+            f"frozen at the top example's own (variance {_fmt(var)}) and the unembedding"
+        )
     return (
-        "<p><b>direct effect on the outputs</b> (the feature's direction through the "
-        f"unembedding): promotes {items('promoted', 1)}; suppresses "
-        f"{items('suppressed', -1)}</p>"
+        f"<p><b>direct effect on the outputs</b> ({how}): <span class='up'>promotes "
+        f"{items('promoted', 1)}</span>; <span class='down'>suppresses "
+        f"{items('suppressed', -1)}</span></p>"
     )
 
 
+def distinct_examples(values: np.ndarray, n: int, seen: list[float] | None = None):
+    """The first ``n`` examples of distinct value, as ``(index, copies)``: ``copies`` counts the
+    examples (among ``values``) tied with it. Values tie when equal to 1e-9 of the largest
+    |value|; ``seen`` (updated): values already shown elsewhere on the card, left out."""
+    seen = [] if seen is None else seen
+    finite = np.abs(np.asarray(values, dtype=np.float64))
+    finite = finite[np.isfinite(finite)]
+    scale = max(float(finite.max()) if finite.size else 0.0, 1e-300)
+    picked: list[list[int]] = []
+    for k, v in enumerate(np.asarray(values, dtype=np.float64)):
+        if not np.isfinite(v):
+            continue
+        tied = [p for p in picked if abs(float(values[p[0]]) - v) <= 1e-9 * scale]
+        if tied:
+            tied[0][1] += 1
+        elif not any(abs(x - v) <= 1e-9 * scale for x in seen) and len(picked) < n:
+            picked.append([k, 1])
+    seen.extend(float(values[k]) for k, _ in picked)
+    return [(k, c) for k, c in picked]
+
+
 def _examples(g, i, n, thumbnails) -> str:
+    """Top and bottom examples (ties shown once, with their count) and one example at each
+    quantile level not already shown."""
     out = []
-    for key in ("top", "bottom"):
-        vals = g[f"{key}_value"].values[:n, i]
-        samples = g[f"{key}_sample"].values[:n, i]
-        positions = g[f"{key}_position"].values[:n, i]
+    seen: list[float] = []
+    groups = [("top", f"top {n} examples", "rank"), ("bottom", f"bottom {n} examples", "rank")]
+    if "quantile_example_value" in g:
+        groups.append(("quantile_example", "examples across the quantiles", "quantile"))
+    for key, title, _ in groups:
+        vals = g[f"{key}_value"].values[:, i]
+        limit = n if key != "quantile_example" else len(vals)
+        picked = distinct_examples(vals, limit, seen)
         items = []
-        for r, (v, s, p) in enumerate(zip(vals, samples, positions, strict=True)):
+        for r, copies in picked:
+            v, s, p = vals[r], g[f"{key}_sample"].values[r, i], g[f"{key}_position"].values[r, i]
+            tie = f" <span class='tie'>×{copies} tied</span>" if copies > 1 else ""
+            level = (
+                f"q{100 * float(g['quantile'].values[r]):g}: " if key == "quantile_example" else ""
+            )
             if f"{key}_a" in g:
                 a, b = int(g[f"{key}_a"].values[r, i]), int(g[f"{key}_b"].values[r, i])
-                items.append(f"<li>(a, b) = ({a}, {b}), position {p}: {_fmt(float(v))}</li>")
+                items.append(
+                    f"<li>{level}(a, b) = ({a}, {b}), position {p}: {_fmt(float(v))}{tie}</li>"
+                )
             elif f"{key}_window_text" in g:
-                items.append(f"<li>{_window(g, key, r, i)} <i>{_fmt(float(v))}</i></li>")
+                items.append(
+                    f"<li>{level}{_window(g, key, r, i)} <i>{_fmt(float(v))}</i>{tie}"
+                    f"{_earlier(g, key, r, i)}</li>"
+                )
             elif int(s) in thumbnails:
                 # The image itself is in the card's style sheet, once per input.
                 items.append(
                     f"<li style='display:inline-block;margin:2px'><span class='thumb im{s}' "
-                    f"title='input {s}: {_fmt(float(v))}'></span><br>{_fmt(float(v))}</li>"
+                    f"title='input {s}: {_fmt(float(v))}'></span><br>{level}{_fmt(float(v))}"
+                    f"{tie}</li>"
                 )
             else:
-                items.append(f"<li>input {s}, position {p}: {_fmt(float(v))}</li>")
+                items.append(f"<li>{level}input {s}, position {p}: {_fmt(float(v))}{tie}</li>")
+        head = title if key == "quantile_example" else f"{key} {len(items)} examples"
         out.append(
-            f"<p><b>{key} {len(items)} examples</b></p><ul class='examples'>{''.join(items)}</ul>"
+            f"<p><b>{head}</b>{' (ties shown once)' if key != 'quantile_example' else ''}</p>"
+            f"<ul class='examples'>{''.join(items)}</ul>"
         )
     return "".join(out)
 
 
 def _window(g, key, r, i) -> str:
-    """Tokens of an example's window, each shaded by the feature's activation there."""
+    """Tokens of an example's window, each shaded by the feature's activation there (where
+    known: the quantile examples have only their own token's value); the current token is
+    underlined, and the earlier occurrence of the current token boxed where it is in the
+    window, the token after it (the one an induction head copies) dotted."""
     texts = g[f"{key}_window_text"].values[r, i]
-    vals = g[f"{key}_window_value"].values[r, i]
+    known = f"{key}_window_value" in g
+    if known:
+        vals = g[f"{key}_window_value"].values[r, i]
+    else:
+        vals = np.full(len(texts), np.nan)
+        vals[len(texts) // 2] = float(g[f"{key}_value"].values[r, i])
     scale = max(float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 0.0, 1e-300)
     centre = len(texts) // 2
+    prev = -1
+    if f"{key}_previous_position" in g:
+        pp = int(g[f"{key}_previous_position"].values[r, i])
+        if pp >= 0:
+            prev = centre - (int(g[f"{key}_position"].values[r, i]) - pp)
     spans = []
     for j, (t, v) in enumerate(zip(texts, vals, strict=True)):
-        if not np.isfinite(v):
-            continue
-        # A page has thousands of these spans, each escaped again inside Bokeh's JSON: one
-        # class (sign, tenth of the window's largest |value|, c for the centre; see
-        # explorer_assets/card.css) and unquoted attributes keep it a third of the size that
-        # inline styles made it.
-        level = round(10 * min(1.0, abs(float(v)) / scale))
-        cls = f"w{'p' if v >= 0 else 'n'}{level}{'c' if j == centre else ''}"
-        spans.append(f"<span class={cls} title={_fmt(float(v))}>{html.escape(str(t))}</span>")
+        if (not np.isfinite(v)) if known else str(t) == "":
+            continue  # beyond the sequence ends (NaN value, or token -1 without values)
+        # A page has thousands of these spans: one class (sign, tenth of the window's largest
+        # |value|, c for the centre; see explorer_assets/card.css) and unquoted attributes.
+        if np.isfinite(v):
+            level = round(10 * min(1.0, abs(float(v)) / scale))
+            cls = f"w{'p' if v >= 0 else 'n'}{level}{'c' if j == centre else ''}"
+            # Two digits: the shade already says how large; thousands of these per page.
+            title = f" title={float(v):.2g}"
+        else:
+            cls, title = "wx", ""
+        if j == prev:
+            cls += " prev"
+        elif prev >= 0 and j == prev + 1:
+            cls += " copy"
+        attr = f"'{cls}'" if " " in cls else cls
+        spans.append(f"<span class={attr}{title}>{html.escape(str(t))}</span>")
     return "<span class='window'>" + "".join(spans) + "</span>"
+
+
+def _earlier(g, key, r, i) -> str:
+    """The earlier occurrence of the example's current token when it lies outside the window:
+    two tokens before it to three after, the occurrence boxed, the next token dotted."""
+    if f"{key}_previous_position" not in g:
+        return ""
+    pp = int(g[f"{key}_previous_position"].values[r, i])
+    pos = int(g[f"{key}_position"].values[r, i])
+    half = len(g[f"{key}_window_text"].values[r, i]) // 2
+    if pp < 0 or pos - pp <= half:
+        return "" if pp >= 0 else " <span class='noprev'>(first occurrence)</span>"
+    texts = g[f"{key}_previous_window_text"].values[r, i]
+    spans = []
+    for j, t in enumerate(texts):
+        if j == 2:
+            spans.append(f"<span class=prev>{html.escape(str(t))}</span>")
+        elif j == 3:
+            spans.append(f"<span class=copy>{html.escape(str(t))}</span>")
+        elif str(t):
+            spans.append(f"<span>{html.escape(str(t))}</span>")
+    return (
+        f"<br><span class='earlier'>earlier, position {pp}: <span class='window'>"
+        + "".join(spans)
+        + "</span></span>"
+    )
+
+
+def _svg(width: int, height: int, body: str, title: str) -> str:
+    return (
+        f"<svg class='plot' width={width} height={height} viewBox='0 0 {width} {height}' "
+        f"role=img><title>{html.escape(title)}</title>{body}</svg>"
+    )
+
+
+def _histogram(g, i) -> str:
+    """The activation histogram (the quantile subsample's rows in equal bins from the minimum
+    to the maximum), zero marked."""
+    if "histogram_count" not in g:
+        return ""
+    counts = g["histogram_count"].values[i].astype(np.float64)
+    lo, hi = float(g["min"].values[i]), float(g["max"].values[i])
+    w, h, n = 240, 48, len(counts)
+    top = max(float(counts.max()), 1.0)
+    bar = w / n
+    # Heights on a square-root scale: a single spike would flatten the rest.
+    rects = "".join(
+        f"<rect x={k * bar:.0f} y={h - 12 - (h - 14) * np.sqrt(c / top):.0f} "
+        f"width={bar - 1:.0f} height={(h - 14) * np.sqrt(c / top):.0f} fill='#4a7ebb'/>"
+        for k, c in enumerate(counts)
+        if c > 0
+    )
+    zero = ""
+    if lo < 0 < hi:
+        x = w * (0 - lo) / (hi - lo)
+        zero = f"<line x1={x:.1f} x2={x:.1f} y1=0 y2={h - 12} stroke='#c00'/>"
+    labels = (
+        f"<text x=0 y={h - 1} font-size=9>{_fmt(lo)}</text>"
+        f"<text x={w} y={h - 1} font-size=9 text-anchor=end>{_fmt(hi)}</text>"
+    )
+    return (
+        "<p class='plotrow'>histogram (held-out, √count; red: 0)<br>"
+        + _svg(w, h, rects + zero + labels, "activation histogram")
+        + "</p>"
+    )
+
+
+def _modadd_plots(g, i) -> str:
+    """Mod-add: the mean activation against (a + b) mod p, and the Fourier power per
+    frequency (dominant frequency in red)."""
+    out = []
+    if "sum_profile" in g:
+        curves = [
+            (g[key].values[i], colour)
+            for key, colour in (("a_profile", "#4a7ebb"), ("b_profile", "#e08a00"))
+            if key in g
+        ] + [(g["sum_profile"].values[i], "#2a6")]
+        w, h = 240, 56
+        lo = min(float(y.min()) for y, _ in curves)
+        hi = max(float(y.max()) for y, _ in curves)
+        span = hi - lo if hi > lo else 1.0
+        body = ""
+        if lo < 0 < hi:
+            z = 2 + (h - 14) * hi / span
+            body += f"<line x1=0 x2={w} y1={z:.1f} y2={z:.1f} stroke='#bbb'/>"
+        for y, colour in curves:
+            pts = " ".join(
+                f"{w * k / (len(y) - 1):.1f},{2 + (h - 14) * (hi - v) / span:.0f}"
+                for k, v in enumerate(y)
+            )
+            body += f"<polyline points='{pts}' fill=none stroke='{colour}' stroke-width='1.1'/>"
+        n = len(curves[0][0])
+        body += (
+            f"<text x=0 y={h - 1} font-size=9>0</text>"
+            f"<text x={w} y={h - 1} font-size=9 text-anchor=end>{n - 1}</text>"
+        )
+        parts = "<span style='color:#2a6'>(a + b) mod " + f"{n}</span>"
+        if len(curves) == 3:
+            parts = (
+                "<span style='color:#4a7ebb'>a</span> (mean over b), "
+                "<span style='color:#e08a00'>b</span> (mean over a), " + parts
+            )
+        out.append(
+            f"<p class='plotrow'>mean activation against {parts} (range {_fmt(lo)} to "
+            f"{_fmt(hi)})<br>"
+            + _svg(w, h, body, "activation against a, b and (a+b) mod p")
+            + "</p>"
+        )
+    if "frequency_power" in g:
+        power = g["frequency_power"].values[i].astype(np.float64)
+        total = float(power.sum())
+        dom = int(g["dominant_frequency"].values[i]) if "dominant_frequency" in g else -1
+        w, h, n = 240, 40, len(power)
+        top = max(float(power.max()), 1e-300)
+        bar = w / n
+        rects = "".join(
+            f"<rect x={k * bar:.1f} y={h - 10 - (h - 12) * p / top:.0f} "
+            f"width={max(bar - 0.5, 0.5):.1f} height={(h - 12) * p / top:.0f} "
+            f"fill='{'#c00' if k == dom else '#888'}'/>"
+            for k, p in enumerate(power)
+            if p > 0
+        )
+        body = rects + (
+            f"<text x=0 y={h - 1} font-size=9>0</text>"
+            f"<text x={w} y={h - 1} font-size=9 text-anchor=end>{n - 1}</text>"
+        )
+        mixed = float(g["mixed_power"].values[i]) if "mixed_power" in g else 0.0
+        share = f"; mixed terms {100 * mixed / (total + mixed):.0f}%" if total + mixed > 0 else ""
+        out.append(
+            f"<p class='plotrow'>Fourier power per frequency (red: dominant{share})<br>"
+            + _svg(w, h, body, "Fourier power per frequency")
+            + "</p>"
+        )
+    return "".join(out)
 
 
 def _edge_columns(

@@ -12,13 +12,17 @@ included), one streaming pass over the evaluation split gathers:
   language models the feature's activation at every token of a ``±window`` token window around
   the position (NaN and token -1 beyond the sequence ends).
 
+For the cards it also keeps a histogram and one example per quantile level, both read from a
+uniform subsample of ``N_PLOT_ROWS`` of those rows, and for language models each example's
+earlier occurrence of its current token.
+
 Memory is independent of the number of samples: ``(2 top_k (1 + window) + n_quantile_rows)``
 values per feature. :func:`compute_direct_effects` and :func:`compute_fourier_evidence` add the
 output-side and Fourier evidence.
 """
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -35,6 +39,10 @@ from interaction_basis.lib.records import Basis
 
 # name: (dims, values) or (dims, values, attrs)
 Variables = dict[str, tuple]
+N_HISTOGRAM_BINS = 24  # activation histogram of each feature (card plot)
+# The histogram and the quantile examples read the rows of the quantile subsample with the
+# smallest keys: themselves a uniform subsample (bottom-k), small enough to cost little.
+N_PLOT_ROWS = 4096
 LINEARITY_RTOL = 1e-6  # float64 sections are linear to ~1e-15; a non-linear one is off by O(1)
 
 
@@ -69,6 +77,7 @@ class FeatureAccumulator:
         self.max = torch.full((n_features,), -torch.inf, dtype=torch.float64)
         self._keys = torch.empty(0, dtype=torch.float64)
         self._sample = torch.empty(0, n_features, dtype=torch.float64)
+        self._sample_rows = torch.empty(0, dtype=torch.long)  # flat row id of each kept row
         self._top: _Ranked | None = None
         self._bottom: _Ranked | None = None
         self.n_pos: int | None = None
@@ -90,8 +99,8 @@ class FeatureAccumulator:
             raise ValueError(f"Positions changed from {self.n_pos} to {p} between batches.")
         flat = feats.reshape(b * p, n)
         self._add_moments(flat)
-        self._add_quantile_rows(flat)
         rows = first_sample * p + torch.arange(b * p)
+        self._add_quantile_rows(flat, rows)
         self._top = self._merge(self._top, flat, feats, rows, tokens, 1.0)
         self._bottom = self._merge(self._bottom, flat, feats, rows, tokens, -1.0)
 
@@ -107,7 +116,7 @@ class FeatureAccumulator:
         self.min = torch.minimum(self.min, flat.min(0).values)
         self.max = torch.maximum(self.max, flat.max(0).values)
 
-    def _add_quantile_rows(self, flat: Tensor) -> None:
+    def _add_quantile_rows(self, flat: Tensor, rows: Tensor) -> None:
         # The rows with the smallest random keys form a uniform sample without replacement.
         # Once the sample is full, only the incoming rows are copied, into the evicted slots.
         keys = torch.rand(flat.shape[0], generator=self._gen, dtype=torch.float64)
@@ -115,7 +124,8 @@ class FeatureAccumulator:
         if room > 0:
             self._keys = torch.cat([self._keys, keys[:room]])
             self._sample = torch.cat([self._sample, flat[:room]])
-            keys, flat = keys[room:], flat[room:]
+            self._sample_rows = torch.cat([self._sample_rows, rows[:room]])
+            keys, flat, rows = keys[room:], flat[room:], rows[room:]
             n_old = len(self._keys)
         if not len(keys):
             return
@@ -126,6 +136,7 @@ class FeatureAccumulator:
         incoming = torch.nonzero(kept[n_old:]).flatten()
         self._keys[evicted] = keys[incoming]
         self._sample[evicted] = flat[incoming]
+        self._sample_rows[evicted] = rows[incoming]
 
     def _merge(self, cur, flat, feats, rows, tokens, sign) -> _Ranked:
         # Only a batch's own top-k can enter the running top-k: merge (2k, feature), not the
@@ -169,6 +180,46 @@ class FeatureAccumulator:
                 win_t[new] = torch.where(inside, t, -1)
         return win_v, win_t
 
+    def _plot_rows(self) -> np.ndarray:
+        """Indices into the quantile subsample of a uniform subsample of ``N_PLOT_ROWS`` rows
+        (all of them when it has no more)."""
+        keys = self._keys.numpy()
+        if len(keys) <= N_PLOT_ROWS:
+            return np.arange(len(keys))
+        return np.sort(np.argpartition(keys, N_PLOT_ROWS - 1)[:N_PLOT_ROWS])
+
+    def _histogram(self, rows: np.ndarray) -> Variables:
+        """Counts of a uniform subsample of ``N_PLOT_ROWS`` rows (all rows when the split has
+        no more) in ``N_HISTOGRAM_BINS`` equal bins from the exact minimum to the maximum."""
+        sample = self._sample.numpy()[rows]
+        lo, hi = self.min.numpy(), self.max.numpy()
+        scale = N_HISTOGRAM_BINS / np.where(hi > lo, hi - lo, 1.0)
+        k = ((sample - lo) * scale).astype(np.int64)  # non-negative: truncation is floor
+        np.minimum(k, N_HISTOGRAM_BINS - 1, out=k)  # the maximum falls in the last bin
+        flat = (k + N_HISTOGRAM_BINS * np.arange(self.n_features)).ravel()
+        counts = np.bincount(flat, minlength=self.n_features * N_HISTOGRAM_BINS)
+        counts = counts.reshape(self.n_features, N_HISTOGRAM_BINS)
+        return {"histogram_count": (("feature", "bin"), counts)}
+
+    def _quantile_examples(self, q: np.ndarray, rows: np.ndarray) -> Variables:
+        """At each quantile level, the row of the plot subsample whose value is that quantile
+        (the lower order statistic): a real example from the middle of the distribution, with
+        its sample and position, to show beside the extremes."""
+        sample = self._sample.numpy()[rows]
+        at = np.floor(q * (len(sample) - 1)).astype(np.int64)
+        # The order statistics alone: a partition, not a sort.
+        # Along contiguous rows: a partition down the strided columns is several times slower.
+        part = np.argpartition(np.ascontiguousarray(sample.T), np.unique(at), axis=1)
+        idx = part[:, at].T  # (quantile, feature): indices into the subsample
+        flat = self._sample_rows.numpy()[rows][idx]
+        assert self.n_pos is not None  # set by the first batch
+        dims = ("quantile", "feature")
+        return {
+            "quantile_example_value": (dims, np.take_along_axis(sample, idx, 0)),
+            "quantile_example_sample": (dims, flat // self.n_pos),
+            "quantile_example_position": (dims, flat % self.n_pos),
+        }
+
     def finish(self, quantiles: Iterable[float]) -> Variables:
         """The summary as named variables (dims, array) for the layer's store group."""
         if self.count == 0:
@@ -182,6 +233,9 @@ class FeatureAccumulator:
             "max": (("feature",), self.max.numpy()),
             "quantile_value": (("quantile", "feature"), np.quantile(self._sample.numpy(), q, 0)),
         }
+        rows = self._plot_rows()
+        out |= self._histogram(rows)
+        out |= self._quantile_examples(q, rows)
         for name, ranked, sign in (("top", self._top, 1.0), ("bottom", self._bottom, -1.0)):
             assert ranked is not None and self.n_pos is not None  # set by the first batch
             rows = ranked.rows.numpy()
@@ -247,6 +301,60 @@ def compute_activation_evidence(
     for layer, a in acc.items():
         out[layer] = a.finish(quantiles)
         out[layer]["quantile"] = (("quantile",), np.asarray(quantiles, dtype=np.float64))
+        if window is not None and inputs.ndim == 2 and a.n_pos == inputs.shape[1]:
+            out[layer] |= _token_context(inputs, out[layer], window)
+    return out
+
+
+def token_windows(
+    tokens: Int[Tensor, "sample pos"],
+    sample: np.ndarray,
+    position: np.ndarray,
+    before: int,
+    after: int,
+) -> np.ndarray:
+    """The tokens at ``position - before .. position + after`` of each ``sample`` (shape
+    ``sample.shape + (before + after + 1,)``); -1 beyond the sequence ends or where
+    ``position`` is -1."""
+    t = tokens.to(torch.long).numpy()
+    at = position[..., None] + np.arange(-before, after + 1)
+    inside = (at >= 0) & (at < t.shape[1]) & (position[..., None] >= 0)
+    got = t[sample[..., None], np.clip(at, 0, t.shape[1] - 1)]
+    return np.where(inside, got, -1)
+
+
+def previous_occurrence(
+    tokens: Int[Tensor, "sample pos"], sample: np.ndarray, position: np.ndarray
+) -> np.ndarray:
+    """The last position before ``position`` in the same sample that holds the same token
+    (the earlier occurrence an induction head copies the next token from); -1 if none."""
+    t = tokens.to(torch.long).numpy()
+    seq = t[sample]  # (..., pos)
+    current = np.take_along_axis(seq, position[..., None], -1)
+    before = np.arange(t.shape[1]) < position[..., None]
+    hit = (seq == current) & before
+    last = t.shape[1] - 1 - np.argmax(hit[..., ::-1], axis=-1)
+    return np.where(hit.any(-1), last, -1)
+
+
+def _token_context(tokens: Tensor, v: Variables, window: int) -> Variables:
+    """Language models: the quantile examples' token windows, and for every example the
+    earlier occurrence of its current token (its position, and the tokens from two before
+    it to three after: the token after it is the one an induction head would copy)."""
+    out: Variables = {}
+    s, p = v["quantile_example_sample"][1], v["quantile_example_position"][1]
+    out["quantile_example_window_token"] = (
+        ("quantile", "feature", "window"),
+        token_windows(tokens, s, p, window, window),
+    )
+    for key in ("top", "bottom", "quantile_example"):
+        dims, s = v[f"{key}_sample"]
+        prev = previous_occurrence(tokens, s, v[f"{key}_position"][1])
+        out[f"{key}_previous_position"] = (dims, prev)
+        out[f"{key}_previous_window_token"] = (
+            (*dims, "context"),
+            token_windows(tokens, s, prev, 2, 3),
+        )
     return out
 
 
@@ -284,11 +392,22 @@ def compute_direct_effects(
         error = max(float((neg + one).abs().max()), float((both - one.sum(0)).abs().max()))
         if error > LINEARITY_RTOL * scale:
             raise ValueError("The section to the logits is not linear: no direct effect.")
-        n_out = zero.shape[0]
-        k = min(n_top, n_out)
-        up_v, up_i, down_v, down_i = [], [], [], []
-        for s in range(0, len(directions), chunk):
-            eff = section(directions[s : s + chunk][:, None, :])[:, 0] - zero
+    return _ranked_effects(
+        lambda s, e: section(directions[s:e][:, None, :])[:, 0] - zero,
+        len(directions),
+        n_top,
+        chunk,
+    )
+
+
+def _ranked_effects(effect: Callable[[int, int], Tensor], n: int, n_top: int, chunk: int):
+    """The ``n_top`` largest and smallest entries of each feature's effect on the outputs;
+    ``effect(start, stop)``: the effects (feature, output) of features ``start:stop``."""
+    up_v, up_i, down_v, down_i = [], [], [], []
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            eff = effect(s, min(s + chunk, n)).to("cpu", torch.float64)
+            k = min(n_top, eff.shape[1])
             up = torch.topk(eff, k, dim=1)
             down = torch.topk(eff, k, dim=1, largest=False)
             up_v.append(up.values.cpu())
@@ -302,6 +421,51 @@ def compute_direct_effects(
         "suppressed_value": (dims, torch.cat(down_v).T.numpy()),
         "suppressed_output": (dims, torch.cat(down_i).T.numpy()),
     }
+
+
+@runtime_checkable
+class FinalReadout(Protocol):
+    """A language model's path from the residual stream to the logits: the final LayerNorm and
+    the unembedding, linearised by freezing the LayerNorm's scale (``kinds/hf``)."""
+
+    def reads(self, layer: str, width: int) -> bool:
+        """Whether node layer ``layer`` (activations of ``width``) is the residual stream."""
+        ...
+
+    def variance(self, inputs: Tensor) -> Float[Tensor, "batch pos"]:
+        """The final LayerNorm's variance at every position of ``inputs``."""
+        ...
+
+    def logits(
+        self, variance: Float[Tensor, " n"], v: Float[Tensor, "n d"]
+    ) -> Float[Tensor, "n vocab"]:
+        """The logits' change when ``v[i]`` is added to the final residual and the LayerNorm
+        divides by ``sqrt(variance[i] + eps)`` (frozen): linear in ``v``."""
+        ...
+
+
+def compute_readout_direct_effects(
+    basis: Basis,
+    readout: FinalReadout,
+    variance: Float[Tensor, " feature"],
+    n_top: int,
+    *,
+    chunk: int = 256,
+) -> Variables:
+    """Each feature's direct effect on the logits from a residual-stream layer: its direction
+    ``C⁺[i]`` (the change of the residual per unit of the feature) added to the final residual,
+    skipping the later blocks, through the final LayerNorm with its scale frozen at
+    ``variance[i]`` (the sample's own value: the feature's top example) and the unembedding.
+    A stated linearisation: the LayerNorm's scale would also move with the direction (to first
+    order by ``cov(x, v)``), which this leaves out. Promoted and suppressed outputs as
+    :func:`compute_direct_effects`, and the variance used (``direct_variance``)."""
+    directions = basis.C_pinv.to(torch.float64)
+    var = variance.to(torch.float64)
+    out = _ranked_effects(
+        lambda s, e: readout.logits(var[s:e], directions[s:e]), len(directions), n_top, chunk
+    )
+    out["direct_variance"] = (("feature",), var.cpu().numpy())
+    return out
 
 
 def compute_fourier_evidence(
@@ -318,6 +482,7 @@ def compute_fourier_evidence(
     for layer, basis in bases.items():
         feats = (acts[layer].to(torch.float64) @ basis.C.to(torch.float64)).sum(dim=1)
         power = compute_frequency_power(feats, modulus=modulus)
+        grid = feats.numpy().T.reshape(-1, modulus, modulus)  # (feature, a, b)
         freq, share = compute_dominant_frequencies(power)
         terms, term_share = compute_dominant_terms(power)
         out[layer] = {
@@ -327,5 +492,18 @@ def compute_fourier_evidence(
             "dominant_share": (("feature",), share),
             "dominant_term": (("feature",), np.array(terms)),
             "dominant_term_share": (("feature",), term_share),
+            "sum_profile": (("feature", "residue"), sum_profile(feats, modulus)),
+            # The mean over the other operand: a feature of a (or b) alone is flat in (a + b).
+            "a_profile": (("feature", "residue"), grid.mean(2)),
+            "b_profile": (("feature", "residue"), grid.mean(1)),
         }
     return out
+
+
+def sum_profile(feats: Float[Tensor, "sample feature"], modulus: int) -> np.ndarray:
+    """Each feature's mean over the inputs with the same ``(a + b) mod p``, ``(feature,
+    residue)``; ``feats`` in ``build_modadd_dataset`` order (``index = a p + b``)."""
+    grid = feats.numpy().T.reshape(-1, modulus, modulus)  # (feature, a, b)
+    a = np.arange(modulus)
+    b_of = (a[None, :] - a[:, None]) % modulus  # [a, r]: the b with a + b = r
+    return grid[:, a[:, None], b_of].mean(axis=1)  # every residue has exactly p pairs

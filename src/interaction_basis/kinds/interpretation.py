@@ -48,6 +48,12 @@ class Interpretation(Protocol):
         """Image data URIs of held-out samples for the explorer's cards ({} if not images)."""
         ...
 
+    def final_readout(self, cfg: ModelConfig, weights_path: str, dtype: str, device: str) -> Any:
+        """Language models: the final LayerNorm and unembedding (an
+        ``interpret.features.FinalReadout``) that give residual-stream features a direct
+        effect; None for other kinds."""
+        ...
+
 
 class Defaults:
     """A kind that says nothing beyond the generic evidence."""
@@ -68,8 +74,12 @@ class Defaults:
     def thumbnails(cfg: ModelConfig, samples: set[int]) -> dict[int, str]:
         return {}
 
+    @staticmethod
+    def final_readout(cfg: ModelConfig, weights_path: str, dtype: str, device: str) -> None:
+        return None
 
-MEMBERS = ("label_modules", "add_feature_evidence", "tokenizer", "thumbnails")
+
+MEMBERS = ("label_modules", "add_feature_evidence", "tokenizer", "thumbnails", "final_readout")
 
 
 def get(kind: str) -> Interpretation:

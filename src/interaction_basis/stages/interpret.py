@@ -5,10 +5,15 @@ comes from its ``kinds/<kind>/interpretation.py``."""
 import logging
 
 import numpy as np
+import torch
 
 from interaction_basis import storage
 from interaction_basis.config import ExtractConfig, FeaturesConfig, ModelConfig
-from interaction_basis.interpret.features import compute_activation_evidence, compute_direct_effects
+from interaction_basis.interpret.features import (
+    compute_activation_evidence,
+    compute_direct_effects,
+    compute_readout_direct_effects,
+)
 from interaction_basis.kinds import data, interpretation, network
 from interaction_basis.kinds.registry import KINDS
 from interaction_basis.progress import progress
@@ -56,6 +61,10 @@ def interpret_features(
         device=device,
     )
     direct_layers = _add_direct_effects(net, bases, evidence, interpret.n_direct)
+    readout = kind.final_readout(model, weights, extract.dtype, extract.device)
+    linearised = _add_readout_effects(
+        readout, bases, evidence, inputs, direct_layers, interpret.n_direct, interpret.batch_size
+    )
     kind.add_feature_evidence(model, net, bases, evidence, inputs)
     log_device_peak(device)
     tokenizer = kind.tokenizer(model, weights)
@@ -77,7 +86,8 @@ def interpret_features(
         split=split,
         n_samples=len(inputs),
         basis_config_sha256=storage.read_attrs(basis)["config_sha256"],
-        direct_effect_layers=direct_layers,
+        direct_effect_layers=direct_layers + linearised,
+        direct_effect_linearised=linearised,
     )
     storage.write_features(features, evidence, attrs)
 
@@ -101,6 +111,32 @@ def _add_direct_effects(model, bases, evidence, n_direct: int) -> list[str]:
     return done
 
 
+def _add_readout_effects(
+    readout, bases, evidence, inputs, done: list[str], n_direct: int, batch_size: int
+) -> list[str]:
+    """Language models: the direct effect of every residual-stream layer's features through the
+    final LayerNorm, frozen at the scale of each feature's top example, and the unembedding."""
+    if readout is None:
+        return []
+    out = []
+    for layer, b in bases.items():
+        if layer in done or not readout.reads(layer, b.C.shape[0]):
+            continue
+        sample = np.asarray(evidence[layer]["top_sample"][1][0])
+        position = np.asarray(evidence[layer]["top_position"][1][0])
+        uniq, inverse = np.unique(sample, return_inverse=True)
+        var = torch.cat(
+            [
+                readout.variance(inputs[torch.as_tensor(uniq[s : s + batch_size])]).cpu()
+                for s in range(0, len(uniq), batch_size)
+            ]
+        )
+        at = var[torch.as_tensor(inverse), torch.as_tensor(position)]
+        evidence[layer] |= compute_readout_direct_effects(b, readout, at, n_direct)
+        out.append(layer)
+    return out
+
+
 def _add_labels(v: dict, labels, tokenizer) -> None:
     """Readable names of the direct effects' outputs and of the windows' tokens."""
     if tokenizer is not None:
@@ -122,7 +158,14 @@ def _add_labels(v: dict, labels, tokenizer) -> None:
         if f"{key}_output" in v:
             dims, ids = v[f"{key}_output"]
             v[f"{key}_label"] = (dims, name(ids))
-    for key in ("top", "bottom"):
+    for key in (
+        "top",
+        "bottom",
+        "quantile_example",
+        "top_previous",
+        "bottom_previous",
+        "quantile_example_previous",
+    ):
         if f"{key}_window_token" in v and tokenizer is not None:
             dims, ids = v[f"{key}_window_token"]
             v[f"{key}_window_text"] = (dims, name(ids))

@@ -23,6 +23,56 @@ const RAMP = ['#fee8c8', '#fdbb84', '#fc8d59', '#e34a33', '#b30000'];
 const shareColour = (s) => RAMP[Math.min(RAMP.length - 1, Math.floor(Math.sqrt(s) * RAMP.length))];
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => '&#' + c.charCodeAt(0) + ';');
 
+// Cards: each layer's cards are one base64 zlib blob (texts[method].cards[layer], see
+// pack_cards), inflated with the browser's DecompressionStream the first time a card of the
+// layer is shown (offline, also from file://) and kept. A small page inflates every layer
+// right away (ib.cardsReady once done); a large one only what is opened.
+const SEPARATOR = '\x1e';
+const PRELOAD_CHARS = 4e6;
+ib.cards = new Map();
+ib.cardsReady = false;
+const names = (o) => (o instanceof Map ? [...o.keys()] : Object.keys(o));
+ib.inflate = async (b64) => {
+  const bin = atob(b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
+  return (await new Response(stream).text()).split(SEPARATOR);
+};
+ib.layerCards = (m, layer) => {
+  const key = m + '|' + layer;
+  if (!ib.cards.has(key)) {
+    const blob = get(get(get(texts, m), 'cards'), layer);
+    ib.cards.set(key, ib.inflate(blob).then((list) => {
+      ib.cards.set(key, list);
+      return list;
+    }));
+  }
+  return ib.cards.get(key);
+};
+const LOADING = '<i>inflating this layer\'s cards…</i>';
+// The card of a feature-store row, or LOADING (the card is drawn again once inflated).
+ib.cardOf = (row) => {
+  const d = ib.store()[0].data;
+  const got = ib.layerCards(ib.method, d.layer[row]);
+  if (Array.isArray(got)) return got[d.index[row]];
+  got.then(() => ib.render());
+  return LOADING;
+};
+ib.preload = async () => {
+  let total = 0;
+  for (const m of methods) {
+    const c = get(get(texts, m), 'cards');
+    for (const layer of names(c)) total += get(c, layer).length;
+  }
+  if (total <= PRELOAD_CHARS) {
+    for (const m of methods) {
+      for (const layer of names(get(get(texts, m), 'cards'))) await ib.layerCards(m, layer);
+    }
+  }
+  ib.cardsReady = true;
+};
+
 ib.store = () => stores[ib.method];
 ib.rowOf = (key) => (ib.index.has(key) ? ib.index.get(key) : null);
 ib.link = (i) => {
@@ -184,7 +234,7 @@ ib.renderModules = () => {
   note.text = text;
   const fd = nodeStore.data;
   if (ib.msel !== null) {
-    card.text = fd.card[ib.msel];
+    card.text = ib.cardOf(ib.msel);
   } else if (ib.open !== null) {
     const shown = ib.memberRows.slice(0, 12);
     const rest = ib.memberRows.slice(12);
@@ -193,7 +243,7 @@ ib.renderModules = () => {
       ' as cards; the rest: ' + rest.map(ib.link).join(', ') + ')' : '') + '.</p>' +
       "<div class='members' style='display:flex;gap:8px;overflow-x:auto;align-items:flex-start'>" +
       shown.map((r) => "<div class='member' style='flex:0 0 300px;border-right:1px solid #ccc'>" +
-        fd.card[r] + '</div>').join('') + '</div>';
+        ib.cardOf(r) + '</div>').join('') + '</div>';
   } else {
     card.text = '<i>Click a supernode to see its members\' cards.</i>';
   }
@@ -282,7 +332,7 @@ ib.render = () => {
   if (ib.sel !== null) {
     let pinned = '';
     if (ib.pins.length) pinned = '<p><b>pinned</b>: ' + ib.pins.map(ib.link).join(', ') + '</p>';
-    card.text = pinned + nd.card[ib.sel];
+    card.text = pinned + ib.cardOf(ib.sel);
   } else {
     card.text = '<i>Click a node to see its card; shift-click to pin nodes and see the paths ' +
       'between them.</i>';
@@ -391,3 +441,4 @@ window.addEventListener('hashchange', ib.readHash);
 ib.lastView = view.active;
 ib.switchMethod(methods[method.active]);
 ib.readHash();
+ib.preload();
