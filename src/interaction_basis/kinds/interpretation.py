@@ -8,6 +8,7 @@ from interaction_basis.config import ModelConfig
 from interaction_basis.kinds._concern import implementation
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor
 
     from interaction_basis.graph.clustering import Modules
@@ -48,7 +49,9 @@ class Interpretation(Protocol):
         """Image data URIs of held-out samples for the explorer's cards ({} if not images)."""
         ...
 
-    def final_readout(self, cfg: ModelConfig, weights_path: str, dtype: str, device: str) -> Any:
+    def final_readout(
+        self, cfg: ModelConfig, weights_path: str, dtype: str, device: "torch.device | None"
+    ) -> Any:
         """Language models: the final LayerNorm and unembedding (an
         ``interpret.features.FinalReadout``) that give residual-stream features a direct
         effect; None for other kinds."""
@@ -75,7 +78,9 @@ class Defaults:
         return {}
 
     @staticmethod
-    def final_readout(cfg: ModelConfig, weights_path: str, dtype: str, device: str) -> None:
+    def final_readout(
+        cfg: ModelConfig, weights_path: str, dtype: str, device: "torch.device | None"
+    ) -> None:
         return None
 
 

@@ -61,7 +61,7 @@ def interpret_features(
         device=device,
     )
     direct_layers = _add_direct_effects(net, bases, evidence, interpret.n_direct)
-    readout = kind.final_readout(model, weights, extract.dtype, extract.device)
+    readout = kind.final_readout(model, weights, extract.dtype, device)
     linearised = _add_readout_effects(
         readout, bases, evidence, inputs, direct_layers, interpret.n_direct, interpret.batch_size
     )

@@ -18,7 +18,7 @@ def tokenizer(cfg: ModelConfig, weights_path: str):
     return load_tokenizer(weights_path)
 
 
-def final_readout(cfg: ModelConfig, weights_path: str, dtype: str, device: str):
+def final_readout(cfg: ModelConfig, weights_path: str, dtype: str, device: torch.device | None):
     """The model cut at its final LayerNorm (see :class:`FinalLayerNormReadout`)."""
     from interaction_basis.kinds import network
 
