@@ -8,6 +8,7 @@ from torch import Tensor
 from interaction_basis import storage
 from interaction_basis.config import BasisSettings, ExtractConfig, Method, ModelConfig
 from interaction_basis.kinds import network
+from interaction_basis.lib import budget
 from interaction_basis.lib.basis import Truncation
 from interaction_basis.lib.fit import (
     compute_m_dash,
@@ -18,7 +19,7 @@ from interaction_basis.lib.fit import (
 )
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.records import Basis, add_partials
-from interaction_basis.stages.common import provenance
+from interaction_basis.stages.common import memory_budget, provenance
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,18 @@ def fit_basis(
     net = network.load_model(
         model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
-    bases, m_dash = fit_bases(
-        net,
-        storage.open_activation_batches(acts, extract.batch_size),
-        storage.read_stats(acts),
-        method,
-        truncation=Truncation(basis.truncation, basis.relative),
-        center=extract.center,
-        rotate_final=basis.rotate_final,
-        **_m_dash_settings(basis),
-        progress=True,
-    )
+    with budget.limit(memory_budget(extract, model)):
+        bases, m_dash = fit_bases(
+            net,
+            storage.open_activation_batches(acts, extract.batch_size),
+            storage.read_stats(acts),
+            method,
+            truncation=Truncation(basis.truncation, basis.relative),
+            center=extract.center,
+            rotate_final=basis.rotate_final,
+            **_m_dash_settings(basis),
+            progress=True,
+        )
     for layer, b in bases.items():
         log.info("%s %s: %d of %d directions kept", method, layer, b.C.shape[1], b.C.shape[0])
     storage.write_bases(basis_out, bases, m_dash, method, _basis_attrs(model, extract, basis))
@@ -83,15 +85,16 @@ def shard_m_dash(
     c_next = next_basis_matrix(
         net.node_layers, layer, storage.read_bases(next_basis), basis.rotate_final
     )
-    part = compute_m_dash(
-        net,
-        storage.open_activation_batches(acts, extract.batch_size),
-        layer,
-        c_next,
-        **_m_dash_settings(basis),
-        first_batch=int(storage.read_attrs(acts)["first_batch"]),
-        progress=True,
-    )
+    with budget.limit(memory_budget(extract, model)):
+        part = compute_m_dash(
+            net,
+            storage.open_activation_batches(acts, extract.batch_size),
+            layer,
+            c_next,
+            **_m_dash_settings(basis),
+            first_batch=int(storage.read_attrs(acts)["first_batch"]),
+            progress=True,
+        )
     log.info("M' %s (next %s): %d (sample, position) pairs", layer, nxt, part.count)
     storage.write_partial_sums(m_dash, {layer: part}, provenance(layer=layer))
 

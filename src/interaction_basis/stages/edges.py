@@ -4,11 +4,12 @@ by adding the shards' sums)."""
 from interaction_basis import storage
 from interaction_basis.config import EdgesConfig, ExtractConfig, ModelConfig
 from interaction_basis.kinds import network
+from interaction_basis.lib import budget
 from interaction_basis.lib.fit import compute_edge_sums
 from interaction_basis.lib.fit import compute_edges as build_edges
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.records import add_partials
-from interaction_basis.stages.common import provenance
+from interaction_basis.stages.common import memory_budget, provenance
 
 
 def _edge_settings(edges_cfg: EdgesConfig) -> dict:
@@ -39,12 +40,13 @@ def shard_edges(
     parts: str,
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
-    sums = compute_edge_sums(
-        *_edge_inputs(model, extract, weights, acts, basis),
-        **_edge_settings(edges),
-        first_batch=int(storage.read_attrs(acts)["first_batch"]),
-        progress=True,
-    )
+    with budget.limit(memory_budget(extract, model)):
+        sums = compute_edge_sums(
+            *_edge_inputs(model, extract, weights, acts, basis),
+            **_edge_settings(edges),
+            first_batch=int(storage.read_attrs(acts)["first_batch"]),
+            progress=True,
+        )
     storage.write_partial_sums(
         parts,
         {storage.edge_group_name(a, b): part for (a, b), part in sums.items()},
@@ -73,7 +75,10 @@ def compute_edges(
     edges_out: str,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    result = build_edges(
-        *_edge_inputs(model, extract, weights, acts, basis), **_edge_settings(edges), progress=True
-    )
+    with budget.limit(memory_budget(extract, model)):
+        result = build_edges(
+            *_edge_inputs(model, extract, weights, acts, basis),
+            **_edge_settings(edges),
+            progress=True,
+        )
     storage.write_edges(edges_out, result, provenance(edges=edges))
