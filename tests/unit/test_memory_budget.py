@@ -113,3 +113,12 @@ def test_the_generic_path_cuts_its_calls_to_the_budget(monkeypatch, mode):
     assert n_cut > n_whole
     for got, want in ((m_cut, m_whole), (e_cut, e_whole)):
         assert float((got - want).abs().max() / want.abs().max()) <= 1e-12
+
+
+def test_the_stages_budget_comes_from_the_setting_and_is_logged(caplog):
+    from interaction_basis.stages.common import memory_budget
+
+    with caplog.at_level("INFO"):
+        n_bytes = memory_budget(ExtractConfig(memory_budget_mb=256), torch.device("cpu"))
+    assert n_bytes == 256 * MIB
+    assert "memory budget: 256 MiB (extract.memory_budget_mb) on cpu" in caplog.text

@@ -46,7 +46,7 @@ def fit_basis(
     net = network.load_model(
         model, weights, storage.read_node_layers(acts), extract.dtype, extract.device
     )
-    with budget.limit(memory_budget(extract, model)):
+    with budget.limit(memory_budget(extract, network.resolve_device(extract.device, model.kind))):
         bases, m_dash = fit_bases(
             net,
             storage.open_activation_batches(acts, extract.batch_size),
@@ -85,7 +85,7 @@ def shard_m_dash(
     c_next = next_basis_matrix(
         net.node_layers, layer, storage.read_bases(next_basis), basis.rotate_final
     )
-    with budget.limit(memory_budget(extract, model)):
+    with budget.limit(memory_budget(extract, network.resolve_device(extract.device, model.kind))):
         part = compute_m_dash(
             net,
             storage.open_activation_batches(acts, extract.batch_size),

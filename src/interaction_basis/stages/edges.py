@@ -40,7 +40,7 @@ def shard_edges(
     parts: str,
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
-    with budget.limit(memory_budget(extract, model)):
+    with budget.limit(memory_budget(extract, network.resolve_device(extract.device, model.kind))):
         sums = compute_edge_sums(
             *_edge_inputs(model, extract, weights, acts, basis),
             **_edge_settings(edges),
@@ -75,7 +75,7 @@ def compute_edges(
     edges_out: str,
 ) -> None:
     """Edges between every pair of adjacent node layers."""
-    with budget.limit(memory_budget(extract, model)):
+    with budget.limit(memory_budget(extract, network.resolve_device(extract.device, model.kind))):
         result = build_edges(
             *_edge_inputs(model, extract, weights, acts, basis),
             **_edge_settings(edges),
