@@ -112,10 +112,11 @@ class CausalAttention:
 
     Cost per sample, with ``Π`` the (query, key) pairs in the mask (``P(P+1)/2`` causal), ``k``
     the output features and ``n_α`` the integration points, in multiply-adds: the pattern and
-    its partners ``n_α H Π (d_head + 2k)``, repeated per chunk of output features for the
-    patterns; M′ exact ``H² Π k`` for the key-side terms (rotary: ``H² Π k d_head``) and
-    ``P k d²`` for the query side; the edges ``H Π k_in (d_head + k)``; M′ with ``n`` position
-    sources ``n H Π k (d_head + 1) + n P k d²``. Memory: the chunk within the budget, the
+    its partners ``n_α H Π (d_head + 2k)`` (the ``H Π d_head`` scores once per chunk of output
+    features) and the query-side ``Γ`` ``H Π d_head k`` (rotary: twice); M′ exact then
+    ``2 H² Π k`` for the key-side terms (rotary: ``H² Π k (2 d_head + 1)``) and ``P k d²`` for
+    the Gram of ``Γ``; the edges ``H Π k_in (d_head + k)``; M′ with ``n`` position sources
+    ``n H Π k d_head`` for the key half of the rows and ``(n + 2) P k d²`` for their Grams. Memory: the chunk within the budget, the
     accumulators (``d² + H k d``), and with position sources the key half of their rows
     ``n·P·I·d`` per chunk of ``I`` output features (within the budget too).
 
