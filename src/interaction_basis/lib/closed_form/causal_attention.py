@@ -116,9 +116,10 @@ class CausalAttention:
     features) and the query-side ``Γ`` ``H Π d_head k`` (rotary: twice); M′ exact then
     ``2 H² Π k`` for the key-side terms (rotary: ``H² Π k (2 d_head + 1)``) and ``P k d²`` for
     the Gram of ``Γ``; the edges ``H Π k_in (d_head + k)``; M′ with ``n`` position sources
-    ``n H Π k d_head`` for the key half of the rows and ``(n + 2) P k d²`` for their Grams. Memory: the chunk within the budget, the
-    accumulators (``d² + H k d``), and with position sources the key half of their rows
-    ``n·P·I·d`` per chunk of ``I`` output features (within the budget too).
+    ``n H Π k d_head`` for the key half of the rows and ``(n + 2) P k d²`` for their Grams.
+    Memory: the chunk within the budget, the accumulators (``d² + H k d``), and with position
+    sources the key half of their rows ``n·P·I·d`` per chunk of ``I`` output features (within
+    the budget too).
 
     Exact sources and stochastic ones over positions (the LM configs' setting); sources over
     hidden dimensions take the generic path.
@@ -149,6 +150,14 @@ class CausalAttention:
         self._w_o = w_o.to(F64).view(n_heads, v.shape[-1], -1)  # (h, dv, d)
         self._w_v = v
         self._m = v @ self._w_o  # (h, dn, d)
+        # Per query row, the first key and one past the last its mask row sees (the diagonal
+        # included), read once here: planning then needs no tensor data (it also runs on fake
+        # tensors, for the benchmarks' dry runs).
+        ctx = mask.shape[0]
+        index = torch.arange(ctx)
+        seen = mask.cpu() | torch.eye(ctx, dtype=torch.bool)
+        self._first = torch.where(seen, index, ctx).min(dim=1).values.tolist()
+        self._last = (torch.where(seen, index, -1).max(dim=1).values + 1).tolist()
 
     def __call__(self, h: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos out"]:
         x = h[..., self.dn :]
@@ -176,14 +185,11 @@ class CausalAttention:
         heads, dh = self.n_heads, self.d_head
         return 8 * (3 * heads * dh * features + 3 * k_in * features + 2 * heads * k_in)
 
-    def _key_ranges(self, n_pos: int) -> tuple[Tensor, Tensor]:
-        """Per query row, the first key and one past the last key its mask row sees (the
-        diagonal included)."""
-        mask = self.mask[:n_pos, :n_pos].cpu()
-        index = torch.arange(n_pos)
-        seen = mask | torch.eye(n_pos, dtype=torch.bool)
-        first = torch.where(seen, index, n_pos).min(dim=1).values
-        last = torch.where(seen, index, -1).max(dim=1).values + 1
+    def _key_ranges(self, n_pos: int) -> tuple[list[int], list[int]]:
+        """Per query row of the first ``n_pos``, the first key and one past the last key its
+        mask row sees among the first ``n_pos`` (the diagonal included)."""
+        first = self._first[:n_pos]
+        last = [max(min(stop, n_pos), t + 1) for t, stop in enumerate(self._last[:n_pos])]
         return first, last
 
     def _plan(self, batch: int, n_pos: int, k_out: int, k_in: int = 0, kept: int = 0) -> _Plan:
@@ -201,16 +207,16 @@ class CausalAttention:
             features = (features + 1) // 2
         pair, row = self._pair_bytes(features, k_in), self._row_bytes(features, k_in)
         first, last = self._key_ranges(n_pos)
-        pairs = int((last - first).sum())
+        pairs = sum(stop - start for start, stop in zip(first, last, strict=True))
         per_sample = pairs * pair + n_pos * (row + kept * features)
         samples = max(1, min(batch, budget // max(1, per_sample)))
         room = budget - samples * n_pos * kept * features
         queries = []
         t0 = 0
         while t0 < n_pos:
-            s0, s1, t1 = int(first[t0]), int(last[t0]), t0 + 1
+            s0, s1, t1 = first[t0], last[t0], t0 + 1
             while t1 < n_pos:
-                n0, n1 = min(s0, int(first[t1])), max(s1, int(last[t1]))
+                n0, n1 = min(s0, first[t1]), max(s1, last[t1])
                 if samples * (t1 + 1 - t0) * ((n1 - n0) * pair + row) > room:
                     break
                 s0, s1, t1 = n0, n1, t1 + 1
