@@ -413,47 +413,53 @@ class CausalAttention:
         low = x_all.new_zeros(2, hd, 2, hd)
         col_a = x_all.new_zeros(heads, k_out)
         col_z = x_all.new_zeros(2, hd, k_out)
-        # κ, Ã, Γ and Σ_r φ κ live through a chunk of output features: per (sample, position,
-        # feature) n·(d + H) + 2d + H floats.
-        kept = 8 * (n_src * (hd + heads) + 2 * hd + heads)
+        # κ, Ã, Γ, Σ_r φ κ (and one term of it) and Σ_r φ Ã live through a chunk of output
+        # features: per (sample, position, feature) n·(d + H) + 3d + 2H floats. They are laid
+        # out feature first, so every product below reads them in place (no copies).
+        kept = 8 * (n_src * (hd + heads) + 3 * hd + 2 * heads)
         plan = self._plan(batch, n_pos, k_out, kept=kept)
         for b0, b1, i0, i1, blocks in self._blocks(x_all[..., :dn], c_y, out.points, plan):
             b, n_i = b1 - b0, i1 - i0
-            phi = as_signs(draws.draws[:, i0:i1, b0:b1]).to(x_all.device).permute(2, 0, 1, 3)
-            kappa = x_all.new_zeros(b, n_src, n_i, n_pos, heads, dh)
-            a_src = x_all.new_zeros(b, n_src, n_i, n_pos, heads)
-            gamma = x_all.new_zeros(b, heads, n_pos, dh, n_i)
+            phi = as_signs(draws.draws[:, i0:i1, b0:b1]).to(x_all.device).permute(1, 2, 0, 3)
+            kappa = x_all.new_zeros(n_i, b, n_src, n_pos, heads, dh)  # φ: (i, b, r, t)
+            a_src = x_all.new_zeros(n_i, b, n_src, n_pos, heads)
+            gamma = x_all.new_zeros(n_i, b, n_pos, heads, dh)
             for t in blocks:
                 s1 = t.s0 + t.a.shape[-1]
-                phi_t = phi[..., t.t0 : t.t1]  # (b, r, i, t)
-                a_src[:, :, :, t.s0 : s1] += torch.einsum("brit,bhts->brish", phi_t, t.a)
+                phi_t = phi[..., t.t0 : t.t1]  # (i, b, r, t)
+                a_src[..., t.s0 : s1, :] += torch.einsum("ibrt,bhts->ibrsh", phi_t, t.a)
                 q_heads = t.q.permute(0, 2, 1, 3)  # (b, h, t, e)
                 for r in range(n_src):
                     # Σ_t φ_rit ḡ^h_tsi q^h_t: one matmul over t per (sample, head)
-                    weighted = t.g * phi_t[:, r].permute(0, 2, 1)[:, None, :, None, :]
+                    weighted = t.g * phi_t[:, :, r].permute(1, 2, 0)[:, None, :, None, :]
                     summed = weighted.permute(0, 1, 3, 4, 2) @ q_heads[:, :, None]
-                    kappa[:, r, :, t.s0 : s1] += summed.permute(0, 3, 2, 1, 4)  # (b, i, s, h, e)
-                gamma[:, :, t.t0 : t.t1] = t.gamma_sum
+                    kappa[:, :, r, t.s0 : s1] += summed.permute(3, 0, 2, 1, 4)  # (i, b, s, h, e)
+                gamma[:, :, t.t0 : t.t1] = t.gamma_sum.permute(4, 0, 2, 1, 3)
             if self.rotary is not None:  # κ = rot_sᵀ (Σ_t …): the rotation of position s
                 cos, sin = (r[:n_pos].to(F64).to(x_all.device)[:, None] for r in self.rotary)
-                kappa = rotate(kappa, cos, -sin)
-            flat_k = kappa.view(b, n_src, n_i, n_pos, hd)
-            flat_g = gamma.permute(0, 4, 2, 1, 3).reshape(b, n_i, n_pos, hd)  # (b, i, s, (g, e))
-            signed_k = torch.einsum("bris,brisz->bisz", phi, flat_k)  # Σ_r φ κ
-            signed_a = torch.einsum("bris,brish->bish", phi, a_src)  # Σ_r φ Ã
+                for i in range(n_i):  # one feature at a time: the temporaries stay small
+                    kappa[i] = rotate(kappa[i], cos, -sin)
+            flat_k = kappa.view(n_i, -1, hd)  # (i, (b, r, s), z)
+            flat_g = gamma.view(n_i, -1, hd)  # (i, (b, s), z)
+            signed_k = torch.zeros_like(gamma).view(n_i, b, n_pos, hd)  # Σ_r φ κ
+            for r in range(n_src):
+                signed_k += phi[:, :, r, :, None] * kappa[:, :, r].view(n_i, b, n_pos, hd)
+            signed_a = torch.einsum("ibrs,ibrsh->ibsh", phi, a_src)  # Σ_r φ Ã
             rows_k = flat_k.reshape(-1, hd)
             low[0, :, 0] += rows_k.T @ rows_k
-            kq = signed_k.reshape(-1, hd).T @ flat_g.reshape(-1, hd)
+            kq = signed_k.view(-1, hd).T @ flat_g.reshape(-1, hd)
             low[0, :, 1] += kq
             low[1, :, 0] += kq.T
             rows_g = flat_g.reshape(-1, hd)
             low[1, :, 1] += n_src * (rows_g.T @ rows_g)
-            pattern_gram[..., i0:i1] += torch.einsum("brish,brisg->hgi", a_src, a_src)
-            cross[:, i0:i1, 0] += torch.einsum("brish,brisz->hiz", a_src, flat_k)
-            cross[:, i0:i1, 1] += torch.einsum("bish,bisz->hiz", signed_a, flat_g)
-            col_a[:, i0:i1] += signed_a.sum((0, 2)).T
-            col_z[0, :, i0:i1] += signed_k.sum((0, 2)).T
-            col_z[1, :, i0:i1] += n_src * flat_g.sum((0, 2)).T
+            a_flat = a_src.view(n_i, -1, heads)  # (i, (b, r, s), h)
+            pattern_gram[..., i0:i1] += (a_flat.transpose(1, 2) @ a_flat).permute(1, 2, 0)
+            cross[:, i0:i1, 0] += (a_flat.transpose(1, 2) @ flat_k).transpose(0, 1)
+            signed_flat = signed_a.reshape(n_i, -1, heads)  # (i, (b, s), h)
+            cross[:, i0:i1, 1] += (signed_flat.transpose(1, 2) @ flat_g).transpose(0, 1)
+            col_a[:, i0:i1] += signed_flat.sum(1).T
+            col_z[0, :, i0:i1] += signed_k.sum((1, 2)).T
+            col_z[1, :, i0:i1] += n_src * flat_g.sum(1).T
         n_mats = self._m @ c_y  # (h, dn, k)
         u = torch.stack([self.w_k, self.w_q]).view(2, dn, heads, dh)
         u = u.permute(1, 0, 2, 3).reshape(dn, -1)  # (dn, (K/Q, g, e))
