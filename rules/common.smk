@@ -396,7 +396,7 @@ def _lm_plan(name):
         m_dash_hidden=b.sources.n_hidden,
         edges_pos=e.edges.n_sources_pos,
         integration_points=points,
-        memory_budget_mb=getattr(x, "memory_budget_mb", None),
+        memory_budget_mb=x.memory_budget_mb,
     )
     return config_file, plan
 

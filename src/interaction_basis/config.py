@@ -373,6 +373,15 @@ class ExtractConfig(_Frozen):
         "language models when present; cuda: stop if there is none (mod-add and MLP models "
         "always run on the CPU).",
     )
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=1,
+        description="MiB that the largest intermediates of one M' or edge call may take: the "
+        "closed forms and the generic path chunk over positions, output features and samples "
+        "to stay within it (results do not depend on it). null: half the memory the job has "
+        "(the GPU's free memory on CUDA, else the SLURM job's memory, else the machine's "
+        "available memory; method §A.8).",
+    )
     n_shards: int = Field(
         1,
         ge=1,

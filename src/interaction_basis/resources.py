@@ -30,7 +30,7 @@ RUNTIME_OVERHEAD_BYTES = 2 * 2**30
 #: small comes to 4.4 GiB against the 4.6 GiB measured).
 WEIGHT_COPIES = 2
 #: The share of the job's memory that the closed forms may use as working memory when
-#: ``extract.memory_budget_mb`` is null (its default; issue 26), and the least it may be.
+#: ``extract.memory_budget_mb`` is null (its default), and the least it may be.
 BUDGET_SHARE = 0.5
 MIN_BUDGET_BYTES = 2**30
 #: Copies of one batch's activations a Jacobian pass holds per node layer it touches: the

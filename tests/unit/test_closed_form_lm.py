@@ -285,10 +285,3 @@ def test_value_bias_folding_changes_only_the_constant_inputs_derivative(arch):
     others = torch.ones_like(diff, dtype=torch.bool)
     others[const], others[:, const] = False, False
     assert diff[others].max() <= 1e-12 * scale
-
-
-def test_attention_too_large_for_one_sample_takes_the_generic_path(monkeypatch):
-    name, attention, acts = next(s for s in _sections("gpt2") if s[0].startswith("attn_in."))
-    assert _closed_form(attention, None, Sources(), acts) is attention
-    monkeypatch.setattr("interaction_basis.lib.closed_form.causal_attention.MAX_SAMPLE_BYTES", 1000)
-    assert _closed_form(attention, None, Sources(), acts) is None

@@ -24,7 +24,12 @@ A section that knows its Jacobian's structure can skip all of this: one implemen
 the same draws); the explicit modes always use autograd (the tests compare the two).
 
 Samples go in sub-batches and directions in chunks sized to keep the working set in cache;
-integration points are stacked along the sample axis so that one call serves all of them.
+integration points are stacked along the sample axis so that one call serves all of them. The
+bytes a call allocates, every intermediate of the section included (the input rows ``d_in`` wide,
+the tangents of attention's ``(H, P, P)`` patterns), are measured like the cost, on calls of 1-2
+samples and directions, and samples and directions are cut further until a call's bytes stay
+within the memory budget (:func:`~interaction_basis.lib.budget.budget_bytes`; one direction of
+one sample at least). Auto mode skips a strategy whose smallest call would exceed it.
 Results are *sums*; divide by the number of (sample, input position) pairs to normalise, after
 adding batches or shards.
 """
@@ -40,12 +45,15 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from interaction_basis.lib.budget import budget_bytes
+
 IntegrationMethod = Literal["gradient", "trapezoidal", "gauss-legendre"]
 Mode = Literal["auto", "forward", "reverse"]
 Section = Callable[[Tensor], Tensor]
 
 #: Bytes of per-call Jacobian rows (samples × directions × the larger of the section's input and
-#: output); bounds memory independently of the widths and keeps the working set in cache.
+#: output): keeps the working set in cache. The job's working memory is bounded separately, by
+#: the budget (``lib.budget``) against the measured bytes of a call.
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 
 #: Directions per call at least, whatever ``chunk_bytes`` (each call runs a forward pass).
@@ -132,15 +140,11 @@ class Sources(NamedTuple):
     n_hidden: int | None = None
 
 
-def _closed_form(
-    section: Section, mode: Mode | None, sources: Sources, acts: Tensor | None = None
-) -> ClosedForm | None:
-    """The section's closed form where it applies: ``auto`` mode, exact sources or a kind of
-    stochastic sources the section lists in ``takes_sources``, and (if the section has a
-    ``fits`` method) a working set of one sample that it accepts for ``acts``' shape."""
+def _closed_form(section: Section, mode: Mode | None, sources: Sources) -> ClosedForm | None:
+    """The section's closed form where it applies: ``auto`` mode, and exact sources or a kind
+    of stochastic sources the section lists in ``takes_sources``. Closed forms chunk within
+    the memory budget themselves (``lib.budget``), so the size of the input never matters."""
     if (mode or DEFAULT_MODE) != "auto" or not isinstance(section, ClosedForm):
-        return None
-    if acts is not None and not getattr(section, "fits", lambda _: True)(acts.shape):
         return None
     if sources.n_pos is None and sources.n_hidden is None:
         kind = "exact"
@@ -365,45 +369,95 @@ def _split(n: int, size: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _plan(strategy: _Strategy, batch: int, chunk_bytes: int) -> tuple[int, int]:
+class _Bilinear(NamedTuple):
+    """``fixed + per_b·b + per_u·u + per_bu·b·u``: a quantity of one call on ``b`` samples and
+    ``u`` units, fitted to calls on 1-2 samples and units."""
+
+    fixed: float
+    per_b: float
+    per_u: float
+    per_bu: float
+
+    def __call__(self, b: int, u: int) -> float:
+        return self.fixed + self.per_b * b + self.per_u * u + self.per_bu * b * u
+
+    @classmethod
+    def fit(
+        cls, f11: float, f21: float | None, f12: float | None, f22: float | None
+    ) -> "_Bilinear":
+        """From the values at (1, 1), (2, 1), (1, 2), (2, 2); ``None`` where that size does
+        not exist (one sample, one unit)."""
+        per_b = 0.0 if f21 is None else f21 - f11
+        per_u = 0.0 if f12 is None else f12 - f11
+        per_bu = 0.0 if f22 is None or f21 is None or f12 is None else f22 - f21 - f12 + f11
+        return cls(f11 - per_b - per_u - per_bu, per_b, per_u, per_bu)
+
+
+class _Probe(NamedTuple):
+    """A strategy's measured cost (multiply-adds and weighted elementwise work) and the bytes
+    that one call allocates, as functions of the call's samples and units."""
+
+    cost: _Bilinear
+    bytes: _Bilinear
+
+
+def _plan(
+    strategy: _Strategy, batch: int, chunk_bytes: int, memory: _Bilinear | None = None
+) -> tuple[int, int]:
     """(units per call, samples per call): every unit of a few samples if that fits.
 
-    Every call re-runs the section's forward pass on its samples, so it takes at least
-    ``MIN_DIRECTIONS`` directions even where that exceeds ``chunk_bytes``.
+    ``chunk_bytes`` sizes the rows of a call for the cache. Every call re-runs the section's
+    forward pass on its samples, so it takes at least ``MIN_DIRECTIONS`` directions even where
+    that exceeds ``chunk_bytes``. ``memory`` (the bytes one call allocates, every intermediate
+    of the section included) then caps samples and units so that a call stays within
+    :func:`~interaction_basis.lib.budget.budget_bytes`: one unit of one sample at least.
     """
     unit = max(1, strategy.bytes_per_unit_sample)
     sub = max(1, min(batch, chunk_bytes // (unit * strategy.n_units)))
     min_units = -(-MIN_DIRECTIONS // strategy.directions_per_unit)
     units = max(min_units, chunk_bytes // (unit * sub))
-    return max(1, min(strategy.n_units, units)), sub
+    units = max(1, min(strategy.n_units, units))
+    if memory is not None:
+        limit = budget_bytes()
+        while sub > 1 and memory(sub, units) > limit:
+            sub = (sub + 1) // 2
+        while units > 1 and memory(sub, units) > limit:
+            units = (units + 1) // 2
+    return units, sub
 
 
-def _execute(strategy: _Strategy, batch: int, chunk_bytes: int, acc: Tensor) -> None:
-    units, sub = _plan(strategy, batch, chunk_bytes)
+def _execute(strategy: _Strategy, batch: int, chunk_bytes: int, acc: Tensor, probe: _Probe) -> None:
+    units, sub = _plan(strategy, batch, chunk_bytes, probe.bytes)
     for b0, b1 in _split(batch, sub):
         for start, stop in _split(strategy.n_units, units):
             strategy.run(b0, b1, start, stop, acc)
 
 
 class _CostMode(TorchDispatchMode):
-    """Counts multiply-adds of matmul-like ops, elements written by other ops, and ops."""
+    """Counts multiply-adds of matmul-like ops, elements written by other ops, and ops; and
+    the bytes of every tensor an op allocates (an output that shares no input's storage),
+    whose total bounds a call's peak working set from above."""
 
     def __init__(self) -> None:
         super().__init__()
         self.cost = 0.0
+        self.bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.cost += _OP_COST
+        inputs = {_storage(a) for a in torch.utils._pytree.tree_leaves((args, kwargs))}
+        written = 0
+        for o in torch.utils._pytree.tree_leaves(out):
+            if isinstance(o, Tensor) and (_storage(o) is None or _storage(o) not in inputs):
+                written += o.numel()
+                self.bytes += o.numel() * o.element_size()
         packet = func._overloadpacket
         if packet in flop_registry:
             self.cost += flop_registry[packet](*args, **kwargs, out_val=out) / 2
-            return out
-        inputs = {_storage(a) for a in torch.utils._pytree.tree_leaves((args, kwargs))}
-        for o in torch.utils._pytree.tree_leaves(out):
-            if isinstance(o, Tensor) and (_storage(o) is None or _storage(o) not in inputs):
-                self.cost += _ELEMENT_COST * o.numel()
+        else:
+            self.cost += _ELEMENT_COST * written
         return out
 
 
@@ -417,29 +471,41 @@ def _storage(t: object) -> int | None:
         return None
 
 
-def _measure(strategy: _Strategy, b: int, units: int, acc: Tensor) -> float:
+def _measure(strategy: _Strategy, b: int, units: int, acc: Tensor) -> tuple[float, int]:
     with _CostMode() as mode:
         strategy.run(0, b, 0, units, acc.clone())
-    return mode.cost
+    return mode.cost, mode.bytes
 
 
-def _estimate(strategy: _Strategy, batch: int, chunk_bytes: int, acc: Tensor) -> float:
-    """Cost of :func:`_execute`, extrapolated bilinearly from calls on 1-2 samples and units."""
-    b2, u2 = min(2, batch), min(2, strategy.n_units)
-    f11 = _measure(strategy, 1, 1, acc)
-    f21 = _measure(strategy, b2, 1, acc) if b2 > 1 else f11
-    f12 = _measure(strategy, 1, u2, acc) if u2 > 1 else f11
-    f22 = _measure(strategy, b2, u2, acc) if b2 > 1 and u2 > 1 else max(f21, f12)
-    per_b = f21 - f11 if b2 > 1 else 0.0
-    per_u = f12 - f11 if u2 > 1 else 0.0
-    per_bu = f22 - f21 - f12 + f11 if b2 > 1 and u2 > 1 else 0.0
-    fixed = f11 - per_b - per_u - per_bu
-    units, sub = _plan(strategy, batch, chunk_bytes)
+def _probe(section: Section, key: tuple, strategy: _Strategy, batch: int, acc: Tensor) -> _Probe:
+    """Cost and bytes of a call, measured on calls of 1-2 samples and units (cached per
+    section, problem and strategy)."""
+    cache = _section_cache(section)
+    full_key = ("probe", *key, strategy.name)
+    if full_key not in cache:
+        b2, u2 = min(2, batch), min(2, strategy.n_units)
+        f11 = _measure(strategy, 1, 1, acc)
+        f21 = _measure(strategy, b2, 1, acc) if b2 > 1 else None
+        f12 = _measure(strategy, 1, u2, acc) if u2 > 1 else None
+        f22 = _measure(strategy, b2, u2, acc) if b2 > 1 and u2 > 1 else None
+        cache[full_key] = _Probe(
+            *(
+                _Bilinear.fit(
+                    float(f11[i]), *(None if f is None else float(f[i]) for f in (f21, f12, f22))
+                )
+                for i in (0, 1)
+            )
+        )
+    return cache[full_key]
+
+
+def _estimate(strategy: _Strategy, batch: int, chunk_bytes: int, probe: _Probe) -> float:
+    """Cost of :func:`_execute`, extrapolated bilinearly from the probe's calls."""
+    units, sub = _plan(strategy, batch, chunk_bytes, probe.bytes)
     total = 0.0
     for b0, b1 in _split(batch, sub):
         for start, stop in _split(strategy.n_units, units):
-            b, u = b1 - b0, stop - start
-            total += fixed + per_b * b + per_u * u + per_bu * b * u
+            total += probe.cost(b1 - b0, stop - start)
     return total
 
 
@@ -492,8 +558,10 @@ def _choose(
     chunk_bytes: int,
     acc: Tensor,
     x1: Tensor,
-) -> _Strategy:
-    """The requested strategy, or under "auto" the cheapest by :func:`_estimate` (cached)."""
+) -> tuple[_Strategy, _Probe]:
+    """The requested strategy, or under "auto" the cheapest by :func:`_estimate` among those
+    whose smallest call (one unit of one sample) fits the memory budget (all, if none does);
+    with its probe (cached)."""
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"Unknown Jacobian mode {mode!r}; use auto, forward or reverse.")
     reverse = {n: s for n, s in candidates.items() if n.startswith("reverse")}
@@ -504,14 +572,17 @@ def _choose(
         pool = forward
     else:
         pool = candidates
+    probes = {n: _probe(section, key, s, batch, acc) for n, s in pool.items()}
     if len(pool) == 1:
-        return next(iter(pool.values()))
+        name = next(iter(pool))
+        return pool[name], probes[name]
     cache = _section_cache(section)
-    full_key = (mode, *key, tuple(sorted(pool)))
+    full_key = (mode, *key, tuple(sorted(pool)), budget_bytes())
     if full_key not in cache:
-        costs = {n: _estimate(s, batch, chunk_bytes, acc) for n, s in pool.items()}
+        fitting = [n for n in pool if probes[n].bytes(1, 1) <= budget_bytes()] or list(pool)
+        costs = {n: _estimate(pool[n], batch, chunk_bytes, probes[n]) for n in fitting}
         cache[full_key] = min(costs, key=costs.__getitem__)
-    return pool[cache[full_key]]
+    return pool[cache[full_key]], probes[cache[full_key]]
 
 
 # --- cotangents -------------------------------------------------------------------------------
@@ -604,7 +675,7 @@ def compute_m_dash_sum(
     coordinate) or, by default ("auto"), the section's closed form if it has one
     (:class:`ClosedForm`, exact sources only), else the cheaper of the two.
     """
-    closed = _closed_form(section, mode, sources, acts)
+    closed = _closed_form(section, mode, sources)
     if closed is not None and sources == Sources():
         return closed.compute_m_dash_sum(acts, c_out, integration.points())
     batch, p_in, d_in = acts.shape
@@ -649,8 +720,9 @@ def compute_m_dash_sum(
     candidates = {
         "reverse": _Strategy("reverse", n_cot, item * max(p_in * d_in, p_out * d_out), reverse),
     }
-    # Forward needs one position's whole Jacobian block at once; skip it where that is huge.
-    if d_in * max(n_cot, p_out * d_out) * item <= 16 * chunk_bytes:
+    # Forward needs one position's whole Jacobian block at once; skip it where that is huge
+    # (for the cache) or exceeds the memory budget.
+    if d_in * max(n_cot, p_out * d_out) * item <= min(16 * chunk_bytes, budget_bytes()):
         unit = d_in * item * max(p_in * d_in, p_out * d_out, n_cot)
         candidates["forward"] = _Strategy("forward", p_in, unit, forward, d_in)
     m_dash = torch.zeros(d_in, d_in, dtype=torch.float64, device=acts.device)
@@ -664,7 +736,7 @@ def compute_m_dash_sum(
         acts.dtype,
         chunk_bytes,
     )
-    strategy = _choose(
+    strategy, probe = _choose(
         section,
         DEFAULT_MODE if mode is None else mode,
         key,
@@ -674,7 +746,7 @@ def compute_m_dash_sum(
         m_dash,
         x1,
     )
-    _execute(strategy, batch, chunk_bytes, m_dash)
+    _execute(strategy, batch, chunk_bytes, m_dash, probe)
     return m_dash * _source_scale(sources)
 
 
@@ -709,7 +781,7 @@ def compute_edges_sum(
     k_in = c_in.shape[1]
     feats = acts @ c_in
     recon = feats @ c_in_pinv
-    closed = _closed_form(section, mode, sources, acts)
+    closed = _closed_form(section, mode, sources)
     rule_points = integration.points()
     if closed is not None and sources == Sources():
         return closed.compute_edges_sum(recon, feats, c_in_pinv, c_out, rule_points)
@@ -729,6 +801,11 @@ def compute_edges_sum(
     pinv_t = c_in_pinv.T.contiguous()
     item = acts.element_size() * points.n
 
+    # The weights C⁺ ∘ f̂ of a reverse call, (s·d, k) per sample, are formed once per call
+    # where a sample's copy takes at most a quarter of the budget (the 19 GB of one GPT-2
+    # attention sample at 1024 tokens would not).
+    share_weights = p_in * d_in * k_in * acts.element_size() * 4 <= budget_bytes()
+
     def square_sum(a: Tensor, b0: int, b1: int) -> Tensor:
         """``A`` (b, j, p_out, k_out) -> ``Σ_{b,t or r} A²`` as (k_out, j)."""
         if phi.kind == "pos":
@@ -747,6 +824,10 @@ def compute_edges_sum(
         f = feats[b0:b1]
         if rows.shape[0] > 1 and rows.stride(0) == 0:
             attributions = torch.einsum("cpk,bpk->bck", rows[0] @ pinv_t, f)
+        elif not share_weights:
+            # One sample's weights would exceed the budget: project each cotangent's rows
+            # onto the features first, (b, c, s, k), the same products in another order.
+            attributions = torch.einsum("bcpk,bpk->bck", rows @ pinv_t, f)
         else:
             # Σ_{s,d} rows[b,c,s,d] C⁺[k,d] f̂[b,s,k] as one matmul per sample: the weights
             # (b, s·d, k) are formed once per sub-batch, not once per cotangent.
@@ -780,8 +861,9 @@ def compute_edges_sum(
     candidates = {
         "reverse": _Strategy("reverse", n_cot, item * (width + p_in * k_in), reverse),
     }
-    # One unit of forward-shared is a tangent per input position: skip it where that is huge.
-    if p_in * width * item <= 16 * chunk_bytes:
+    # One unit of forward-shared is a tangent per input position: skip it where that is huge
+    # (for the cache) or exceeds the memory budget.
+    if p_in * width * item <= min(16 * chunk_bytes, budget_bytes()):
         candidates["forward-shared"] = _Strategy(
             "forward-shared", k_in, item * p_in * width, forward_shared, p_in
         )
@@ -801,7 +883,7 @@ def compute_edges_sum(
         acts.dtype,
         chunk_bytes,
     )
-    strategy = _choose(
+    strategy, probe = _choose(
         section,
         DEFAULT_MODE if mode is None else mode,
         key,
@@ -811,5 +893,5 @@ def compute_edges_sum(
         edges,
         x1,
     )
-    _execute(strategy, batch, chunk_bytes, edges)
+    _execute(strategy, batch, chunk_bytes, edges, probe)
     return edges * _source_scale(sources)

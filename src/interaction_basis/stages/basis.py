@@ -9,6 +9,7 @@ from torch import Tensor
 from interaction_basis import storage
 from interaction_basis.config import BasisSettings, ExtractConfig, Method, ModelConfig
 from interaction_basis.kinds import network
+from interaction_basis.lib import budget
 from interaction_basis.lib.basis import Truncation
 from interaction_basis.lib.fit import (
     batches_from_model,
@@ -21,7 +22,12 @@ from interaction_basis.lib.fit import (
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.records import Basis, BatchSource, add_partials
 from interaction_basis.models.sectioned import SectionedModel
-from interaction_basis.stages.common import log_device_peak, provenance, resolve_device
+from interaction_basis.stages.common import (
+    log_device_peak,
+    memory_budget,
+    provenance,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +81,18 @@ def fit_basis(
         extract.dtype,
         resolve_device(extract.device, model.kind),
     )
-    bases, m_dash = fit_bases(
-        net,
-        activation_batches(net, extract, acts, tokens),
-        storage.read_stats(acts),
-        method,
-        truncation=Truncation(basis.truncation, basis.relative),
-        center=extract.center,
-        rotate_final=basis.rotate_final,
-        **_m_dash_settings(basis),
-        progress=True,
-    )
+    with budget.limit(memory_budget(extract, net.device)):
+        bases, m_dash = fit_bases(
+            net,
+            activation_batches(net, extract, acts, tokens),
+            storage.read_stats(acts),
+            method,
+            truncation=Truncation(basis.truncation, basis.relative),
+            center=extract.center,
+            rotate_final=basis.rotate_final,
+            **_m_dash_settings(basis),
+            progress=True,
+        )
     log_device_peak(net.device)
     for layer, b in bases.items():
         log.info("%s %s: %d of %d directions kept", method, layer, b.C.shape[1], b.C.shape[0])
@@ -119,15 +126,16 @@ def shard_m_dash(
     c_next = next_basis_matrix(
         net.node_layers, layer, storage.read_bases(next_basis), basis.rotate_final
     )
-    part = compute_m_dash(
-        net,
-        activation_batches(net, extract, acts, tokens),
-        layer,
-        c_next,
-        **_m_dash_settings(basis),
-        first_batch=int(storage.read_attrs(acts)["first_batch"]),
-        progress=True,
-    )
+    with budget.limit(memory_budget(extract, net.device)):
+        part = compute_m_dash(
+            net,
+            activation_batches(net, extract, acts, tokens),
+            layer,
+            c_next,
+            **_m_dash_settings(basis),
+            first_batch=int(storage.read_attrs(acts)["first_batch"]),
+            progress=True,
+        )
     log.info("M' %s (next %s): %d (sample, position) pairs", layer, nxt, part.count)
     log_device_peak(net.device)
     storage.write_partial_sums(m_dash, {layer: part}, provenance(layer=layer))

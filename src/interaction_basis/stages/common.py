@@ -15,8 +15,9 @@ import torch
 from pydantic import BaseModel
 
 from interaction_basis import progress
-from interaction_basis.config import ModelConfig
+from interaction_basis.config import ExtractConfig, ModelConfig
 from interaction_basis.kinds.registry import KINDS
+from interaction_basis.lib import budget
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +141,12 @@ def set_threads(threads: int) -> None:
         print(f"{kind.__name__}: {value}{where}", file=sys.stderr)
 
     sys.excepthook = log_uncaught
+
+
+def memory_budget(extract: ExtractConfig, device: torch.device) -> int:
+    """The working-memory budget of an M′ or edge job on ``device`` in bytes
+    (``extract.memory_budget_mb``, or half the memory the job has; ``lib.budget.derive_budget``),
+    logged with its source."""
+    chosen = budget.job_budget(extract.memory_budget_mb, str(device))
+    log.info("memory budget: %.0f MiB (%s) on %s", chosen.n_bytes / 2**20, chosen.source, device)
+    return chosen.n_bytes

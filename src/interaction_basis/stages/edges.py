@@ -4,12 +4,18 @@ by adding the shards' sums)."""
 from interaction_basis import storage
 from interaction_basis.config import EdgesConfig, ExtractConfig, ModelConfig
 from interaction_basis.kinds import network
+from interaction_basis.lib import budget
 from interaction_basis.lib.fit import compute_edge_sums
 from interaction_basis.lib.fit import compute_edges as build_edges
 from interaction_basis.lib.jacobians import Integration, Sources
 from interaction_basis.lib.records import add_partials
 from interaction_basis.stages.basis import activation_batches
-from interaction_basis.stages.common import log_device_peak, provenance, resolve_device
+from interaction_basis.stages.common import (
+    log_device_peak,
+    memory_budget,
+    provenance,
+    resolve_device,
+)
 
 
 def _edge_settings(edges_cfg: EdgesConfig) -> dict:
@@ -54,12 +60,13 @@ def shard_edges(
 ) -> None:
     """One shard's sums behind the edges of every adjacent pair."""
     inputs = _edge_inputs(model, extract, weights, acts, basis, tokens)
-    sums = compute_edge_sums(
-        *inputs,
-        **_edge_settings(edges),
-        first_batch=int(storage.read_attrs(acts)["first_batch"]),
-        progress=True,
-    )
+    with budget.limit(memory_budget(extract, inputs[0].device)):
+        sums = compute_edge_sums(
+            *inputs,
+            **_edge_settings(edges),
+            first_batch=int(storage.read_attrs(acts)["first_batch"]),
+            progress=True,
+        )
     log_device_peak(inputs[0].device)
     storage.write_partial_sums(
         parts,
@@ -91,6 +98,7 @@ def compute_edges(
 ) -> None:
     """Edges between every pair of adjacent node layers."""
     inputs = _edge_inputs(model, extract, weights, acts, basis, tokens)
-    result = build_edges(*inputs, **_edge_settings(edges), progress=True)
+    with budget.limit(memory_budget(extract, inputs[0].device)):
+        result = build_edges(*inputs, **_edge_settings(edges), progress=True)
     log_device_peak(inputs[0].device)
     storage.write_edges(edges_out, result, provenance(edges=edges))

@@ -2,25 +2,22 @@
 multi-head self-attention over every position plus the residual (with ``rotate``, the rotary
 embedding of GPT-NeoX)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from interaction_basis.lib.budget import budget_bytes
 from interaction_basis.lib.closed_form.common import (
     F64,
     Contraction,
     Points,
     as_signs,
-    chunks,
     identity_if_none,
 )
 from interaction_basis.lib.jacobians import SourceDraws
-
-#: Largest working set of one sample a closed form takes on (attention's pair terms).
-MAX_SAMPLE_BYTES = 2 * 2**30
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -34,17 +31,50 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([out, x_pass.expand(*out.shape[:-1], x_pass.shape[-1])], dim=-1)
 
 
-class _PairTerms(NamedTuple):
-    """Per chunk of samples, the pieces of ``J̄_{t,s}`` (see :class:`CausalAttention`):
-    ``a`` (batch, head, t, s) integrated patterns, ``g`` (batch, head, t, s, k_out) the
-    integrated softmax partners ``c Σ_α w_α α² A_ts(α) (v_s W_O − z_t(α)) C``, ``beta``
-    (batch, t, s, head, d_head) key-side codes ``rot_sᵀ q_t`` and ``gamma_sum`` (batch, head,
-    t, d_head, k_out) the query-side ``Γ_t = Σ_r rot_tᵀ(k_r) ⊗ g_tr``."""
+class _Projected(NamedTuple):
+    """One chunk of samples projected once: queries and keys ``(batch, pos, head, d_head)``
+    (rotated where rotary), values ``(batch, head, pos, d_value)``, and the rotary ``cos`` and
+    ``sin`` ``(pos, 1, rotary_dim)`` (``None`` without rotary)."""
 
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    cos: Tensor | None
+    sin: Tensor | None
+
+
+class _Block(NamedTuple):
+    """The pieces of ``J̄_{t,s}`` (see :class:`CausalAttention`) for queries ``t0:t1`` against
+    keys ``s0:s1`` (every key those queries see, the diagonal included) and a chunk of ``I``
+    output features: ``a`` (batch, head, T, S) integrated patterns, ``g`` (batch, head, T, S,
+    I) the integrated softmax partners ``c Σ_α w_α α² A_ts(α) (v_s W_O − z_t(α)) C``, ``beta``
+    (batch, T, S, head, d_head) key-side codes ``rot_sᵀ q_t`` (a broadcast view of ``q_t``
+    without rotary) and ``gamma_sum`` (batch, head, T, d_head, I) the query-side
+    ``Γ_t = Σ_r rot_tᵀ(k_r) ⊗ g_tr``; ``q`` (batch, T, head, d_head) the queries (rotated
+    at ``t``)."""
+
+    t0: int
+    t1: int
+    s0: int
+    q: Tensor
     a: Tensor
     g: Tensor
     beta: Tensor
     gamma_sum: Tensor
+
+    @property
+    def offset(self) -> int:
+        """The diagonal ``s = t`` of the (T, S) axes: ``torch.diagonal``'s offset."""
+        return self.t0 - self.s0
+
+
+class _Plan(NamedTuple):
+    """How one call is chunked: samples per chunk, output features per chunk, and the query
+    chunks ``(t0, t1, s0, s1)`` with the key range each sees."""
+
+    samples: int
+    features: int
+    queries: list[tuple[int, int, int, int]]
 
 
 class CausalAttention:
@@ -69,6 +99,27 @@ class CausalAttention:
       pair is formed;
     - the edges take ``A_t = Σ_s diag(f̂_s) C⁺_n R_ts + diag(f̂_t) C⁺_x E`` per position, from the
       same pieces.
+
+    **Chunks** (method §A.8). Every sum above runs over (query, key) pairs and output features
+    ``i``, and a query ``t`` needs only the keys its mask row sees. So each call goes over
+    chunks of samples, of output features (columns of ``C``) and of query positions, each
+    query chunk with the key range its rows see (causal: ``0:t1``; a local window: the window),
+    sized so that one chunk's intermediates (``_pair_bytes`` per (sample, query, key), a few
+    copies of ``g``) stay within :func:`~interaction_basis.lib.budget.budget_bytes`. The
+    closed form therefore serves every context length; one query row of one sample and one
+    output feature is the smallest chunk (a few ``H·P·d_head`` floats). Chunking changes only
+    the order of the sums.
+
+    Cost per sample, with ``Π`` the (query, key) pairs in the mask (``P(P+1)/2`` causal), ``k``
+    the output features and ``n_α`` the integration points, in multiply-adds: the pattern and
+    its partners ``n_α H Π (d_head + 2k)`` (the ``H Π d_head`` scores once per chunk of output
+    features) and the query-side ``Γ`` ``H Π d_head k`` (rotary: twice); M′ exact then
+    ``2 H² Π k`` for the key-side terms (rotary: ``H² Π k (2 d_head + 1)``) and ``P k d²`` for
+    the Gram of ``Γ``; the edges ``H Π k_in (d_head + k)``; M′ with ``n`` position sources
+    ``n H Π k d_head`` for the key half of the rows and ``(n + 2) P k d²`` for their Grams.
+    Memory: the chunk within the budget, the accumulators (``d² + H k d``), and with position
+    sources the key half of their rows ``n·P·I·d`` per chunk of ``I`` output features (within
+    the budget too).
 
     Exact sources and stochastic ones over positions (the LM configs' setting); sources over
     hidden dimensions take the generic path.
@@ -99,18 +150,14 @@ class CausalAttention:
         self._w_o = w_o.to(F64).view(n_heads, v.shape[-1], -1)  # (h, dv, d)
         self._w_v = v
         self._m = v @ self._w_o  # (h, dn, d)
-
-    def fits(self, shape: Sequence[int]) -> bool:
-        """Whether one sample's pair terms (``H P² d`` floats and a few more; the output
-        feature count is at most ``2d``) stay within ``MAX_SAMPLE_BYTES``. Beyond that (e.g.
-        GPT-2 small: 1024 positions, about 90 GB) the generic path runs, until the pairs are
-        chunked over query positions."""
-        n_pos, width = shape[1], shape[2]
-        d = width - self.dn
-        heads = self.n_heads
-        pairs = n_pos * n_pos * heads * (2 * d + 3 * self.d_head + 2)
-        sources = n_pos * (2 * d) ** 2  # ζ of one position source
-        return 8 * (pairs + sources) <= MAX_SAMPLE_BYTES
+        # Per query row, the first key and one past the last its mask row sees (the diagonal
+        # included), read once here: planning then needs no tensor data (it also runs on fake
+        # tensors, for the benchmarks' dry runs).
+        ctx = mask.shape[0]
+        index = torch.arange(ctx)
+        seen = mask.cpu() | torch.eye(ctx, dtype=torch.bool)
+        self._first = torch.where(seen, index, ctx).min(dim=1).values.tolist()
+        self._last = (torch.where(seen, index, -1).max(dim=1).values + 1).tolist()
 
     def __call__(self, h: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos out"]:
         x = h[..., self.dn :]
@@ -122,29 +169,105 @@ class CausalAttention:
         c = identity_if_none(c_out, 2 * d if self.keep_input else d, like)
         return (c[:d], c[:d] + c[d:]) if self.keep_input else (c, c)
 
-    def _terms(self, n: Float[Tensor, "batch pos dn"], c_y: Tensor, points: Points) -> _PairTerms:
+    # --- chunks ---------------------------------------------------------------------------
+
+    def _pair_bytes(self, features: int, k_in: int = 0) -> int:
+        """Bytes per (sample, query, key) of a chunk's intermediates: ``g`` and up to four
+        more tensors of its size (the running sum over α, the weighted copies of the key-side
+        sums), the codes ``β``/``γ`` and their products, the patterns; for the edges the
+        key-side weights per input feature."""
+        heads, dh = self.n_heads, self.d_head
+        return 8 * heads * (5 * features + 4 * dh + heads + 6 + k_in)
+
+    def _row_bytes(self, features: int, k_in: int = 0) -> int:
+        """Bytes per (sample, query) outside the pairs: ``Γ`` and its copies; for the edges
+        ``A_t`` and its pieces."""
+        heads, dh = self.n_heads, self.d_head
+        return 8 * (3 * heads * dh * features + 3 * k_in * features + 2 * heads * k_in)
+
+    def _key_ranges(self, n_pos: int) -> tuple[list[int], list[int]]:
+        """Per query row of the first ``n_pos``, the first key and one past the last key its
+        mask row sees among the first ``n_pos`` (the diagonal included)."""
+        first = self._first[:n_pos]
+        last = [max(min(stop, n_pos), t + 1) for t, stop in enumerate(self._last[:n_pos])]
+        return first, last
+
+    def _plan(self, batch: int, n_pos: int, k_out: int, k_in: int = 0, kept: int = 0) -> _Plan:
+        """The chunks of one call within the budget. ``kept``: bytes per (sample, position,
+        output feature) that live through a whole chunk of output features (position sources'
+        accumulators). Features first (as many as one query row of one sample allows), then
+        samples (as many whole-sequence chunks as fit), then query rows."""
+        budget = budget_bytes()
+        features = k_out
+        while features > 1 and (
+            n_pos * (self._pair_bytes(features, k_in) + kept * features)
+            + self._row_bytes(features, k_in)
+            > budget
+        ):
+            features = (features + 1) // 2
+        pair, row = self._pair_bytes(features, k_in), self._row_bytes(features, k_in)
+        first, last = self._key_ranges(n_pos)
+        pairs = sum(stop - start for start, stop in zip(first, last, strict=True))
+        per_sample = pairs * pair + n_pos * (row + kept * features)
+        samples = max(1, min(batch, budget // max(1, per_sample)))
+        room = budget - samples * n_pos * kept * features
+        queries = []
+        t0 = 0
+        while t0 < n_pos:
+            s0, s1, t1 = first[t0], last[t0], t0 + 1
+            while t1 < n_pos:
+                n0, n1 = min(s0, first[t1]), max(s1, last[t1])
+                if samples * (t1 + 1 - t0) * ((n1 - n0) * pair + row) > room:
+                    break
+                s0, s1, t1 = n0, n1, t1 + 1
+            queries.append((t0, t1, min(s0, t0), max(s1, t1)))
+            t0 = t1
+        return _Plan(samples, features, queries)
+
+    @staticmethod
+    def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
+        return ((i, min(i + size, n)) for i in range(0, n, size))
+
+    # --- pieces ---------------------------------------------------------------------------
+
+    def _project(self, n: Float[Tensor, "batch pos dn"]) -> _Projected:
         batch, n_pos, _ = n.shape
         heads, dh = self.n_heads, self.d_head
         q = (n @ self.w_q).view(batch, n_pos, heads, dh)
         k = (n @ self.w_k).view(batch, n_pos, heads, dh)
-        if self.rotary is None:
-            beta, gamma = q[:, :, None].expand(batch, n_pos, n_pos, heads, dh), None
-        else:
-            cos, sin = (r[:n_pos].to(F64)[:, None] for r in self.rotary)  # (pos, 1, rot)
-            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-            # β_ts = rot_sᵀ q_t, γ_tr = rot_tᵀ k_r
-            beta = rotate(q[:, :, None], cos[None], -sin[None])
-            gamma = rotate(k[:, None], cos[:, None], -sin[:, None])
-        scores = torch.einsum("bthe,bshe->bhts", q, k) * self.scale
-        mask = self.mask[:n_pos, :n_pos].to(n.device)
-        scores = scores.masked_fill(~mask, float("-inf"))
         v = torch.einsum("bsd,hde->bhse", n, self._w_v)
-        y = torch.einsum("bhse,hek->bhsk", v, self._w_o @ c_y)  # v_s W_O C per head
+        if self.rotary is None:
+            return _Projected(q, k, v, None, None)
+        cos, sin = (r[:n_pos].to(F64).to(n.device)[:, None] for r in self.rotary)  # (pos, 1, rot)
+        return _Projected(rotate(q, cos, sin), rotate(k, cos, sin), v, cos, sin)
+
+    def _block(
+        self,
+        p: _Projected,
+        y: Float[Tensor, "batch head pos k"],
+        points: Points,
+        span: tuple[int, int, int, int],
+    ) -> _Block:
+        """The pieces for queries ``t0:t1`` against keys ``s0:s1``; ``y`` holds ``v_s W_O C``
+        per head for the chunk's output features."""
+        t0, t1, s0, s1 = span
+        q, k = p.q[:, t0:t1], p.k[:, s0:s1]
+        batch, n_t, heads, dh = q.shape
+        if p.cos is None or p.sin is None:
+            beta, gamma = q[:, :, None].expand(batch, n_t, s1 - s0, heads, dh), None
+        else:
+            # β_ts = rot_sᵀ q_t, γ_tr = rot_tᵀ k_r
+            beta = rotate(q[:, :, None], p.cos[None, s0:s1], -p.sin[None, s0:s1])
+            gamma = rotate(k[:, None], p.cos[t0:t1, None], -p.sin[t0:t1, None])
+        scores = torch.einsum("bthe,bshe->bhts", q, k) * self.scale
+        mask = self.mask[t0:t1, s0:s1].to(q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        y_keys = y[:, :, s0:s1]
         a = g = None
         for alpha, weight in zip(*points, strict=True):
             pattern = (alpha**2 * scores).softmax(dim=-1)
-            z = pattern @ y  # (b, h, t, k)
-            term = y[:, :, None] - z[:, :, :, None]
+            z = pattern @ y_keys  # (b, h, t, k)
+            term = y_keys[:, :, None] - z[:, :, :, None]
             term *= pattern[..., None] * (self.scale * weight * alpha**2)
             g = term if g is None else g.add_(term)
             a = weight * pattern if a is None else a.add_(pattern, alpha=weight)
@@ -153,15 +276,22 @@ class CausalAttention:
             gamma_sum = k.permute(0, 2, 3, 1)[:, :, None] @ g
         else:
             gamma_sum = torch.einsum("btrhe,bhtrk->bhtek", gamma, g)
-        return _PairTerms(a, g, beta, gamma_sum)
+        return _Block(t0, t1, s0, q, a, g, beta, gamma_sum)
 
-    def _row_bytes(self, n_pos: int, k: int, k_in: int = 0) -> int:
-        heads, dh = self.n_heads, self.d_head
-        return (
-            8
-            * n_pos
-            * (n_pos * heads * (3 * k + 3 * dh + 2) + heads * dh * k + 2 * k_in * k + n_pos * k_in)
-        )
+    def _blocks(
+        self, n: Tensor, c_y: Tensor, points: Points, plan: _Plan
+    ) -> Iterator[tuple[int, int, int, int, Iterator[_Block]]]:
+        """``(b0, b1, i0, i1, blocks)`` per chunk of samples and of output features, the
+        blocks being that chunk's query chunks in order."""
+        batch, k_out = n.shape[0], c_y.shape[1]
+        for b0, b1 in self._spans(batch, plan.samples):
+            p = self._project(n[b0:b1])
+            for i0, i1 in self._spans(k_out, plan.features):
+                y = torch.einsum("bhse,hek->bhsk", p.v, self._w_o @ c_y[:, i0:i1])
+                blocks = (self._block(p, y, points, span) for span in plan.queries)
+                yield b0, b1, i0, i1, blocks
+
+    # --- M′ -------------------------------------------------------------------------------
 
     def compute_m_dash_sum(
         self,
@@ -191,36 +321,13 @@ class CausalAttention:
         low = x_all.new_zeros(2, heads, dh, 2, heads, dh)  # Σ Z Zᵀ
         diag_a = x_all.new_zeros(heads)
         diag_z = x_all.new_zeros(2, heads, dh, k_out)  # Σ_t Z_tt
-        for b0, b1 in chunks(batch, self._row_bytes(n_pos, k_out)):
-            t = self._terms(x_all[b0:b1, :, :dn], c_y, out.points)
-            pattern_gram += torch.einsum("bhts,bgts->hg", t.a, t.a)
-            a_diag = t.a.diagonal(dim1=2, dim2=3)  # (b, h, t)
-            g_diag = t.g.diagonal(dim1=2, dim2=3)  # (b, h, k, t)
-            beta_diag = t.beta.diagonal(dim1=1, dim2=2)  # (b, h, e, t)
-            if self.rotary is None:
-                self._key_terms_unrotated(t, cross, low)
-            else:
-                products = torch.einsum("bhtsk,bgtsk->bhgts", t.g, t.g)
-                for h in range(heads):
-                    weighted = t.a[:, h, None, :, :, None] * t.g  # (b, g, t, s, k)
-                    cross[h, :, 0] += torch.einsum("bgtsk,btsge->kge", weighted, t.beta)
-                    scaled = products[:, h, :, :, :, None] * t.beta.permute(0, 3, 1, 2, 4)
-                    low[0, h, :, 0] += torch.einsum("btse,bgtsf->egf", t.beta[..., h, :], scaled)
-            # Γ laid out as ((g, e), (b, t), k) once: matmuls read it in place, einsum would
-            # copy it for every product.
-            flat = t.gamma_sum.permute(1, 3, 0, 2, 4).reshape(heads * dh, -1)
-            low[1, :, :, 1] += (flat @ flat.T).view(heads, dh, heads, dh)
-            a_flat = a_diag.permute(1, 0, 2).reshape(heads, -1)  # (h, (b, t))
-            a_gamma = a_flat @ flat.view(heads * dh, a_flat.shape[1], k_out)  # ((g, e), h, k)
-            cross[:, :, 1] += a_gamma.view(heads, dh, heads, k_out).permute(2, 3, 0, 1)
-            # Σ_k Γ^g_t[f, k] ḡ^h_tt[k] as (b, g, t, f, h), then against β^h_tt
-            key_query = t.gamma_sum @ g_diag.permute(0, 3, 2, 1)[:, None]
-            kq = torch.einsum("bhet,bgtfh->hegf", beta_diag, key_query)
-            low[0, :, :, 1] += kq
-            low[1, :, :, 0] += kq.permute(2, 3, 0, 1)
-            diag_a += a_diag.sum((0, 2))
-            diag_z[0] += torch.einsum("bhet,bhkt->hek", beta_diag, g_diag)
-            diag_z[1] += t.gamma_sum.sum((0, 2))
+        plan = self._plan(batch, n_pos, k_out)
+        for _, _, i0, i1, blocks in self._blocks(x_all[..., :dn], c_y, out.points, plan):
+            for t in blocks:
+                if i0 == 0:  # the patterns do not depend on the output features
+                    pattern_gram += torch.einsum("bhts,bgts->hg", t.a, t.a)
+                    diag_a += t.a.diagonal(t.offset, dim1=2, dim2=3).sum((0, 2))
+                self._exact_block(t, cross[:, i0:i1], low, diag_z[..., i0:i1])
         n_mats = self._m @ c_y  # (h, dn, k)
         u = torch.stack([self.w_k, self.w_q]).view(2, dn, heads, dh)  # (K/Q, dn, g, e)
         dense = torch.einsum("hg,hdk,gek->de", pattern_gram, n_mats, n_mats)
@@ -236,11 +343,43 @@ class CausalAttention:
         m[dn:, dn:] = (batch * n_pos) * (e @ e.T)
         return m
 
+    def _exact_block(self, t: _Block, cross: Tensor, low: Tensor, diag_z: Tensor) -> None:
+        """One block's share of ``Σ Ā Zᵀ`` (``cross``, this block's output features),
+        ``Σ Z Zᵀ`` (``low``) and ``Σ_t Z_tt`` (``diag_z``)."""
+        heads, dh = self.n_heads, self.d_head
+        k_out = t.g.shape[-1]
+        a_diag = t.a.diagonal(t.offset, dim1=2, dim2=3)  # (b, h, t)
+        g_diag = t.g.diagonal(t.offset, dim1=2, dim2=3)  # (b, h, k, t)
+        beta_diag = t.beta.diagonal(t.offset, dim1=1, dim2=2)  # (b, h, e, t)
+        if self.rotary is None:
+            self._key_terms_unrotated(t, cross, low)
+        else:
+            products = torch.einsum("bhtsk,bgtsk->bhgts", t.g, t.g)
+            for h in range(heads):
+                weighted = t.a[:, h, None, :, :, None] * t.g  # (b, g, t, s, k)
+                cross[h, :, 0] += torch.einsum("bgtsk,btsge->kge", weighted, t.beta)
+                scaled = products[:, h, :, :, :, None] * t.beta.permute(0, 3, 1, 2, 4)
+                low[0, h, :, 0] += torch.einsum("btse,bgtsf->egf", t.beta[..., h, :], scaled)
+        # Γ laid out as ((g, e), (b, t), k) once: matmuls read it in place, einsum would
+        # copy it for every product.
+        flat = t.gamma_sum.permute(1, 3, 0, 2, 4).reshape(heads * dh, -1)
+        low[1, :, :, 1] += (flat @ flat.T).view(heads, dh, heads, dh)
+        a_flat = a_diag.permute(1, 0, 2).reshape(heads, -1)  # (h, (b, t))
+        a_gamma = a_flat @ flat.view(heads * dh, a_flat.shape[1], k_out)  # ((g, e), h, k)
+        cross[:, :, 1] += a_gamma.view(heads, dh, heads, k_out).permute(2, 3, 0, 1)
+        # Σ_k Γ^g_t[f, k] ḡ^h_tt[k] as (b, g, t, f, h), then against β^h_tt
+        key_query = t.gamma_sum @ g_diag.permute(0, 3, 2, 1)[:, None]
+        kq = torch.einsum("bhet,bgtfh->hegf", beta_diag, key_query)
+        low[0, :, :, 1] += kq
+        low[1, :, :, 0] += kq.permute(2, 3, 0, 1)
+        diag_z[0] += torch.einsum("bhet,bhkt->hek", beta_diag, g_diag)
+        diag_z[1] += t.gamma_sum.sum((0, 2))
+
     @staticmethod
-    def _key_terms_unrotated(t: _PairTerms, cross: Tensor, low: Tensor) -> None:
+    def _key_terms_unrotated(t: _Block, cross: Tensor, low: Tensor) -> None:
         """The key-side parts of ``Σ Ā^h Zᵀ`` and ``Σ Z Zᵀ`` without rotary: ``β_ts = q_t`` for
-        every ``s``, so the sums over ``s`` come first and cost ``O(H² P² k)`` per sample
-        instead of ``O(H² P² k d_head)``."""
+        every ``s``, so the sums over ``s`` come first and cost ``O(H² Π k)`` per sample
+        instead of ``O(H² Π k d_head)``."""
         q = t.beta[:, :, 0]  # (b, t, h, e)
         g = t.g.transpose(1, 2)  # (b, t, h, s, k)
         summed = t.a.transpose(1, 2)[:, None] @ t.g  # (b, g, t, h, k): Σ_s Ā^h ḡ^g
@@ -253,47 +392,88 @@ class CausalAttention:
         self, acts: Float[Tensor, "batch pos width"], out: Contraction, draws: SourceDraws
     ) -> Float[Tensor, "width width"]:
         """M′ with position sources: the row of source ``r`` and output feature ``i`` at ``s``
-        is ``Σ_t φ_rit R_ts[:, i] = Σ_h Ã^h_ris N_h[:, i] + U ζ_ris`` (and ``φ_ris E[:, i]`` on
-        ``x``) with ``Ã_ris = Σ_t φ_rit Ā_ts`` and
-        ``ζ_ris = [Σ_t φ_rit ḡ_tsi β_ts; φ_ris Γ_s[:, i]]``: the signs mix output positions per
-        feature, so ``ζ`` is formed per (r, i, s)."""
+        is ``ρ_ris = Σ_t φ_rit R_ts[:, i] = Σ_h Ã^h_ris N_h[:, i] + U ζ_ris`` (and
+        ``φ_ris E[:, i]`` on ``x``) with ``Ã_ris = Σ_t φ_rit Ā_ts`` and ``ζ_ris = [κ_ris;
+        φ_ris Γ_s[:, i]]``, ``κ^h_ris = rot_sᵀ Σ_t φ_rit ḡ^h_tsi q^h_t``.
+
+        The key half ``κ`` is summed over queries first, one matmul per chunk (the rotation
+        depends on ``s`` only, so it comes after the sum), and kept in head space (width
+        ``d``) for one chunk of output features at a time. The query half is never formed:
+        ``φ² = 1`` makes its Gram ``n·Σ_s Γ_s Γ_sᵀ``, and its products with ``κ`` and ``Ã``
+        go through ``Σ_r φ_ris κ_ris`` and ``Σ_r φ_ris Ã_ris``."""
         x_all = acts.to(F64)
         batch, n_pos, width = x_all.shape
         dn, heads, dh = self.dn, self.n_heads, self.d_head
         c_y, e = self._c_y_and_e(out.c_out, width - dn, x_all)
         assert draws.draws is not None  # drawn for every stochastic kind
         k_out, n_src = c_y.shape[1], draws.draws.shape[0]
+        hd = heads * dh
         pattern_gram = x_all.new_zeros(heads, heads, k_out)
-        cross = x_all.new_zeros(heads, k_out, 2 * heads * dh)
-        low = x_all.new_zeros(2 * heads * dh, 2 * heads * dh)
+        cross = x_all.new_zeros(heads, k_out, 2, hd)  # (h, i, K/Q, (g, e))
+        low = x_all.new_zeros(2, hd, 2, hd)
         col_a = x_all.new_zeros(heads, k_out)
-        col_z = x_all.new_zeros(2 * heads * dh, k_out)
-        row = self._row_bytes(n_pos, k_out) + 8 * n_src * k_out * n_pos * (2 * heads * dh + heads)
-        for b0, b1 in chunks(batch, row):
-            t = self._terms(x_all[b0:b1, :, :dn], c_y, out.points)
-            phi = as_signs(draws.draws[:, :, b0:b1]).to(x_all.device).permute(2, 0, 1, 3)
-            a_src = torch.einsum("brit,bhts->brish", phi, t.a)
-            z_key = torch.einsum("brit,bhtsi,btshe->brishe", phi, t.g, t.beta)
-            z_query = torch.einsum("bris,bhsei->brishe", phi, t.gamma_sum)
-            zeta = torch.stack([z_key, z_query], dim=4).flatten(4)  # (b, r, i, s, 2·h·e)
-            pattern_gram += torch.einsum("brish,brisg->hgi", a_src, a_src)
-            cross += torch.einsum("brish,brisz->hiz", a_src, zeta)
-            flat = zeta.reshape(-1, zeta.shape[-1])
-            low += flat.T @ flat
-            col_a += torch.einsum("bris,brish->hi", phi, a_src)
-            col_z += torch.einsum("bris,brisz->zi", phi, zeta)
+        col_z = x_all.new_zeros(2, hd, k_out)
+        # κ, Ã, Γ, Σ_r φ κ (and one term of it) and Σ_r φ Ã live through a chunk of output
+        # features: per (sample, position, feature) n·(d + H) + 3d + 2H floats. They are laid
+        # out feature first, so every product below reads them in place (no copies).
+        kept = 8 * (n_src * (hd + heads) + 3 * hd + 2 * heads)
+        plan = self._plan(batch, n_pos, k_out, kept=kept)
+        for b0, b1, i0, i1, blocks in self._blocks(x_all[..., :dn], c_y, out.points, plan):
+            b, n_i = b1 - b0, i1 - i0
+            phi = as_signs(draws.draws[:, i0:i1, b0:b1]).to(x_all.device).permute(1, 2, 0, 3)
+            kappa = x_all.new_zeros(n_i, b, n_src, n_pos, heads, dh)  # φ: (i, b, r, t)
+            a_src = x_all.new_zeros(n_i, b, n_src, n_pos, heads)
+            gamma = x_all.new_zeros(n_i, b, n_pos, heads, dh)
+            for t in blocks:
+                s1 = t.s0 + t.a.shape[-1]
+                phi_t = phi[..., t.t0 : t.t1]  # (i, b, r, t)
+                a_src[..., t.s0 : s1, :] += torch.einsum("ibrt,bhts->ibrsh", phi_t, t.a)
+                q_heads = t.q.permute(0, 2, 1, 3)  # (b, h, t, e)
+                for r in range(n_src):
+                    # Σ_t φ_rit ḡ^h_tsi q^h_t: one matmul over t per (sample, head)
+                    weighted = t.g * phi_t[:, :, r].permute(1, 2, 0)[:, None, :, None, :]
+                    summed = weighted.permute(0, 1, 3, 4, 2) @ q_heads[:, :, None]
+                    kappa[:, :, r, t.s0 : s1] += summed.permute(3, 0, 2, 1, 4)  # (i, b, s, h, e)
+                gamma[:, :, t.t0 : t.t1] = t.gamma_sum.permute(4, 0, 2, 1, 3)
+            if self.rotary is not None:  # κ = rot_sᵀ (Σ_t …): the rotation of position s
+                cos, sin = (r[:n_pos].to(F64).to(x_all.device)[:, None] for r in self.rotary)
+                for i in range(n_i):  # one feature at a time: the temporaries stay small
+                    kappa[i] = rotate(kappa[i], cos, -sin)
+            flat_k = kappa.view(n_i, -1, hd)  # (i, (b, r, s), z)
+            flat_g = gamma.view(n_i, -1, hd)  # (i, (b, s), z)
+            signed_k = torch.zeros_like(gamma).view(n_i, b, n_pos, hd)  # Σ_r φ κ
+            for r in range(n_src):
+                signed_k += phi[:, :, r, :, None] * kappa[:, :, r].view(n_i, b, n_pos, hd)
+            signed_a = torch.einsum("ibrs,ibrsh->ibsh", phi, a_src)  # Σ_r φ Ã
+            rows_k = flat_k.reshape(-1, hd)
+            low[0, :, 0] += rows_k.T @ rows_k
+            kq = signed_k.view(-1, hd).T @ flat_g.reshape(-1, hd)
+            low[0, :, 1] += kq
+            low[1, :, 0] += kq.T
+            rows_g = flat_g.reshape(-1, hd)
+            low[1, :, 1] += n_src * (rows_g.T @ rows_g)
+            a_flat = a_src.view(n_i, -1, heads)  # (i, (b, r, s), h)
+            pattern_gram[..., i0:i1] += (a_flat.transpose(1, 2) @ a_flat).permute(1, 2, 0)
+            cross[:, i0:i1, 0] += (a_flat.transpose(1, 2) @ flat_k).transpose(0, 1)
+            signed_flat = signed_a.reshape(n_i, -1, heads)  # (i, (b, s), h)
+            cross[:, i0:i1, 1] += (signed_flat.transpose(1, 2) @ flat_g).transpose(0, 1)
+            col_a[:, i0:i1] += signed_flat.sum(1).T
+            col_z[0, :, i0:i1] += signed_k.sum((1, 2)).T
+            col_z[1, :, i0:i1] += n_src * flat_g.sum(1).T
         n_mats = self._m @ c_y  # (h, dn, k)
         u = torch.stack([self.w_k, self.w_q]).view(2, dn, heads, dh)
         u = u.permute(1, 0, 2, 3).reshape(dn, -1)  # (dn, (K/Q, g, e))
         dense = torch.einsum("hgi,hdi,gei->de", pattern_gram, n_mats, n_mats)
-        mixed = torch.einsum("hdi,hiz,mz->dm", n_mats, cross, u)
+        mixed = torch.einsum("hdi,hiz,mz->dm", n_mats, cross.flatten(2), u)
         m = x_all.new_zeros(width, width)
-        m[:dn, :dn] = dense + mixed + mixed.T + u @ low @ u.T
-        columns = torch.einsum("hdi,hi->di", n_mats, col_a) + u @ col_z
+        m[:dn, :dn] = dense + mixed + mixed.T + u @ low.view(2 * hd, 2 * hd) @ u.T
+        columns = torch.einsum("hdi,hi->di", n_mats, col_a) + u @ col_z.view(2 * hd, k_out)
         m[:dn, dn:] = columns @ e.T
         m[dn:, :dn] = m[:dn, dn:].T
         m[dn:, dn:] = (batch * n_pos * n_src) * (e @ e.T)
         return m
+
+    # --- edges ----------------------------------------------------------------------------
 
     def compute_edges_sum(
         self,
@@ -304,6 +484,9 @@ class CausalAttention:
         points: Points,
         draws: SourceDraws | None = None,
     ) -> Float[Tensor, "k_out k_in"]:
+        """Per query chunk, ``A_t = Σ_s diag(f̂_s) C⁺_n R_ts + diag(f̂_t) C⁺_x E`` from the
+        block's pieces; exact sources square and add it, position sources first add
+        ``Σ_t φ_rit A_t`` over the query chunks (``n·k_in·I`` per sample) and square that."""
         x_all, f_all, pinv = recon.to(F64), feats.to(F64), c_in_pinv.to(F64)
         batch, n_pos, width = x_all.shape
         dn, heads, dh = self.dn, self.n_heads, self.d_head
@@ -315,22 +498,31 @@ class CausalAttention:
         query_feats = (p_n @ self.w_q).view(k_in, heads, dh)
         residual = pinv[:, dn:] @ e  # (k_in, k)
         edges = x_all.new_zeros(k_in, k_out)
-        for b0, b1 in chunks(batch, self._row_bytes(n_pos, k_out, k_in)):
-            t = self._terms(x_all[b0:b1, :, :dn], c_y, points)
+        n_src = 0 if draws is None or draws.draws is None else draws.draws.shape[0]
+        plan = self._plan(batch, n_pos, k_out, k_in, kept=0)
+        for b0, b1, i0, i1, blocks in self._blocks(x_all[..., :dn], c_y, points, plan):
             f = f_all[b0:b1]
             b = b1 - b0
-            weights = torch.einsum("bhts,bsj->bthj", t.a, f)
-            a = torch.einsum("bthj,hjk->btjk", weights, feature_mats)
-            kappa = torch.einsum("btshe,jhe->btshj", t.beta, key_feats) * f[:, None, :, None]
-            g = t.g.permute(0, 2, 3, 1, 4).reshape(b * n_pos, n_pos * heads, k_out)
-            a += torch.bmm(kappa.reshape(b * n_pos, n_pos * heads, k_in).transpose(1, 2), g).view(
-                b, n_pos, k_in, k_out
-            )
-            own = torch.einsum("jhe,bhtek->btjk", query_feats, t.gamma_sum) + residual
-            a += f[..., None] * own
-            if draws is not None:  # position sources: (r, k, b, t)
-                assert draws.draws is not None  # drawn for every stochastic kind
-                signs = as_signs(draws.draws[:, :, b0:b1]).to(a.device)
-                a = torch.einsum("btjk,rkbt->brjk", a, signs)
-            edges += a.square_().sum((0, 1))
+            signed = x_all.new_zeros(b, n_src, k_in, i1 - i0) if n_src else None
+            for t in blocks:
+                n_t, n_s = t.a.shape[2], t.a.shape[3]
+                f_keys = f[:, t.s0 : t.s0 + n_s]
+                weights = torch.einsum("bhts,bsj->bthj", t.a, f_keys)
+                a = torch.einsum("bthj,hjk->btjk", weights, feature_mats[..., i0:i1])
+                kappa = torch.einsum("btshe,jhe->btshj", t.beta, key_feats)
+                kappa *= f_keys[:, None, :, None]
+                g = t.g.permute(0, 2, 3, 1, 4).reshape(b * n_t, n_s * heads, i1 - i0)
+                key = torch.bmm(kappa.reshape(b * n_t, n_s * heads, k_in).transpose(1, 2), g)
+                a += key.view(b, n_t, k_in, i1 - i0)
+                own = torch.einsum("jhe,bhtek->btjk", query_feats, t.gamma_sum)
+                own += residual[:, i0:i1]
+                a += f[:, t.t0 : t.t1, :, None] * own
+                if signed is None:
+                    edges[:, i0:i1] += a.square_().sum((0, 1))
+                else:  # position sources: (r, k, b, t)
+                    assert draws is not None and draws.draws is not None
+                    signs = as_signs(draws.draws[:, i0:i1, b0:b1, t.t0 : t.t1]).to(a.device)
+                    signed += torch.einsum("btjk,rkbt->brjk", a, signs)
+            if signed is not None:
+                edges[:, i0:i1] += signed.square_().sum((0, 1))
         return edges.T
