@@ -68,3 +68,59 @@ def randomise_lm(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             if "ln" not in name and "layernorm" not in name and "layer_norm" not in name:
                 p.copy_(0.25 * torch.randn(p.shape, generator=gen))
     return model
+
+
+def tiny_lm(
+    arch: str, *, vocab: int, d_model: int, n_ctx: int, seed: int, neo_local: bool = True
+) -> torch.nn.Module:
+    """A random-weight float64 LM of ``arch`` (``gpt2``, ``gpt_neo``, ``gpt_neox``) with one
+    block (GPT-Neo with ``neo_local``: a global and a local block, window 3; GPT-NeoX: rotary on
+    half the head, parallel residual) and random biases (:func:`randomise_lm`)."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoConfig,
+        GPTNeoForCausalLM,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+    )
+
+    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0)
+    model: torch.nn.Module
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(
+            GPT2Config(n_positions=n_ctx, n_embd=d_model, n_layer=1, n_head=2, **common)
+        )
+    elif arch == "gpt_neo":
+        blocks = (
+            dict(num_layers=2, attention_types=[[["global", "local"], 1]], window_size=3)
+            if neo_local
+            else dict(num_layers=1, attention_types=[[["global"], 1]])
+        )
+        model = GPTNeoForCausalLM(
+            GPTNeoConfig(
+                max_position_embeddings=n_ctx,
+                hidden_size=d_model,
+                num_heads=2,
+                intermediate_size=2 * d_model,
+                activation_function="gelu_new",
+                **blocks,
+                **common,
+            )  # fmt: skip
+        )
+    elif arch == "gpt_neox":
+        model = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                max_position_embeddings=n_ctx,
+                hidden_size=d_model,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=2 * d_model,
+                rotary_pct=0.5,
+                use_parallel_residual=True,
+                **common,
+            )  # fmt: skip
+        )
+    else:
+        raise ValueError(f"Unknown architecture {arch!r}; use gpt2, gpt_neo or gpt_neox.")
+    return randomise_lm(model, seed=seed).to(torch.float64)

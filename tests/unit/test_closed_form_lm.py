@@ -13,14 +13,6 @@ orders of magnitude for BLAS paths and thread counts, and a wrong term fails by 
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoConfig,
-    GPTNeoForCausalLM,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-)
 
 from interaction_basis.lib.closed_form.causal_attention import CausalAttention
 from interaction_basis.lib.closed_form.per_token import PerToken
@@ -33,7 +25,7 @@ from interaction_basis.lib.jacobians import (
     compute_m_dash_sum,
 )
 from interaction_basis.models.hf import build_hf_sections, hf_node_layers
-from lm_fixtures import randomise_lm
+from lm_fixtures import tiny_lm
 
 F64 = torch.float64
 VOCAB, D_MODEL, N_CTX, SEQ, N_SAMPLES = 23, 8, 6, 5, 3
@@ -51,25 +43,7 @@ SOURCES = {
 
 
 def _model(arch: str):
-    common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
-    if arch == "gpt2":
-        cfg = GPT2Config(n_positions=N_CTX, n_embd=D_MODEL, n_layer=1, n_head=2, **common)
-        model = GPT2LMHeadModel(cfg)
-    elif arch == "gpt_neo":
-        cfg = GPTNeoConfig(
-            max_position_embeddings=N_CTX, hidden_size=D_MODEL, num_layers=2, num_heads=2,
-            attention_types=[[["global", "local"], 1]], window_size=3,
-            intermediate_size=2 * D_MODEL, **common,
-        )  # fmt: skip
-        model = GPTNeoForCausalLM(cfg)
-    else:
-        cfg = GPTNeoXConfig(
-            max_position_embeddings=N_CTX, hidden_size=D_MODEL, num_hidden_layers=1,
-            num_attention_heads=2, intermediate_size=2 * D_MODEL, rotary_pct=0.5,
-            use_parallel_residual=True, **common,
-        )  # fmt: skip
-        model = GPTNeoXForCausalLM(cfg)
-    return randomise_lm(model, seed=3).to(F64)
+    return tiny_lm(arch, vocab=VOCAB, d_model=D_MODEL, n_ctx=N_CTX, seed=3)
 
 
 _CACHE: dict = {}

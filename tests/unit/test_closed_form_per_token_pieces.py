@@ -22,14 +22,6 @@ import math
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoConfig,
-    GPTNeoForCausalLM,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-)
 
 from interaction_basis.lib import budget
 from interaction_basis.lib.closed_form import common
@@ -43,7 +35,7 @@ from interaction_basis.lib.jacobians import (
     compute_m_dash_sum,
 )
 from interaction_basis.models.hf import build_hf_sections, hf_node_layers
-from lm_fixtures import randomise_lm
+from lm_fixtures import tiny_lm
 
 F64 = torch.float64
 EPS = torch.finfo(F64).eps
@@ -58,25 +50,7 @@ ARCHS = ("gpt2", "gpt_neo", "gpt_neox")
 
 
 def _model(arch: str):
-    common_cfg = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
-    if arch == "gpt2":
-        cfg = GPT2Config(n_positions=N_CTX, n_embd=D_MODEL, n_layer=1, n_head=2, **common_cfg)
-        model = GPT2LMHeadModel(cfg)
-    elif arch == "gpt_neo":
-        cfg = GPTNeoConfig(
-            max_position_embeddings=N_CTX, hidden_size=D_MODEL, num_layers=1, num_heads=2,
-            attention_types=[[["global"], 1]], intermediate_size=2 * D_MODEL,
-            activation_function="gelu_new", **common_cfg,
-        )  # fmt: skip
-        model = GPTNeoForCausalLM(cfg)
-    else:
-        cfg = GPTNeoXConfig(
-            max_position_embeddings=N_CTX, hidden_size=D_MODEL, num_hidden_layers=1,
-            num_attention_heads=2, intermediate_size=2 * D_MODEL, rotary_pct=0.5,
-            use_parallel_residual=True, **common_cfg,
-        )  # fmt: skip
-        model = GPTNeoXForCausalLM(cfg)
-    return randomise_lm(model, seed=7).to(F64)
+    return tiny_lm(arch, vocab=VOCAB, d_model=D_MODEL, n_ctx=N_CTX, seed=7, neo_local=False)
 
 
 _CACHE: dict = {}
