@@ -13,6 +13,8 @@ import re
 import pytest
 from smk_helpers import REPO, copy_workflow, load_yaml, pythonpath_env, snakemake, write_yaml
 
+from interaction_basis.interpret.explorer import unpack_cards
+
 pytestmark = pytest.mark.slow
 
 KEY_FREQUENCIES = {36, 38, 49}
@@ -39,6 +41,34 @@ def page_sources(html: str) -> dict[str, dict]:
 
     walk(json.loads(html_module.unescape(found.group(1))))  # Bokeh escapes the JSON for HTML
     return out
+
+
+def page_cards(html: str, method: str) -> dict[str, list[str]]:
+    """Per layer, the cards of ``method`` (packed in the page's texts, ``pack_cards``)."""
+    found = re.search(
+        r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', html, re.S
+    )
+    assert found, "no Bokeh document in the page"
+
+    def plain(obj):  # Bokeh serialises a dict as {"type": "map", "entries": [[key, value]]}
+        if isinstance(obj, dict):
+            if obj.get("type") == "map":
+                return {k: plain(v) for k, v in obj.get("entries", [])}
+            return {k: plain(v) for k, v in obj.items()}
+        return [plain(v) for v in obj] if isinstance(obj, list) else obj
+
+    def texts(obj):
+        if isinstance(obj, dict):
+            if isinstance(obj.get(method), dict) and "cards" in obj[method]:
+                yield obj[method]["cards"]
+            for v in obj.values():
+                yield from texts(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from texts(v)
+
+    packed = next(texts(plain(json.loads(html_module.unescape(found.group(1))))))
+    return {layer: unpack_cards(blob) for layer, blob in packed.items()}
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +123,12 @@ def test_top_ln2_features_name_their_module_frequency(seed3):
     modules = json.loads((results / "lib" / "modules.json").read_text())
     freq = {c["id"]: c["frequency"]["frequency"] for c in modules["clusters"]}
     module = {(n["layer"], n["index"]): n["cluster"] for n in modules["nodes"]}
-    nodes = page_sources(html)["nodes_lib"]
-    cards = {(lay, i): card for lay, i, card in zip(nodes["layer"], nodes["index"], nodes["card"])}
+    cards = page_cards(html, "lib")["ln2.0"]
     for i in range(1, 6):  # the top five non-constant LIB features (basis order = Λ order)
-        card = cards[("ln2.0", i)]
+        card = cards[i]
         expected = freq[module[("ln2.0", i)]]
         got = re.search(r"frequency <b>(-?\d+)</b>", card)
         assert got and int(got.group(1)) == expected, (i, expected, card[:400])
-        assert "top 8 examples" in card and "(a, b) = (" in card
+        assert re.search(r"top \d+ examples", card) and "(a, b) = (" in card
         assert "top 10 incoming edges" in card and "top 10 outgoing edges" in card
     assert "ablations not evaluated" in html
