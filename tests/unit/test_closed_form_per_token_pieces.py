@@ -266,7 +266,8 @@ def _edge_call(section, width: int, n_pos: int, limit: int) -> tuple[int, int]:
     c_out = torch.randn(d_out, d_out, generator=gen, dtype=F64)
     feats = acts @ c_in
     recon = feats @ c_pinv
-    draws = _draw_sources(Sources(n_pos=1), 2, n_pos, d_out, torch.Generator().manual_seed(1))
+    gen1 = torch.Generator().manual_seed(1)
+    draws = _draw_sources(Sources(n_pos=1), 2, n_pos, d_out, gen1, shared=True)
     points = Integration("gauss-legendre", 1).points()
     plans = []
     real = common.token_blocks

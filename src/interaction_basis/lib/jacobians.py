@@ -161,10 +161,26 @@ def _closed_form(section: Section, mode: Mode | None, sources: Sources) -> Close
 class SourceDraws(NamedTuple):
     """The ±1 draws of one batch as booleans (True: +1), in the generator order of one
     cotangent per source. ``draws``: ``pos`` (n_pos, k_out, batch, p_out); ``hidden``
-    (n_hidden, p_out, batch, k_out); ``both`` (n_pos · n_hidden, batch, p_out, k_out)."""
+    (n_hidden, p_out, batch, k_out); ``both`` (n_pos · n_hidden, batch, p_out, k_out).
+
+    ``shared`` (``pos`` only): every output dimension shares its source's draw, as the edges
+    draw them (method §A.6); ``draws`` is then a view expanded from (n_pos, 1, batch, p_out).
+    """
 
     kind: Literal["exact", "pos", "hidden", "both"]
     draws: Tensor | None
+    shared: bool = False
+
+    def edge_signs(self) -> Tensor:
+        """The edges' draws, one row per source for all output features: booleans
+        (n_pos, 1, batch, p_out)."""
+        if self.kind != "pos" or not self.shared or self.draws is None:
+            raise ValueError(
+                "Edges take stochastic sources over positions, one draw per source shared by "
+                f"the output features (method §A.6); got {self.kind!r} draws"
+                f"{'' if self.shared else ' per output feature'}."
+            )
+        return self.draws[:, :1]
 
 
 class _TakesSources(Protocol):
@@ -191,8 +207,15 @@ class _TakesSources(Protocol):
 
 
 def _draw_sources(
-    sources: Sources, batch: int, p_out: int, k_out: int, generator: torch.Generator | None
+    sources: Sources,
+    batch: int,
+    p_out: int,
+    k_out: int,
+    generator: torch.Generator | None,
+    shared: bool = False,
 ) -> SourceDraws:
+    """The draws of one batch; ``shared``: one draw per position source for all output
+    dimensions (the edges, method §A.6), else one per output dimension (M′, §A.3)."""
     n_pos, n_hid = sources.n_pos, sources.n_hidden
 
     def draw(*shape: int) -> Tensor:
@@ -201,6 +224,9 @@ def _draw_sources(
     if n_hid is None:
         if n_pos is None:
             return SourceDraws("exact", None)
+        if shared:  # one sign per (source, sample, output position)
+            signs = draw(n_pos, batch, p_out)[:, None].expand(n_pos, k_out, batch, p_out)
+            return SourceDraws("pos", signs, shared=True)
         # one sign per (source, output dim, sample, output position)
         return SourceDraws(
             "pos", draw(n_pos * k_out, batch, p_out).view(n_pos, k_out, batch, p_out)
@@ -788,7 +814,7 @@ def compute_edges_sum(
     x1 = recon[:1]
     p_out, d_out = _out_shape(section, x1)
     k_out = d_out if c_out is None else c_out.shape[1]
-    phi = _draw_sources(sources, batch, p_out, k_out, generator)
+    phi = _draw_sources(sources, batch, p_out, k_out, generator, shared=True)
     if closed is not None:  # the same draws as autograd would use
         # Stochastic sources get a closed form only if it takes them (``_closed_form``).
         with_draws = cast(_TakesSources, closed)

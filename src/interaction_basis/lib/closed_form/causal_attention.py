@@ -505,14 +505,17 @@ class CausalAttention:
         draws: SourceDraws | None = None,
     ) -> Float[Tensor, "k_out k_in"]:
         """Per query chunk, ``A_t = Σ_s diag(f̂_s) C⁺_n R_ts + diag(f̂_t) C⁺_x E`` from the
-        block's pieces; exact sources square and add it, position sources first add
-        ``Σ_t φ_rit A_t`` over the query chunks (``n·k_in·k`` per sample) and square that.
+        block's pieces; exact sources square and add it, position sources (one sign per
+        source and query, shared by the output features, method §A.6) first add
+        ``Σ_t φ_rt A_t`` over the query chunks and square that.
 
         The terms through the softmax partners are summed over keys in value space, where
         ``ḡ_ts = g̃_ts W_O C`` has ``d_value`` columns instead of ``k``: per query and input
         feature, ``Σ_s κ_ts g̃_ts`` and ``Σ_e C⁺_n W_Q Γ̃_t`` (``H d_value`` numbers), then one
         product with ``W_O C``. That costs ``H Π k_in d_value + P k_in H d_value k`` instead of
-        ``H Π k_in k`` (GPT-2 small at 1024 tokens: about a fifth)."""
+        ``H Π k_in k`` (GPT-2 small at 1024 tokens: about a fifth). Position sources sum
+        the value-space pieces over queries first: the product with ``W_O C`` comes once per
+        sample and source."""
         x_all, f_all, pinv = recon.to(F64), feats.to(F64), c_in_pinv.to(F64)
         batch, n_pos, width = x_all.shape
         dn, heads, dh = self.dn, self.n_heads, self.d_head
@@ -527,19 +530,20 @@ class CausalAttention:
         dv = w_oc.shape[1]
         w_oc = w_oc.reshape(heads * dv, k_out)
         edges = x_all.new_zeros(k_in, k_out)
-        n_src = 0 if draws is None or draws.draws is None else draws.draws.shape[0]
+        signs = None if draws is None else draws.edge_signs()
+        n_src = 0 if signs is None else signs.shape[0]
         # Per query: A_t and its copies (k_in·k), the value-space sums and their copies.
         row_extra = 8 * (3 * k_in * k_out + 3 * k_in * heads * dv)
         plan = self._plan(batch, n_pos, dv, k_in, row_extra=row_extra, whole=True)
         for b0, b1, _, _, blocks in self._blocks(x_all[..., :dn], None, points, plan):
             f = f_all[b0:b1]
             b = b1 - b0
-            signed = x_all.new_zeros(b, n_src, k_in, k_out) if n_src else None
+            # Position sources: Σ_t φ_t of the weights, the values and f̂_t, then the output side.
+            sums = [x_all.new_zeros(b, n_src, k_in, n) for n in (heads, heads * dv, 1)]
             for t in blocks:
                 n_t, n_s = t.a.shape[2], t.a.shape[3]
                 f_keys, f_queries = f[:, t.s0 : t.s0 + n_s], f[:, t.t0 : t.t1]
                 weights = torch.einsum("bhts,bsj->bthj", t.a, f_keys)
-                a = torch.einsum("bthj,hjk->btjk", weights, feature_mats)
                 if self.rotary is None:  # β_ts = q_t: the key codes leave the sum over s
                     omega = torch.einsum("bthe,jhe->btjh", t.q, key_feats)
                     values = torch.einsum("bsj,bhtse->btjhe", f_keys, t.g)
@@ -550,14 +554,20 @@ class CausalAttention:
                     values = torch.einsum("btshj,bhtse->btjhe", kappa, t.g)
                 own = torch.einsum("jhe,bhtev->btjhv", query_feats, t.gamma_sum)
                 values += f_queries[..., None, None] * own
-                a += values.reshape(b, n_t, k_in, heads * dv) @ w_oc
+                values = values.reshape(b, n_t, k_in, heads * dv)
+                if signs is not None:
+                    phi = as_signs(signs[:, 0, b0:b1, t.t0 : t.t1]).to(f.device)
+                    sums[0] += torch.einsum("bthj,rbt->brjh", weights, phi)
+                    sums[1] += torch.einsum("btjx,rbt->brjx", values, phi)
+                    sums[2] += torch.einsum("btj,rbt->brj", f_queries, phi)[..., None]
+                    continue
+                a = torch.einsum("bthj,hjk->btjk", weights, feature_mats)
+                a += values @ w_oc
                 a += f_queries[..., None] * residual
-                if signed is None:
-                    edges += a.square_().sum((0, 1))
-                else:  # position sources: (r, k, b, t)
-                    assert draws is not None and draws.draws is not None
-                    signs = as_signs(draws.draws[:, :, b0:b1, t.t0 : t.t1]).to(a.device)
-                    signed += torch.einsum("btjk,rkbt->brjk", a, signs)
-            if signed is not None:
+                edges += a.square_().sum((0, 1))
+            if signs is not None:
+                signed = torch.einsum("brjh,hjk->brjk", sums[0], feature_mats)
+                signed += sums[1] @ w_oc
+                signed += sums[2] * residual
                 edges += signed.square_().sum((0, 1))
         return edges.T

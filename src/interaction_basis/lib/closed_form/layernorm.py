@@ -133,7 +133,7 @@ class LayerNormIn(PerToken):
         inputs: EdgeInputs,
         block: Block,
         f: Float[Tensor, "b t k_in"],
-        signs: Float[Tensor, "src k_out b t"],
+        signs: Float[Tensor, "src 1 b t"],
     ) -> Float[Tensor, "b src k_out k_in"]:
         pg = self._projected_gradients(setup, inputs, block)
         k_in = f.shape[-1]
@@ -298,16 +298,11 @@ class LayerNormOut(PerToken):
         inputs: EdgeInputs,
         block: Block,
         f: Float[Tensor, "b t k_in"],
-        signs: Float[Tensor, "src k_out b t"],
+        signs: Float[Tensor, "src 1 b t"],
     ) -> Float[Tensor, "b src k_out k_in"]:
         ka, s_bar = self._block_pieces(setup, inputs, block)
-        n_src, k_out, nb, nt = signs.shape
-        weighted = torch.stack(
-            [signs * ka.permute(2, 0, 1), signs * s_bar, signs], dim=1
-        )  # (src, 3, k_out, b, t)
-        s = signed_sums(weighted.view(3 * n_src, k_out, nb, nt), f)
-        s = s.view(nb, n_src, 3, k_out, f.shape[-1])
-        z = setup.p0 * s[:, :, 0]
-        z += setup.pq.T * s[:, :, 1]
-        z += setup.pb.T * s[:, :, 2]
+        # Each sum keeps the signs' output axis: one row where the features share them.
+        z = setup.p0 * signed_sums(signs * ka.permute(2, 0, 1), f)
+        z += setup.pq.T * signed_sums(signs * s_bar, f)
+        z += setup.pb.T * signed_sums(signs, f)
         return z

@@ -40,8 +40,8 @@ Setup = Any
 
 
 def signed_sums(
-    signs: Float[Tensor, "src k_out b t"], u: Float[Tensor, "b t n"]
-) -> Float[Tensor, "b src k_out n"]:
+    signs: Float[Tensor, "src k b t"], u: Float[Tensor, "b t n"]
+) -> Float[Tensor, "b src k n"]:
     """``S[b, r, i, :] = Σ_t signs[r, i, b, t] u[b, t, :]``: per-token pieces summed over
     positions with the position sources' signs, one matrix product per sample."""
     n_src, k_out, b, t = signs.shape
@@ -186,14 +186,10 @@ class PerToken:
         draws: SourceDraws | None = None,
     ) -> Float[Tensor, "k_out k_in"]:
         """Exact sources: ``Σ_t A_t²``; position sources sum ``A_t`` with their signs over
-        positions before squaring. Both from the section's pieces, over blocks of tokens
-        within the budget: a sample's signed sums carry over from one block to the next."""
-        if draws is not None and draws.kind != "pos":
-            raise ValueError(
-                f"Edges support stochastic sources over positions only; got {draws.kind!r} "
-                "(set n_hidden: null)."
-            )
-        signs = None if draws is None else draws.draws
+        positions before squaring, one draw per source for all output features (method §A.6).
+        Both from the section's pieces, over blocks of tokens within the budget: a sample's
+        signed sums carry over from one block to the next."""
+        signs = None if draws is None else draws.edge_signs()
         inputs, out = EdgeInputs(recon, feats, c_in_pinv), Contraction(c_out, points)
         batch, n_pos, d_in = recon.shape
         k_in = c_in_pinv.shape[0]
@@ -214,7 +210,7 @@ class PerToken:
             if signs is None:
                 edges += self._edges_block(setup, inputs, block, f)
                 continue
-            s = as_signs(signs[:, :, b0:b1, t0:t1]).to(edges.device)
+            s = as_signs(signs[:, :, b0:b1, t0:t1]).to(edges.device)  # (r, 1, b, t)
             part = self._signed_block(setup, inputs, block, f, s)  # (b, r, k_out, k_in)
             z = part if t0 == 0 or z is None else z.add_(part)
             if t1 == n_pos:
@@ -256,11 +252,12 @@ class PerToken:
         inputs: EdgeInputs,
         block: Block,
         f: Float[Tensor, "b t k_in"],
-        signs: Float[Tensor, "src k_out b t"],
+        signs: Float[Tensor, "src 1 b t"],
     ) -> Float[Tensor, "b src k_out k_in"]:
-        """``Σ_t φ_{r,i,t} A_{t,i,j}`` over a block's tokens (position sources)."""
+        """``Σ_t φ_{r,t} A_{t,i,j}`` over a block's tokens (position sources, shared by the
+        output features ``i``)."""
         a = self._feature_rows(setup, inputs, block, f)
-        return torch.einsum("ribt,btji->brij", signs, a)
+        return torch.einsum("rbt,btji->brij", signs[:, 0], a)
 
 
 class ResidualMLP(PerToken):
@@ -271,7 +268,8 @@ class ResidualMLP(PerToken):
     ``P = W_out C`` its blocks are ``W_in ((P Pᵀ) ∘ S) W_inᵀ``, ``W_in diag(Σ d̄) P Cᵀ`` and
     ``n C Cᵀ``. The edges take per token ``C⁺R_t = (C⁺_n W_in) diag(d̄_t) P + C⁺_x C`` (one
     ``k_in × k_out`` product over the active neurons, :func:`~.mlp.feature_blocks`), squared
-    or summed with the position sources' signs; hidden sources use the rows
+    or, with position sources (whose signs the output features share), summed over tokens
+    first, through the neurons (:meth:`_signed_block`); hidden sources use the rows
     ``R = [W_in diag(d̄) P; C]``.
     """
 
@@ -335,7 +333,9 @@ class ResidualMLP(PerToken):
 
     def _edge_bytes(self, setup: Setup, d_in: int, k_in: int, k_out: int) -> tuple[int, int, int]:
         w_feats, _, _, _, rows = setup
-        fixed = rows * block_bytes(w_feats.shape[1], k_in, k_out)
+        hidden = w_feats.shape[1]
+        # The larger of the per-feature signs' product blocks and the shared signs' G.
+        fixed = max(rows * block_bytes(hidden, k_in, k_out), 8 * (2 * k_in * hidden + k_in * k_out))
         return self._slope_bytes(), 1, fixed
 
     def _blocks(self, setup: Setup, inputs: EdgeInputs, block: Block, f: Tensor):
@@ -363,9 +363,20 @@ class ResidualMLP(PerToken):
         inputs: EdgeInputs,
         block: Block,
         f: Float[Tensor, "b t k_in"],
-        signs: Float[Tensor, "src k_out b t"],
+        signs: Float[Tensor, "src 1 b t"],
     ) -> Float[Tensor, "b src k_out k_in"]:
-        z = f.new_zeros(f.shape[0], signs.shape[0], signs.shape[1], f.shape[-1])
-        for b, rows, a in self._blocks(setup, inputs, block, f):
-            z[b] += torch.einsum("rin,nji->rij", signs[:, :, b, rows], a)
+        """``Σ_t φ_t A_t = (C⁺_n W_in ∘ G) P + (Σ_t φ_t f̂_t) ∘ C⁺_x C`` with
+        ``G_jn = Σ_t φ_t f̂_tj d̄_tn``: the sum over tokens comes before the output side, since
+        the output features share the signs (``2 k_in N (P + k_out)`` per sample and source,
+        not ``2 P k_in N k_out``)."""
+        w_feats, p, base, points, _ = setup
+        b0, b1, t0, t1 = block
+        x = inputs.recon[b0:b1, t0:t1, : self.dn].to(F64)
+        z = f.new_zeros(f.shape[0], signs.shape[0], p.shape[1], f.shape[-1])
+        for b in range(b1 - b0):
+            slopes = self.mlp.slopes(x[b], points)  # (t, hidden)
+            for r in range(signs.shape[0]):
+                signed_f = signs[r, 0, b, :, None] * f[b]  # (t, k_in)
+                g = (signed_f.T @ slopes).mul_(w_feats)  # (k_in, hidden)
+                z[b, r] = g.matmul(p).addcmul_(signed_f.sum(0)[:, None], base).T
         return z
