@@ -39,14 +39,21 @@ GRADIENT_COPIES = 4
 #: Floor of every memory request (MB).
 MIN_MEM_MB = 2000
 
-#: Sustained float64 rates (FLOP/s) of the Jacobian passes, per CPU thread and per GPU. Stated
-#: estimates (a fifth of the peak of a 2020s server core and of an A100/H100's float64 units)
-#: until the benchmark of the closed forms measures them: update them from
-#: ``benchmarks/`` (docs/performance.md). float32 runs at twice the float64 rate on CPUs.
-CPU_FLOPS_PER_THREAD = 5e9
+#: Sustained float64 rates (FLOP/s) of the closed forms' matrix products (what
+#: :func:`section_flops` counts), per CPU thread and per GPU. The CPU rate is measured:
+#: ``benchmarks/bench_lm_shapes.py`` at GPT-2 small's real shape ran the attention section,
+#: which carries 98 % of a block's M′ and edge FLOP, at 17 GFLOP/s on one thread of a shared,
+#: loaded 2-core machine (the other sections at 30-37; docs/performance.md). The GPU rate is
+#: **stated, not measured** (no GPU has run the benchmark): 1e13 is 15 % of an H100's 67
+#: TFLOP/s float64 peak, half of an A100's 19.5. float32 runs at twice the float64 rate on CPUs.
+CPU_FLOPS_PER_THREAD = 1.7e10
 GPU_FLOPS = 1e13
 #: Runtime requests are the estimate times this margin, plus the start-up (loading the model
-#: and the data) ...
+#: and the data) ... The FLOP are exact (the counted products, bases as wide as the layers:
+#: truncated bases cost less); the margin covers the rates: the attention's M′ alone ran at
+#: 14 GFLOP/s (1.25× below the rate), another CPU or a busier node is slower, and the GPU
+#: rate is unmeasured (an A100 may sustain half of it). A job past its limit loses all its
+#: work, a generous one only waits longer in the queue: 3.
 RUNTIME_MARGIN = 3.0
 STARTUP_MINUTES = 10
 #: ... and at least this many minutes.
@@ -297,7 +304,9 @@ def _attention_forward(s: Section) -> float:
     """FLOP of the attention section's forward pass over one sample (dense scores)."""
     p, d, h = s.n_ctx, s.shape.d_model, s.shape.n_heads
     big, dv = d + 1, d // h + 1
-    return 2 * p * big * (2 * d + h * dv) + 2 * h * p * p * (2 * dv - 1) + 2 * p * h * dv * big
+    return float(
+        2 * p * big * (2 * d + h * dv) + 2 * h * p * p * (2 * dv - 1) + 2 * p * h * dv * big
+    )
 
 
 def _attention(s: Section) -> tuple[float, float]:
@@ -346,7 +355,7 @@ def _attention(s: Section) -> tuple[float, float]:
     fixed = 2 * h * big * big * ko + 2 * h * ki * big * ko + 4 * ki * big * d
     fixed += 2 * ki * resid * ko + 2 * h * dv * big * ko
     edges = project + over_pairs + p * per_token + after + fixed / b + forward
-    return m_dash, edges
+    return float(m_dash), float(edges)
 
 
 def _layernorm_in(s: Section) -> tuple[float, float]:
@@ -357,7 +366,7 @@ def _layernorm_in(s: Section) -> tuple[float, float]:
     w, ki, ko = s.w_in, s.k_in, s.k_out
     m_dash = 2 * p * d * d + 2 * w * w * ko / b
     edges = 2 * p * d * ki + (0 if n is None else 4 * n * p * ki) + 2 * ki * w * ko / b
-    return m_dash, edges
+    return float(m_dash), float(edges)
 
 
 def _layernorm_out(s: Section) -> tuple[float, float]:
@@ -369,7 +378,23 @@ def _layernorm_out(s: Section) -> tuple[float, float]:
     m_dash = 2 * p * d * ko + 2 * p * ko + (6 * w * w * ko + 4 * w * ko) / b
     sums = 6 * p * ki * ko if n is None else n * (2 * p * ki * ko + 4 * p * ki)
     edges = 2 * p * d * ko + sums + 4 * ki * w * ko / b
-    return m_dash, edges
+    return float(m_dash), float(edges)
+
+
+def _mlp_blocks(s: Section, hidden: int) -> int:
+    """Blocks of positions per sample of ``ResidualMLP``'s edges with position sources, as
+    ``closed_form.common.token_blocks`` plans them from the section's bytes per token, per
+    sample and per block (``PerToken.compute_edges_sum``, ``ResidualMLP._edge_bytes``)."""
+    big, ki, ko, n = s.shape.d_model + 1, s.k_in, s.k_out, s.sources or 0
+    row = 8 * (hidden * (ki + ko) + 2 * ki * ko)  # mlp.block_bytes
+    rows = max(1, min(16, s.budget // (2 * row)))
+    fixed = max(rows * row, 8 * (2 * ki * hidden + ki * ko))
+    token = 8 * (4 * hidden + big) + 8 * (n * ko * 2 + 2 * ki)
+    sample = 8 * n * ko * ki * 4
+    room = max(0, s.budget - fixed)
+    if sample + s.n_ctx * token <= room:
+        return 1
+    return -(-s.n_ctx // max(1, (room - sample) // token))
 
 
 def _residual_mlp(s: Section) -> tuple[float, float]:
@@ -390,10 +415,10 @@ def _residual_mlp(s: Section) -> tuple[float, float]:
     setup = 2 * hidden * big * ko + 2 * ki * big * hidden + 2 * ki * resid * ko
     if n is None:  # dense slopes (0/1 ones, ReLU's, sum over the active half at most)
         through = 2 * p * ki * hidden * ko
-    else:
-        through = n * (2 * ki * p * hidden + 2 * ki * hidden * ko)
+    else:  # G P once per block of positions: one block per sample where one fits the budget
+        through = n * (2 * ki * p * hidden + 2 * ki * hidden * ko * _mlp_blocks(s, hidden))
     edges = slopes + through + setup / b + 4 * big * hidden + forward
-    return m_dash, edges
+    return float(m_dash), float(edges)
 
 
 def _per_token(s: Section) -> tuple[float, float]:
@@ -402,11 +427,13 @@ def _per_token(s: Section) -> tuple[float, float]:
     and their Gram for M′; the pushforward of the ``k_in`` rows of ``C⁺`` for the edges."""
     p, b, n, a = s.n_ctx, s.batch, s.sources, s.points
     w, wo, ki, ko = s.w_in, s.w_out, s.k_in, s.k_out
-    forward = 0.0 if n is None else 2 * p * w * wo / b
-    m_dash = p * (a * 4 * w * w * wo + 2 * w * wo * ko + 2 * w * w * ko) + forward
+    # jacobians' probe of the output's shape (one sample) and the closed form's (one token)
+    forward = (2 * w * wo + (0 if n is None else 2 * p * w * wo)) / b
+    # forward mode through ``x W``: three products per (token, tangent), as counted
+    m_dash = p * (a * 6 * w * w * wo + 2 * w * wo * ko + 2 * w * w * ko) + forward
     signed = 0 if n is None else 2 * n * p * ki * ko
-    edges = p * (a * 4 * ki * w * wo + 2 * ki * wo * ko) + signed + forward
-    return m_dash, edges
+    edges = p * (a * 6 * ki * w * wo + 2 * ki * wo * ko) + signed + forward
+    return float(m_dash), float(edges)
 
 
 _CLOSED_FORMS = {
@@ -437,7 +464,9 @@ def _generic_flops(plan: Plan, directions: int, pos: int | None) -> float:
     (``BACKWARD_COST`` forward passes of the section) per output direction and position."""
     n_pos = plan.n_ctx if pos is None else pos
     section = forward_flops_per_token(plan.shape, plan.n_ctx) / max(1, len(plan.node_layers) - 1)
-    return plan.integration_points * directions * n_pos * BACKWARD_COST * section * plan.n_ctx
+    return float(
+        plan.integration_points * directions * n_pos * BACKWARD_COST * section * plan.n_ctx
+    )
 
 
 def pair_section(plan: Plan, index: int, phase: str) -> Section | None:
