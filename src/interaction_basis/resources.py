@@ -16,7 +16,6 @@ named constants for the benchmarks (``benchmarks/``) to update with measured fig
 """
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: Bytes per value of each supported dtype.
