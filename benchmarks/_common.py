@@ -44,6 +44,26 @@ def current_rss_mib() -> float | None:
     return _status_mib("VmRSS")
 
 
+def flop_counter():
+    """``torch.utils.flop_counter.FlopCounterMode`` that also counts the in-place matrix
+    products (``addmm_``, ``baddbmm_``, ``addbmm_``): torch's counter registers only the
+    out-of-place ones, so a Gram accumulated with ``addmm_`` (LayerNormIn's and the MLP's M′)
+    would count as free."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+
+    def addmm(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    def baddbmm(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+
+    mapping = {aten.addmm_: addmm, aten.baddbmm_: baddbmm, aten.addbmm_: baddbmm}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 def _last_json(stdout: str) -> dict:
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):

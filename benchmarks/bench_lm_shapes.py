@@ -28,7 +28,8 @@ basis and edge stages call per batch, ``jacobians.compute_m_dash_sum`` and
   section's own closed form (within the memory budget) on a dry run over fake tensors, and
   again in the measured run;
 - the FLOP count of M′ and of the edges (``torch.utils.flop_counter``: matrix products only,
-  counted in the timed run; the counter adds 1-5 % to the time);
+  the in-place ones too: ``_common.flop_counter``; counted in the timed run; the counter adds
+  1-5 % to the time);
 - CPU seconds (``time.process_time``, all threads) and wall seconds of each;
 - peak RSS: of the process (model and activations included, as in a stage) and of each of M′
   and the edges above the RSS before it (``/proc/self/clear_refs``).
@@ -75,7 +76,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from _common import current_rss_mib, phase_peak_rss_mib, reset_peak_rss, run_child
+from _common import (
+    current_rss_mib,
+    flop_counter,
+    phase_peak_rss_mib,
+    reset_peak_rss,
+    run_child,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ("gpt2", "tinystories", "pythia")
@@ -274,7 +281,6 @@ def _fake_run(section, shape: tuple[int, ...], d_out: int, run: dict) -> dict:
     data, no memory, seconds)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.flop_counter import FlopCounterMode
 
     from interaction_basis.lib import jacobians
 
@@ -284,7 +290,7 @@ def _fake_run(section, shape: tuple[int, ...], d_out: int, run: dict) -> dict:
             x = torch.empty(shape, dtype=torch.float64)
             ops = _operands(shape[-1], d_out, True)
             for phase in PHASES:
-                with _observed(section) as served, FlopCounterMode(display=False) as counter:
+                with _observed(section) as served, flop_counter() as counter:
                     _call(phase, section, x, ops, run)
                 out[phase] = dict(
                     flop=counter.get_total_flops(), path=_path(section, served, phase)
@@ -301,7 +307,6 @@ def _measure(section, x, d_out: int, run: dict) -> dict:
     """M′ and the edges on real data: path, FLOP, CPU and wall seconds, peak RSS above the
     RSS before each."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     out: dict = {}
     ops = _operands(x.shape[-1], d_out, False)
@@ -311,7 +316,7 @@ def _measure(section, x, d_out: int, run: dict) -> dict:
         before = current_rss_mib()
         resets = reset_peak_rss() and resets
         t0, c0 = time.perf_counter(), time.process_time()
-        with _observed(section) as served, FlopCounterMode(display=False) as counter:
+        with _observed(section) as served, flop_counter() as counter:
             result = _call(phase, section, x, ops, run)
         out[phase] = dict(
             path=_path(section, served, phase),

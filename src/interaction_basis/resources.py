@@ -16,7 +16,6 @@ named constants for the benchmarks (``benchmarks/``) to update with measured fig
 """
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: Bytes per value of each supported dtype.
@@ -39,14 +38,21 @@ GRADIENT_COPIES = 4
 #: Floor of every memory request (MB).
 MIN_MEM_MB = 2000
 
-#: Sustained float64 rates (FLOP/s) of the Jacobian passes, per CPU thread and per GPU. Stated
-#: estimates (a fifth of the peak of a 2020s server core and of an A100/H100's float64 units)
-#: until the benchmark of the closed forms measures them: update them from
-#: ``benchmarks/`` (docs/performance.md). float32 runs at twice the float64 rate on CPUs.
-CPU_FLOPS_PER_THREAD = 5e9
+#: Sustained float64 rates (FLOP/s) of the closed forms' matrix products (what
+#: :func:`section_flops` counts), per CPU thread and per GPU. The CPU rate is measured:
+#: ``benchmarks/bench_lm_shapes.py`` at GPT-2 small's real shape ran the attention section,
+#: which carries 98 % of a block's M′ and edge FLOP, at 17 GFLOP/s on one thread of a shared,
+#: loaded 2-core machine (the other sections at 30-37; docs/performance.md). The GPU rate is
+#: **stated, not measured** (no GPU has run the benchmark): 1e13 is 15 % of an H100's 67
+#: TFLOP/s float64 peak, half of an A100's 19.5. float32 runs at twice the float64 rate on CPUs.
+CPU_FLOPS_PER_THREAD = 1.7e10
 GPU_FLOPS = 1e13
 #: Runtime requests are the estimate times this margin, plus the start-up (loading the model
-#: and the data) ...
+#: and the data) ... The FLOP are exact (the counted products, bases as wide as the layers:
+#: truncated bases cost less); the margin covers the rates: the attention's M′ alone ran at
+#: 14 GFLOP/s (1.25× below the rate), another CPU or a busier node is slower, and the GPU
+#: rate is unmeasured (an A100 may sustain half of it). A job past its limit loses all its
+#: work, a generous one only waits longer in the queue: 3.
 RUNTIME_MARGIN = 3.0
 STARTUP_MINUTES = 10
 #: ... and at least this many minutes.
@@ -68,6 +74,7 @@ class ModelShape:
     n_heads: int
     vocab_size: int
     parallel: bool = False  # GPT-NeoX's parallel residual (attention and MLP side by side)
+    rotary: bool = False  # GPT-NeoX's rotary embedding (queries and keys rotated per position)
 
     @property
     def n_params(self) -> int:
@@ -110,6 +117,7 @@ def shape_from_config(cfg: dict) -> ModelShape:
         n_heads=value("n_heads"),
         vocab_size=value("vocab_size"),
         parallel=bool(cfg.get("use_parallel_residual", False)),
+        rotary=cfg.get("model_type") == "gpt_neox" or "rotary_pct" in cfg,
     )
 
 
@@ -222,35 +230,296 @@ def forward_flops_per_token(shape: ModelShape, n_ctx: int) -> float:
     return float(shape.n_layers * block + 2 * d * shape.vocab_size)
 
 
-def jacobian_flops_per_sample(plan: Plan, directions: Sequence[int], pos: int | None) -> float:
-    """FLOP of the Jacobian pass of one stage (M' or the edges) per fitting sample: per node
-    layer pair, one backward pass through the section per output direction (``directions``:
-    the next layer's width, or the stochastic sources) and output position (``pos`` sources,
-    or every position), at every integration point."""
+#: The closed form of the section from a node layer of the LayerNorm-split set
+#: (``models/hf.py``) to the next one, by the input layer's name without its block index.
+SECTION_KINDS = {
+    "ln1": "LayerNormIn",
+    "ln2": "LayerNormIn",  # parallel blocks: the dual LayerNorm-in, 2D wide
+    "ln_final": "LayerNormIn",
+    "ln1_out": "LayerNormOut",
+    "ln2_out": "LayerNormOut",
+    "ln_final_out": "LayerNormOut",
+    "attn_in": "CausalAttention",
+    "mlp_in": "ResidualMLP",
+    "unembed": "PerToken",  # the unembedding, into ``output``
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One node-layer pair as its closed form (``lib/closed_form/``) sees it in one call of
+    ``jacobians.compute_m_dash_sum`` / ``compute_edges_sum`` on a batch."""
+
+    kind: str  # a value of SECTION_KINDS
+    shape: ModelShape
+    n_ctx: int
+    batch: int  # samples per call: the fixed products of a call are shared by them
+    w_in: int  # the node layers' widths
+    w_out: int
+    k_in: int  # the bases' widths (at most the layers')
+    k_out: int
+    sources: int | None  # stochastic sources over positions; None: exact
+    points: int = 1  # integration points
+    budget: int = 2**30  # the closed forms' working memory (bytes): attention's chunks
+
+
+def _attention_chunks(
+    s: Section, features: int, k_in: int = 0, kept: int = 0, row_extra: int = 0, whole: bool = False
+) -> tuple[int, int, int]:
+    """How ``CausalAttention._plan`` chunks one call: output features per chunk, samples per
+    chunk and the (query, key) pairs computed per sample. A chunk of query rows ``t0:t1``
+    takes every key up to ``t1`` (causal), so the pairs are the ``P(P+1)/2`` of the mask plus
+    the upper halves of the diagonal blocks: all ``P²`` where one chunk holds the sequence.
+    The bytes per pair and row are the closed form's own (``_pair_bytes``, ``_row_bytes``);
+    GPT-Neo's local layers see fewer keys (counted as causal: an upper bound)."""
+    h, dh, n_pos = s.shape.n_heads, s.shape.d_model // s.shape.n_heads, s.n_ctx
+
+    def pair_bytes(f: int) -> int:
+        return 8 * h * (5 * f + 4 * dh + h + 6 + k_in)
+
+    def row_bytes(f: int) -> int:
+        return 8 * (3 * h * dh * f + 3 * k_in * f + 2 * h * k_in)
+
+    while (
+        not whole
+        and features > 1
+        and n_pos * (pair_bytes(features) + kept * features) + row_bytes(features) > s.budget
+    ):
+        features = (features + 1) // 2
+    pair, row = pair_bytes(features), row_bytes(features) + row_extra
+    per_sample = n_pos * (n_pos + 1) // 2 * pair + n_pos * (row + kept * features)
+    samples = max(1, min(s.batch, s.budget // max(1, per_sample)))
+    room = s.budget - samples * n_pos * kept * features
+    pairs, t0 = 0, 0
+    while t0 < n_pos:
+        t1 = t0 + 1
+        while t1 < n_pos and samples * (t1 + 1 - t0) * ((t1 + 1) * pair + row) <= room:
+            t1 += 1
+        pairs, t0 = pairs + (t1 - t0) * t1, t1
+    return features, samples, pairs
+
+
+def _attention_forward(s: Section) -> float:
+    """FLOP of the attention section's forward pass over one sample (dense scores)."""
+    p, d, h = s.n_ctx, s.shape.d_model, s.shape.n_heads
+    big, dv = d + 1, d // h + 1
+    return float(
+        2 * p * big * (2 * d + h * dv) + 2 * h * p * p * (2 * dv - 1) + 2 * p * h * dv * big
+    )
+
+
+def _attention(s: Section) -> tuple[float, float]:
+    """``CausalAttention`` (``causal_attention.py``), per sample: M′ and the edges."""
+    p, b, n, a = s.n_ctx, s.batch, s.sources, s.points
+    d, h = s.shape.d_model, s.shape.n_heads
+    dh, big = d // h, d + 1
+    dv, ki, ko = dh + 1, s.k_in, s.k_out
+    resid = s.w_in - big  # the residual's coordinates (C's rows E, C⁺'s columns)
+    project = 2 * p * big * (2 * d + h * dv)  # q, k and v, once per chunk of samples
+    forward = 0.0 if n is None else _attention_forward(s) / b  # jacobians' probe of the shape
+    # --- M′: per chunk of output features, the patterns and their partners over the pairs,
+    # then per token the Grams of the rows' low-rank parts; the fixed products per call
+    fixed = 2 * h * big * big * ko + 2 * h * h * ko * big + 2 * h * ko * big * big
+    fixed += 4 * h * ko * big * d + 8 * big * big * d + 8 * big * d * d + 2 * h * big * ko
+    fixed += 4 * big * d * ko + 2 * big * ko * resid + 2 * resid * resid * ko
+    if n is None:
+        f, samples, pairs = _attention_chunks(s, ko)
+        over_pairs = 2 * h * pairs * (dh * -(-ko // f) + a * ko + dh * ko) + 2 * h * h * pairs
+        if s.shape.rotary:
+            over_pairs += 2 * h * pairs * (h * ko + ko * d + h * dh * dh)
+        else:
+            over_pairs += 4 * h * h * pairs * ko
+        per_token = 2 * ko * d * d + 4 * d * h * ko + 2 * d * d + 2 * d * ko + 2 * h * dv * ko
+        per_token += 0 if s.shape.rotary else 2 * h * ko * d + 2 * d * d
+    else:
+        kept = 8 * (n * (d + h) + 3 * d + 2 * h)
+        f, samples, pairs = _attention_chunks(s, ko, kept=kept)
+        over_pairs = 2 * h * pairs * (dh * -(-ko // f) + a * ko + dh * ko + n * ko * (1 + dh))
+        per_token = 2 * h * dv * ko + 2 * ko * n * h + 2 * (n + 2) * ko * d * d
+        per_token += 2 * ko * h * h * n + 2 * ko * h * d * (n + 1)
+    m_dash = project + over_pairs + p * per_token + fixed / b + forward
+    m_dash += 2 * h * dv * big * ko / samples  # W_O C of a chunk of features, per chunk
+    # --- the edges: in value space (d_value columns), every output feature at once
+    row_extra = 8 * (3 * ki * ko + 3 * ki * h * dv)
+    _, _, pairs = _attention_chunks(s, dv, ki, row_extra=row_extra, whole=True)
+    over_pairs = 2 * h * pairs * (dh + a * dv + dh * dv + ki + ki * dv)
+    over_pairs += 2 * pairs * d * ki if s.shape.rotary else 2 * p * ki * d
+    per_token = 2 * ki * h * dh * dv
+    if n is None:
+        per_token += 2 * h * ki * ko + 2 * ki * h * dv * ko
+        after = 0.0
+    else:
+        per_token += 2 * n * (h * ki + ki * h * dv + ki)
+        after = 2 * n * (h * ki * ko + ki * h * dv * ko)
+    fixed = 2 * h * big * big * ko + 2 * h * ki * big * ko + 4 * ki * big * d
+    fixed += 2 * ki * resid * ko + 2 * h * dv * big * ko
+    edges = project + over_pairs + p * per_token + after + fixed / b + forward
+    return float(m_dash), float(edges)
+
+
+def _layernorm_in(s: Section) -> tuple[float, float]:
+    """``LayerNormIn`` (``layernorm.py``), per sample: the Gram of the variance's gradients
+    and ``C_x C_xᵀ`` for M′; the projected gradients and, with position sources, their signed
+    sums for the edges."""
+    p, b, d, n = s.n_ctx, s.batch, s.shape.d_model, s.sources
+    w, ki, ko = s.w_in, s.k_in, s.k_out
+    m_dash = 2 * p * d * d + 2 * w * w * ko / b
+    edges = 2 * p * d * ki + (0 if n is None else 4 * n * p * ki) + 2 * ki * w * ko / b
+    return float(m_dash), float(edges)
+
+
+def _layernorm_out(s: Section) -> tuple[float, float]:
+    """``LayerNormOut`` (``layernorm.py``), per sample: ``a = x_c C_n`` per token and the
+    fixed ``Q``, ``B`` products for M′; ``a`` and the weighted (or signed) sums of ``f̂`` for
+    the edges."""
+    p, b, d, n = s.n_ctx, s.batch, s.shape.d_model, s.sources
+    w, ki, ko = s.w_in, s.k_in, s.k_out
+    m_dash = 2 * p * d * ko + 2 * p * ko + (6 * w * w * ko + 4 * w * ko) / b
+    sums = 6 * p * ki * ko if n is None else n * (2 * p * ki * ko + 4 * p * ki)
+    edges = 2 * p * d * ko + sums + 4 * ki * w * ko / b
+    return float(m_dash), float(edges)
+
+
+def _mlp_blocks(s: Section, hidden: int) -> int:
+    """Blocks of positions per sample of ``ResidualMLP``'s edges with position sources, as
+    ``closed_form.common.token_blocks`` plans them from the section's bytes per token, per
+    sample and per block (``PerToken.compute_edges_sum``, ``ResidualMLP._edge_bytes``)."""
+    big, ki, ko, n = s.shape.d_model + 1, s.k_in, s.k_out, s.sources or 0
+    row = 8 * (hidden * (ki + ko) + 2 * ki * ko)  # mlp.block_bytes
+    rows = max(1, min(16, s.budget // (2 * row)))
+    fixed = max(rows * row, 8 * (2 * ki * hidden + ki * ko))
+    token = 8 * (4 * hidden + big) + 8 * (n * ko * 2 + 2 * ki)
+    sample = 8 * n * ko * ki * 4
+    room = max(0, s.budget - fixed)
+    if sample + s.n_ctx * token <= room:
+        return 1
+    return -(-s.n_ctx // max(1, (room - sample) // token))
+
+
+def _residual_mlp(s: Section) -> tuple[float, float]:
+    """``ResidualMLP`` (``per_token.py``), per sample: the slopes (``x W_in``) and their Gram
+    ``S`` for M′, then ``W_in ((P Pᵀ) ∘ S) W_inᵀ``; for the edges, with position sources
+    ``G = Σ_t φ_t f̂_t d̄_tᵀ`` and ``G P`` per source, exactly one ``k_in × k_out`` product
+    through the neurons per token."""
+    p, b, n = s.n_ctx, s.batch, s.sources
+    big, hidden = s.shape.d_model + 1, s.shape.d_mlp + 1  # the folded constant column
+    resid = s.w_in - big
+    ki, ko = s.k_in, s.k_out
+    slopes = 2 * p * big * hidden
+    forward = 0.0 if n is None else 4 * p * big * hidden / b  # jacobians' probe of the shape
+    fixed = 2 * hidden * big * ko + 2 * hidden * hidden * ko + 2 * big * hidden * hidden
+    fixed += 2 * big * big * hidden + 2 * big * hidden * ko + 2 * big * ko * resid
+    fixed += 2 * resid * resid * ko
+    m_dash = slopes + 2 * p * hidden * hidden + fixed / b + forward
+    setup = 2 * hidden * big * ko + 2 * ki * big * hidden + 2 * ki * resid * ko
+    if n is None:  # dense slopes (0/1 ones, ReLU's, sum over the active half at most)
+        through = 2 * p * ki * hidden * ko
+    else:  # G P once per block of positions: one block per sample where one fits the budget
+        through = n * (2 * ki * p * hidden + 2 * ki * hidden * ko * _mlp_blocks(s, hidden))
+    edges = slopes + through + setup / b + 4 * big * hidden + forward
+    return float(m_dash), float(edges)
+
+
+def _per_token(s: Section) -> tuple[float, float]:
+    """``PerToken`` (``per_token.py``; the unembedding ``x W_U`` into ``output``), per sample:
+    the rows ``J̄_t C`` from one forward-mode pass per input coordinate (primal and tangent)
+    and their Gram for M′; the pushforward of the ``k_in`` rows of ``C⁺`` for the edges."""
+    p, b, n, a = s.n_ctx, s.batch, s.sources, s.points
+    w, wo, ki, ko = s.w_in, s.w_out, s.k_in, s.k_out
+    # jacobians' probe of the output's shape (one sample) and the closed form's (one token)
+    forward = (2 * w * wo + (0 if n is None else 2 * p * w * wo)) / b
+    # forward mode through ``x W``: three products per (token, tangent), as counted
+    m_dash = p * (a * 6 * w * w * wo + 2 * w * wo * ko + 2 * w * w * ko) + forward
+    signed = 0 if n is None else 2 * n * p * ki * ko
+    edges = p * (a * 6 * ki * w * wo + 2 * ki * wo * ko) + signed + forward
+    return float(m_dash), float(edges)
+
+
+_CLOSED_FORMS = {
+    "LayerNormIn": _layernorm_in,
+    "LayerNormOut": _layernorm_out,
+    "CausalAttention": _attention,
+    "ResidualMLP": _residual_mlp,
+    "PerToken": _per_token,
+}
+
+
+def section_flops(s: Section) -> tuple[float, float]:
+    """FLOP per sample of M′ and of the edges of one section in its closed form: the matrix
+    products of its contractions (``lib/closed_form/``; elementwise work left out), with
+    ``jacobians``' part of the call (the edges' features ``f̂ = x C`` and ``f̂ C⁺``, and with
+    stochastic sources one forward pass of the section over a sample, for its output's
+    shape). Fixed products of a call are shared by its ``batch`` samples. Checked against
+    the FLOP that ``benchmarks/bench_lm_shapes.py`` counts (``tests/workflow/
+    test_resource_flops.py``: within 10 % per section and phase)."""
+    m_dash, edges = _CLOSED_FORMS[s.kind](s)
+    return float(m_dash), float(edges + 4 * s.n_ctx * s.w_in * s.k_in)
+
+
+def _generic_flops(plan: Plan, directions: int, pos: int | None) -> float:
+    """FLOP per sample of the generic path (``jacobians``' autograd) of a section that has
+    no closed form in these settings (a pair of node layers that are not neighbours in the
+    LayerNorm-split set; M′ with sources over hidden dimensions): one backward pass
+    (``BACKWARD_COST`` forward passes of the section) per output direction and position."""
     n_pos = plan.n_ctx if pos is None else pos
     section = forward_flops_per_token(plan.shape, plan.n_ctx) / max(1, len(plan.node_layers) - 1)
-    per_pair = [n * n_pos * BACKWARD_COST * section * plan.n_ctx for n in directions]
-    return float(plan.integration_points * sum(per_pair))
+    return float(
+        plan.integration_points * directions * n_pos * BACKWARD_COST * section * plan.n_ctx
+    )
+
+
+def pair_section(plan: Plan, index: int, phase: str) -> Section | None:
+    """The section from node layer ``index`` to the next as its closed form sees it in
+    ``phase`` (``m_dash``, ``edges``), or None where it takes the generic path."""
+    layers = plan.node_layers
+    name, nxt = layers[index], layers[index + 1]
+    full = [*default_node_layers(plan.shape), "output"]
+    kind = SECTION_KINDS.get(name.split(".")[0])
+    if kind is None or name not in full or full[full.index(name) + 1] != nxt:
+        return None
+    if phase == "m_dash" and plan.m_dash_hidden is not None:
+        return None  # hidden sources: per-token sections form rows, attention is generic
+    w = plan.widths
+    return Section(
+        kind=kind,
+        shape=plan.shape,
+        n_ctx=plan.n_ctx,
+        batch=plan.batch_size,
+        w_in=w[index],
+        w_out=w[index + 1],
+        k_in=w[index],
+        k_out=w[index + 1],
+        sources=plan.m_dash_pos if phase == "m_dash" else plan.edges_pos,
+        points=plan.integration_points,
+        budget=working_budget_bytes(plan, phase),
+    )
 
 
 def stage_flops_per_sample(plan: Plan, stage: str, layer: str | None = None) -> float:
     """FLOP per fitting sample of ``stage``: ``extract`` (a forward pass), ``m_dash`` (one
-    method's M' of every layer, or of ``layer`` alone), ``edges`` (one method's edges of every
-    pair); M' and edges without stored activations add a forward pass up to each layer."""
+    method's M′ of every layer, or of ``layer`` alone), ``edges`` (one method's edges of every
+    pair), each pair in its closed form (:func:`section_flops`, bases as wide as the layers:
+    an upper bound) or else the generic path; M′ and edges without stored activations add a
+    forward pass up to each layer."""
     forward = forward_flops_per_token(plan.shape, plan.n_ctx) * plan.n_ctx
     if stage == "extract":
         return forward
+    if stage not in ("m_dash", "edges"):
+        raise ValueError(f"Unknown stage {stage!r}; use extract, m_dash or edges.")
     w, n = plan.widths, len(plan.node_layers)
     pairs = range(n - 1) if layer is None else [plan.node_layers.index(layer)]
     recompute = 0.0 if plan.store_activations else sum(forward * i / (n - 1) for i in pairs)
-    if stage == "m_dash":
-        hidden = plan.m_dash_hidden
-        directions = [w[i + 1] if hidden is None else hidden for i in pairs]
-        return jacobian_flops_per_sample(plan, directions, plan.m_dash_pos) + recompute
-    if stage == "edges":
-        directions = [w[i + 1] for i in pairs]
-        return jacobian_flops_per_sample(plan, directions, plan.edges_pos) + recompute
-    raise ValueError(f"Unknown stage {stage!r}; use extract, m_dash or edges.")
+    total = recompute
+    for i in pairs:
+        section = pair_section(plan, i, stage)
+        if section is not None:
+            total += section_flops(section)[0 if stage == "m_dash" else 1]
+        elif stage == "m_dash":
+            hidden = plan.m_dash_hidden
+            total += _generic_flops(plan, w[i + 1] if hidden is None else hidden, plan.m_dash_pos)
+        else:
+            total += _generic_flops(plan, w[i + 1], plan.edges_pos)
+    return float(total)
 
 
 def compute_seconds(
@@ -310,6 +579,16 @@ def stage_memory_bytes(plan: Plan, stage: str) -> int:
         raise ValueError(f"Unknown stage {stage!r}; use extract, m_dash or edges.")
     fixed = weights_bytes(plan) + GRADIENT_COPIES * batch * pair + patterns + stored + recompute
     return int(_working(fixed, plan))
+
+
+def working_budget_bytes(plan: Plan, stage: str) -> int:
+    """The closed forms' working memory in one job of ``stage`` (``lib.budget``):
+    ``extract.memory_budget_mb`` where set, else ``BUDGET_SHARE`` of the job's memory request
+    (on a GPU, of its free memory: more on a 40-80 GB card, whose larger chunks of attention
+    pairs add a few percent to the pairs counted)."""
+    if plan.memory_budget_mb is not None:
+        return plan.memory_budget_mb * 2**20
+    return int(BUDGET_SHARE * stage_memory_bytes(plan, stage))
 
 
 def mem_mb(n_bytes: int | float) -> int:

@@ -109,3 +109,16 @@ def test_lm_shapes_benchmark_plans_what_it_runs(tmp_path):
     ext = measured["extrapolated"]["tinystories"]
     assert (ext["chunks"], ext["n_ctx"], ext["n_blocks"]) == (50000, 200, 8)
     assert ext["flop"] > 0 and ext["gpu_seconds"] > 0 and not ext["context_as_config"]
+
+
+def test_store_benchmark_runs(tmp_path):
+    """``bench_store.py`` at one chunk, one repetition and a vocabulary of 64 (GPT-2 small's
+    blocks: about a minute)."""
+    result = _run(
+        "bench_store.py",
+        *("--chunks", "1", "--repeats", "1", "--threads", "1", "--vocab", "64"),
+        tmp_path=tmp_path,
+    )
+    assert result["n_node_layers"] == 75 and result["disk_bytes_per_chunk"] > 0.5e9
+    assert 0 < result["write_seconds"] and 0 < result["recompute_seconds"]
+    assert result["jacobian"]["m_dash"] > result["jacobian"]["edges"] > 0
