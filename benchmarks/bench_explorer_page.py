@@ -1,18 +1,20 @@
 """How fast an explorer page opens and shows a card, and how much it loads, in headless Chromium.
 
-    python benchmarks/bench_explorer_page.py results/induction_lm/explorer.html [more.html ...]
+    python benchmarks/bench_explorer_page.py results/induction_lm/explorer/index.html [more ...]
     python benchmarks/bench_explorer_page.py --synthetic gpt2 /tmp/gpt2_shaped
 
 For each page, ``--repeats`` fresh loads (a new browser context each, the network off): the
 median time from navigation to the graph's nodes drawn and the page's script ready ("open"),
-the bytes the page loads when it opens (every file:// response: the page is one file), the
-median time to show the card of a feature in a layer not opened before (its layer's cards
-inflated, the card drawn and painted), and the JavaScript heap after that card (after a
+the bytes the page loads when it opens (every file:// response until the page's script says
+its cards are ready: the page, and the card files a small page loads at once), the median
+time to show the card of a feature in a layer not opened before (its layer's card file loaded
+and inflated, the card drawn and painted), and the JavaScript heap after that card (after a
 garbage collection, through the DevTools protocol). ``--synthetic gpt2 FOLDER`` first writes
 a page of GPT-2-small's shape (12 residual layers × 768 features, LIB and PCA, random bases,
 edges, modules and feature evidence in the formats the explorer stage reads, a 50257-token
 vocabulary) with ``build_page``; the pipeline itself is not run (``induction``: the shape of
-``config/induction_lm.yaml``). Chromium: ``IB_CHROMIUM`` or
+``config/induction_lm.yaml``); the page and its card files are written to FOLDER/explorer/.
+Chromium: ``IB_CHROMIUM`` or
 the first of chromium, chromium-browser, google-chrome on the PATH.
 """
 
@@ -30,6 +32,8 @@ READY = (
     "() => window.Bokeh && Bokeh.documents.length && window.ib"
     " && Bokeh.documents[0].get_model_by_name('nodes').data.layer.length > 0"
 )
+# What the page loads at open includes the card files a small page loads right away.
+CARDS_READY = "() => !('cardsReady' in window.ib) || window.ib.cardsReady"
 SHOW_CARD = """async (k) => {
   const nd = window.ib.store()[0].data;
   const layers = [...new Set(nd.layer)];
@@ -58,7 +62,7 @@ def chromium() -> str:
 
 
 def measure(browser, page_path: Path, repeats: int) -> dict:
-    opens, cards, loaded, heap = [], [], [], []
+    opens, cards, loaded, heap, n_files = [], [], [], [], []
     for k in range(repeats):
         context = browser.new_context(offline=True, viewport={"width": 1500, "height": 1000})
         urls: list[str] = []
@@ -68,9 +72,11 @@ def measure(browser, page_path: Path, repeats: int) -> dict:
         page.goto(page_path.resolve().as_uri())
         page.wait_for_function(READY, timeout=120_000)
         opens.append(time.perf_counter() - t0)
+        page.wait_for_function(CARDS_READY, timeout=120_000)
         # Only file:// can answer offline; Chromium drops large bodies from its inspector
         # cache, so the sizes are read from the files.
         loaded.append(sum(Path(unquote(urlparse(u).path)).stat().st_size for u in set(urls)))
+        n_files.append(len(set(urls)))
         ms, ok, _ = page.evaluate(SHOW_CARD, 1 + k)
         if not ok:
             raise RuntimeError(f"{page_path}: the card did not show")
@@ -79,10 +85,13 @@ def measure(browser, page_path: Path, repeats: int) -> dict:
         cdp.send("HeapProfiler.collectGarbage")
         heap.append(cdp.send("Runtime.getHeapUsage")["usedSize"])
         context.close()
+    side = [p for p in page_path.parent.rglob("*.js")]
     return {
         "page": str(page_path),
         "page_mb": page_path.stat().st_size / 1e6,
+        "card_files_mb": sum(p.stat().st_size for p in side) / 1e6,
         "loaded_at_open_mb": max(loaded) / 1e6,
+        "files_at_open": max(n_files),
         "open_s_median": statistics.median(opens),
         "open_s_all": [round(x, 3) for x in opens],
         "card_s_median": statistics.median(cards),
@@ -115,7 +124,7 @@ def synthetic_page(
     import torch
 
     from interaction_basis import storage
-    from interaction_basis.interpret.explorer import MethodData, build_page
+    from interaction_basis.interpret.explorer import PAGE_INDEX, MethodData, build_page
     from interaction_basis.interpret.features import compute_activation_evidence
     from interaction_basis.lib.records import Basis
 
@@ -197,13 +206,12 @@ def synthetic_page(
         }
         data[method] = MethodData(bases, edges, modules, feats)
     t0 = time.perf_counter()
-    text = build_page(
+    page = build_page(
         f"{name}_shaped", data, summary=None, evaluation=None, max_edges=5000, page_examples=8
     )
     print(f"build_page: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    out = folder / "explorer.html"
-    out.write_text(text, encoding="utf-8")
-    return out
+    storage.write_folder(folder / "explorer", page.files())
+    return folder / "explorer" / PAGE_INDEX
 
 
 def main() -> None:

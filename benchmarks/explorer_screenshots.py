@@ -1,8 +1,8 @@
 """The README's explorer screenshots, taken in headless Chromium from built pages.
 
-    python benchmarks/explorer_screenshots.py results/modadd_seed3/explorer.html \\
+    python benchmarks/explorer_screenshots.py results/modadd_seed3/explorer/index.html \\
         docs/explorer.png --view path
-    python benchmarks/explorer_screenshots.py results/induction_lm/explorer.html \\
+    python benchmarks/explorer_screenshots.py results/induction_lm/explorer/index.html \\
         docs/explorer_lm.png --view modules
 
 ``path``: LIB's path mode between the two most important non-constant features of the

@@ -328,7 +328,7 @@ def experiment_results(name):
         parts += REPORT_OUTPUTS
         per_method += EVALUATION_OUTPUTS
     if e.interpret.enabled:
-        parts.append("explorer.html")
+        parts += ["explorer", "explorer.html"]
         per_method.append("features.zarr")
     if _reads_toy_lm(name):
         parts += ["heads.json", "heads.md"]

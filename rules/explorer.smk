@@ -1,4 +1,6 @@
-# Stage 8 (page): the interactive explorer page of an experiment (explorer.html).
+# Stage 8 (page): the interactive explorer page of an experiment: the folder explorer/ (the
+# page, index.html, and the card files it loads on demand; the report carries the folder) and
+# explorer.html, which opens it.
 
 
 rule build_explorer:
@@ -13,11 +15,13 @@ rule build_explorer:
         code=stage_code("build_explorer"),
     output:
         explorer=report(
-            "results/{experiment}/explorer.html",
+            directory("results/{experiment}/explorer"),
+            htmlindex="index.html",
             caption="../report/explorer.rst",
             category="{experiment}",
             subcategory="explorer",
         ),
+        link="results/{experiment}/explorer.html",
     log:
         "results/logs/build_explorer/{experiment}.log",
     benchmark:

@@ -231,6 +231,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_folder(folder: str | os.PathLike, files: Mapping[str, str]) -> None:
+    """A folder of text files (e.g. a page and its side files) by their relative paths, written
+    atomically: all of them or none."""
+    with atomic_path(folder) as tmp:
+        for name, text in files.items():
+            rel = Path(name)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise ValueError(f"internal: {name!r} is not a path inside {folder}")
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text, encoding="utf-8")
+
+
 def write_pretrained(folder: str | os.PathLike, *parts: Any) -> None:
     """A ``save_pretrained`` folder (e.g. a model and its tokenizer), written atomically."""
     with atomic_path(folder) as tmp:

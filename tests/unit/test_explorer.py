@@ -22,6 +22,7 @@ from interaction_basis.interpret.explorer import (
     check_features,
     distinct_examples,
     edge_mass_prefix,
+    forwarding_page,
     head_roles_of,
     module_colours,
     module_groups,
@@ -87,7 +88,7 @@ MODULES = {
 def _doc(data, **kw) -> dict:
     """The page's Bokeh document (JSON)."""
     kw = {"max_edges": 5, **kw}
-    text = build_page("x", data, summary=None, evaluation=None, page_examples=3, **kw)
+    text = build_page("x", data, summary=None, evaluation=None, page_examples=3, **kw).html
     doc = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
     return json.loads(html.unescape(doc.group(1)))
 
@@ -122,33 +123,45 @@ def _sources(data, **kw) -> dict[str, dict]:
 
 
 def _cards(data, **kw) -> dict[tuple[str, str, int], str]:
-    """Every card of the page, inflated: ``(method, layer, index)`` -> HTML."""
+    """Every card of the page, from its card files: ``(method, layer, index)`` -> HTML."""
+    kw = {"max_edges": 5, **kw}
+    page = build_page("x", data, summary=None, evaluation=None, page_examples=3, **kw)
     out = {}
+    for method, refs in _card_refs(page.html).items():
+        for layer, (path, _, _) in refs.items():
+            for i, c in enumerate(unpack_cards(page.side_files[path])):
+                out[(method, layer, i)] = c
+    return out
 
-    def walk(obj, parent=None):
+
+def _card_refs(text: str) -> dict[str, dict[str, list]]:
+    """Per method and layer, the page's reference to its card file: [path, key, size]."""
+    doc = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
+
+    def plain(obj):  # Bokeh serialises a dict as {"type": "map", "entries": [[key, value]]}
         if isinstance(obj, dict):
             if obj.get("type") == "map":
-                for k, v in obj["entries"]:
-                    if k == "cards":
-                        for layer, blob in v["entries"]:
-                            for i, c in enumerate(unpack_cards(blob)):
-                                out[(parent, layer, i)] = c
-                    else:
-                        walk(v, k)
-                return
-            for v in obj.values():
-                walk(v, parent)
-        elif isinstance(obj, list):
-            for v in obj:
-                walk(v, parent)
+                return {k: plain(v) for k, v in obj["entries"]}
+            return {k: plain(v) for k, v in obj.items()}
+        return [plain(v) for v in obj] if isinstance(obj, list) else obj
 
-    walk(_doc(data, **kw))
-    return out
+    def find(obj):
+        if isinstance(obj, dict):
+            if obj and all(isinstance(v, dict) and "cards" in v for v in obj.values()):
+                return {m: v["cards"] for m, v in obj.items()}
+            obj = list(obj.values())
+        for v in obj if isinstance(obj, list) else []:
+            if (got := find(v)) is not None:
+                return got
+        return None
+
+    return find(plain(json.loads(html.unescape(doc.group(1))))) or {}
 
 
 def _page(data, **kw):
     """The page's text, its embedded Bokeh document decoded (it escapes non-ASCII and tags)."""
-    text = build_page("x", data, summary=None, evaluation=None, max_edges=5, page_examples=3, **kw)
+    page = build_page("x", data, summary=None, evaluation=None, max_edges=5, page_examples=3, **kw)
+    text = page.html
     assert "<script" in text and not EXTERNAL.search(text)  # Bokeh inlined, nothing fetched
     doc = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
     return json.dumps(json.loads(html.unescape(doc.group(1))), ensure_ascii=False)
@@ -261,9 +274,8 @@ def test_rebuilding_the_page_gives_the_same_bytes(tmp_path):
     data = {"lib": MethodData(bases, _edges(bases), MODULES, feats)}
 
     def build():
-        return build_page(
-            "x", data, summary=None, evaluation=None, max_edges=5, page_examples=3
-        ).encode()
+        page = build_page("x", data, summary=None, evaluation=None, max_edges=5, page_examples=3)
+        return {name: text.encode() for name, text in page.files().items()}
 
     first = build()
     figure()  # other models in between move Bokeh's id counter
@@ -485,3 +497,34 @@ def test_cards_plot_the_histogram_fourier_power_and_sum_profile_and_drop_tied_ex
     imp = bases["a"].importance.numpy()
     assert f"({100 * imp[1] / imp.sum():.2g}% of the layer's Λ)" in card
     assert re.search(r"<td style='text-align:right'>\d+\.\d%</td>", card)
+
+
+def test_cards_are_in_card_files_beside_the_page(tmp_path):
+    """The page holds no card: each layer's cards are one card file in cards/, a script that
+    registers its block under the key the page names for it (with the block's hash); the
+    forwarding page opens the folder's page with the same view."""
+    bases = _bases()
+    feats = storage.read_features(_features(tmp_path, bases))
+    page = build_page(
+        "x",
+        {"lib": MethodData(bases, _edges(bases), MODULES, feats)},
+        summary=None,
+        evaluation=None,
+        max_edges=5,
+        page_examples=3,
+    )
+    refs = _card_refs(page.html)["lib"]
+    assert set(refs) == {"a", "b"}  # the graph's layers ("output" is not drawn)
+    assert set(page.side_files) == {path for path, _, _ in refs.values()}
+    assert set(page.files()) == {"index.html", *page.side_files}
+    for layer, (path, key, size) in refs.items():
+        text = page.side_files[path]
+        assert path.startswith("cards/lib_") and path.endswith(f"_{layer}.js")
+        assert key.startswith(f"lib|{layer}|") and json.dumps(key) in text
+        assert text.startswith("(window.ibCardBlocks = window.ibCardBlocks || {})[")
+        cards = unpack_cards(text)
+        assert len(cards) == bases[layer].C.shape[1] and size < len(text)
+        assert f"· {layer} · feature 1" in cards[1]
+    assert "activation</b> (held-out)" not in page.html
+    link = forwarding_page("x", "explorer")
+    assert 'window.location.replace("explorer/index.html" + window.location.hash)' in link

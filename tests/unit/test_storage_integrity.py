@@ -209,3 +209,23 @@ def test_users_own_invalid_weights_are_not_called_a_result(tmp_path):
     with pytest.raises(ValueError, match="Cannot read it as a .npz") as err:
         storage.read_weights(weights)
     assert not isinstance(err.value, storage.DamagedInputError)
+
+
+def test_a_folder_of_files_is_written_whole_or_not_at_all(tmp_path):
+    """An explorer folder (a page and its card files) killed halfway through its writing
+    leaves the previous folder as it was, and no partial sibling."""
+    folder = tmp_path / "explorer"
+    storage.write_folder(folder, {"index.html": "old", "cards/a.js": "old a"})
+
+    class Killed(dict):
+        def items(self):
+            yield "index.html", "new"
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_folder(folder, Killed())
+    assert (folder / "index.html").read_text() == "old"
+    assert (folder / "cards" / "a.js").read_text() == "old a"
+    assert sorted(os.listdir(tmp_path)) == ["explorer"]
+    with pytest.raises(ValueError, match="not a path inside"):
+        storage.write_folder(folder, {"../escape.js": ""})

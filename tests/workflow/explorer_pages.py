@@ -1,5 +1,5 @@
-"""Opening an explorer.html in headless Chromium (the ``browser`` fixture, conftest.py) and
-reading its Bokeh document's named models."""
+"""Opening an explorer page (explorer/index.html) in headless Chromium (the ``browser``
+fixture, conftest.py) and reading its Bokeh document's named models."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -1,4 +1,4 @@
-"""The tiny run's explorer.html driven in headless Chromium (Debian's package, via Playwright).
+"""The tiny run's explorer page driven in headless Chromium (Debian's package, via Playwright).
 
 Everything is asserted through the page's own state (Bokeh's document models named ``nodes``,
 ``edges``, ``card``, ``method``, ``mass``), with the network disabled. Where no browser is found
@@ -7,6 +7,7 @@ the tests skip, except in CI (``CI`` or ``IB_REQUIRE_BROWSER=1``), where they fa
 
 import json
 import re
+import shutil
 import warnings
 from collections import Counter
 
@@ -21,7 +22,7 @@ METHODS = ("lib", "pca")
 
 @pytest.fixture(scope="module")
 def page(browser, tiny_run):
-    with open_explorer(browser, tiny_run.results() / "explorer.html") as pg:
+    with open_explorer(browser, tiny_run.results() / "explorer" / "index.html") as pg:
         yield pg
 
 
@@ -156,7 +157,7 @@ def test_partner_rows_in_the_card_select_the_partner(page):
 def test_pins_live_in_the_url_and_draw_the_paths_between_them(browser, tiny_run):
     """A shared address with pins reopens in path mode: the drawn edges join nodes between
     the pinned ones (downstream of one pin and upstream of another)."""
-    html = tiny_run.results() / "explorer.html"
+    html = tiny_run.results() / "explorer" / "index.html"
     with open_explorer(browser, html) as first:
         keys = model_value(first, "nodes", "Array.from(m.data.key)")
         e = first.evaluate(
@@ -201,9 +202,9 @@ def test_mass_slider_keeps_the_share_of_every_layer_pair(page):
     assert shares and all(s >= 90.0 for s in shares), note
 
 
-@pytest.fixture(scope="module")
-def crowded_page(browser, tiny_run, tmp_path_factory):
-    """The tiny run's page rebuilt with a two-slot window, so that its layers exceed it."""
+def _rebuilt(tiny_run, folder, **kw):
+    """The tiny run's page built again into ``folder`` with other page settings ``kw``; its
+    inputs and the page's index.html."""
     from interaction_basis import storage
     from interaction_basis.interpret.explorer import MethodData, build_page
 
@@ -216,19 +217,18 @@ def crowded_page(browser, tiny_run, tmp_path_factory):
             storage.read_json(results / m / "modules.json"),
             storage.read_features(results / m / "features.zarr"),
         )
-    html = tmp_path_factory.mktemp("crowded") / "explorer.html"
-    html.write_text(
-        build_page(
-            "tiny",
-            data,
-            summary=None,
-            evaluation=None,
-            max_edges=5000,
-            page_examples=4,
-            shown_slots=2,
-        ),
-        encoding="utf-8",
+    page = build_page(
+        "tiny", data, summary=None, evaluation=None, max_edges=5000, page_examples=4, **kw
     )
+    storage.write_folder(folder, page.files())
+    return data, folder / "index.html"
+
+
+@pytest.fixture(scope="module")
+def crowded_page(browser, tiny_run, tmp_path_factory):
+    """The tiny run's page rebuilt with a two-slot window, so that its layers exceed it."""
+    folder = tmp_path_factory.mktemp("crowded") / "explorer"
+    data, html = _rebuilt(tiny_run, folder, shown_slots=2)
     with open_explorer(browser, html) as pg:
         yield pg, data
 
@@ -317,7 +317,8 @@ def test_mod_add_card_plots_render(page):
 
 def test_cards_are_inflated_on_demand_from_file(page):
     """From file://, a layer's cards are inflated only when one of its cards is first shown
-    (the card says so meanwhile), then drawn; later cards of the layer come at once."""
+    (the card says so meanwhile), then drawn; later cards of the layer come at once. (The tiny
+    page's card files were loaded when it opened: it is small.)"""
     out = page.evaluate(
         """async () => {
           const ib = window.ib;
@@ -334,6 +335,68 @@ def test_cards_are_inflated_on_demand_from_file(page):
         }"""
     )
     first, later, n_layers, ready = out
-    assert "inflating" in first and "feature" in later and "inflating" not in later
+    assert "loading" in first and "feature" in later and "loading" not in later
     assert n_layers == 1 and ready
     page.evaluate("() => { window.location.hash = ''; window.ib.sel = null; window.ib.render(); }")
+
+
+_SCRIPTS = "() => Array.from(document.querySelectorAll('script[src]'), (s) => s.src)"
+
+
+def _show(page, key):
+    """Select node ``key`` (layer:index) of LIB through the address, as a shared link does."""
+    page.evaluate(f"() => {{ window.location.hash = 'm=lib&sel={key}'; }}")
+
+
+def test_a_card_of_a_layer_not_loaded_yet_comes_from_its_card_file(browser, tiny_run, tmp_path):
+    """A page over its preload size loads no card file when it opens; showing a card of a
+    layer loads that layer's file (a script tag, from file://) and draws the card."""
+    _, html = _rebuilt(tiny_run, tmp_path / "explorer", preload_chars=0)
+    with open_explorer(browser, html) as pg:
+        assert pg.evaluate(_SCRIPTS) == []
+        assert pg.evaluate("() => window.ib.cards.size") == 0
+        keys = model_value(pg, "nodes", "Array.from(m.data.key)")
+        key = next(k for k in keys if k.endswith(":1") and not k.startswith(keys[0].split(":")[0]))
+        layer = key.split(":")[0]
+        _show(pg, key)
+        pg.wait_for_function(
+            "(l) => Bokeh.documents[0].get_model_by_name('card').text.includes("
+            "'· ' + l + ' · feature 1')",
+            arg=layer,
+            timeout=10_000,
+        )
+        loaded = pg.evaluate(_SCRIPTS)
+        assert len(loaded) == 1 and loaded[0].endswith(f"_{layer}.js"), loaded
+        assert (html.parent / "cards" / loaded[0].rsplit("/", 1)[1]).is_file()
+
+
+def test_a_page_without_its_card_files_says_which_folder_to_keep(browser, tiny_run, tmp_path):
+    """The page copied without its folder (index.html alone): the card says that its cards
+    were not found and names the folder to keep beside the page, instead of staying blank."""
+    alone = tmp_path / "copied"
+    alone.mkdir()
+    shutil.copy(tiny_run.results() / "explorer" / "index.html", alone / "index.html")
+    with open_explorer(browser, alone / "index.html") as pg:
+        key = model_value(pg, "nodes", "m.data.key[m.data.index.findIndex(v => v > 0)]")
+        _show(pg, key)
+        pg.wait_for_function(
+            "() => Bokeh.documents[0].get_model_by_name('card').text.includes('cannot be shown')",
+            timeout=10_000,
+        )
+        card = model_value(pg, "card", "m.text")
+    assert "was not found beside this page" in card
+    assert "in the folder cards/ next to it" in card and "Keep that folder beside the page" in card
+
+
+def test_the_earlier_address_opens_the_page_with_the_same_view(browser, tiny_run):
+    """explorer.html beside the folder forwards to explorer/index.html, keeping the view in the
+    address: links to the single-file page of earlier versions keep working."""
+    link = tiny_run.results() / "explorer.html"
+    key = "ln2.0:1"
+    with open_explorer(browser, link, url=link.as_uri() + f"#m=pca&sel={key}") as pg:
+        assert pg.url.endswith(f"/explorer/index.html#m=pca&sel={key}"), pg.url
+        assert model_value(pg, "method", "m.active") == 1
+        pg.wait_for_function(
+            "() => Bokeh.documents[0].get_model_by_name('card').text"
+            ".includes('· ln2.0 · feature 1')"
+        )

@@ -9,6 +9,7 @@ The workflow runs only that experiment, evaluation off (the explorer then says s
 import html as html_module
 import json
 import re
+from pathlib import Path
 
 import pytest
 from smk_helpers import REPO, copy_workflow, load_yaml, pythonpath_env, snakemake, write_yaml
@@ -43,8 +44,10 @@ def page_sources(html: str) -> dict[str, dict]:
     return out
 
 
-def page_cards(html: str, method: str) -> dict[str, list[str]]:
-    """Per layer, the cards of ``method`` (packed in the page's texts, ``pack_cards``)."""
+def page_cards(folder: Path, method: str) -> dict[str, list[str]]:
+    """Per layer, the cards of ``method``, from the card files the page in ``folder`` names
+    (``card_files``)."""
+    html = (folder / "index.html").read_text()
     found = re.search(
         r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', html, re.S
     )
@@ -67,8 +70,10 @@ def page_cards(html: str, method: str) -> dict[str, list[str]]:
             for v in obj:
                 yield from texts(v)
 
-    packed = next(texts(plain(json.loads(html_module.unescape(found.group(1))))))
-    return {layer: unpack_cards(blob) for layer, blob in packed.items()}
+    refs = next(texts(plain(json.loads(html_module.unescape(found.group(1))))))
+    return {
+        layer: unpack_cards((folder / path).read_text()) for layer, (path, _, _) in refs.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +99,7 @@ def seed3(tmp_path_factory, reference_dir):
         timeout=3600,
     )
     results = workdir / "results" / "modadd_seed3"
-    return results, (results / "explorer.html").read_text()
+    return results, (results / "explorer" / "index.html").read_text()
 
 
 def test_frequency_modules_are_contiguous_blocks(seed3):
@@ -123,7 +128,7 @@ def test_top_ln2_features_name_their_module_frequency(seed3):
     modules = json.loads((results / "lib" / "modules.json").read_text())
     freq = {c["id"]: c["frequency"]["frequency"] for c in modules["clusters"]}
     module = {(n["layer"], n["index"]): n["cluster"] for n in modules["nodes"]}
-    cards = page_cards(html, "lib")["ln2.0"]
+    cards = page_cards(results / "explorer", "lib")["ln2.0"]
     for i in range(1, 6):  # the top five non-constant LIB features (basis order = Λ order)
         card = cards[i]
         expected = freq[module[("ln2.0", i)]]

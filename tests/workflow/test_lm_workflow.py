@@ -150,7 +150,7 @@ def test_example_windows_are_shaded_in_the_browser(lm_run, browser):
     card in a shadow root, where only that stylesheet applies): orange or blue by sign, the
     centre token underlined."""
     results, *_ = lm_run
-    with open_explorer(browser, results / "explorer.html") as page:
+    with open_explorer(browser, results / "explorer" / "index.html") as page:
         page.evaluate(
             "() => { const n = Bokeh.documents[0].get_model_by_name('nodes').data;"
             " const row = n.key.findIndex((k, i) => window.ib.cardOf(i).includes('window'));"
@@ -184,8 +184,8 @@ def test_language_model_card_plots_wrap_and_direct_effects_in_the_browser(lm_run
     card (no example line wider than the card), and for a residual-stream layer the
     linearised direct effect through the final LayerNorm, promoted and suppressed apart."""
     results, *_ = lm_run
-    url = (results / "explorer.html").as_uri() + "#m=lib&sel=ln1.0:1"
-    with open_explorer(browser, results / "explorer.html", url=url) as page:
+    url = (results / "explorer" / "index.html").as_uri() + "#m=lib&sel=ln1.0:1"
+    with open_explorer(browser, results / "explorer" / "index.html", url=url) as page:
         card = model_value(page, "card", "m.text")
         assert "LIB · ln1.0 · feature 1" in card
         assert "histogram (held-out" in card and "<svg class='plot'" in card

@@ -109,6 +109,7 @@ REBUILDS = {
         "cluster_resolutions", "make_report_figures", "build_explorer"
     ),
     "lib/features.zarr": _expected("interpret_features", "build_explorer"),
+    "explorer": _expected("build_explorer"),
     "explorer.html": _expected("build_explorer"),
 }
 

@@ -1,18 +1,23 @@
-"""The explorer: one self-contained HTML page (Bokeh, its JavaScript inlined) per experiment.
+"""The explorer: one HTML page (Bokeh, its JavaScript inlined) and its card files per experiment.
 
 The page draws the layered interaction graph of every basis method (a button switches), nodes
 grouped by module (``graph.layout``) and coloured alike in every basis (``module_colours``),
 sized by importance, edges by log weight, and a card per feature: its strongest incoming and
 outgoing edges, activation summary, top examples and, where defined, its direct effect on the
 outputs, its Fourier term and small SVG plots. Every card is rendered here as HTML, each
-layer's cards compressed into one block (``pack_cards``) that the page inflates when one of
-them is first shown; ``explorer_assets/explorer.js`` swaps data sources, filters edges
+layer's cards compressed into one block (``pack_cards``) in a small script file beside the page
+(``card_script``, ``cards/`` in the page's folder) that the page loads with a ``<script>`` tag
+and inflates when one of them is first shown: a script tag loads from ``file://`` offline,
+where ``fetch`` may not, and the page loads only the graph when it opens (``ExplorerPage``).
+``explorer_assets/explorer.js`` swaps data sources, filters edges
 (slider, focus, path and search modes) and keeps the view in the URL hash. Model names in the
 page (``nodes``, ``edges``, ``card``, ``method``, ``mass``, ``search``, ``edge_note``) are its
 interface for tests. The same inputs give the same bytes (``_stable_ids``)."""
 
 import base64
+import hashlib
 import html
+import json
 import re
 import uuid
 import zlib
@@ -39,6 +44,23 @@ GREY = "#c8c8c8"
 EXTERNAL = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
 N_CARD_EDGES = 10
 SHOWN_SLOTS = 45  # node slots per layer in view when the page opens
+PAGE_INDEX = "index.html"  # the page, in its folder
+CARD_FOLDER = "cards"  # its card files, in the same folder
+CARD_REGISTRY = "ibCardBlocks"  # the global object a card file registers its block in
+# Pages whose card blocks together are at most this many characters load them all when they
+# open (cards then show at once); a larger page loads a layer's file when it is first needed.
+PRELOAD_CHARS = 1_000_000
+
+
+class ExplorerPage(NamedTuple):
+    """The page's HTML and its card files (path in the page's folder -> text)."""
+
+    html: str
+    side_files: dict[str, str]
+
+    def files(self) -> dict[str, str]:
+        """Every file of the page's folder, by its path there."""
+        return {PAGE_INDEX: self.html, **self.side_files}
 
 
 class MethodData(NamedTuple):
@@ -109,9 +131,53 @@ def pack_cards(cards: list[str]) -> str:
     return base64.b64encode(zlib.compress(joined, 9)).decode("ascii")
 
 
-def unpack_cards(blob: str) -> list[str]:
-    """The cards of :func:`pack_cards` (tests, tools)."""
+def card_script(key: str, blob: str) -> str:
+    """A card file: a script that registers one layer's block (``pack_cards``) under ``key``
+    (the page's name for that block, with the block's hash: a card file of another build of
+    the page is told apart from a missing one)."""
+    reg = f"window.{CARD_REGISTRY}"
+    return f"({reg} = {reg} || {{}})[{json.dumps(key)}] = {json.dumps(blob)};\n"
+
+
+_CARD_SCRIPT = re.compile(r'.*\] = "([A-Za-z0-9+/=]*)";\s*', re.S)
+
+
+def unpack_cards(packed: str) -> list[str]:
+    """The cards of a block of :func:`pack_cards`, or of a card file (:func:`card_script`)
+    (tests, tools)."""
+    found = _CARD_SCRIPT.fullmatch(packed)
+    blob = found.group(1) if found else packed
     return zlib.decompress(base64.b64decode(blob)).decode().split(CARD_SEPARATOR)
+
+
+def card_files(method: str, packed: Mapping[str, str]) -> tuple[dict[str, list], dict[str, str]]:
+    """The card files of one method's layers (``packed``: layer -> block) and what the page
+    needs to load each: per layer its file's path (relative to the page), its key and its
+    size in characters."""
+    refs, files = {}, {}
+    for k, (layer, blob) in enumerate(packed.items()):
+        # Layer names may hold any character: the index keeps file names unique.
+        name = f"{CARD_FOLDER}/{method}_{k}_{re.sub(r'[^A-Za-z0-9._-]', '_', layer)}.js"
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        key = f"{method}|{layer}|{digest}"
+        refs[layer] = [name, key, len(blob)]
+        files[name] = card_script(key, blob)
+    return refs, files
+
+
+def forwarding_page(experiment: str, folder: str) -> str:
+    """A small page that opens ``folder``/index.html with the same view (the address's hash):
+    links to the explorer's earlier single-file address keep working."""
+    target = json.dumps(f"{folder}/{PAGE_INDEX}")
+    shown = html.escape(f"{folder}/{PAGE_INDEX}")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>explorer: {html.escape(experiment)}</title>"
+        f"<script>window.location.replace({target} + window.location.hash);</script></head>"
+        f"<body><p>The explorer of {html.escape(experiment)} is the page <a href='{shown}'>"
+        f"{shown}</a>, with its card files in <code>{html.escape(folder)}/{CARD_FOLDER}/</code>: "
+        "keep the whole folder together.</p></body></html>\n"
+    )
 
 
 def edge_mass_prefix(weights: np.ndarray, fraction: float) -> int:
@@ -166,10 +232,12 @@ def build_page(
     page_examples: int,
     thumbnails: Mapping[int, str] | None = None,
     shown_slots: int = SHOWN_SLOTS,
-) -> str:
-    """The explorer's HTML text, the same bytes for the same inputs. ``shown_slots``: the
-    node slots per layer in view when the page opens; a layer with more features opens in the
-    module view."""
+    preload_chars: int = PRELOAD_CHARS,
+) -> ExplorerPage:
+    """The explorer's page and card files, the same bytes for the same inputs.
+    ``shown_slots``: the node slots per layer in view when the page opens; a layer with more
+    features opens in the module view. ``preload_chars``: a page whose card blocks are at
+    most this long loads them all when it opens."""
     with _stable_ids(experiment):
         return _build_page(
             experiment,
@@ -180,6 +248,7 @@ def build_page(
             page_examples=page_examples,
             thumbnails=thumbnails,
             shown_slots=shown_slots,
+            preload_chars=preload_chars,
         )
 
 
@@ -193,7 +262,8 @@ def _build_page(
     page_examples: int,
     thumbnails: Mapping[int, str] | None,
     shown_slots: int,
-) -> str:
+    preload_chars: int,
+) -> ExplorerPage:
     from bokeh.document import Document
     from bokeh.embed import file_html
     from bokeh.events import DocumentReady
@@ -320,6 +390,11 @@ def _build_page(
         step=0.5,
         value=90,
     )
+    side_files: dict[str, str] = {}
+    card_refs = {}
+    for m, v in views.items():
+        card_refs[m], files = card_files(m, v.cards)
+        side_files |= files
     texts = {
         m: {
             "legend": v.legend,
@@ -329,7 +404,7 @@ def _build_page(
             "totals": v.totals,
             "hidden": v.hidden_note,
             "slots": v.n_slots,
-            "cards": v.cards,
+            "cards": card_refs[m],
         }
         for m, v in views.items()
     }
@@ -350,6 +425,7 @@ def _build_page(
         texts=texts,
         methods=methods,
         layers={m: v.layers for m, v in views.items()},
+        preload_chars=preload_chars,
         **stores,
     )
     stores_js = ", ".join(f"{m}: [nodes_{m}, edges_{m}, mnodes_{m}, medges_{m}]" for m in methods)
@@ -398,7 +474,7 @@ def _build_page(
     text = file_html(document, resources=INLINE, title=f"explorer: {experiment}")
     if EXTERNAL.search(text):
         raise RuntimeError("internal: the explorer page loads an external resource")
-    return text
+    return ExplorerPage(text, side_files)
 
 
 class _View(NamedTuple):
@@ -414,7 +490,7 @@ class _View(NamedTuple):
     mnodes: dict  # the module view: one node per module (and the singletons) per layer
     medges: dict  # ... and the summed edges between them
     hidden_note: str  # the modules the feature view's window does not show
-    cards: dict[str, str]  # per layer, its cards (``pack_cards``)
+    cards: dict[str, str]  # per layer, its cards' block (``pack_cards``)
 
 
 def _method_view(
@@ -489,7 +565,8 @@ def _method_view(
                 _short_label(method, layer, i, g, c, labels) + _writers(d.heads, layer, i)[0]
             )
     # Cards after all labels exist (they name the partners). Each layer's cards are one
-    # compressed blob that the page inflates when a card of that layer is first shown.
+    # compressed block (a card file, ``card_files``) that the page loads and inflates when a
+    # card of that layer is first shown.
     label_of = {(lay, i): lab for lay, i, lab in zip(cols["layer"], cols["index"], cols["label"])}
     cards = {}
     for layer in layers:

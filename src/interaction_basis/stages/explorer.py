@@ -1,6 +1,8 @@
-"""Stage 8 (page): the interactive explorer page of an experiment (explorer.html)."""
+"""Stage 8 (page): the interactive explorer page of an experiment (explorer/index.html, its
+card files, and explorer.html, which opens it)."""
 
 import logging
+import os
 
 import numpy as np
 
@@ -10,6 +12,7 @@ from interaction_basis.interpret.explorer import (
     MethodData,
     build_page,
     check_features,
+    forwarding_page,
     head_roles_of,
 )
 from interaction_basis.kinds import interpretation
@@ -30,9 +33,11 @@ def build_explorer(
     evaluation: str | None,
     heads: str | None,
     explorer: str,
+    link: str,
 ) -> None:
-    """explorer.html from each method's basis, edges, modules and features (and, for the toy
-    LMs trained here, the heads that write each feature)."""
+    """The explorer's folder (``explorer``: index.html and its card files) from each method's
+    basis, edges, modules and features (and, for the toy LMs trained here, the heads that write
+    each feature), and ``link``, a page that opens it (the explorer's earlier address)."""
     head_data = storage.read_json(heads) if heads else None
     data = {}
     for m, bp, ep, mp, fp in zip(methods, basis, edges, modules, features, strict=True):
@@ -52,8 +57,15 @@ def build_explorer(
             model, _shown_samples(data, interpret.page_examples)
         ),
     )
-    log.info("explorer page: %.2f MB", len(page.encode()) / 1e6)
-    storage.write_text(explorer, page)
+    log.info(
+        "explorer page: %.2f MB, and %d card files of %.2f MB",
+        len(page.html.encode()) / 1e6,
+        len(page.side_files),
+        sum(len(t.encode()) for t in page.side_files.values()) / 1e6,
+    )
+    storage.write_folder(explorer, page.files())
+    folder = os.path.relpath(explorer, os.path.dirname(link) or ".")
+    storage.write_text(link, forwarding_page(experiment, folder))
 
 
 def _shown_samples(data: dict, n: int) -> set[int]:

@@ -23,15 +23,19 @@ const RAMP = ['#fee8c8', '#fdbb84', '#fc8d59', '#e34a33', '#b30000'];
 const shareColour = (s) => RAMP[Math.min(RAMP.length - 1, Math.floor(Math.sqrt(s) * RAMP.length))];
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => '&#' + c.charCodeAt(0) + ';');
 
-// Cards: each layer's cards are one base64 zlib blob (texts[method].cards[layer], see
-// pack_cards), inflated with the browser's DecompressionStream the first time a card of the
-// layer is shown (offline, also from file://) and kept. A small page inflates every layer
-// right away (ib.cardsReady once done); a large one only what is opened.
+// Cards: each layer's cards are one base64 zlib block in a card file beside the page
+// (texts[method].cards[layer] = [path, key, size], see card_files). The first time a card of
+// the layer is shown, a <script> tag loads that file (offline, also from file://, where fetch
+// is refused), which registers the block in window.ibCardBlocks under its key; the block is
+// inflated with the browser's DecompressionStream and kept. A small page (blocks of at most
+// `preload_chars` in all) loads every layer right away (ib.cardsReady once done); a large
+// one only what is opened. A file that does not load (the page copied without its folder)
+// shows a message in the card instead.
 const SEPARATOR = '\x1e';
-const PRELOAD_CHARS = 4e6;
 ib.cards = new Map();
 ib.cardsReady = false;
 const names = (o) => (o instanceof Map ? [...o.keys()] : Object.keys(o));
+const registry = () => (window.ibCardBlocks = window.ibCardBlocks || {});
 ib.inflate = async (b64) => {
   const bin = atob(b64);
   const bytes = new Uint8Array(bin.length);
@@ -39,35 +43,66 @@ ib.inflate = async (b64) => {
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
   return (await new Response(stream).text()).split(SEPARATOR);
 };
+const folderOf = (path) => path.slice(0, path.lastIndexOf('/') + 1);
+ib.loadBlock = (path, key) => new Promise((resolve, reject) => {
+  if (key in registry()) { resolve(registry()[key]); return; }
+  const tag = document.createElement('script');
+  tag.src = path;
+  tag.onload = () => {
+    if (key in registry()) resolve(registry()[key]);
+    else {
+      reject(new Error('the file ' + path + ' beside this page belongs to another build of ' +
+        "it: copy the page's folder as it was built (index.html with its " + folderOf(path) +
+        ' folder), then reload'));
+    }
+  };
+  tag.onerror = () => reject(new Error('the file ' + path + ' was not found beside this ' +
+    "page: a page's cards are in the folder " + folderOf(path) + ' next to it. Keep that ' +
+    'folder beside the page (copy or send the whole folder the page is in), then reload'));
+  document.head.appendChild(tag);
+});
 ib.layerCards = (m, layer) => {
   const key = m + '|' + layer;
   if (!ib.cards.has(key)) {
-    const blob = get(get(get(texts, m), 'cards'), layer);
-    ib.cards.set(key, ib.inflate(blob).then((list) => {
-      ib.cards.set(key, list);
-      return list;
-    }));
+    const [path, blockKey] = get(get(get(texts, m), 'cards'), layer);
+    ib.cards.set(key, ib.loadBlock(path, blockKey).then((blob) => ib.inflate(blob)).then(
+      (list) => {
+        delete registry()[blockKey];  // the inflated cards are kept instead
+        ib.cards.set(key, list);
+        return list;
+      },
+      (err) => {
+        ib.cards.set(key, err);
+        throw err;
+      }));
   }
   return ib.cards.get(key);
 };
-const LOADING = '<i>inflating this layer\'s cards…</i>';
-// The card of a feature-store row, or LOADING (the card is drawn again once inflated).
+const LOADING = '<i>loading this layer\'s cards…</i>';
+// The card of a feature-store row, or LOADING (the card is drawn again once loaded), or why
+// it cannot be shown.
 ib.cardOf = (row) => {
   const d = ib.store()[0].data;
   const got = ib.layerCards(ib.method, d.layer[row]);
   if (Array.isArray(got)) return got[d.index[row]];
-  got.then(() => ib.render());
+  if (got instanceof Error) {
+    return "<p class='missing'><b>This card cannot be shown</b>: " + esc(got.message) + '.</p>';
+  }
+  got.then(() => ib.render(), () => ib.render());
   return LOADING;
 };
 ib.preload = async () => {
   let total = 0;
   for (const m of methods) {
     const c = get(get(texts, m), 'cards');
-    for (const layer of names(c)) total += get(c, layer).length;
+    for (const layer of names(c)) total += get(c, layer)[2];
   }
-  if (total <= PRELOAD_CHARS) {
+  if (total <= preload_chars) {
     for (const m of methods) {
-      for (const layer of names(get(get(texts, m), 'cards'))) await ib.layerCards(m, layer);
+      for (const layer of names(get(get(texts, m), 'cards'))) {
+        // A missing file is said in the card when one of its cards is shown.
+        await Promise.resolve(ib.layerCards(m, layer)).catch(() => null);
+      }
     }
   }
   ib.cardsReady = true;
