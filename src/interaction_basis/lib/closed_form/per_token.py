@@ -334,7 +334,7 @@ class ResidualMLP(PerToken):
     def _edge_bytes(self, setup: Setup, d_in: int, k_in: int, k_out: int) -> tuple[int, int, int]:
         w_feats, _, _, _, rows = setup
         hidden = w_feats.shape[1]
-        # The larger of the per-feature signs' product blocks and the shared signs' G.
+        # The larger of the exact edges' product blocks and the position sources' G.
         fixed = max(rows * block_bytes(hidden, k_in, k_out), 8 * (2 * k_in * hidden + k_in * k_out))
         return self._slope_bytes(), 1, fixed
 
