@@ -25,18 +25,26 @@ def write_corpus(path: Path, n_documents: int = 60, seed: int = 0) -> list[str]:
     return docs
 
 
-def write_tiny_gpt2(folder: Path, texts: list[str], n_layer: int = 1) -> Path:
-    """save_pretrained folder with config, safetensors and a byte-level BPE tokenizer."""
+def tiny_tokenizer(texts: list[str], vocab_size: int = 280):
+    """A byte-level BPE tokenizer of ``vocab_size`` tokens trained on ``texts``, with ``EOS`` as
+    its begin, end, unknown and padding token (a ``PreTrainedTokenizerFast``)."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        texts, vocab_size=280, min_frequency=2, special_tokens=[EOS], show_progress=False
+        texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False
     )
-    tok = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
     )
+
+
+def write_tiny_gpt2(folder: Path, texts: list[str], n_layer: int = 1) -> Path:
+    """save_pretrained folder with config, safetensors and a byte-level BPE tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny_tokenizer(texts)
     torch.manual_seed(0)
     eos = tok.convert_tokens_to_ids(EOS)
     cfg = GPT2Config(

@@ -40,8 +40,8 @@ from interaction_basis.data.text import (
     tokenize_to_chunks,
 )
 from interaction_basis.models.hf import load_hf_model
+from lm_fixtures import EOS, tiny_tokenizer
 
-EOS = "<|endoftext|>"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 STORIES = [
     "Once upon a time there was a little cat. The cat liked milk.",
@@ -64,17 +64,7 @@ def _offline_guard(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        STORIES * 5, vocab_size=300, min_frequency=2, special_tokens=[EOS], show_progress=False
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-        pad_token=EOS,
-    )  # fmt: skip
+    fast = tiny_tokenizer(STORIES * 5, vocab_size=300)
     path = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(path)
     return path

@@ -39,7 +39,7 @@ import xarray as xr
 import yaml
 from smk_helpers import REPO, SNAKEMAKE, copy_workflow, pythonpath_env, run
 
-from lm_fixtures import EOS, randomise_lm, write_corpus
+from lm_fixtures import EOS, randomise_lm, tiny_tokenizer, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -68,16 +68,9 @@ def _write_model(folder: Path, name: str, texts: list[str]) -> None:
     """A random-weight model of the real shape and a tiny BPE tokenizer, saved as a hub model
     folder. The tokenizer covers the first few hundred ids of the 50257-token vocabulary."""
     import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        texts, vocab_size=280, min_frequency=2, special_tokens=[EOS], show_progress=False
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
-    )
+    tok = tiny_tokenizer(texts)
     torch.manual_seed(0)
     config = _hf_config(name, tok.convert_tokens_to_ids(EOS))
     randomise_lm(AutoModelForCausalLM.from_config(config), seed=0).save_pretrained(folder)
