@@ -19,8 +19,8 @@ rule cluster_graph:
         "../envs/interaction_basis.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=runtime(30),
+        mem_mb=cluster_mem_mb,
+        runtime=cluster_runtime(sweep=False),
     params:
         model=model_params,
         extract=extract_params,
@@ -40,12 +40,14 @@ rule cluster_resolutions:
         modules_by_resolution="results/{experiment}/{method}/modules_by_resolution.json",
     log:
         "results/logs/cluster_resolutions/{experiment}/{method}.log",
+    benchmark:
+        "results/benchmarks/cluster_resolutions/{experiment}/{method}.tsv"
     conda:
         "../envs/interaction_basis.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=runtime(30),
+        mem_mb=cluster_mem_mb,
+        runtime=cluster_runtime(sweep=True),
     params:
         model=model_params,
         extract=extract_params,

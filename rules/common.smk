@@ -240,6 +240,38 @@ def cluster_sweep_params(wildcards):
     return experiment(wildcards).cluster.model_dump(mode="json", exclude={"resolution"})
 
 
+def cluster_mem_mb(wildcards, attempt):
+    """Memory request (MB) of a cluster job, doubling with each retry: the edge store and the
+    graph of a language model of known shape (interaction_basis.resources), else 2000; times
+    resources.mem_mb_scale."""
+    name = wildcards.get("experiment")
+    mb = 2000
+    if LM_PLANS.get(name) is not None:
+        mb = job_sizes.mem_mb(job_sizes.cluster_memory_bytes(LM_PLANS[name][1]))
+    return int(mb * CONFIG.resources.mem_mb_scale * 2 ** (attempt - 1))
+
+
+def cluster_runtime(sweep):
+    """Runtime request (minutes) of a cluster job: Leiden once (cluster_graph) or once per
+    evaluate.resolutions (``sweep``) on the largest possible graph of a language model of known
+    shape, with the margin, else 30; times resources.runtime_scale."""
+
+    def request(wildcards):
+        name = wildcards.get("experiment")
+        minutes = 30
+        if LM_PLANS.get(name) is not None:
+            e = EXPERIMENTS[name]
+            minutes = job_sizes.cluster_minutes(
+                LM_PLANS[name][1],
+                implementation=e.cluster.implementation,
+                n_iterations=e.cluster.n_iterations,
+                n_runs=len(e.evaluate.resolutions) if sweep else 1,
+            )
+        return max(1, round(minutes * CONFIG.resources.runtime_scale))
+
+    return request
+
+
 def features_params(wildcards):
     """interpret_features' settings: not the page's (max_edges, page_examples), which would
     rerun every method's features."""

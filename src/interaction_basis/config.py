@@ -494,6 +494,11 @@ class ClusterConfig(_Frozen):
     resolution: float = Field(1.0, gt=0, description="Leiden resolution γ (paper: 0.5 and 1).")
     seed: int = Field(0, ge=0, description="Leiden seed.")
     n_iterations: int = Field(10, description="Leiden iterations (paper: 10; -1: to convergence).")
+    implementation: Literal["leidenalg", "igraph"] = Field(
+        "leidenalg",
+        description="Leiden code: leidenalg (the method's) or igraph (same objective, 10-25x "
+        "faster on graphs of millions of edges; different partitions of similar quality).",
+    )
 
 
 _Part = TypeVar("_Part", bound=BaseModel)

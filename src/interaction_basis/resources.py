@@ -593,3 +593,43 @@ def working_budget_bytes(plan: Plan, stage: str) -> int:
 
 def mem_mb(n_bytes: int | float) -> int:
     return max(MIN_MEM_MB, math.ceil(n_bytes / 1e6))
+
+
+# --- the interaction graph -------------------------------------------------------------------
+
+#: Peak bytes per graph edge of a cluster job above the edge store: igraph's graph with its
+#: ``weight`` and ``E`` attributes (Python floats), the build's temporaries and the Leiden
+#: code's own copy of the graph. Measured by ``benchmarks/bench_clustering.py`` on the
+#: random-weight GPT-2's graph (docs/performance.md).
+GRAPH_EDGE_BYTES = 300
+#: Seconds per graph edge and Leiden iteration on one thread, per implementation (same
+#: benchmark), and for building the graph once.
+LEIDEN_SECONDS_PER_EDGE = {"leidenalg": 4e-6, "igraph": 4e-7}
+GRAPH_BUILD_SECONDS_PER_EDGE = 1e-6
+#: Iterations assumed for ``cluster.n_iterations: -1`` (until stable).
+UNTIL_STABLE_ITERATIONS = 10
+
+
+def graph_edges(plan: Plan) -> int:
+    """The most edges the interaction graph can have: every feature pair of consecutive graph
+    layers (all node layers but the last, ``cluster.layers``' default; an ε or fewer features
+    only remove edges)."""
+    w = plan.widths[:-1]
+    return sum(a * b for a, b in zip(w, w[1:], strict=False))
+
+
+def cluster_memory_bytes(plan: Plan) -> int:
+    """Peak memory of a cluster job: the edge store, read whole (float64), and the graph."""
+    w = plan.widths
+    store = 8 * sum(a * b for a, b in zip(w, w[1:], strict=False))
+    return int(RUNTIME_OVERHEAD_BYTES + store + GRAPH_EDGE_BYTES * graph_edges(plan))
+
+
+def cluster_minutes(plan: Plan, *, implementation: str, n_iterations: int, n_runs: int) -> int:
+    """A runtime request (minutes) for a cluster job that runs Leiden ``n_runs`` times (one
+    per resolution), with the margin."""
+    iterations = n_iterations if n_iterations > 0 else UNTIL_STABLE_ITERATIONS
+    per_edge = GRAPH_BUILD_SECONDS_PER_EDGE
+    per_edge += n_runs * iterations * LEIDEN_SECONDS_PER_EDGE[implementation]
+    minutes = RUNTIME_MARGIN * per_edge * graph_edges(plan) / 60 + STARTUP_MINUTES
+    return max(MIN_RUNTIME_MINUTES, math.ceil(minutes))

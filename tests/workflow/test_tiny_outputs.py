@@ -248,6 +248,7 @@ def test_modules(out, method, bases, experiment, node_layers):
     assert modules["resolution"] == cfg.resolution
     assert modules["seed"] == cfg.seed
     assert modules["n_iterations"] == cfg.n_iterations
+    assert modules["implementation"] == cfg.implementation
     assert modules["edge_norm"] == cfg.edge_norm
     layers = modules["layers"]
     assert layers == (cfg.layers or node_layers[:-1])

@@ -82,7 +82,11 @@ def cluster_graph(
         weights_by_pair, layers, edge_norm=cluster.edge_norm, epsilon=epsilon
     )
     found = compute_modules(
-        g, resolution=cluster.resolution, seed=cluster.seed, n_iterations=cluster.n_iterations
+        g,
+        resolution=cluster.resolution,
+        seed=cluster.seed,
+        n_iterations=cluster.n_iterations,
+        implementation=cluster.implementation,
     )
     g.vs["cluster"] = found.membership
     label = _labeller(model, extract.dtype, weights, basis, node_layers)
@@ -90,6 +94,7 @@ def cluster_graph(
         "resolution": found.resolution,
         "seed": found.seed,
         "n_iterations": found.n_iterations,
+        "implementation": found.implementation,
         "edge_norm": cluster.edge_norm,
         "epsilon": epsilon,
         "n_clusters": found.n_clusters,
@@ -121,7 +126,11 @@ def cluster_resolutions(
     out = {"epsilon": epsilon, "n_graph_edges": g.ecount(), "layers": layers, "resolutions": {}}
     for gamma in evaluate.resolutions:
         found = compute_modules(
-            g, resolution=gamma, seed=cluster.seed, n_iterations=cluster.n_iterations
+            g,
+            resolution=gamma,
+            seed=cluster.seed,
+            n_iterations=cluster.n_iterations,
+            implementation=cluster.implementation,
         )
         out["resolutions"][f"{gamma:g}"] = _modules_record(g, found, label(found), singletons=False)
     storage.write_json(modules_by_resolution, out)
