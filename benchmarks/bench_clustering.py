@@ -59,7 +59,7 @@ def _from_store(path: str, pairs: int):
     epsilon = {p["in_layer"]: p["epsilon"] for p in ablation["pairs"].values()}
     chosen = list(edges)[:pairs]
     names = [a for a, _ in chosen] + [chosen[-1][1]]
-    return {p: edges[p] for p in chosen}, epsilon, names
+    return {p: edges[p].numpy() for p in chosen}, epsilon, names
 
 
 def _child(args) -> None:

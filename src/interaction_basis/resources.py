@@ -599,13 +599,15 @@ def mem_mb(n_bytes: int | float) -> int:
 
 #: Peak bytes per graph edge of a cluster job above the edge store: igraph's graph with its
 #: ``weight`` and ``E`` attributes (Python floats), the build's temporaries and the Leiden
-#: code's own copy of the graph. Measured by ``benchmarks/bench_clustering.py`` on the
-#: random-weight GPT-2's graph (docs/performance.md).
-GRAPH_EDGE_BYTES = 300
-#: Seconds per graph edge and Leiden iteration on one thread, per implementation (same
-#: benchmark), and for building the graph once.
-LEIDEN_SECONDS_PER_EDGE = {"leidenalg": 4e-6, "igraph": 4e-7}
-GRAPH_BUILD_SECONDS_PER_EDGE = 1e-6
+#: code's own state. ``benchmarks/bench_clustering.py`` on the random-weight GPT-2's LIB graph
+#: measured 156 (igraph, 15.6 million edges) and 186 (leidenalg, 11.7 million;
+#: docs/performance.md).
+GRAPH_EDGE_BYTES = 200
+#: Seconds per graph edge and Leiden iteration on one thread, per implementation, and per edge
+#: for building the graph once: the same benchmark measured 4.7e-6, 4.4e-7 and 0.8-1.3e-6 at
+#: load 4-5 on two cores (upper bounds).
+LEIDEN_SECONDS_PER_EDGE = {"leidenalg": 5e-6, "igraph": 5e-7}
+GRAPH_BUILD_SECONDS_PER_EDGE = 1.3e-6
 #: Iterations assumed for ``cluster.n_iterations: -1`` (until stable).
 UNTIL_STABLE_ITERATIONS = 10
 
