@@ -468,6 +468,8 @@ def _stage_cost(name, rule, wildcards):
     stage = MODEL_RULES[rule][0]
     method = wildcards.get("method", "lib")
     layer = wildcards.get("layer")
+    if stage == "features":
+        return _features_memory(name, plan), None
     memory = job_sizes.stage_memory_bytes(plan, "extract" if stage == "forward" else stage)
     if stage == "forward" or (stage == "m_dash" and method != "lib"):
         return memory, None  # no pass over the fitting data: the rule's default runtime
@@ -475,8 +477,26 @@ def _stage_cost(name, rule, wildcards):
     return memory, flops
 
 
+def _features_memory(name, plan):
+    """interpret_features' memory (bytes) from the experiment's interpret settings."""
+    e = EXPERIMENTS[name]
+    f = e.interpret
+    held_out = e.model.text.n_eval_samples
+    return job_sizes.features_memory_bytes(
+        plan,
+        n_held_out=min(held_out, f.max_samples or held_out),
+        batch_size=f.batch_size,
+        top_k=f.top_k,
+        window=f.window,
+        n_quantiles=len(f.quantiles),
+        n_quantile_rows=f.n_quantile_rows,
+        n_direct=f.n_direct,
+    )
+
+
 # The model rules of a language model: the formula their resources follow (a forward pass over
-# the data: extract; M': m_dash; the edges; a job that holds the model and a batch: forward),
+# the data: extract; M': m_dash; the edges; a job that holds the model and a batch: forward;
+# the feature evidence: features),
 # and the requests (MB, minutes) for the other kinds and a language model of unknown shape.
 MODEL_RULES = {
     "extract_activations": ("extract", 4000, 60),
@@ -487,7 +507,7 @@ MODEL_RULES = {
     "shard_edges": ("edges", 4000, 120),
     "ablate_nodes": ("forward", 4000, 60),
     "ablate_edges": ("forward", 4000, 120),
-    "interpret_features": ("forward", 4000, 60),
+    "interpret_features": ("features", 4000, 60),
 }
 
 

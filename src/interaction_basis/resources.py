@@ -581,6 +581,95 @@ def stage_memory_bytes(plan: Plan, stage: str) -> int:
     return int(_working(fixed, plan))
 
 
+#: Bins of each feature's histogram (``interpret.features.N_HISTOGRAM_BINS``).
+N_HISTOGRAM_BINS = 24
+
+
+#: Characters of the widest text label in features.zarr: the token windows and the direct
+#: effects' outputs are stored as fixed-width text, 4 bytes a character, each array as wide as
+#: its longest decoded token. **Stated, not measured**: no published tokenizer is at hand here
+#: (the GPT-2-shaped benchmark's tiny one gave 13); GPT-2's vocabulary has tokens of 32
+#: characters ("rawdownloadcloneembedreportprint") and long runs of "-", "=" or spaces. A wider
+#: label costs more; the retry doubles the request.
+LABEL_CHARS = 32
+
+
+def feature_evidence_bytes(
+    plan: Plan,
+    *,
+    n_held_out: int,
+    top_k: int,
+    window: int,
+    n_quantiles: int,
+    n_quantile_rows: int,
+    n_direct: int,
+    label_chars: int = LABEL_CHARS,
+) -> int:
+    """Bytes one feature's evidence takes until features.zarr is written
+    (``interpret.features``, float64 and int64 values): the quantile subsample (at most
+    ``n_quantile_rows`` of the held-out rows), the top and bottom ``top_k`` examples with their
+    ``±window`` token windows (values and tokens), the quantile examples' windows, every
+    example's earlier occurrence with its 6-token context, the histogram, the direct effects,
+    and their text labels (``label_chars`` per label, 4 bytes a character). Measured on the
+    GPT-2-small-shaped benchmark: 64 kB a feature, 86 % of it the labels (docs/cluster.md)."""
+    rows = min(n_quantile_rows, n_held_out * plan.n_ctx)
+    examples = 2 * top_k + n_quantiles  # top, bottom and one per quantile level
+    width = 2 * window + 1
+    values = (
+        rows  # the quantile subsample
+        + 2 * top_k * width * 2  # the top and bottom windows: values and tokens
+        + n_quantiles * width  # the quantile examples' window tokens
+        + examples * (6 + 1)  # each example's earlier occurrence: context tokens, position
+        + examples * 4  # value, sample, position and the row kept while streaming
+        + N_HISTOGRAM_BINS
+        + 4 * n_direct  # promoted and suppressed outputs and values
+        + 8  # moments, extremes, importance, direct variance
+    )
+    labels = examples * (width + 6) + 2 * n_direct
+    return int(8 * values + 4 * label_chars * labels)
+
+
+def features_memory_bytes(
+    plan: Plan,
+    *,
+    n_held_out: int,
+    batch_size: int,
+    top_k: int,
+    window: int,
+    n_quantiles: int,
+    n_quantile_rows: int,
+    n_direct: int,
+    label_chars: int = LABEL_CHARS,
+) -> int:
+    """Peak host memory of an ``interpret_features`` job (the feature evidence of one method),
+    the sum of what its phases hold (stages/interpret.py; docs/cluster.md):
+
+    - the weights, loaded twice but one copy at a time (the model, then the final readout's);
+    - the basis, ``C`` and ``C⁺`` of every layer in float64, as wide as the layers (an upper
+      bound: truncated bases keep fewer features);
+    - one batch of held-out chunks through the model: every node layer's activations at once,
+      and one layer's features three times (the projection, its float64 copy and the signed
+      copy the top-k reads);
+    - every feature's evidence (:func:`feature_evidence_bytes`), held until the store is
+      written.
+    """
+    w = plan.widths
+    batch = min(batch_size, n_held_out) * plan.n_ctx
+    bases = 2 * sum(x * x for x in w) * 8
+    activations = batch * (sum(w) * plan.value_bytes + 3 * max(w) * 8)
+    evidence = sum(w) * feature_evidence_bytes(
+        plan,
+        n_held_out=n_held_out,
+        top_k=top_k,
+        window=window,
+        n_quantiles=n_quantiles,
+        n_quantile_rows=n_quantile_rows,
+        n_direct=n_direct,
+        label_chars=label_chars,
+    )
+    return int(weights_bytes(plan) + bases + activations + evidence)
+
+
 def working_budget_bytes(plan: Plan, stage: str) -> int:
     """The closed forms' working memory in one job of ``stage`` (``lib.budget``):
     ``extract.memory_budget_mb`` where set, else ``BUDGET_SHARE`` of the job's memory request

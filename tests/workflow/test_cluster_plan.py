@@ -93,6 +93,21 @@ def test_gpt2_jobs_ask_for_what_the_model_needs(tmp_path):
     extract = _job_resources(out, "extract_activations")
     assert int(extract["mem_mb"]) == r.mem_mb(r.stage_memory_bytes(plan, "extract"))
     assert extract["gpu"] == "1" and extract["slurm_account"] == "acct"
+    # the feature evidence: its own formula (the forward pass's fell 4 GB short; issue 27)
+    e = check_files([str(REPO / "config" / "gpt2.yaml")], default_config_file()).experiments[0]
+    f = e.interpret
+    features = r.features_memory_bytes(
+        plan,
+        n_held_out=e.model.text.n_eval_samples,
+        batch_size=f.batch_size,
+        top_k=f.top_k,
+        window=f.window,
+        n_quantiles=len(f.quantiles),
+        n_quantile_rows=f.n_quantile_rows,
+        n_direct=f.n_direct,
+    )
+    interpret = _job_resources(out, "interpret_features")
+    assert int(interpret["mem_mb"]) == r.mem_mb(features) > int(extract["mem_mb"])
     # jobs that do not run the model keep the rules' requests
     assert "gpu" not in _job_resources(out, "cluster_graph")
     assert f"compute_edges x2: mem_mb {edges['mem_mb']}, runtime {edges['runtime']} min" in out
