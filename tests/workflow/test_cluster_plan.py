@@ -108,8 +108,15 @@ def test_gpt2_jobs_ask_for_what_the_model_needs(tmp_path):
     )
     interpret = _job_resources(out, "interpret_features")
     assert int(interpret["mem_mb"]) == r.mem_mb(features) > int(extract["mem_mb"])
-    # jobs that do not run the model keep the rules' requests
-    assert "gpu" not in _job_resources(out, "cluster_graph")
+    # the cluster jobs: CPU only, the graph's bound (every feature pair) and the config's
+    # Leiden (igraph), once per evaluate.resolutions for cluster_resolutions
+    sweep = _job_resources(out, "cluster_resolutions")
+    assert "gpu" not in sweep and "gpu" not in _job_resources(out, "cluster_graph")
+    assert int(sweep["mem_mb"]) == r.mem_mb(r.cluster_memory_bytes(plan)) > 16000
+    runs = len(e.evaluate.resolutions)
+    assert int(sweep["runtime"]) == r.cluster_minutes(
+        plan, implementation="igraph", n_iterations=e.cluster.n_iterations, n_runs=runs
+    )
     assert f"compute_edges x2: mem_mb {edges['mem_mb']}, runtime {edges['runtime']} min" in out
 
 
