@@ -122,3 +122,17 @@ def test_store_benchmark_runs(tmp_path):
     assert result["n_node_layers"] == 75 and result["disk_bytes_per_chunk"] > 0.5e9
     assert 0 < result["write_seconds"] and 0 < result["recompute_seconds"]
     assert result["jacobian"]["m_dash"] > result["jacobian"]["edges"] > 0
+
+
+def test_clustering_benchmark_runs(tmp_path):
+    """``bench_clustering.py`` on a small synthetic graph, both Leiden implementations."""
+    rows = _run(
+        "bench_clustering.py",
+        *("--layers", "3", "--width", "60", "--block", "10", "--iterations", "2"),
+        *("--repeats", "1"),
+        tmp_path=tmp_path,
+    )
+    assert [r["implementation"] for r in rows] == ["leidenalg", "igraph"]
+    for r in rows:
+        assert r["vertices"] == 180 and 0 < r["graph_edges"] < 2 * 59 * 59
+        assert set(r["leiden_s"]) == {"0.5", "1"} and r["bytes_per_edge"] >= 0
