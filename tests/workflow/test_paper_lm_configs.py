@@ -151,7 +151,7 @@ def test_gpt2_config_runs_to_modules(tmp_path):
 
 @pytest.mark.skipif(
     os.environ.get("IB_PAPER_CONFIGS") != "1",
-    reason="hours on two cores (the edge ablation of 74 layer pairs): IB_PAPER_CONFIGS=1",
+    reason="75 minutes on two cores (the edge ablation of 74 layer pairs): IB_PAPER_CONFIGS=1",
 )
 def test_gpt2_config_runs_with_ablations(tmp_path):
     _run_config("gpt2", tmp_path, evaluate=True, interpret=False)
