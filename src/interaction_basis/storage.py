@@ -426,19 +426,20 @@ def check_file(path: str | os.PathLike) -> list[str]:
     return []
 
 
-def open_store(path: str | os.PathLike) -> xr.DataTree:
+def open_store(path: str | os.PathLike, cache: bool = True) -> xr.DataTree:
     """A result store, checked against its integrity record, as a lazily loaded DataTree.
 
     ``xr.open_datatree(path, engine="zarr", consolidated=False)`` with the check first, and
     without Zarr's warning about the ``.snakemake_timestamp`` file that Snakemake writes into
     every directory output (it has no setting to leave it out), filtered when this module is
-    imported.
+    imported. ``cache`` False: an array read is not kept in the tree (each use reads it
+    again), so that reading a large store part by part holds one part at a time.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Zarr store {path} does not exist; run the stage that makes it.")
     _verify(path)
-    return xr.open_datatree(path, engine="zarr", consolidated=False)
+    return xr.open_datatree(path, engine="zarr", consolidated=False, cache=cache)
 
 
 class ActivationWriter:
@@ -833,9 +834,17 @@ def write_features(
 
 
 def read_features(path: str | os.PathLike) -> xr.DataTree:
-    """The store written by :func:`write_features`, loaded (it is small)."""
+    """The store written by :func:`write_features`, loaded (small for the toy models)."""
     with _text_arrays_quiet():
         return open_store(path).load()
+
+
+def open_features(path: str | os.PathLike) -> xr.DataTree:
+    """The store written by :func:`write_features`, checked but not loaded: each array is read
+    when it is used. A GPT-2 store holds about 4 GB per method (token texts for 10⁵
+    features), so the explorer reads it one layer at a time, and nothing read is kept."""
+    with _text_arrays_quiet():
+        return open_store(path, cache=False)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from interaction_basis.interpret.explorer import (
     edge_mass_prefix,
     forwarding_page,
     head_roles_of,
+    layer_arrays,
     module_colours,
     module_groups,
     unpack_cards,
@@ -528,3 +529,34 @@ def test_cards_are_in_card_files_beside_the_page(tmp_path):
     assert "activation</b> (held-out)" not in page.html
     link = forwarding_page("x", "explorer")
     assert 'window.location.replace("explorer/index.html" + window.location.hash)' in link
+
+
+def test_top_k_stable_is_a_stable_argsort_of_every_row():
+    """The cards' strongest partners, taken for a whole layer at once, are exactly
+    ``np.argsort(-row, kind="stable")[:k]`` per row: ties at the cut in index order."""
+    from interaction_basis.interpret.explorer import top_k_stable
+
+    rng = np.random.default_rng(0)
+    m = rng.integers(0, 6, (50, 40)).astype(np.float64)  # many ties
+    m[3] = 1.0  # a row of one value
+    m[7, 5] = np.nan
+    for k in (0, 1, 10, 39, 40, 60):
+        want = np.argsort(-m, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k_stable(m, k), want)
+    nan_free = rng.random((30, 200))
+    np.testing.assert_array_equal(
+        top_k_stable(nan_free, 10), np.argsort(-nan_free, axis=1, kind="stable")[:, :10]
+    )
+
+
+def test_features_opened_for_the_explorer_are_read_per_use_and_not_kept(tmp_path):
+    """storage.open_features reads an array when it is used and keeps nothing in the tree: a
+    GPT-2 store (about 4 GB per method) is then held one layer at a time, not whole."""
+    bases = _bases()
+    path = _features(tmp_path, bases)
+    tree = storage.open_features(path)
+    arrays = layer_arrays(tree["a"].ds)
+    np.testing.assert_array_equal(
+        arrays["top_value"], storage.read_features(path)["a"].ds["top_value"].values
+    )
+    assert not any(v._in_memory for v in tree["a"].ds.variables.values() if v.ndim > 1)

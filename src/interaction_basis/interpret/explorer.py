@@ -15,9 +15,11 @@ page (``nodes``, ``edges``, ``card``, ``method``, ``mass``, ``search``, ``edge_n
 interface for tests. The same inputs give the same bytes (``_stable_ids``)."""
 
 import base64
+import functools
 import hashlib
 import html
 import json
+import math
 import re
 import uuid
 import zlib
@@ -31,7 +33,7 @@ import numpy as np
 import xarray as xr
 from torch import Tensor
 
-from interaction_basis.graph.layout import NO_MODULE, layout_layer, module_order
+from interaction_basis.graph.layout import NO_MODULE, LayerLayout, layout_layers, module_order
 from interaction_basis.lib.records import Basis
 
 PALETTE = (
@@ -118,6 +120,41 @@ def check_features(features: xr.DataTree, bases: Mapping[str, Basis], basis_sha:
                 f"{path}: layer {layer!r} has {n} features, its basis {b.C.shape[1]}; "
                 "rerun interpret_features."
             )
+
+
+def layer_arrays(g: xr.Dataset | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """A layer's evidence (its features.zarr group) as numpy arrays by name, coordinates
+    included, each read once, when first used: the cards index these (one xarray lookup costs
+    more than all of a card's numpy work, and a GPT-2 page has 10⁵ cards), and a store opened
+    lazily (``storage.open_features``) is read one layer at a time. A mapping of arrays is
+    returned as it is."""
+    if not isinstance(g, xr.Dataset):  # a DataTree node's ``.ds`` is one too
+        return g
+    return _LayerArrays(g)
+
+
+class _LayerArrays(Mapping):
+    """:func:`layer_arrays` of a dataset: its variables' values, read on first use."""
+
+    def __init__(self, ds: xr.Dataset):
+        self._ds = ds
+        self._read: dict[str, np.ndarray] = {}
+        self._names = [str(name) for name in ds.variables]
+        self._known = set(self._names)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._read:
+            self._read[name] = np.asarray(self._ds.variables[name].values)  # KeyError if absent
+        return self._read[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 CARD_SEPARATOR = "\x1e"  # ASCII record separator: never in escaped HTML
@@ -534,15 +571,16 @@ def _method_view(
     imp_all = np.concatenate([d.bases[lay].importance.numpy() for lay in layers])
     imp_pos = imp_all[imp_all > 0]
     lo, hi = (np.log10(imp_pos.min()), np.log10(imp_pos.max())) if imp_pos.size else (0.0, 1.0)
+    layouts = _layouts(d, layers)
     for x, layer in enumerate(layers):
         basis = d.bases[layer]
         n = basis.C.shape[1]
         if n == 0:
             empty.append(layer)
             continue
-        g = feats[layer].ds
-        constant = g["is_constant"].values
-        lay = layout_layer(d.modules, layer, n, bool(constant[0]))
+        g = layer_arrays(feats[layer].ds)
+        constant = g["is_constant"]
+        lay = layouts[layer]
         for k, i in enumerate(lay.order):
             slot[(layer, i)] = (x, -k)
             module_of[(layer, i)] = lay.module[i]
@@ -572,30 +610,25 @@ def _method_view(
     for layer in layers:
         if layer in empty:
             continue
-        g = feats[layer].ds
         cards[layer] = pack_cards(
-            [
-                _card(
-                    method,
-                    layer,
-                    i,
-                    g,
-                    d,
-                    module_of,
-                    labels,
-                    label_of,
-                    page_examples,
-                    thumbnails,
-                    all_layers,
-                )
-                for i in range(d.bases[layer].C.shape[1])
-            ]
+            _layer_cards(
+                method,
+                layer,
+                layer_arrays(feats[layer].ds),
+                d,
+                page_examples,
+                thumbnails,
+                all_layers,
+                module_of=module_of,
+                labels=labels,
+                label_of=label_of,
+            )
         )
     edges, drawn_note, pairs, totals = _edge_columns(d, layers, slot, row_of, max_edges)
     legend = _legend(ranked, colour, labels, d.modules, empty)
     headline = _headline_method(method, d)
     n_slots = max((d.bases[lay].C.shape[1] for lay in layers), default=1)
-    groups = module_groups(d, layers)
+    groups = module_groups(d, layers, layouts)
     mnodes, medges = _module_columns(method, d, layers, groups, colour, labels, row_of)
     hidden = _hidden_note(layers, groups, slot, labels, shown_slots)
     return _View(
@@ -615,16 +648,29 @@ def _method_view(
     )
 
 
-def module_groups(d: MethodData, layers: list[str]) -> dict[str, list[tuple[int, list[int]]]]:
+def _layouts(d: MethodData, layers: list[str]) -> dict[str, LayerLayout]:
+    """Where each feature of ``layers`` is drawn (``graph.layout``), the constant on top."""
+    sizes = {}
+    for layer in layers:
+        n = d.bases[layer].C.shape[1]
+        sizes[layer] = (n, bool(n and is_constant(d, layer, n)[0]))
+    return layout_layers(d.modules, sizes)
+
+
+def module_groups(
+    d: MethodData, layers: list[str], layouts: Mapping[str, LayerLayout] | None = None
+) -> dict[str, list[tuple[int, list[int]]]]:
     """Each layer's supernodes: its modules (of two or more nodes, largest first) with their
     non-constant members there, then ``NO_MODULE`` with the layer's other non-constant
-    features (the singletons). The constant feature is in none (its edges are never drawn)."""
+    features (the singletons). The constant feature is in none (its edges are never drawn).
+    ``layouts``: :func:`_layouts` of ``layers``, where already made."""
     ranked = module_order(d.modules)
+    layouts = layouts or _layouts(d, layers)
     out: dict[str, list[tuple[int, list[int]]]] = {}
     for layer in layers:
         n = d.bases[layer].C.shape[1]
         const = is_constant(d, layer, n)
-        lay = layout_layer(d.modules, layer, n, bool(n and const[0]))
+        lay = layouts[layer]
         by: dict[int, list[int]] = {}
         for i in range(n):
             if not const[i]:
@@ -762,12 +808,15 @@ def _member_frequencies(d: MethodData) -> dict[int, Counter] | None:
     if not any("dominant_frequency" in d.features[lay].ds for lay in d.features.children):
         return None
     out = {}
+    arrays: dict[str, Mapping[str, np.ndarray]] = {}  # each layer's, read once
     for c, members in _members(d).items():
         count: Counter = Counter()
         for layer, i in members:
-            g = d.features[layer].ds
-            if "dominant_frequency" in g and int(g["dominant_frequency"].values[i]) > 0:
-                count[int(g["dominant_frequency"].values[i])] += 1
+            if layer not in arrays:
+                arrays[layer] = layer_arrays(d.features[layer].ds)
+            g = arrays[layer]
+            if "dominant_frequency" in g and int(g["dominant_frequency"][i]) > 0:
+                count[int(g["dominant_frequency"][i])] += 1
         out[c] = count
     return out
 
@@ -890,12 +939,12 @@ def _module_overlap(d: MethodData, other: MethodData, mine: list, theirs: list) 
 
 def _short_label(method, layer, i, g, module, labels) -> str:
     text = f"{method} {layer} #{i}"
-    if bool(g["is_constant"].values[i]):
+    if bool(g["is_constant"][i]):
         return text + " (constant)"
     if module != NO_MODULE:
         text += f" · module {module}" + (f" ({labels[module]})" if module in labels else "")
     if "dominant_term" in g:
-        text += f" · {g['dominant_term'].values[i]}"
+        text += f" · {g['dominant_term'][i]}"
     return text
 
 
@@ -903,68 +952,139 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _card(method, layer, i, g, d, module_of, labels, label_of, n_ex, thumbnails, all_layers):
-    e = html.escape
-    imp_name = "Λ" if method == "lib" else ("eigenvalue" if method == "pca" else "importance")
-    module = module_of.get((layer, i), NO_MODULE)
-    parts = [f"<h3>{e(method.upper())} · {e(layer)} · feature {i}</h3>"]
-    if bool(g["is_constant"].values[i]):
-        parts.append("<p><b>constant feature</b> (the folded bias direction)</p>")
-    mod_text = (
-        "none (singleton)"
-        if module == NO_MODULE
-        else (f"{module}" + (f" — {labels[module]}" if module in labels else ""))
-    )
+class _LayerCards(NamedTuple):
+    """What every card of one layer shares, computed once for the layer: its evidence as
+    numpy arrays, its importances, and its strongest partners in each adjacent layer."""
+
+    method: str
+    layer: str
+    g: Mapping[str, np.ndarray]
+    imp: np.ndarray
+    imp_total: float
+    edges: list  # per direction: (title, None) or (title, partner, weights, top, totals)
+    linearised: bool
+
+
+def _layer_cards(method, layer, g, d: MethodData, n_ex, thumbnails, all_layers, **shared):
+    """Every card of one layer, in feature order."""
     imp = d.bases[layer].importance.numpy()
-    share = 100 * float(imp[i]) / float(imp.sum()) if imp.sum() > 0 else 0.0
-    parts.append(
-        f"<p>{imp_name} = {_fmt(float(imp[i]))} ({share:.2g}% of the layer's {imp_name}); "
-        f"module: {e(mod_text)}</p>"
+    ctx = _LayerCards(
+        method,
+        layer,
+        g,
+        imp,
+        float(imp.sum()),
+        _edge_partners(d, layer, all_layers),
+        layer in d.features.attrs.get("direct_effect_linearised", []),
     )
-    if "dominant_term" in g:
-        parts.append(
-            f"<p>Fourier: dominant term <b>{e(str(g['dominant_term'].values[i]))}</b> "
-            f"({100 * float(g['dominant_term_share'].values[i]):.0f}% of the power), frequency "
-            f"<b>{int(g['dominant_frequency'].values[i])}</b> "
-            f"({100 * float(g['dominant_share'].values[i]):.0f}%)</p>"
-        )
-    parts.append(_modadd_plots(g, i))
-    q = ", ".join(
-        f"q{100 * float(lev):g}={_fmt(float(v))}"
-        for lev, v in zip(g["quantile"].values, g["quantile_value"].values[:, i], strict=True)
-    )
-    parts.append(
-        "<p><b>activation</b> (held-out): mean "
-        f"{_fmt(float(g['mean'].values[i]))}, std {_fmt(float(g['std'].values[i]))}, "
-        f"min {_fmt(float(g['min'].values[i]))}, max {_fmt(float(g['max'].values[i]))}<br>"
-        f"{q}</p>"
-    )
-    parts.append(_histogram(g, i))
-    parts.append(_writers(d.heads, layer, i)[1])
-    parts.append(_edge_table(d, layer, i, label_of, all_layers))
-    if "promoted_output" in g:
-        parts.append(
-            _direct_effect(g, i, layer in d.features.attrs.get("direct_effect_linearised", []))
-        )
-    parts.append(_examples(g, i, n_ex, thumbnails))
-    return "".join(parts)
+    return [
+        _card(ctx, i, d, n_ex=n_ex, thumbnails=thumbnails, **shared)
+        for i in range(d.bases[layer].C.shape[1])
+    ]
 
 
-def _edge_table(d: MethodData, layer, i, label_of, all_layers) -> str:
-    rows = []
+def _edge_partners(d: MethodData, layer, all_layers) -> list:
+    """For the incoming and the outgoing pair: the weights of each feature of ``layer`` (a
+    row each), each row's ``N_CARD_EDGES`` strongest partners and its summed weight."""
+    out: list = []
     k = all_layers.index(layer)
     for title, pair, pick in (
         ("incoming", (all_layers[k - 1], layer) if k > 0 else None, "row"),
         ("outgoing", (layer, all_layers[k + 1]) if k + 1 < len(all_layers) else None, "col"),
     ):
         if pair is None or pair not in d.edges:
-            rows.append(f"<p><b>{title}</b>: none (no adjacent layer)</p>")
+            out.append((title, None))
             continue
         mat = d.edges[pair].numpy()
-        w = mat[i, :] if pick == "row" else mat[:, i]
+        # Rows made contiguous: each row's sum is then the same number, bit for bit, as the
+        # sum of that feature's weights alone.
+        w = mat if pick == "row" else np.ascontiguousarray(mat.T)
         partner = pair[0] if pick == "row" else pair[1]
-        top = np.argsort(-w, kind="stable")[:N_CARD_EDGES]
-        total = float(w.sum())
+        out.append((title, partner, w, top_k_stable(w, N_CARD_EDGES), w.sum(axis=1)))
+    return out
+
+
+def top_k_stable(m: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``m``, ``np.argsort(-row, kind="stable")[:k]`` (the ``k`` largest, ties in
+    index order), for every row at once and without sorting whole rows."""
+    k = min(k, m.shape[1])
+    neg = -m
+    if k == 0 or k == m.shape[1] or np.isnan(m).any():
+        return np.argsort(neg, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(neg, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(neg, part, 1).max(axis=1)
+    # A row with more than k values up to its k-th (ties at the cut) is sorted whole: which
+    # of the tied ones come first is the index order.
+    simple = (neg <= kth[:, None]).sum(axis=1) == k
+    out = np.empty((m.shape[0], k), dtype=np.intp)
+    idx = np.sort(part[simple], axis=1)
+    order = np.argsort(np.take_along_axis(neg[simple], idx, 1), axis=1, kind="stable")
+    out[simple] = np.take_along_axis(idx, order, 1)
+    for r in np.flatnonzero(~simple):
+        out[r] = np.argsort(neg[r], kind="stable")[:k]
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _escape(text: str) -> str:
+    """``html.escape``, remembered: a page escapes the same few thousand tokens 10⁷ times."""
+    return html.escape(text)
+
+
+def _card(ctx: _LayerCards, i, d, *, module_of, labels, label_of, n_ex, thumbnails) -> str:
+    e = html.escape
+    method, layer, g = ctx.method, ctx.layer, ctx.g
+    imp_name = "Λ" if method == "lib" else ("eigenvalue" if method == "pca" else "importance")
+    module = module_of.get((layer, i), NO_MODULE)
+    parts = [f"<h3>{e(method.upper())} · {e(layer)} · feature {i}</h3>"]
+    if bool(g["is_constant"][i]):
+        parts.append("<p><b>constant feature</b> (the folded bias direction)</p>")
+    mod_text = (
+        "none (singleton)"
+        if module == NO_MODULE
+        else (f"{module}" + (f" — {labels[module]}" if module in labels else ""))
+    )
+    imp = ctx.imp
+    share = 100 * float(imp[i]) / ctx.imp_total if ctx.imp_total > 0 else 0.0
+    parts.append(
+        f"<p>{imp_name} = {_fmt(float(imp[i]))} ({share:.2g}% of the layer's {imp_name}); "
+        f"module: {e(mod_text)}</p>"
+    )
+    if "dominant_term" in g:
+        parts.append(
+            f"<p>Fourier: dominant term <b>{e(str(g['dominant_term'][i]))}</b> "
+            f"({100 * float(g['dominant_term_share'][i]):.0f}% of the power), frequency "
+            f"<b>{int(g['dominant_frequency'][i])}</b> "
+            f"({100 * float(g['dominant_share'][i]):.0f}%)</p>"
+        )
+    parts.append(_modadd_plots(g, i))
+    q = ", ".join(
+        f"q{100 * float(lev):g}={_fmt(float(v))}"
+        for lev, v in zip(g["quantile"], g["quantile_value"][:, i], strict=True)
+    )
+    parts.append(
+        "<p><b>activation</b> (held-out): mean "
+        f"{_fmt(float(g['mean'][i]))}, std {_fmt(float(g['std'][i]))}, "
+        f"min {_fmt(float(g['min'][i]))}, max {_fmt(float(g['max'][i]))}<br>"
+        f"{q}</p>"
+    )
+    parts.append(_histogram(g, i))
+    parts.append(_writers(d.heads, layer, i)[1])
+    parts.append(_edge_table(ctx.edges, i, label_of))
+    if "promoted_output" in g:
+        parts.append(_direct_effect(g, i, ctx.linearised))
+    parts.append(_examples(g, i, n_ex, thumbnails))
+    return "".join(parts)
+
+
+def _edge_table(partners: list, i, label_of) -> str:
+    rows = []
+    for title, *found in partners:
+        if found[0] is None:
+            rows.append(f"<p><b>{title}</b>: none (no adjacent layer)</p>")
+            continue
+        partner, weights, tops, totals = found
+        w, top, total = weights[i], tops[i], float(totals[i])
         # Each partner row links to the partner (explorer.js selects it from the hash); the
         # weight is also given as its share of this node's incoming or outgoing weight.
         items = "".join(
@@ -992,14 +1112,14 @@ def _direct_effect(g, i, linearised: bool = False) -> str:
         quoted = f"{key}_label" in g
         out = [
             f"{html.escape(repr(str(lab)) if quoted else str(lab))} ({_fmt(float(v))})"
-            for lab, v in zip(g[name].values[:, i], g[f"{key}_value"].values[:, i], strict=True)
+            for lab, v in zip(g[name][:, i], g[f"{key}_value"][:, i], strict=True)
             if sign * float(v) > 0
         ]
         return ", ".join(out) or "none"
 
     how = "the feature's direction through the unembedding"
     if linearised:
-        var = float(g["direct_variance"].values[i]) if "direct_variance" in g else float("nan")
+        var = float(g["direct_variance"][i]) if "direct_variance" in g else float("nan")
         how = (
             "a stated linearisation: a unit of the feature, its direction C⁺ added to the final "
             "residual (skipping the later blocks), through the final LayerNorm with its scale "
@@ -1017,19 +1137,20 @@ def distinct_examples(values: np.ndarray, n: int, seen: list[float] | None = Non
     examples (among ``values``) tied with it. Values tie when equal to 1e-9 of the largest
     |value|; ``seen`` (updated): values already shown elsewhere on the card, left out."""
     seen = [] if seen is None else seen
-    finite = np.abs(np.asarray(values, dtype=np.float64))
-    finite = finite[np.isfinite(finite)]
-    scale = max(float(finite.max()) if finite.size else 0.0, 1e-300)
+    # Python floats: a card tests a few dozen values, where numpy's per-call cost dominates.
+    vals = np.asarray(values, dtype=np.float64).tolist()
+    finite = [abs(v) for v in vals if math.isfinite(v)]
+    tol = 1e-9 * max(max(finite) if finite else 0.0, 1e-300)
     picked: list[list[int]] = []
-    for k, v in enumerate(np.asarray(values, dtype=np.float64)):
-        if not np.isfinite(v):
+    for k, v in enumerate(vals):
+        if not math.isfinite(v):
             continue
-        tied = [p for p in picked if abs(float(values[p[0]]) - v) <= 1e-9 * scale]
+        tied = [p for p in picked if abs(vals[p[0]] - v) <= tol]
         if tied:
             tied[0][1] += 1
-        elif not any(abs(x - v) <= 1e-9 * scale for x in seen) and len(picked) < n:
+        elif not any(abs(x - v) <= tol for x in seen) and len(picked) < n:
             picked.append([k, 1])
-    seen.extend(float(values[k]) for k, _ in picked)
+    seen.extend(vals[k] for k, _ in picked)
     return [(k, c) for k, c in picked]
 
 
@@ -1042,18 +1163,16 @@ def _examples(g, i, n, thumbnails) -> str:
     if "quantile_example_value" in g:
         groups.append(("quantile_example", "examples across the quantiles", "quantile"))
     for key, title, _ in groups:
-        vals = g[f"{key}_value"].values[:, i]
+        vals = g[f"{key}_value"][:, i]
         limit = n if key != "quantile_example" else len(vals)
         picked = distinct_examples(vals, limit, seen)
         items = []
         for r, copies in picked:
-            v, s, p = vals[r], g[f"{key}_sample"].values[r, i], g[f"{key}_position"].values[r, i]
+            v, s, p = vals[r], g[f"{key}_sample"][r, i], g[f"{key}_position"][r, i]
             tie = f" <span class='tie'>×{copies} tied</span>" if copies > 1 else ""
-            level = (
-                f"q{100 * float(g['quantile'].values[r]):g}: " if key == "quantile_example" else ""
-            )
+            level = f"q{100 * float(g['quantile'][r]):g}: " if key == "quantile_example" else ""
             if f"{key}_a" in g:
-                a, b = int(g[f"{key}_a"].values[r, i]), int(g[f"{key}_b"].values[r, i])
+                a, b = int(g[f"{key}_a"][r, i]), int(g[f"{key}_b"][r, i])
                 items.append(
                     f"<li>{level}(a, b) = ({a}, {b}), position {p}: {_fmt(float(v))}{tie}</li>"
                 )
@@ -1084,31 +1203,36 @@ def _window(g, key, r, i) -> str:
     known: the quantile examples have only their own token's value); the current token is
     underlined, and the earlier occurrence of the current token boxed where it is in the
     window, the token after it (the one an induction head copies) dotted."""
-    texts = g[f"{key}_window_text"].values[r, i]
+    g = layer_arrays(g)
+    # Python values: a page draws 10⁷ of these spans, and numpy's cost per scalar dominates.
+    texts = [str(t) for t in g[f"{key}_window_text"][r, i].tolist()]
     known = f"{key}_window_value" in g
-    if known:
-        vals = g[f"{key}_window_value"].values[r, i]
-    else:
-        vals = np.full(len(texts), np.nan)
-        vals[len(texts) // 2] = float(g[f"{key}_value"].values[r, i])
-    scale = max(float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 0.0, 1e-300)
     centre = len(texts) // 2
+    if known:
+        vals = np.asarray(g[f"{key}_window_value"][r, i], dtype=np.float64).tolist()
+    else:
+        vals = [math.nan] * len(texts)
+        vals[centre] = float(g[f"{key}_value"][r, i])
+    # The largest |value| that is not NaN (inf counts), as np.nanmax would give it.
+    big = [abs(v) for v in vals if v == v]
+    scale = max(max(big) if any(map(math.isfinite, vals)) else 0.0, 1e-300)
     prev = -1
     if f"{key}_previous_position" in g:
-        pp = int(g[f"{key}_previous_position"].values[r, i])
+        pp = int(g[f"{key}_previous_position"][r, i])
         if pp >= 0:
-            prev = centre - (int(g[f"{key}_position"].values[r, i]) - pp)
+            prev = centre - (int(g[f"{key}_position"][r, i]) - pp)
     spans = []
     for j, (t, v) in enumerate(zip(texts, vals, strict=True)):
-        if (not np.isfinite(v)) if known else str(t) == "":
+        finite = math.isfinite(v)
+        if (not finite) if known else t == "":
             continue  # beyond the sequence ends (NaN value, or token -1 without values)
         # A page has thousands of these spans: one class (sign, tenth of the window's largest
         # |value|, c for the centre; see explorer_assets/card.css) and unquoted attributes.
-        if np.isfinite(v):
-            level = round(10 * min(1.0, abs(float(v)) / scale))
+        if finite:
+            level = round(10 * min(1.0, abs(v) / scale))
             cls = f"w{'p' if v >= 0 else 'n'}{level}{'c' if j == centre else ''}"
             # Two digits: the shade already says how large; thousands of these per page.
-            title = f" title={float(v):.2g}"
+            title = f" title={v:.2g}"
         else:
             cls, title = "wx", ""
         if j == prev:
@@ -1116,7 +1240,7 @@ def _window(g, key, r, i) -> str:
         elif prev >= 0 and j == prev + 1:
             cls += " copy"
         attr = f"'{cls}'" if " " in cls else cls
-        spans.append(f"<span class={attr}{title}>{html.escape(str(t))}</span>")
+        spans.append(f"<span class={attr}{title}>{_escape(t)}</span>")
     return "<span class='window'>" + "".join(spans) + "</span>"
 
 
@@ -1125,20 +1249,20 @@ def _earlier(g, key, r, i) -> str:
     two tokens before it to three after, the occurrence boxed, the next token dotted."""
     if f"{key}_previous_position" not in g:
         return ""
-    pp = int(g[f"{key}_previous_position"].values[r, i])
-    pos = int(g[f"{key}_position"].values[r, i])
-    half = len(g[f"{key}_window_text"].values[r, i]) // 2
+    pp = int(g[f"{key}_previous_position"][r, i])
+    pos = int(g[f"{key}_position"][r, i])
+    half = g[f"{key}_window_text"].shape[-1] // 2
     if pp < 0 or pos - pp <= half:
         return "" if pp >= 0 else " <span class='noprev'>(first occurrence)</span>"
-    texts = g[f"{key}_previous_window_text"].values[r, i]
+    texts = [str(t) for t in g[f"{key}_previous_window_text"][r, i].tolist()]
     spans = []
     for j, t in enumerate(texts):
         if j == 2:
-            spans.append(f"<span class=prev>{html.escape(str(t))}</span>")
+            spans.append(f"<span class=prev>{_escape(t)}</span>")
         elif j == 3:
-            spans.append(f"<span class=copy>{html.escape(str(t))}</span>")
-        elif str(t):
-            spans.append(f"<span>{html.escape(str(t))}</span>")
+            spans.append(f"<span class=copy>{_escape(t)}</span>")
+        elif t:
+            spans.append(f"<span>{_escape(t)}</span>")
     return (
         f"<br><span class='earlier'>earlier, position {pp}: <span class='window'>"
         + "".join(spans)
@@ -1158,8 +1282,8 @@ def _histogram(g, i) -> str:
     to the maximum), zero marked."""
     if "histogram_count" not in g:
         return ""
-    counts = g["histogram_count"].values[i].astype(np.float64)
-    lo, hi = float(g["min"].values[i]), float(g["max"].values[i])
+    counts = g["histogram_count"][i].astype(np.float64)
+    lo, hi = float(g["min"][i]), float(g["max"][i])
     w, h, n = 240, 48, len(counts)
     top = max(float(counts.max()), 1.0)
     bar = w / n
@@ -1191,10 +1315,10 @@ def _modadd_plots(g, i) -> str:
     out = []
     if "sum_profile" in g:
         curves = [
-            (g[key].values[i], colour)
+            (g[key][i], colour)
             for key, colour in (("a_profile", "#4a7ebb"), ("b_profile", "#e08a00"))
             if key in g
-        ] + [(g["sum_profile"].values[i], "#2a6")]
+        ] + [(g["sum_profile"][i], "#2a6")]
         w, h = 240, 56
         lo = min(float(y.min()) for y, _ in curves)
         hi = max(float(y.max()) for y, _ in curves)
@@ -1227,9 +1351,9 @@ def _modadd_plots(g, i) -> str:
             + "</p>"
         )
     if "frequency_power" in g:
-        power = g["frequency_power"].values[i].astype(np.float64)
+        power = g["frequency_power"][i].astype(np.float64)
         total = float(power.sum())
-        dom = int(g["dominant_frequency"].values[i]) if "dominant_frequency" in g else -1
+        dom = int(g["dominant_frequency"][i]) if "dominant_frequency" in g else -1
         w, h, n = 240, 40, len(power)
         top = max(float(power.max()), 1e-300)
         bar = w / n
@@ -1244,7 +1368,7 @@ def _modadd_plots(g, i) -> str:
             f"<text x=0 y={h - 1} font-size=9>0</text>"
             f"<text x={w} y={h - 1} font-size=9 text-anchor=end>{n - 1}</text>"
         )
-        mixed = float(g["mixed_power"].values[i]) if "mixed_power" in g else 0.0
+        mixed = float(g["mixed_power"][i]) if "mixed_power" in g else 0.0
         share = f"; mixed terms {100 * mixed / (total + mixed):.0f}%" if total + mixed > 0 else ""
         out.append(
             f"<p class='plotrow'>Fourier power per frequency (red: dominant{share})<br>"
@@ -1264,16 +1388,17 @@ def _edge_columns(
     another's). Past ``max_edges`` the edges are kept in order of ``before`` over all pairs, so
     the cap cuts every pair at the same share; the note says what that share is."""
     per_pair = []
+    # Which features have a slot, per layer: a GPT-2 pair has 10⁶ edges to check.
+    drawn: dict[str, np.ndarray] = {}
+    for layer, i in slot:
+        drawn.setdefault(layer, np.zeros(d.bases[layer].C.shape[1], dtype=bool))[i] = True
     for a, b in zip(layers, layers[1:]):
         if (a, b) not in d.edges:
             continue
         mat, rows_ok, cols_ok = _pair_weights(d, a, b)
         out_i, in_i = np.nonzero((mat > 0) & rows_ok[:, None] & cols_ok[None, :])
-        keep = [
-            k
-            for k, (o, n) in enumerate(zip(out_i, in_i, strict=True))
-            if (a, int(n)) in slot and (b, int(o)) in slot
-        ]
+        keep = drawn.get(a, np.zeros(mat.shape[1], dtype=bool))[in_i]
+        keep &= drawn.get(b, np.zeros(mat.shape[0], dtype=bool))[out_i]
         out_i, in_i = out_i[keep], in_i[keep]
         w = mat[out_i, in_i].astype(np.float64)
         order = np.argsort(-w, kind="stable")

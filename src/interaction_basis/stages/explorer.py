@@ -42,7 +42,7 @@ def build_explorer(
     data = {}
     for m, bp, ep, mp, fp in zip(methods, basis, edges, modules, features, strict=True):
         bases = storage.read_bases(bp)
-        described = storage.read_features(fp)
+        described = storage.open_features(fp)
         check_features(described, bases, storage.read_attrs(bp)["config_sha256"], fp)
         roles = head_roles_of(head_data, m) if head_data else None
         data[m] = MethodData(bases, storage.read_edges(ep), storage.read_json(mp), described, roles)
