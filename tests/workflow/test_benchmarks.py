@@ -122,3 +122,14 @@ def test_store_benchmark_runs(tmp_path):
     assert result["n_node_layers"] == 75 and result["disk_bytes_per_chunk"] > 0.5e9
     assert 0 < result["write_seconds"] and 0 < result["recompute_seconds"]
     assert result["jacobian"]["m_dash"] > result["jacobian"]["edges"] > 0
+
+
+def test_explorer_benchmark_runs(tmp_path):
+    result = _run(
+        "bench_explorer.py",
+        *("--dir", str(tmp_path / "stores"), "--layers", "4", "--width", "12"),
+        *("--modules", "3", "--repeats", "1"),
+        tmp_path=tmp_path,
+    )
+    assert result["cards"] == 2 * 4 * 12
+    assert result["results"]["current"]["peak_rss_mib"] > 0
