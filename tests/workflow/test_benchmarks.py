@@ -136,3 +136,14 @@ def test_clustering_benchmark_runs(tmp_path):
     for r in rows:
         assert r["vertices"] == 180 and 0 < r["graph_edges"] < 2 * 59 * 59
         assert set(r["leiden_s"]) == {"0.5", "1"} and r["bytes_per_edge"] >= 0
+
+
+def test_explorer_benchmark_runs(tmp_path):
+    result = _run(
+        "bench_explorer.py",
+        *("--dir", str(tmp_path / "stores"), "--layers", "4", "--width", "12"),
+        *("--modules", "3", "--repeats", "1"),
+        tmp_path=tmp_path,
+    )
+    assert result["cards"] == 2 * 4 * 12
+    assert result["results"]["current"]["peak_rss_mib"] > 0
