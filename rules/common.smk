@@ -251,6 +251,17 @@ def cluster_mem_mb(wildcards, attempt):
     return int(mb * CONFIG.resources.mem_mb_scale * 2 ** (attempt - 1))
 
 
+def explorer_mem_mb(wildcards, attempt):
+    """Memory request (MB) of build_explorer, doubling with each retry: the bases, edges and
+    cards of a language model of known shape (interaction_basis.resources), else 2000; times
+    resources.mem_mb_scale."""
+    name = wildcards.get("experiment")
+    mb = 2000
+    if LM_PLANS.get(name) is not None:
+        mb = job_sizes.mem_mb(job_sizes.explorer_memory_bytes(LM_PLANS[name][1]))
+    return int(mb * CONFIG.resources.mem_mb_scale * 2 ** (attempt - 1))
+
+
 def cluster_runtime(sweep):
     """Runtime request (minutes) of a cluster job: Leiden once (cluster_graph) or once per
     evaluate.resolutions (``sweep``) on the largest possible graph of a language model of known

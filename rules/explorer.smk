@@ -30,7 +30,7 @@ rule build_explorer:
         "../envs/interaction_basis.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
+        mem_mb=explorer_mem_mb,
         runtime=runtime(30),
     params:
         model=model_params,

@@ -724,3 +724,21 @@ def cluster_minutes(plan: Plan, *, implementation: str, n_iterations: int, n_run
     per_edge += n_runs * iterations * LEIDEN_SECONDS_PER_EDGE[implementation]
     minutes = RUNTIME_MARGIN * per_edge * graph_edges(plan) / 60 + STARTUP_MINUTES
     return max(MIN_RUNTIME_MINUTES, math.ceil(minutes))
+
+
+# --- the explorer page -----------------------------------------------------------------------
+
+#: Peak bytes per card of ``build_explorer`` beyond the bases and edges it reads: the layer's
+#: evidence arrays, the cards' HTML (held twice while the folder is written) and the page's
+#: columns. ``benchmarks/bench_explorer.py`` at GPT-2's full widths (152,312 cards, two
+#: methods) peaked at 8.5 GB, 2.4 GB of it above the runtime, bases and edges: 16 kB a card.
+CARD_BYTES = 20_000
+
+
+def explorer_memory_bytes(plan: Plan) -> int:
+    """Peak memory of ``build_explorer``: per method the bases (``C`` and ``C⁺``) and the edges
+    it reads whole (float64), and a card per feature of every node layer, bases as wide as
+    the layers (an upper bound)."""
+    w = plan.widths
+    arrays = 8 * (2 * sum(x * x for x in w) + sum(a * b for a, b in zip(w, w[1:], strict=False)))
+    return int(RUNTIME_OVERHEAD_BYTES + plan.n_methods * (arrays + CARD_BYTES * sum(w)))

@@ -1,5 +1,6 @@
 """The cluster stages' memory and runtime requests for a language model (resources.py's
-interaction-graph formulas), against the graph the stage builds and the benchmark's figures."""
+interaction-graph formulas), against the graph the stage builds and the benchmark's figures;
+and the explorer's memory."""
 
 import itertools
 
@@ -83,3 +84,17 @@ def test_cluster_runtime_follows_the_implementation_and_the_runs():
         * (r.GRAPH_BUILD_SECONDS_PER_EDGE + 2 * 10 * r.LEIDEN_SECONDS_PER_EDGE["leidenalg"])
     )
     assert minutes("leidenalg") == pytest.approx(seconds / 60 + r.STARTUP_MINUTES, abs=1)
+
+
+def test_gpt2_explorer_memory_covers_the_measured_peaks():
+    """build_explorer peaked at 8.5 GB on bench_explorer.py's GPT-2 store at full widths (152,312
+    cards, two methods) and at 4.05 GB on the random GPT-2's run (n_ctx 32, 101,993 cards):
+    the request (bases as wide as the layers) must cover both, and count one card per
+    feature of every node layer and method."""
+    plan = _plan(GPT2_SHAPE)
+    assert plan.n_methods * sum(plan.widths) == 152_312
+    assert r.explorer_memory_bytes(plan) >= 8.5e9
+    one = r.explorer_memory_bytes(_plan(GPT2_SHAPE)) - r.explorer_memory_bytes(
+        r.Plan(**{**_plan(GPT2_SHAPE).__dict__, "n_methods": 1})
+    )
+    assert one == pytest.approx((r.explorer_memory_bytes(plan) - r.RUNTIME_OVERHEAD_BYTES) / 2)

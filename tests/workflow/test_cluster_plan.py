@@ -114,6 +114,8 @@ def test_gpt2_jobs_ask_for_what_the_model_needs(tmp_path):
     assert "gpu" not in sweep and "gpu" not in _job_resources(out, "cluster_graph")
     assert int(sweep["mem_mb"]) == r.mem_mb(r.cluster_memory_bytes(plan)) > 16000
     runs = len(e.evaluate.resolutions)
+    explorer = _job_resources(out, "build_explorer")
+    assert int(explorer["mem_mb"]) == r.mem_mb(r.explorer_memory_bytes(plan)) > 8000
     assert int(sweep["runtime"]) == r.cluster_minutes(
         plan, implementation="igraph", n_iterations=e.cluster.n_iterations, n_runs=runs
     )
