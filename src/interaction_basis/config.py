@@ -496,7 +496,7 @@ class ClusterConfig(_Frozen):
     n_iterations: int = Field(10, description="Leiden iterations (paper: 10; -1: to convergence).")
     implementation: Literal["leidenalg", "igraph"] = Field(
         "leidenalg",
-        description="Leiden code: leidenalg (the method's) or igraph (same objective, 10-25x "
+        description="Leiden code: leidenalg (the method's) or igraph (same objective, 10-17x "
         "faster on graphs of millions of edges; different partitions of similar quality).",
     )
 

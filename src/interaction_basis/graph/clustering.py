@@ -311,11 +311,11 @@ def compute_modules(
         graph: from :func:`build_interaction_graph` (``weight`` edge attribute; a ``layer`` and
             ``index`` vertex attribute for the per-layer summaries, else one layer ``""``).
         resolution: γ of the Newman modularity being maximised (0.5 and 1 in the paper).
-        seed: leidenalg's random seed; the partition is deterministic given seed and graph.
+        seed: the Leiden seed; the partition is deterministic given seed and graph.
         n_iterations: Leiden iterations (the reference runs 10; negative runs until stable).
         implementation: ``leidenalg`` (``RBConfigurationVertexPartition``, the method's) or
             ``igraph`` (``Graph.community_leiden`` on the modularity at the same γ, the same
-            algorithm's C implementation: 10-25x faster on a GPT-2 graph of 6 million edges,
+            algorithm's C implementation: 10-17x faster on a GPT-2 graph of 12 million edges,
             docs/performance.md). The two give different partitions of similar quality.
 
     Returns:
