@@ -6,36 +6,17 @@ import itertools
 
 import numpy as np
 import pytest
+from test_resources import _plan
 
 from interaction_basis import resources as r
 from interaction_basis.graph.clustering import build_interaction_graph
-
-GPT2_SHAPE = r.shape_from_config(
-    {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_inner": None, "vocab_size": 50257}
-)
-
-
-def _plan(shape) -> r.Plan:
-    return r.Plan(
-        shape=shape,
-        node_layers=tuple(r.default_node_layers(shape)),
-        dtype="float64",
-        batch_size=3,
-        n_ctx=1024,
-        n_samples=500,
-        n_stats_samples=None,
-        n_shards=1,
-        store_activations=True,
-        lib=True,
-        n_methods=2,
-    )
 
 
 def test_graph_edges_bound_the_graph_the_stage_builds():
     # A two-block model: every feature pair of consecutive graph layers (the node layers but
     # the last) is an edge when every E is positive and the constant nodes keep theirs.
     shape = r.shape_from_config({"n_layer": 2, "n_embd": 6, "n_head": 2, "vocab_size": 11})
-    plan = _plan(shape)
+    plan = _plan(shape=shape)
     names, widths = list(plan.node_layers), plan.widths
     edges = {
         (a, b): np.ones((wb, wa)) for (a, wa), (b, wb) in itertools.pairwise(zip(names, widths))
@@ -61,7 +42,7 @@ def test_gpt2_cluster_memory_covers_the_measured_peak(implementation, n_edges, p
     """The request bounds the graph by every feature pair; at the graph's real edge count the
     formula must cover the measured peak, and the bound must hold at least that many edges."""
     assert r.GRAPH_EDGE_BYTES >= per_edge
-    plan = _plan(GPT2_SHAPE)
+    plan = _plan()
     assert r.graph_edges(plan) == pytest.approx(71.6e6, rel=0.01)
     assert r.graph_edges(plan) >= n_edges
     store = 8 * sum(a * b for a, b in itertools.pairwise(plan.widths))
@@ -70,7 +51,7 @@ def test_gpt2_cluster_memory_covers_the_measured_peak(implementation, n_edges, p
 
 
 def test_cluster_runtime_follows_the_implementation_and_the_runs():
-    plan = _plan(GPT2_SHAPE)
+    plan = _plan()
 
     def minutes(impl, iterations=10, runs=2):
         return r.cluster_minutes(plan, implementation=impl, n_iterations=iterations, n_runs=runs)
@@ -91,10 +72,10 @@ def test_gpt2_explorer_memory_covers_the_measured_peaks():
     cards, two methods) and at 4.05 GB on the random GPT-2's run (n_ctx 32, 101,993 cards):
     the request (bases as wide as the layers) must cover both, and count one card per
     feature of every node layer and method."""
-    plan = _plan(GPT2_SHAPE)
+    plan = _plan()
     assert plan.n_methods * sum(plan.widths) == 152_312
     assert r.explorer_memory_bytes(plan) >= 8.5e9
-    one = r.explorer_memory_bytes(_plan(GPT2_SHAPE)) - r.explorer_memory_bytes(
-        r.Plan(**{**_plan(GPT2_SHAPE).__dict__, "n_methods": 1})
+    one = r.explorer_memory_bytes(_plan()) - r.explorer_memory_bytes(
+        r.Plan(**{**_plan().__dict__, "n_methods": 1})
     )
     assert one == pytest.approx((r.explorer_memory_bytes(plan) - r.RUNTIME_OVERHEAD_BYTES) / 2)
