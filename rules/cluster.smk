@@ -19,7 +19,7 @@ rule cluster_graph:
         "../envs/interaction_basis.yaml"
     threads: 1
     resources:
-        mem_mb=cluster_mem_mb,
+        mem_mb=lm_mem_mb(job_sizes.cluster_memory_bytes),
         runtime=cluster_runtime(sweep=False),
     params:
         model=model_params,
@@ -46,7 +46,7 @@ rule cluster_resolutions:
         "../envs/interaction_basis.yaml"
     threads: 1
     resources:
-        mem_mb=cluster_mem_mb,
+        mem_mb=lm_mem_mb(job_sizes.cluster_memory_bytes),
         runtime=cluster_runtime(sweep=True),
     params:
         model=model_params,

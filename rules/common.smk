@@ -240,26 +240,19 @@ def cluster_sweep_params(wildcards):
     return experiment(wildcards).cluster.model_dump(mode="json", exclude={"resolution"})
 
 
-def cluster_mem_mb(wildcards, attempt):
-    """Memory request (MB) of a cluster job, doubling with each retry: the edge store and the
-    graph of a language model of known shape (interaction_basis.resources), else 2000; times
+def lm_mem_mb(memory_bytes):
+    """Memory request (MB) of a job, doubling with each retry: ``memory_bytes(plan)`` for a
+    language model of known shape (a formula of interaction_basis.resources), else 2000; times
     resources.mem_mb_scale."""
-    name = wildcards.get("experiment")
-    mb = 2000
-    if LM_PLANS.get(name) is not None:
-        mb = job_sizes.mem_mb(job_sizes.cluster_memory_bytes(LM_PLANS[name][1]))
-    return int(mb * CONFIG.resources.mem_mb_scale * 2 ** (attempt - 1))
 
+    def mem(wildcards, attempt):
+        name = wildcards.get("experiment")
+        mb = 2000
+        if LM_PLANS.get(name) is not None:
+            mb = job_sizes.mem_mb(memory_bytes(LM_PLANS[name][1]))
+        return int(mb * CONFIG.resources.mem_mb_scale * 2 ** (attempt - 1))
 
-def explorer_mem_mb(wildcards, attempt):
-    """Memory request (MB) of build_explorer, doubling with each retry: the bases, edges and
-    cards of a language model of known shape (interaction_basis.resources), else 2000; times
-    resources.mem_mb_scale."""
-    name = wildcards.get("experiment")
-    mb = 2000
-    if LM_PLANS.get(name) is not None:
-        mb = job_sizes.mem_mb(job_sizes.explorer_memory_bytes(LM_PLANS[name][1]))
-    return int(mb * CONFIG.resources.mem_mb_scale * 2 ** (attempt - 1))
+    return mem
 
 
 def cluster_runtime(sweep):

@@ -30,7 +30,7 @@ rule build_explorer:
         "../envs/interaction_basis.yaml"
     threads: 1
     resources:
-        mem_mb=explorer_mem_mb,
+        mem_mb=lm_mem_mb(job_sizes.explorer_memory_bytes),
         runtime=runtime(30),
     params:
         model=model_params,

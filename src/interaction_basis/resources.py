@@ -183,6 +183,11 @@ class Plan:
 # --- disk ------------------------------------------------------------------------------------
 
 
+def edge_entries(widths: list[int]) -> int:
+    """Entries of the edge matrices between consecutive layers of these widths."""
+    return sum(x * y for x, y in zip(widths, widths[1:], strict=False))
+
+
 def store_sizes(plan: Plan) -> dict[str, int]:
     """Expected bytes of each large store of one experiment (all methods), by store name:
     ``activations`` (the per-token activations and the statistics; without
@@ -191,7 +196,7 @@ def store_sizes(plan: Plan) -> dict[str, int]:
     store, the features and the small JSON and figure outputs are left out (megabytes)."""
     b, w = plan.value_bytes, plan.widths
     grams = sum(x * x + x for x in w) * b  # the mean and centred Gram of every layer
-    pairs = sum(x * y for x, y in zip(w, w[1:], strict=False)) * b  # every edge matrix
+    pairs = edge_entries(w) * b  # every edge matrix
     acts = plan.n_samples * plan.n_ctx * sum(w) * b if plan.store_activations else 0
     bases = plan.n_methods * 2 * grams  # C and C_pinv of every layer, per method
     m_dash = grams if plan.lib else 0  # LIB's M', kept with its basis
@@ -705,14 +710,12 @@ def graph_edges(plan: Plan) -> int:
     """The most edges the interaction graph can have: every feature pair of consecutive graph
     layers (all node layers but the last, ``cluster.layers``' default; an ε or fewer features
     only remove edges)."""
-    w = plan.widths[:-1]
-    return sum(a * b for a, b in zip(w, w[1:], strict=False))
+    return edge_entries(plan.widths[:-1])
 
 
 def cluster_memory_bytes(plan: Plan) -> int:
     """Peak memory of a cluster job: the edge store, read whole (float64), and the graph."""
-    w = plan.widths
-    store = 8 * sum(a * b for a, b in zip(w, w[1:], strict=False))
+    store = 8 * edge_entries(plan.widths)
     return int(RUNTIME_OVERHEAD_BYTES + store + GRAPH_EDGE_BYTES * graph_edges(plan))
 
 
@@ -740,5 +743,5 @@ def explorer_memory_bytes(plan: Plan) -> int:
     it reads whole (float64), and a card per feature of every node layer, bases as wide as
     the layers (an upper bound)."""
     w = plan.widths
-    arrays = 8 * (2 * sum(x * x for x in w) + sum(a * b for a, b in zip(w, w[1:], strict=False)))
+    arrays = 8 * (2 * sum(x * x for x in w) + edge_entries(w))
     return int(RUNTIME_OVERHEAD_BYTES + plan.n_methods * (arrays + CARD_BYTES * sum(w)))
